@@ -1,0 +1,15 @@
+//! `nll`: negative log-likelihood per token.
+
+use crate::blocks::spec::*;
+
+pub static SPEC: BlockSpec = BlockSpec {
+    name: "nll",
+    summary: "negative log-likelihood per token (supervised fine-tuning)",
+    source: "maximum likelihood",
+    family: Family::Loss,
+    formula: "ℓ = −logp",
+    inputs: &[tensor("logp", Level::Token, "log-probabilities of the target text")],
+    output: OutputKind::Tensor(Level::Token),
+    regularizer: true,
+    ..BASE
+};

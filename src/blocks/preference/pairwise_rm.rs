@@ -1,0 +1,19 @@
+//! `pairwise_rm`: Bradley–Terry reward-model loss.
+
+use crate::blocks::spec::*;
+
+pub static SPEC: BlockSpec = BlockSpec {
+    name: "pairwise_rm",
+    summary: "Bradley–Terry loss of a reward model on chosen/rejected pairs",
+    source: "InstructGPT (Ouyang et al. 2022); TRL RewardTrainer, OpenRLHF `PairWiseLoss`",
+    family: Family::Preference,
+    formula: "ℓ = −log σ(r_c − r_r − margin)",
+    inputs: &[
+        tensor("chosen", Level::Seq, "reward of the chosen response, `rm(chosen)`"),
+        tensor("rejected", Level::Seq, "reward of the rejected response, `rm(rejected)`"),
+    ],
+    params: &[num("margin", 0.0, Range::Any, "required reward margin")],
+    output: OutputKind::Tensor(Level::Seq),
+    demand: Demand::Pairs,
+    ..BASE
+};

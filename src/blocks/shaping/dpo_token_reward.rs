@@ -1,0 +1,27 @@
+//! `dpo_token_reward`: RTO's dense reward from a DPO model.
+
+use crate::blocks::spec::*;
+
+pub static SPEC: BlockSpec = BlockSpec {
+    name: "dpo_token_reward",
+    summary: "dense token reward from a DPO model's log-ratio to the reference (RTO)",
+    source: "RTO (Zhong et al. 2024), Eq. 4.7; `dpo_reward_scale`, `dpo_reward_clip`",
+    family: Family::Shaping,
+    formula: "clamp(β·(logp_dpo − logp_ref), −clip, clip): scale first, then clip",
+    inputs: &[
+        detached("logp", Level::Token, "the DPO model's log-probabilities of the response"),
+        detached("ref", Level::Token, "the reference's log-probabilities, `ref.logp`"),
+    ],
+    params: &[
+        num("beta", 0.05, Range::NonNegative, "scale of the log-ratio"),
+        ParamSpec {
+            name: "clip",
+            ty: ParamTy::OptFloat,
+            default: DefaultRule::Num(0.05),
+            range: Range::Positive,
+            doc: "symmetric clip applied after scaling; `none` disables it",
+        },
+    ],
+    output: OutputKind::Tensor(Level::Token),
+    ..BASE
+};

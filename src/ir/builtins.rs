@@ -1,0 +1,215 @@
+//! The names a recipe can use besides blocks: built-in data sets and their members, model
+//! constructors, texts, and the settings of `sample { }` and `optim { }`.
+
+use crate::blocks::spec::*;
+
+/// What a data set member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKind {
+    /// Prompts to sample from (`prompts X`); `demonstrations` when each has a reference response.
+    Prompts { demonstrations: bool },
+    /// Chosen/rejected pairs (`pairs X`).
+    Pairs,
+    /// Texts to imitate (`data X`, `warm_start = X`).
+    Texts,
+    /// Wrong responses with their minimal corrections (`data X`): `response` and `target`.
+    Corrections,
+    /// A programmatic reward function, `X(response)`.
+    Verifier,
+}
+
+impl MemberKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            MemberKind::Prompts { .. } => "a prompt set",
+            MemberKind::Pairs => "a preference-pair set",
+            MemberKind::Texts => "a text set",
+            MemberKind::Corrections => "a correction set",
+            MemberKind::Verifier => "a verifier",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct DataMember {
+    pub name: &'static str,
+    pub kind: MemberKind,
+    pub doc: &'static str,
+}
+
+#[derive(Debug)]
+pub struct DataSetSpec {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub params: &'static [ParamSpec],
+    pub members: &'static [DataMember],
+}
+
+impl DataSetSpec {
+    pub fn member(&self, name: &str) -> Option<&'static DataMember> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+const SEED: ParamSpec = ParamSpec {
+    name: "seed",
+    ty: ParamTy::Int,
+    default: DefaultRule::Num(0.0),
+    range: Range::NonNegative,
+    doc: "generator seed",
+};
+
+/// Built-in data sets, generated deterministically from a seed.
+pub static DATA_SETS: &[DataSetSpec] = &[
+    DataSetSpec {
+        name: "arith",
+        summary: "multi-step arithmetic, one step per line, with a verifier of the final answer",
+        params: &[
+            SEED,
+            int("problems", 2000.0, "number of problems"),
+            int("min_ops", 2.0, "fewest operations per problem"),
+            int("max_ops", 4.0, "most operations per problem"),
+        ],
+        members: &[
+            DataMember {
+                name: "problems",
+                kind: MemberKind::Prompts { demonstrations: true },
+                doc: "problems; the demonstration is the worked solution",
+            },
+            DataMember {
+                name: "solutions",
+                kind: MemberKind::Texts,
+                doc: "problems with worked solutions, for warm starts",
+            },
+            DataMember {
+                name: "correct",
+                kind: MemberKind::Verifier,
+                doc: "1 if the final answer is right, else 0",
+            },
+            DataMember {
+                name: "corrections",
+                kind: MemberKind::Corrections,
+                doc: "wrong solutions with their minimal corrections",
+            },
+        ],
+    },
+    DataSetSpec {
+        name: "reviews",
+        summary: "a small review language with sentiment, demonstrations and preference pairs",
+        params: &[
+            SEED,
+            int("prompts", 2000.0, "number of review openings"),
+            num("noise", 0.1, Range::Probability, "label-flip rate of the preference pairs"),
+        ],
+        members: &[
+            DataMember {
+                name: "prompts",
+                kind: MemberKind::Prompts { demonstrations: true },
+                doc: "review openings; the demonstration is the rest of a human-like review",
+            },
+            DataMember {
+                name: "texts",
+                kind: MemberKind::Texts,
+                doc: "whole reviews, for warm starts",
+            },
+            DataMember {
+                name: "preferences",
+                kind: MemberKind::Pairs,
+                doc: "chosen/rejected continuations ranked by the hidden gold score, with label noise",
+            },
+        ],
+    },
+];
+
+pub fn data_set(name: &str) -> Option<&'static DataSetSpec> {
+    DATA_SETS.iter().find(|d| d.name == name)
+}
+
+/// `builtin(preset, ...)` model settings.
+pub static MODEL_PARAMS: &[ParamSpec] = &[
+    choice("preset", &["tiny", "small", "base"], "tiny", "size preset of the built-in transformer"),
+    ParamSpec {
+        name: "layers",
+        ty: ParamTy::Int,
+        default: DefaultRule::Off,
+        range: Range::Count,
+        doc: "override the preset's layer count",
+    },
+    ParamSpec {
+        name: "width",
+        ty: ParamTy::Int,
+        default: DefaultRule::Off,
+        range: Range::Count,
+        doc: "override the preset's width",
+    },
+    ParamSpec {
+        name: "heads",
+        ty: ParamTy::Int,
+        default: DefaultRule::Off,
+        range: Range::Count,
+        doc: "override the preset's head count",
+    },
+];
+
+/// Texts a stage can read, by the kind of its data.
+pub static TEXTS: &[(&str, &str)] = &[
+    ("response", "the sampled response (stages with `prompts`)"),
+    ("demonstration", "the prompt's reference response (prompt sets with demonstrations)"),
+    ("greedy", "a greedy response to the same prompt (stages with `prompts`; ReMax's baseline)"),
+    ("chosen", "the preferred response (stages with `pairs`)"),
+    ("rejected", "the other response (stages with `pairs`)"),
+    ("target", "the text to imitate (stages with `data`)"),
+];
+
+/// `sample { }` settings.
+pub static SAMPLE: &[ParamSpec] = &[
+    int("n", 1.0, "samples per prompt; they form one group"),
+    int("max_tokens", 64.0, "most new tokens per response"),
+    num(
+        "temperature",
+        1.0,
+        Range::Positive,
+        "softmax temperature; also applied to every log-prob of the stage",
+    ),
+    num("top_p", 1.0, Range::UnitExclusiveZero, "nucleus sampling mass"),
+    ParamSpec {
+        name: "stop",
+        ty: ParamTy::Str,
+        default: DefaultRule::Off,
+        range: Range::Any,
+        doc: "stop string",
+    },
+    ParamSpec {
+        name: "from",
+        ty: ParamTy::Str,
+        default: DefaultRule::Str("old"),
+        range: Range::Any,
+        doc: "which model samples: `old` (the trained model) or `ref` (its frozen initial copy, offline RL)",
+    },
+];
+
+/// `optim { }` settings.
+pub static OPTIM: &[ParamSpec] = &[
+    num("lr", 1e-5, Range::Positive, "AdamW learning rate"),
+    int("steps", 100.0, "rollout-and-update iterations (RL) or optimiser steps"),
+    int("epochs", 1.0, "passes over each rollout batch (PPO epochs) or over the data"),
+    int("batch", 32.0, "sequences per rollout batch"),
+    ParamSpec {
+        name: "minibatch",
+        ty: ParamTy::Int,
+        default: DefaultRule::SameAs("batch"),
+        range: Range::Count,
+        doc: "sequences per optimiser step",
+    },
+    ParamSpec {
+        name: "clip_grad",
+        ty: ParamTy::OptFloat,
+        default: DefaultRule::Num(1.0),
+        range: Range::Positive,
+        doc: "global gradient-norm clip; `none` disables it",
+    },
+    num("warmup", 0.0, Range::Probability, "fraction of steps with linear learning-rate warm-up"),
+    num("weight_decay", 0.0, Range::NonNegative, "AdamW weight decay"),
+    num("beta1", 0.9, Range::Probability, "AdamW β1"),
+    num("beta2", 0.999, Range::Probability, "AdamW β2"),
+];

@@ -1,0 +1,321 @@
+//! The lowered recipe: declarations, and one dataflow graph per stage. Every node keeps its span.
+
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+
+use super::builtins::{DataSetSpec, MemberKind};
+use crate::blocks::spec::BlockSpec;
+use crate::diag::Span;
+use crate::syntax::ast::{Ident, SourceKind};
+
+/// A stage's dataflow graph.
+pub type Graph = StableDiGraph<Node, Wire>;
+
+/// An edge: which input of the target it feeds, and the argument that wrote it.
+#[derive(Debug, Clone, Copy)]
+pub struct Wire {
+    pub port: usize,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub op: Op,
+    /// The first place in the recipe that computes this node (identical expressions share a node).
+    pub span: Span,
+    /// `let` names bound to this node, in order of appearance.
+    pub names: Vec<String>,
+}
+
+/// The model a signal is read from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModelRef {
+    Named(String),
+    /// The trained model as it was when the batch was sampled.
+    Old,
+    /// A frozen copy of the trained model as the stage starts.
+    Ref,
+}
+
+impl ModelRef {
+    pub fn display(&self) -> &str {
+        match self {
+            ModelRef::Named(n) => n,
+            ModelRef::Old => "old",
+            ModelRef::Ref => "ref",
+        }
+    }
+}
+
+/// A reward function.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ScorerRef {
+    /// A reward model declared with `reward_model(...)`.
+    Model(String),
+    /// A data set's verifier, e.g. `arith.correct`.
+    Verifier { data: String, member: String },
+}
+
+impl ScorerRef {
+    pub fn display(&self) -> String {
+        match self {
+            ScorerRef::Model(m) => m.clone(),
+            ScorerRef::Verifier { data, member } => format!("{data}.{member}"),
+        }
+    }
+}
+
+/// A per-token signal of a language model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// Log-probability of each token.
+    Logp,
+    /// Value-head output at each token.
+    Values,
+    /// Entropy of the next-token distribution at each token.
+    Entropy,
+    /// Probability that the model, asked to rewrite the text, keeps each token (RLMEC).
+    KeepProb,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Logp => "logp",
+            Signal::Values => "values",
+            Signal::Entropy => "entropy",
+            Signal::KeepProb => "keep_prob",
+        }
+    }
+}
+
+/// A parameter given at a call site, before the checker validates it and fills defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamArg {
+    pub param: usize,
+    pub value: Const,
+    pub span: Span,
+}
+
+/// A compile-time value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Const {
+    Num(f64),
+    Str(String),
+    Bool(bool),
+    /// A bare word: a choice such as `k3`, `none`, or a model name.
+    Word(String),
+    /// Not a constant expression.
+    Dynamic,
+}
+
+impl Const {
+    pub fn display(&self) -> String {
+        match self {
+            Const::Num(v) => crate::blocks::spec::format_number(*v),
+            Const::Str(s) => format!("{s:?}"),
+            Const::Bool(b) => b.to_string(),
+            Const::Word(w) => w.clone(),
+            Const::Dynamic => "<expression>".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Const(f64),
+    /// A text of the stage: `response`, `demonstration`, `chosen`, …
+    Text(&'static str),
+    /// Input 0: a text. Output: the model's rewrite of it.
+    Rewrite {
+        model: String,
+    },
+    /// Input 0: a text. Output: the signal at each of its tokens.
+    Signal {
+        model: ModelRef,
+        signal: Signal,
+    },
+    /// Input 0: a text. Output: one reward per sequence.
+    Score(ScorerRef),
+    /// A reward function passed to a block (e.g. `vine_values(..., reward = arith.correct)`).
+    Scorer(ScorerRef),
+    Block {
+        spec: &'static BlockSpec,
+        params: Vec<ParamArg>,
+    },
+}
+
+impl Op {
+    /// A short name: the block name, or the signal it reads.
+    pub fn label(&self) -> String {
+        match self {
+            Op::Const(v) => crate::blocks::spec::format_number(*v),
+            Op::Text(t) => (*t).to_string(),
+            Op::Rewrite { model } => format!("{model}.rewrite"),
+            Op::Signal { model, signal } => format!("{}.{}", model.display(), signal.name()),
+            Op::Score(s) => s.display(),
+            Op::Scorer(s) => s.display(),
+            Op::Block { spec, .. } => spec.name.to_string(),
+        }
+    }
+}
+
+/// The inputs of a node, in position order.
+pub fn inputs(graph: &Graph, node: NodeIndex) -> Vec<NodeIndex> {
+    wires(graph, node).into_iter().map(|(n, _)| n).collect()
+}
+
+/// The inputs of a node with the spans of the arguments that wrote them, in position order.
+pub fn wires(graph: &Graph, node: NodeIndex) -> Vec<(NodeIndex, Span)> {
+    let mut edges: Vec<(usize, NodeIndex, Span)> = graph
+        .edges_directed(node, petgraph::Direction::Incoming)
+        .map(|e| (e.weight().port, e.source(), e.weight().span))
+        .collect();
+    edges.sort_by_key(|(p, _, _)| *p);
+    edges.into_iter().map(|(_, n, s)| (n, s)).collect()
+}
+
+/// How a model starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelInit {
+    /// The built-in transformer, optionally warm-started by supervised training on a text set.
+    Builtin { warm_start: Option<DataRef> },
+    /// A copy of another model as it is before the first stage.
+    Copy(Ident),
+    /// A reward model (a transformer with a scalar head), untrained until a stage trains it.
+    RewardModel,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelDecl {
+    pub name: Ident,
+    pub init: ModelInit,
+    pub params: Vec<(Ident, Const, Span)>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataDecl {
+    pub name: Ident,
+    pub spec: &'static DataSetSpec,
+    pub params: Vec<(Ident, Const, Span)>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct RewardDecl {
+    pub name: Ident,
+    pub scorer: ScorerRef,
+    pub span: Span,
+}
+
+/// `arith.problems`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataRef {
+    pub data: String,
+    pub member: String,
+    pub kind: MemberKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainTarget {
+    pub model: Ident,
+    pub value_head: bool,
+    pub span: Span,
+}
+
+/// `sample { }` or `optim { }` as written.
+#[derive(Debug, Clone, Default)]
+pub struct SettingsIr {
+    pub entries: Vec<SettingIr>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct SettingIr {
+    pub key: Ident,
+    pub value: Const,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub name: Ident,
+    pub node: Option<NodeIndex>,
+    pub uses: usize,
+    /// The `let` statement's span (for suppression comments).
+    pub stmt: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageIr {
+    pub name: Ident,
+    pub span: Span,
+    pub train: Vec<TrainTarget>,
+    pub source: Option<(SourceKind, DataRef)>,
+    pub sample: Option<SettingsIr>,
+    pub optim: Option<SettingsIr>,
+    pub graph: Graph,
+    pub loss: Option<NodeIndex>,
+    /// The span of the loss expression.
+    pub loss_span: Span,
+    pub bindings: Vec<Binding>,
+}
+
+impl StageIr {
+    /// The model this stage trains first, which `old` and `ref` refer to.
+    pub fn trained(&self) -> Option<&str> {
+        self.train.first().map(|t| t.model.name.as_str())
+    }
+
+    pub fn trains(&self, model: &str) -> bool {
+        self.train.iter().any(|t| t.model.name == model)
+    }
+
+    pub fn has_value_head(&self, model: &str) -> bool {
+        self.train.iter().any(|t| t.model.name == model && t.value_head)
+    }
+
+    pub fn source_kind(&self) -> Option<SourceKind> {
+        self.source.as_ref().map(|(k, _)| *k)
+    }
+}
+
+/// A lowered recipe.
+#[derive(Debug, Clone, Default)]
+pub struct Program {
+    pub name: Option<Ident>,
+    pub title: Option<String>,
+    pub data: Vec<DataDecl>,
+    pub models: Vec<ModelDecl>,
+    pub rewards: Vec<RewardDecl>,
+    pub stages: Vec<StageIr>,
+}
+
+impl Program {
+    pub fn model(&self, name: &str) -> Option<&ModelDecl> {
+        self.models.iter().find(|m| m.name.name == name)
+    }
+
+    pub fn data_decl(&self, name: &str) -> Option<&DataDecl> {
+        self.data.iter().find(|d| d.name.name == name)
+    }
+
+    /// Whether `name` is a reward model (possibly through copies).
+    pub fn is_reward_model(&self, name: &str) -> bool {
+        let mut seen = 0;
+        let mut cur = name;
+        while let Some(m) = self.model(cur) {
+            match &m.init {
+                ModelInit::RewardModel => return true,
+                ModelInit::Copy(of) if seen < self.models.len() => {
+                    cur = &of.name;
+                    seen += 1;
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,7 @@
+//! Syntax tree → dataflow graphs: name resolution, one graph per stage, and the built-in names.
+
+pub mod builtins;
+pub mod graph;
+mod lower;
+
+pub use lower::lower;

@@ -1,0 +1,16 @@
+//! rlx: a declarative language for RL objectives on language models.
+//!
+//! The pipeline, one module per arrow: `syntax` (text → AST) → `ir` (AST → dataflow graphs) →
+//! `check` (levels, gradient flow, parameters, stages, lints) → `plan` (what the runtime must
+//! compute). `blocks` is the registry every phase reads; `diff` compares two checked recipes;
+//! `render` turns diagnostics into text at the edge.
+
+pub mod blocks;
+pub mod check;
+pub mod diag;
+pub mod diff;
+pub mod graph_view;
+pub mod ir;
+pub mod render;
+pub mod source;
+pub mod syntax;

@@ -1,0 +1,255 @@
+//! The `rlx` command line: parses arguments, calls the library, prints, and sets the exit code
+//! (0 ok, 1 findings: errors or differences, 2 usage or I/O failure).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use rlx::check::lints::LintConfig;
+use rlx::render::{self, Style};
+use rlx::source::{self, Analysis, SourceFile};
+
+/// rlx: declarative RL objectives for language models.
+#[derive(Parser)]
+#[command(name = "rlx", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// When to colour output.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum LintFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum GraphFormat {
+    Text,
+    Dot,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check recipes and report every diagnostic; exit 1 if any is an error.
+    Lint {
+        /// Recipe files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = LintFormat::Human)]
+        format: LintFormat,
+        /// Silence a lint (repeatable).
+        #[arg(long, value_name = "LINT")]
+        allow: Vec<String>,
+        /// Make a lint an error (repeatable); `--deny warnings` makes every warning an error.
+        #[arg(long, value_name = "LINT")]
+        deny: Vec<String>,
+    },
+    /// Print a recipe's dataflow graph and the plan of what the runtime must compute.
+    Graph {
+        file: PathBuf,
+        /// Only this stage.
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
+        /// Show every parameter and setting with its default filled in.
+        #[arg(long)]
+        resolved: bool,
+    },
+    /// Semantic diff of two recipes; exit 0 when equivalent, 1 when different.
+    Diff { old: PathBuf, new: PathBuf },
+    /// Format recipes canonically, in place (or check with --check).
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Report unformatted files instead of rewriting them; exit 1 if any.
+        #[arg(long)]
+        check: bool,
+    },
+    /// The block reference: every block, or one in full.
+    Blocks { name: Option<String> },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let style = Style {
+        color: match cli.color {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => {
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+            }
+        },
+        width: 100,
+    };
+    let result = match cli.command {
+        Command::Lint { files, format, allow, deny } => lint(&files, format, allow, deny, style),
+        Command::Graph { file, stage, format, resolved } => {
+            graph(&file, stage.as_deref(), format, resolved, style)
+        }
+        Command::Diff { old, new } => diff(&old, &new, style),
+        Command::Fmt { files, check } => fmt(&files, check, style),
+        Command::Blocks { name } => blocks(name.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<(SourceFile, Option<rlx::diag::Diagnostic>), String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    Ok(SourceFile::from_bytes(path.display().to_string(), &bytes))
+}
+
+/// Reads and analyses a file; an encoding error is reported like any other diagnostic.
+fn analyze(path: &Path, config: &LintConfig) -> Result<(SourceFile, Analysis), String> {
+    let (src, encoding) = read(path)?;
+    let mut analysis = source::analyze(&src, config);
+    if let Some(d) = encoding {
+        analysis.diagnostics.insert(0, d);
+    }
+    Ok((src, analysis))
+}
+
+fn print_diagnostics(src: &SourceFile, analysis: &Analysis, style: Style) {
+    for d in &analysis.diagnostics {
+        eprint!("{}", render::human(d, src, style));
+    }
+}
+
+/// Analyses a file that a command needs error-free; prints its diagnostics.
+fn analyze_clean(path: &Path, style: Style) -> Result<Option<(SourceFile, Analysis)>, String> {
+    let (src, analysis) = analyze(path, &LintConfig::defaults())?;
+    if analysis.has_errors() {
+        print_diagnostics(&src, &analysis, style);
+        eprintln!("{}: {}", src.name, render::summary(&analysis.diagnostics));
+        return Ok(None);
+    }
+    Ok(Some((src, analysis)))
+}
+
+fn lint(
+    files: &[PathBuf],
+    format: LintFormat,
+    allow: Vec<String>,
+    deny: Vec<String>,
+    style: Style,
+) -> Result<ExitCode, String> {
+    let deny_warnings = deny.iter().any(|d| d == "warnings");
+    let config = LintConfig { allow, deny, deny_warnings };
+    if let Some(problem) = config.unknown_names().first() {
+        return Err(problem.clone());
+    }
+    let mut failed = false;
+    let mut json = Vec::new();
+    for path in files {
+        let (src, analysis) = analyze(path, &config)?;
+        failed |= analysis.has_errors();
+        match format {
+            LintFormat::Human => {
+                print_diagnostics(&src, &analysis, style);
+                if !analysis.diagnostics.is_empty() {
+                    eprintln!("{}: {}", src.name, render::summary(&analysis.diagnostics));
+                }
+            }
+            LintFormat::Json => {
+                json.extend(analysis.diagnostics.iter().map(|d| render::json(d, &src)))
+            }
+        }
+    }
+    if format == LintFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn graph(
+    path: &Path,
+    stage: Option<&str>,
+    format: GraphFormat,
+    resolved: bool,
+    style: Style,
+) -> Result<ExitCode, String> {
+    let Some((_, analysis)) = analyze_clean(path, style)? else { return Ok(ExitCode::from(1)) };
+    let checked = analysis.checked.as_ref().ok_or("internal: no checked graph")?;
+    if let Some(s) = stage {
+        if !checked.program.stages.iter().any(|st| st.name.name == s) {
+            let names: Vec<&str> =
+                checked.program.stages.iter().map(|st| st.name.name.as_str()).collect();
+            return Err(format!("no stage `{s}`; the stages are {}", names.join(", ")));
+        }
+    }
+    let opts = rlx::graph_view::ViewOptions { resolved };
+    match format {
+        GraphFormat::Text => print!("{}", rlx::graph_view::text(checked, stage, opts)),
+        GraphFormat::Dot => print!("{}", rlx::graph_view::dot(checked, stage, opts)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn diff(old: &Path, new: &Path, style: Style) -> Result<ExitCode, String> {
+    let Some((_, a)) = analyze_clean(old, style)? else { return Ok(ExitCode::from(2)) };
+    let Some((_, b)) = analyze_clean(new, style)? else { return Ok(ExitCode::from(2)) };
+    let (Some(a), Some(b)) = (a.checked.as_ref(), b.checked.as_ref()) else {
+        return Err("internal: no checked graph".into());
+    };
+    let d = rlx::diff::diff(a, b);
+    print!("{}", rlx::diff::render(&d, &old.display().to_string(), &new.display().to_string()));
+    Ok(if d.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn fmt(files: &[PathBuf], check: bool, style: Style) -> Result<ExitCode, String> {
+    let mut unformatted = false;
+    for path in files {
+        let (src, encoding) = read(path)?;
+        if let Some(d) = encoding {
+            eprint!("{}", render::human(&d, &src, style));
+            return Ok(ExitCode::from(1));
+        }
+        let formatted = match rlx::syntax::format::format(&src.text) {
+            Ok(f) => f,
+            Err(d) => {
+                eprint!("{}", render::human(&d, &src, style));
+                return Ok(ExitCode::from(1));
+            }
+        };
+        if formatted == src.text {
+            continue;
+        }
+        if check {
+            eprintln!("{} is not formatted", src.name);
+            unformatted = true;
+        } else {
+            std::fs::write(path, formatted)
+                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            eprintln!("formatted {}", src.name);
+        }
+    }
+    Ok(if unformatted { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn blocks(name: Option<&str>) -> Result<ExitCode, String> {
+    match name {
+        None => print!("{}", rlx::blocks::docs::index()),
+        Some(n) => print!("{}", rlx::blocks::docs::page(n)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,117 @@
+//! A recipe file and the front half of the pipeline: text → checked graphs plus diagnostics.
+
+use crate::check::lints::{self, LintConfig, Suppression};
+use crate::check::{self, Checked};
+use crate::diag::{self, Diagnostic, Span};
+use crate::syntax::{self, ast::*, comments};
+
+/// A recipe's name (for messages) and text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+}
+
+impl SourceFile {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> SourceFile {
+        SourceFile { name: name.into(), text: text.into() }
+    }
+
+    /// Reads bytes as UTF-8; invalid bytes become a diagnostic (and U+FFFD in the text).
+    pub fn from_bytes(name: impl Into<String>, bytes: &[u8]) -> (SourceFile, Option<Diagnostic>) {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => (SourceFile::new(name, text), None),
+            Err(e) => {
+                let text = String::from_utf8_lossy(bytes).into_owned();
+                let at = e.valid_up_to();
+                let d = Diagnostic::error("invalid-utf8", "the recipe is not valid UTF-8")
+                    .primary(Span::new(at, (at + 1).min(text.len())), "invalid byte here")
+                    .help("save the file as UTF-8");
+                (SourceFile::new(name, text), Some(d))
+            }
+        }
+    }
+}
+
+/// Everything the front half learns about a recipe.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub recipe: Option<Recipe>,
+    pub checked: Option<Checked>,
+    /// Sorted by position; lints already configured and suppressed.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Analysis {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Parses, lowers and checks a recipe.
+pub fn analyze(source: &SourceFile, config: &LintConfig) -> Analysis {
+    let recipe = match syntax::parse(&source.text) {
+        Ok(r) => r,
+        Err(d) => return Analysis { recipe: None, checked: None, diagnostics: vec![d] },
+    };
+    let (program, mut diags) = crate::ir::lower(&recipe);
+    let (checked, more) = check::check(program);
+    diags.extend(more);
+    let mut diags = lints::configure(diags, config, &suppressions(&source.text, &recipe));
+    dedup(&mut diags);
+    diag::sort(&mut diags);
+    Analysis { recipe: Some(recipe), checked: Some(checked), diagnostics: diags }
+}
+
+fn dedup(diags: &mut Vec<Diagnostic>) {
+    let mut seen = Vec::new();
+    diags.retain(|d| {
+        let key = (d.code, d.message.clone(), d.primary_span());
+        if seen.contains(&key) {
+            false
+        } else {
+            seen.push(key);
+            true
+        }
+    });
+}
+
+/// The statements a suppression comment can cover: declarations, stages and stage statements.
+fn statement_spans(recipe: &Recipe) -> Vec<Span> {
+    let mut spans = Vec::new();
+    if let Some(h) = &recipe.header {
+        spans.push(h.span);
+    }
+    for item in &recipe.items {
+        spans.push(item.span());
+        if let Item::Stage(s) = item {
+            spans.extend(s.stmts.iter().map(|st| st.span));
+        }
+    }
+    spans
+}
+
+/// `# rlx: allow(..)` comments, each covering the statement it ends or the next one.
+fn suppressions(text: &str, recipe: &Recipe) -> Vec<Suppression> {
+    let stmts = statement_spans(recipe);
+    let mut out = Vec::new();
+    for c in comments::comments(text) {
+        let Some(names) = comments::allowed_lints(&c) else { continue };
+        let line_start = text[..c.span.start].rfind('\n').map_or(0, |i| i + 1);
+        let trailing = (!c.own_line)
+            .then(|| {
+                stmts
+                    .iter()
+                    .filter(|s| s.start < c.span.start && s.end >= line_start)
+                    .min_by_key(|s| s.end - s.start)
+                    .copied()
+            })
+            .flatten();
+        let next = || {
+            stmts.iter().filter(|s| s.start > c.span.end).min_by_key(|s| (s.start, s.end)).copied()
+        };
+        let covers = trailing.or_else(next).unwrap_or(c.span);
+        out.push(Suppression { names, covers });
+    }
+    out
+}
