@@ -197,9 +197,21 @@ fn describe(rule: Rule) -> &'static str {
     }
 }
 
+/// The pair's span, ending at its last token: pest would include trailing whitespace and
+/// comments that the repetition after it skipped.
 fn span_of(pair: &Pair<Rule>) -> Span {
     let s = pair.as_span();
-    Span::new(s.start(), s.end())
+    let end = pair
+        .clone()
+        .into_inner()
+        .flatten()
+        // Only tokens (leaves): inner rules' spans include trailing trivia too.
+        .filter(|p| p.clone().into_inner().next().is_none())
+        // A string's content ends one byte before its closing quote.
+        .map(|p| p.as_span().end() + usize::from(p.as_rule() == Rule::string_inner))
+        .max()
+        .unwrap_or(s.end());
+    Span::new(s.start(), end)
 }
 
 fn ident(pair: Pair<Rule>) -> Ident {
