@@ -295,7 +295,7 @@ pub fn input_kind(kind: InputKind) -> String {
                 LevelRule::Generic => "L",
                 LevelRule::Any => "any",
             };
-            if grad == GradRule::Detached { format!("{l}, detached") } else { l.to_string() }
+            if grad == GradRule::Detached { format!("detached {l}") } else { l.to_string() }
         }
         InputKind::Text => "text".into(),
         InputKind::Steps => "steps".into(),

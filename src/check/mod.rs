@@ -229,6 +229,7 @@ fn check_structure(cx: &StageCx, out: &mut CheckedStage, diags: &mut Vec<Diagnos
         }
     }
     match &stage.source {
+        None if stage.source_keyword.is_some() => {}
         None => diags.push(
             Diagnostic::error("missing-data", format!("stage `{name}` has no data"))
                 .primary(stage.name.span, "no `prompts`, `pairs` or `data` statement")

@@ -186,7 +186,7 @@ fn convert(
                         format_number(v)
                     ),
                 )
-                .primary(span, format!("out of range {}", spec.range.describe()))
+                .primary(span, format!("must be {}", spec.range.describe()))
                 .help(format!("`{}`: {}{default}", spec.name, spec.doc)),
             );
             return None;

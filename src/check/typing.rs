@@ -93,6 +93,19 @@ pub(super) fn infer(cx: &StageCx, out: &mut CheckedStage, diags: &mut Vec<Diagno
                         );
                     }
                 }
+                if spec.demand == Demand::Pairs
+                    && stage.source_kind() != Some(SourceKind::Pairs)
+                    && stage.source.is_some()
+                {
+                    diags.push(
+                        Diagnostic::error(
+                            "missing-preference-data",
+                            format!("`{}` needs preference pairs", spec.name),
+                        )
+                        .primary(node.span, "in a stage without `pairs`")
+                        .help("train it in a stage with `pairs DATA.preferences`"),
+                    );
+                }
                 let ty = block_ty(cx, n, spec, &wires, out, &mut leaks_reported, diags);
                 out.params.insert(n, resolved);
                 ty
@@ -153,12 +166,14 @@ fn check_model_ready(cx: &StageCx, model: &str, span: Span, diags: &mut Vec<Diag
     }
     let later = cx.program.stages[cx.index + 1..].iter().find(|s| s.trains(model));
     let what = if matches!(decl.init, ModelInit::RewardModel) { "reward model" } else { "copy" };
-    let mut d = Diagnostic::error(
-        "untrained-model",
-        format!("`{model}` is read before any stage trains it"),
-    )
-    .primary(span, format!("an untrained {what}"))
-    .secondary(decl.name.span, "declared here");
+    let message =
+        format!("`{model}` is read in stage `{}` before any stage trains it", cx.stage.name.name);
+    if diags.iter().any(|d| d.message == message) {
+        return; // One report per model and stage.
+    }
+    let mut d = Diagnostic::error("untrained-model", message)
+        .primary(span, format!("an untrained {what}"))
+        .secondary(decl.name.span, "declared here");
     d = match later {
         Some(s) => d
             .secondary(s.name.span, "trained by this later stage")

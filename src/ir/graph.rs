@@ -254,6 +254,8 @@ pub struct StageIr {
     pub span: Span,
     pub train: Vec<TrainTarget>,
     pub source: Option<(SourceKind, DataRef)>,
+    /// The data keyword as written, even where the data did not resolve.
+    pub source_keyword: Option<SourceKind>,
     pub sample: Option<SettingsIr>,
     pub optim: Option<SettingsIr>,
     pub graph: Graph,

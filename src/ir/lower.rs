@@ -448,6 +448,7 @@ impl<'a> StageCx<'a> {
             span: s.span,
             train: Vec::new(),
             source: None,
+            source_keyword: None,
             sample: None,
             optim: None,
             graph: Graph::default(),
@@ -487,6 +488,7 @@ impl<'a> StageCx<'a> {
                 }
                 StmtKind::Source(kind, expr) => {
                     ir.source = me.cx_data_ref(expr).map(|d| (*kind, d));
+                    ir.source_keyword = Some(*kind);
                     // The keyword decides the stage's texts even if the data did not resolve.
                     me.primary = match kind {
                         SourceKind::Prompts => Some("response"),
@@ -814,6 +816,12 @@ impl<'a> StageCx<'a> {
         candidates.extend(self.cx.declared.keys().map(|k| k.as_str()));
         candidates.extend(["old", "ref"]);
         candidates.sort();
+        // The binding it probably meant is not reported as unused as well.
+        if let Some(meant) =
+            did_you_mean(n, candidates.iter().copied()).filter(|m| self.lets.contains_key(*m))
+        {
+            *self.uses.entry(meant.to_string()).or_default() += 1;
+        }
         self.diags.push(unknown_name(n, span, candidates, "a binding, text or declaration"));
         Val::Error
     }
@@ -923,6 +931,19 @@ impl<'a> StageCx<'a> {
             if !shadowed {
                 return match blocks::lookup(n) {
                     Some(spec) => self.block(spec, args, span, callee.span),
+                    None if self.lets.contains_key(n) => {
+                        self.diags.push(
+                            Diagnostic::error(
+                                "not-callable",
+                                format!("`{n}` is a value, not a block"),
+                            )
+                            .primary(callee.span, "bound by `let`, so it cannot be called")
+                            .help(format!(
+                                "to pass `{n}` to a block, write `f({n})` or `{n} |> f`"
+                            )),
+                        );
+                        Val::Error
+                    }
                     None => {
                         let mut d =
                             Diagnostic::error("unknown-block", format!("unknown block `{n}`"))
@@ -1164,7 +1185,10 @@ impl<'a> StageCx<'a> {
         for (i, slot) in slots.into_iter().enumerate().skip(n_inputs) {
             let Some((arg, aspan, _)) = slot else { continue };
             let value = match arg {
-                ArgVal::Expr(e) => const_eval(e),
+                ArgVal::Expr(e) => match const_eval(e) {
+                    Const::Word(w) if self.lets.contains_key(&w) => Const::Dynamic,
+                    c => c,
+                },
                 ArgVal::Piped(..) => Const::Dynamic,
             };
             if value == Const::Dynamic {
