@@ -316,7 +316,20 @@ fn build_expr(pair: Pair<Rule>) -> Result<Expr, Diagnostic> {
     PRATT.with(|pratt| build_operators(pratt, pair.into_inner()))
 }
 
+/// Operators in one expression beyond this are rejected: the tree they build would be too deep.
+const MAX_OPERATORS: usize = 256;
+
+fn too_deep(span: Span, what: &str) -> Diagnostic {
+    Diagnostic::error("nesting-too-deep", "expression is nested too deeply")
+        .primary(span, format!("more than {MAX_OPERATORS} {what}"))
+        .help("split the expression into `let` bindings")
+}
+
 fn build_operators(pratt: &PrattParser<Rule>, pairs: Pairs<Rule>) -> Result<Expr, Diagnostic> {
+    let span = pairs.clone().next().map(|p| span_of(&p)).unwrap_or_default();
+    if pairs.clone().filter(|p| !matches!(p.as_rule(), Rule::postfix)).count() > MAX_OPERATORS {
+        return Err(too_deep(span, "operators in one expression"));
+    }
     pratt
         .map_primary(build_postfix)
         .map_prefix(|op, rhs| {
@@ -358,7 +371,11 @@ fn build_operators(pratt: &PrattParser<Rule>, pairs: Pairs<Rule>) -> Result<Expr
 }
 
 fn build_postfix(pair: Pair<Rule>) -> Result<Expr, Diagnostic> {
+    let span = span_of(&pair);
     let mut inner = pair.into_inner();
+    if inner.len() > MAX_OPERATORS {
+        return Err(too_deep(span, "member accesses and calls in a row"));
+    }
     let mut expr = build_primary(inner.next().expect("postfix has a primary"))?;
     for p in inner {
         let span = expr.span.to(span_of(&p));
