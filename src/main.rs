@@ -190,12 +190,12 @@ fn graph(
 ) -> Result<ExitCode, String> {
     let Some((_, analysis)) = analyze_clean(path, style)? else { return Ok(ExitCode::from(1)) };
     let checked = analysis.checked.as_ref().ok_or("internal: no checked graph")?;
-    if let Some(s) = stage {
-        if !checked.program.stages.iter().any(|st| st.name.name == s) {
-            let names: Vec<&str> =
-                checked.program.stages.iter().map(|st| st.name.name.as_str()).collect();
-            return Err(format!("no stage `{s}`; the stages are {}", names.join(", ")));
-        }
+    if let Some(s) = stage
+        && !checked.program.stages.iter().any(|st| st.name.name == s)
+    {
+        let names: Vec<&str> =
+            checked.program.stages.iter().map(|st| st.name.name.as_str()).collect();
+        return Err(format!("no stage `{s}`; the stages are {}", names.join(", ")));
     }
     let opts = rlx::graph_view::ViewOptions { resolved };
     match format {

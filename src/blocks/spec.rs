@@ -233,6 +233,9 @@ pub enum Demand {
     Pairs,
 }
 
+/// A check across parameters: given a lookup of numeric values, the message of a violation.
+pub type Validate = fn(&dyn Fn(&str) -> Option<f64>) -> Option<String>;
+
 /// Everything about a block, in one place.
 #[derive(Debug)]
 pub struct BlockSpec {
@@ -255,7 +258,7 @@ pub struct BlockSpec {
     /// `unregularized-reward` lint.
     pub regularizer: bool,
     /// Checks across parameters (e.g. `lo ≤ hi`); returns the message of a violation.
-    pub validate: Option<fn(&dyn Fn(&str) -> Option<f64>) -> Option<String>>,
+    pub validate: Option<Validate>,
 }
 
 impl BlockSpec {

@@ -137,17 +137,17 @@ pub fn check(program: Program) -> (Checked, Vec<Diagnostic>) {
                 }
             })
             .collect();
-        if let ModelInit::Builtin { warm_start: Some(ws) } = &m.init {
-            if ws.kind != MemberKind::Texts {
-                diags.push(
-                    Diagnostic::error(
-                        "wrong-data-kind",
-                        format!("`warm_start` needs a text set, found {}", ws.kind.describe()),
-                    )
-                    .primary(ws.span, ws.kind.describe())
-                    .help("warm-start on texts, e.g. `arith.solutions` or `reviews.texts`"),
-                );
-            }
+        if let ModelInit::Builtin { warm_start: Some(ws) } = &m.init
+            && ws.kind != MemberKind::Texts
+        {
+            diags.push(
+                Diagnostic::error(
+                    "wrong-data-kind",
+                    format!("`warm_start` needs a text set, found {}", ws.kind.describe()),
+                )
+                .primary(ws.span, ws.kind.describe())
+                .help("warm-start on texts, e.g. `arith.solutions` or `reviews.texts`"),
+            );
         }
         let owner = format!("model `{}`", m.name.name);
         let resolved = match &m.init {
@@ -316,35 +316,33 @@ fn check_structure(cx: &StageCx, out: &mut CheckedStage, diags: &mut Vec<Diagnos
         |set: &[Resolved], key: &str| set.iter().find(|r| r.name == key).and_then(|r| r.span);
     let batch = params::get_num(&out.optim, "batch");
     let minibatch = params::get_num(&out.optim, "minibatch");
-    if let (Some(b), Some(mb)) = (batch, minibatch) {
-        if mb > b || b % mb != 0.0 {
-            diags.push(
-                Diagnostic::error(
-                    "minibatch-mismatch",
-                    format!("`minibatch = {mb}` does not divide `batch = {b}`"),
-                )
-                .primary(
-                    setting_span(&out.optim, "minibatch").unwrap_or(span),
-                    "not a divisor of the batch",
-                )
-                .help(
-                    "each rollout batch splits into equal minibatches; pick a divisor of `batch`",
-                ),
-            );
-        }
+    if let (Some(b), Some(mb)) = (batch, minibatch)
+        && (mb > b || b % mb != 0.0)
+    {
+        diags.push(
+            Diagnostic::error(
+                "minibatch-mismatch",
+                format!("`minibatch = {mb}` does not divide `batch = {b}`"),
+            )
+            .primary(
+                setting_span(&out.optim, "minibatch").unwrap_or(span),
+                "not a divisor of the batch",
+            )
+            .help("each rollout batch splits into equal minibatches; pick a divisor of `batch`"),
+        );
     }
-    if let (Some(b), Some(n)) = (batch, params::get_num(&out.sample, "n")) {
-        if b % n != 0.0 {
-            diags.push(
-                Diagnostic::error(
-                    "batch-not-multiple-of-group",
-                    format!("`batch = {b}` is not a multiple of `n = {n}`"),
-                )
-                .primary(setting_span(&out.optim, "batch").unwrap_or(span), "splits a group")
-                .secondary(setting_span(&out.sample, "n").unwrap_or(span), "samples per prompt")
-                .help("a batch holds whole groups; make `batch` a multiple of `n`"),
-            );
-        }
+    if let (Some(b), Some(n)) = (batch, params::get_num(&out.sample, "n"))
+        && b % n != 0.0
+    {
+        diags.push(
+            Diagnostic::error(
+                "batch-not-multiple-of-group",
+                format!("`batch = {b}` is not a multiple of `n = {n}`"),
+            )
+            .primary(setting_span(&out.optim, "batch").unwrap_or(span), "splits a group")
+            .secondary(setting_span(&out.sample, "n").unwrap_or(span), "samples per prompt")
+            .help("a batch holds whole groups; make `batch` a multiple of `n`"),
+        );
     }
 }
 

@@ -170,27 +170,27 @@ fn convert(
             return None;
         }
     };
-    if let Value::Num(v) = value {
-        if !spec.range.contains(v) {
-            let default = match spec.default {
-                DefaultRule::Num(d) => format!("; the default is {}", format_number(d)),
-                _ => String::new(),
-            };
-            diags.push(
-                Diagnostic::error(
-                    "value-out-of-range",
-                    format!(
-                        "`{}` of {owner} must be {}, found {}",
-                        spec.name,
-                        spec.range.describe(),
-                        format_number(v)
-                    ),
-                )
-                .primary(span, format!("must be {}", spec.range.describe()))
-                .help(format!("`{}`: {}{default}", spec.name, spec.doc)),
-            );
-            return None;
-        }
+    if let Value::Num(v) = value
+        && !spec.range.contains(v)
+    {
+        let default = match spec.default {
+            DefaultRule::Num(d) => format!("; the default is {}", format_number(d)),
+            _ => String::new(),
+        };
+        diags.push(
+            Diagnostic::error(
+                "value-out-of-range",
+                format!(
+                    "`{}` of {owner} must be {}, found {}",
+                    spec.name,
+                    spec.range.describe(),
+                    format_number(v)
+                ),
+            )
+            .primary(span, format!("must be {}", spec.range.describe()))
+            .help(format!("`{}`: {}{default}", spec.name, spec.doc)),
+        );
+        return None;
     }
     Some(value)
 }

@@ -227,17 +227,17 @@ fn signal_ty(
             ModelRef::Named(m) => Some(m.as_str()),
             _ => stage.trained(),
         };
-        if let Some(owner) = owner {
-            if !stage.has_value_head(owner) {
-                diags.push(
-                    Diagnostic::error(
-                        "missing-value-head",
-                        format!("`{}.values` needs a value head on `{owner}`", model.display()),
-                    )
-                    .primary(span, "no value head is trained in this stage")
-                    .help(format!("train one: `train {owner}, value_head({owner})`")),
-                );
-            }
+        if let Some(owner) = owner
+            && !stage.has_value_head(owner)
+        {
+            diags.push(
+                Diagnostic::error(
+                    "missing-value-head",
+                    format!("`{}.values` needs a value head on `{owner}`", model.display()),
+                )
+                .primary(span, "no value head is trained in this stage")
+                .help(format!("train one: `train {owner}, value_head({owner})`")),
+            );
         }
     }
     Ty::Tensor { level: Level::Token, text: Some(text), grad, origin: grad.then_some(n) }

@@ -451,10 +451,8 @@ fn precedence(side: Side, n: NodeIndex, as_child: bool) -> u8 {
 fn expr(side: Side, n: NodeIndex, depth: usize, top: bool) -> String {
     let g = &side.stage.graph;
     let node = &g[n];
-    if !top {
-        if let Some(name) = node.names.first() {
-            return name.clone();
-        }
+    if !top && let Some(name) = node.names.first() {
+        return name.clone();
     }
     if depth > 8 {
         return "…".into();

@@ -468,19 +468,19 @@ impl<'a> StageCx<'a> {
                 StmtKind::Loss(_) => Some("loss"),
                 StmtKind::Let(..) => None,
             };
-            if let Some(key) = key {
-                if let Some(first) = seen.insert(key, stmt.keyword) {
-                    me.diags.push(
-                        Diagnostic::error(
-                            "duplicate-statement",
-                            format!("stage `{}` has two `{key}` statements", s.name.name),
-                        )
-                        .primary(stmt.keyword, "second one here")
-                        .secondary(first, "first one here")
-                        .help("a stage has at most one of each; merge them"),
-                    );
-                    continue;
-                }
+            if let Some(key) = key
+                && let Some(first) = seen.insert(key, stmt.keyword)
+            {
+                me.diags.push(
+                    Diagnostic::error(
+                        "duplicate-statement",
+                        format!("stage `{}` has two `{key}` statements", s.name.name),
+                    )
+                    .primary(stmt.keyword, "second one here")
+                    .secondary(first, "first one here")
+                    .help("a stage has at most one of each; merge them"),
+                );
+                continue;
             }
             match &stmt.kind {
                 StmtKind::Train(targets) => {

@@ -133,10 +133,10 @@ impl Formatter<'_> {
                     // A run of declarations with no blank line between them is aligned together.
                     let mut group: Vec<&Decl> = vec![];
                     while let Some(Item::Decl(d)) = r.items.get(i) {
-                        if let Some(prev) = group.last() {
-                            if has_blank_line(&self.text[prev.span.end..d.span.start]) {
-                                break;
-                            }
+                        if let Some(prev) = group.last()
+                            && has_blank_line(&self.text[prev.span.end..d.span.start])
+                        {
+                            break;
                         }
                         group.push(d);
                         i += 1;

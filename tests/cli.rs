@@ -1,0 +1,141 @@
+//! The `rlx` binary: outputs, formats and exit codes (0 ok, 1 findings, 2 usage or I/O failure).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn rlx(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlx"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("rlx runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn lint_exit_codes() {
+    let all: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    let mut args = vec!["lint"];
+    args.extend(all.iter().map(String::as_str));
+    let ok = rlx(&args);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(stderr(&ok).is_empty());
+
+    let bad = rlx(&["lint", "tests/ui/level_mismatch_input.rlx"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("level-mismatch"));
+
+    let warn = rlx(&["lint", "tests/ui/unused_binding.rlx"]);
+    assert_eq!(warn.status.code(), Some(0), "warnings alone pass");
+    let denied = rlx(&["lint", "--deny", "unused-binding", "tests/ui/unused_binding.rlx"]);
+    assert_eq!(denied.status.code(), Some(1));
+    let all_denied = rlx(&["lint", "--deny", "warnings", "tests/ui/unused_binding.rlx"]);
+    assert_eq!(all_denied.status.code(), Some(1));
+    let allowed = rlx(&["lint", "--allow", "unused-binding", "tests/ui/unused_binding.rlx"]);
+    assert_eq!(allowed.status.code(), Some(0));
+    assert!(stderr(&allowed).is_empty());
+
+    let unknown = rlx(&["lint", "--allow", "unused-bindings", "recipes/ppo.rlx"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("did you mean `unused-binding`"));
+
+    let missing = rlx(&["lint", "no/such/file.rlx"]);
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn lint_json_is_machine_readable() {
+    let o = rlx(&["lint", "--format", "json", "tests/ui/many_errors_at_once.rlx"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let items = v.as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["code"], "unknown-name");
+    assert_eq!(items[0]["severity"], "error");
+    assert_eq!(items[0]["line"], 10);
+    assert_eq!(items[0]["column"], 42);
+    assert_eq!(items[0]["help"], "did you mean `response`?");
+    assert_eq!(items[1]["code"], "value-out-of-range");
+}
+
+#[test]
+fn graph_text_dot_and_stage_selection() {
+    let o = rlx(&["graph", "recipes/rto.rlx", "--stage", "rl"]);
+    assert_eq!(o.status.code(), Some(0));
+    let text = stdout(&o);
+    assert!(text.contains("stage rl") && !text.contains("stage dpo"));
+    assert!(text.contains("forward dpo_model: logp"));
+    assert!(text.contains("← loss"));
+
+    let dot = stdout(&rlx(&["graph", "recipes/vineppo.rlx", "--format", "dot"]));
+    assert!(dot.starts_with("digraph rlx {") && dot.trim_end().ends_with('}'));
+    assert!(dot.contains("vine_values") && dot.contains("[label=\"steps\"]"));
+
+    let resolved = stdout(&rlx(&["graph", "recipes/ppo.rlx", "--resolved"]));
+    assert!(resolved.contains("eps_high = 0.2"));
+
+    let bad_stage = rlx(&["graph", "recipes/ppo.rlx", "--stage", "nope"]);
+    assert_eq!(bad_stage.status.code(), Some(2));
+    let broken = rlx(&["graph", "tests/ui/binding_cycle.rlx"]);
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(stderr(&broken).contains("binding-cycle"));
+}
+
+#[test]
+fn diff_exit_codes() {
+    let same = rlx(&["diff", "recipes/ppo.rlx", "recipes/ppo.rlx"]);
+    assert_eq!(same.status.code(), Some(0));
+    assert!(stdout(&same).contains("are equivalent"));
+    let different = rlx(&["diff", "recipes/ppo.rlx", "recipes/vineppo.rlx"]);
+    assert_eq!(different.status.code(), Some(1));
+    assert!(stdout(&different).contains("stage rl:"));
+    let stages = stdout(&rlx(&["diff", "recipes/dpo.rlx", "recipes/rto.rlx"]));
+    assert!(stages.contains("- stage dpo") || stages.contains("stage dpo:"), "{stages}");
+    assert!(stages.contains("+ stage rl"), "{stages}");
+}
+
+#[test]
+fn fmt_check_and_rewrite() {
+    let dir = std::env::temp_dir().join(format!("rlx-fmt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("messy.rlx");
+    std::fs::write(&file, "data a=builtin(\"arith\")\nmodel p=builtin(\"tiny\",warm_start=a.solutions) # keep me\nstage rl{train p\nprompts a.problems\nsample{n=8}\nloss=token_mean(pg(p.logp,spread(group_zscore(a.correct(response)))))}\n").unwrap();
+    let path = file.display().to_string();
+    assert_eq!(rlx(&["fmt", "--check", &path]).status.code(), Some(1));
+    assert_eq!(rlx(&["fmt", &path]).status.code(), Some(0));
+    let formatted = std::fs::read_to_string(&file).unwrap();
+    assert!(formatted.contains("# keep me"));
+    assert!(
+        formatted.contains(
+            "    loss    = token_mean(pg(p.logp, spread(group_zscore(a.correct(response)))))"
+        ),
+        "{formatted}"
+    );
+    assert_eq!(rlx(&["fmt", "--check", &path]).status.code(), Some(0));
+    assert_eq!(rlx(&["lint", &path]).status.code(), Some(0));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn blocks_reference() {
+    let index = stdout(&rlx(&["blocks"]));
+    assert!(index.contains("advantages and returns:") && index.contains("ppo_clip"));
+    let page = rlx(&["blocks", "ppo_clip"]);
+    assert_eq!(page.status.code(), Some(0));
+    let page = stdout(&page);
+    assert!(page.contains("eps_high") && page.contains("Schulman et al. 2017"));
+    let typo = rlx(&["blocks", "ppo_clp"]);
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(stderr(&typo).contains("did you mean `ppo_clip`"));
+}
