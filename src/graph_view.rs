@@ -183,3 +183,96 @@ pub fn dot(checked: &Checked, only: Option<&str>, opts: ViewOptions) -> String {
     out.push_str("}\n");
     out
 }
+
+/// Binding strength of a node printed as an operator; a child printed by name binds fully.
+fn precedence(stage: &StageIr, n: NodeIndex, as_child: bool) -> u8 {
+    match &stage.graph[n].op {
+        Op::Block { spec, .. } if !as_child || stage.graph[n].names.is_empty() => match spec.name {
+            "add" | "sub" => 1,
+            "mul" | "div" => 2,
+            "neg" => 3,
+            "pow" => 4,
+            _ => 9,
+        },
+        _ => 9,
+    }
+}
+
+/// A node as recipe text (`kl(old.logp, ref.logp, estimator = k1)`); named bindings below the
+/// top level appear by name, and only the parameters the recipe wrote are shown.
+pub fn expr_text(stage: &StageIr, checked: &CheckedStage, n: NodeIndex, top: bool) -> String {
+    expr_at(stage, checked, n, 0, top)
+}
+
+fn expr_at(
+    stage: &StageIr,
+    checked: &CheckedStage,
+    n: NodeIndex,
+    depth: usize,
+    top: bool,
+) -> String {
+    let g = &stage.graph;
+    let node = &g[n];
+    if !top && let Some(name) = node.names.first() {
+        return name.clone();
+    }
+    if depth > 8 {
+        return "…".into();
+    }
+    let ins = inputs(g, n);
+    let sub = |i: NodeIndex| expr_at(stage, checked, i, depth + 1, false);
+    let body = match &node.op {
+        Op::Const(v) => crate::blocks::spec::format_number(*v),
+        Op::Text(t) => t.to_string(),
+        Op::Scorer(s) => s.display(),
+        Op::Signal { model, signal } => {
+            let text = ins.first().map(|t| sub(*t)).unwrap_or_default();
+            if text == "response" || text == "target" {
+                format!("{}.{}", model.display(), signal.name())
+            } else {
+                format!("{}.{}({text})", model.display(), signal.name())
+            }
+        }
+        Op::Rewrite { model } => {
+            format!("{model}.rewrite({})", ins.first().map(|t| sub(*t)).unwrap_or_default())
+        }
+        Op::Score(s) => {
+            format!("{}({})", s.display(), ins.first().map(|t| sub(*t)).unwrap_or_default())
+        }
+        Op::Block { spec, .. } => {
+            let infix = match spec.name {
+                "add" => Some("+"),
+                "sub" => Some("-"),
+                "mul" => Some("*"),
+                "div" => Some("/"),
+                "pow" => Some("^"),
+                _ => None,
+            };
+            let own = precedence(stage, n, false);
+            let wrap = |i: NodeIndex, right: bool| {
+                let s = sub(i);
+                let p = precedence(stage, i, true);
+                if p < own || (right && p == own && own < 9) { format!("({s})") } else { s }
+            };
+            match (infix, ins.as_slice()) {
+                (Some(op), [x, y]) => format!("{} {op} {}", wrap(*x, false), wrap(*y, true)),
+                _ if spec.name == "neg" && ins.len() == 1 => format!("-{}", wrap(ins[0], false)),
+                _ => {
+                    let mut parts: Vec<String> = ins.iter().map(|i| sub(*i)).collect();
+                    if let Some(ps) = checked.params.get(&n) {
+                        parts.extend(
+                            ps.iter()
+                                .filter(|p| p.explicit)
+                                .map(|p| format!("{} = {}", p.name, p.value.display())),
+                        );
+                    }
+                    format!("{}({})", spec.name, parts.join(", "))
+                }
+            }
+        }
+    };
+    match (top, node.names.first()) {
+        (true, Some(name)) => format!("{name} = {body}"),
+        _ => body,
+    }
+}

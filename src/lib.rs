@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod check;
 pub mod diag;
 pub mod diff;
+pub mod exec;
 pub mod graph_view;
 pub mod ir;
 pub mod render;

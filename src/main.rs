@@ -81,6 +81,31 @@ enum Command {
     },
     /// The block reference: every block, or one in full.
     Blocks { name: Option<String> },
+    /// Evaluate and differentiate a stage's objective on a batch of tensors (no model, no sampling).
+    Eval {
+        recipe: PathBuf,
+        /// The stage (default: the last).
+        #[arg(long)]
+        stage: Option<String>,
+        /// Input tensors by name, as safetensors.
+        #[arg(long, conflicts_with_all = ["synthetic", "inputs"])]
+        batch: Option<PathBuf>,
+        /// Evaluate on a deterministic synthetic batch of B sequences × T tokens, e.g. `8x32`.
+        #[arg(long, value_name = "BxT")]
+        synthetic: Option<String>,
+        /// Seed of the synthetic batch.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write every binding, the loss, its terms and `grad.INPUT` here, as safetensors.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// List the inputs the stage reads (names, dtypes, shapes) and exit.
+        #[arg(long)]
+        inputs: bool,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +128,9 @@ fn main() -> ExitCode {
         Command::Diff { old, new } => diff(&old, &new, style),
         Command::Fmt { files, check } => fmt(&files, check, style),
         Command::Blocks { name } => blocks(name.as_deref()),
+        Command::Eval { recipe, stage, batch, synthetic, seed, out, inputs, device } => {
+            eval(&recipe, EvalArgs { stage, batch, synthetic, seed, out, inputs, device }, style)
+        }
     };
     match result {
         Ok(code) => code,
@@ -250,6 +278,87 @@ fn blocks(name: Option<&str>) -> Result<ExitCode, String> {
     match name {
         None => print!("{}", rlx::blocks::docs::index()),
         Some(n) => print!("{}", rlx::blocks::docs::page(n)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct EvalArgs {
+    stage: Option<String>,
+    batch: Option<PathBuf>,
+    synthetic: Option<String>,
+    seed: u64,
+    out: Option<PathBuf>,
+    inputs: bool,
+    device: String,
+}
+
+fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
+    let Some((src, analysis)) = analyze_clean(path, style)? else { return Ok(ExitCode::from(1)) };
+    let checked = analysis.checked.as_ref().ok_or("internal: no checked graph")?;
+    let names: Vec<&str> = checked.program.stages.iter().map(|s| s.name.name.as_str()).collect();
+    let index = rlx::exec::stage_index(checked, args.stage.as_deref()).ok_or_else(|| {
+        format!(
+            "no stage `{}`; the stages are {}",
+            args.stage.as_deref().unwrap_or(""),
+            names.join(", ")
+        )
+    })?;
+    let stage_name = &checked.program.stages[index].name.name;
+    if args.inputs {
+        println!("stage `{stage_name}` reads:");
+        for r in rlx::exec::requirements(checked, index) {
+            let grad = if r.grad { "  (gradient written as grad.NAME)" } else { "" };
+            println!("  {:<28} {} {:<14} {}{grad}", r.name, r.dtype_text(), r.shape_text(), r.doc);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let device = rlx::exec::device::device(&args.device)?;
+    let batch = match (&args.batch, &args.synthetic) {
+        (Some(p), _) => candle_core::safetensors::load(p, &device)
+            .map_err(|e| format!("cannot read `{}`: {e}", p.display()))?,
+        (None, Some(spec)) => {
+            let (b, t) = spec
+                .split_once('x')
+                .and_then(|(b, t)| Some((b.parse::<usize>().ok()?, t.parse::<usize>().ok()?)))
+                .ok_or_else(|| format!("`--synthetic {spec}`: expected BxT, e.g. 8x32"))?;
+            rlx::exec::synthetic::batch(checked, index, b, t, args.seed, &device)
+                .map_err(|e| e.to_string())?
+        }
+        (None, None) => return Err("give `--batch FILE`, `--synthetic BxT` or `--inputs`".into()),
+    };
+    let evaluation = match rlx::exec::evaluate(
+        checked,
+        index,
+        &batch,
+        &device,
+        rlx::exec::Options { grads: true },
+    ) {
+        Ok(e) => e,
+        Err(d) => {
+            eprint!("{}", render::human(&d, &src, style));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let scalar = |t: &candle_core::Tensor| {
+        t.to_dtype(candle_core::DType::F32).and_then(|t| t.to_scalar::<f32>()).unwrap_or(f32::NAN)
+    };
+    println!("stage `{stage_name}`: loss = {:.6}", scalar(&evaluation.loss));
+    for t in &evaluation.terms {
+        let sign = if t.sign < 0.0 { "−" } else { "+" };
+        println!("  {sign} {:<10} {:>12.6}  {}", t.name, scalar(&t.value), t.expr);
+    }
+    if let Some(out) = &args.out {
+        let tensors = evaluation.tensors();
+        candle_core::safetensors::save(&tensors, out)
+            .map_err(|e| format!("cannot write `{}`: {e}", out.display()))?;
+        println!(
+            "wrote {} tensors to {} ({} bindings, {} terms, {} gradients)",
+            tensors.len(),
+            out.display(),
+            evaluation.bindings.len(),
+            evaluation.terms.len(),
+            evaluation.grads.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,9 @@
 //! Aggregations: the explicit reductions from tokens or sequences to a scalar, and from tokens to
 //! sequences. Every token-level reduction honours the response mask unless told `mask = none`.
 
+use candle_core::{Result, Tensor};
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 const AGG: BlockSpec = BlockSpec {
@@ -16,6 +19,7 @@ pub static TOKEN_MEAN: BlockSpec = BlockSpec {
     summary: "mean over every unmasked token of the batch",
     source: "verl `token-mean` (default), TRL `dapo`, OpenRLHF default",
     formula: "Σ_{b,t} x·m / Σ_{b,t} m",
+    forward: Some(token_mean),
     ..AGG
 };
 
@@ -24,6 +28,7 @@ pub static TOKEN_SUM: BlockSpec = BlockSpec {
     summary: "sum over every unmasked token of the batch",
     source: "verl `token-sum`",
     formula: "Σ_{b,t} x·m",
+    forward: Some(token_sum),
     ..AGG
 };
 
@@ -32,6 +37,7 @@ pub static SEQ_MEAN_TOKEN_SUM: BlockSpec = BlockSpec {
     summary: "sum over each sequence's tokens, then mean over sequences",
     source: "verl `seq-mean-token-sum`; VinePPO's KL term",
     formula: "(1/B) Σ_b Σ_t x·m",
+    forward: Some(seq_mean_token_sum),
     ..AGG
 };
 
@@ -40,6 +46,7 @@ pub static SEQ_MEAN_TOKEN_MEAN: BlockSpec = BlockSpec {
     summary: "mean over each sequence's tokens, then mean over sequences",
     source: "original GRPO; verl `seq-mean-token-mean`, TRL `grpo`; RTO",
     formula: "(1/B) Σ_b (Σ_t x·m / Σ_t m)",
+    forward: Some(seq_mean_token_mean),
     ..AGG
 };
 
@@ -58,6 +65,7 @@ pub static SEQ_MEAN_TOKEN_SUM_NORM: BlockSpec = BlockSpec {
         },
         MASK,
     ],
+    forward: Some(seq_mean_token_sum_norm),
     ..AGG
 };
 
@@ -67,6 +75,7 @@ pub static SUM_TOKENS: BlockSpec = BlockSpec {
     source: "sequence log-probability, summed KL per sequence (TRL RLOO)",
     formula: "out[b] = Σ_t x·m",
     output: OutputKind::Tensor(Level::Seq),
+    forward: Some(sum_tokens),
     ..AGG
 };
 
@@ -76,6 +85,7 @@ pub static MEAN_TOKENS: BlockSpec = BlockSpec {
     source: "length-normalised sequence scores (RCfD use case 1)",
     formula: "out[b] = Σ_t x·m / Σ_t m",
     output: OutputKind::Tensor(Level::Seq),
+    forward: Some(mean_tokens),
     ..AGG
 };
 
@@ -86,6 +96,7 @@ pub static SEQ_MEAN: BlockSpec = BlockSpec {
     formula: "(1/B) Σ_b x",
     inputs: &[tensor("x", Level::Seq, "per-sequence values")],
     params: &[],
+    forward: Some(seq_mean),
     ..AGG
 };
 
@@ -99,6 +110,7 @@ pub static SUM: BlockSpec = BlockSpec {
         kind: InputKind::Tensor(LevelRule::Any, GradRule::Any),
         doc: "any value",
     }],
+    forward: Some(sum),
     ..AGG
 };
 
@@ -112,6 +124,7 @@ pub static MEAN: BlockSpec = BlockSpec {
         kind: InputKind::Tensor(LevelRule::Any, GradRule::Any),
         doc: "any value",
     }],
+    forward: Some(mean),
     ..AGG
 };
 
@@ -126,5 +139,86 @@ pub static COUNT_NONZERO: BlockSpec = BlockSpec {
         doc: "any value",
     }],
     grad: OutputGrad::Never,
+    forward: Some(count_nonzero),
     ..AGG
 };
+
+/// `x` with masked positions replaced by 0 (NaN-safe, unlike `x · m`), and the mask as `x`'s dtype.
+fn masked(ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+    let x = ctx.tensor(0)?;
+    let m = if ctx.params.iter().any(|p| p.name == "mask") && ctx.choice("mask")? == "none" {
+        x.ones_like()?
+    } else {
+        ctx.input_mask(0)?.to_dtype(x.dtype())?
+    };
+    Ok((m.ne(0.0)?.where_cond(x, &x.zeros_like()?)?, m))
+}
+
+/// Rows with at least one token, at least 1 (empty rows do not count, as in verl).
+fn n_seq(m: &Tensor) -> Result<Tensor> {
+    m.sum(1)?.gt(0.0)?.to_dtype(m.dtype())?.sum_all()?.maximum(1.0)
+}
+
+fn token_mean(ctx: &Ctx) -> Result<Value> {
+    let (x, m) = masked(ctx)?;
+    Ok(Value::Tensor(x.sum_all()?.div(&m.sum_all()?.maximum(1.0)?)?))
+}
+
+fn token_sum(ctx: &Ctx) -> Result<Value> {
+    Ok(Value::Tensor(masked(ctx)?.0.sum_all()?))
+}
+
+fn seq_mean_token_sum(ctx: &Ctx) -> Result<Value> {
+    let (x, m) = masked(ctx)?;
+    Ok(Value::Tensor(x.sum_all()?.div(&n_seq(&m)?)?))
+}
+
+fn seq_mean_token_mean(ctx: &Ctx) -> Result<Value> {
+    let (x, m) = masked(ctx)?;
+    let per_seq = x.sum(1)?.div(&m.sum(1)?.maximum(1.0)?)?;
+    Ok(Value::Tensor(per_seq.sum_all()?.div(&n_seq(&m)?)?))
+}
+
+fn seq_mean_token_sum_norm(ctx: &Ctx) -> Result<Value> {
+    let (x, m) = masked(ctx)?;
+    Ok(Value::Tensor((x.sum_all()?.div(&n_seq(&m)?)? / ctx.num("norm")?)?))
+}
+
+fn sum_tokens(ctx: &Ctx) -> Result<Value> {
+    Ok(Value::Tensor(masked(ctx)?.0.sum(1)?))
+}
+
+fn mean_tokens(ctx: &Ctx) -> Result<Value> {
+    let (x, m) = masked(ctx)?;
+    Ok(Value::Tensor(x.sum(1)?.div(&m.sum(1)?.maximum(1.0)?)?))
+}
+
+fn seq_mean(ctx: &Ctx) -> Result<Value> {
+    Ok(Value::Tensor(ctx.tensor(0)?.mean_all()?))
+}
+
+/// The entries that count at any level: masked for tokens and steps, all for sequences.
+fn entries(ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+    match ctx.input_level(0) {
+        Some(Level::Token | Level::Step) => masked(ctx),
+        _ => {
+            let x = ctx.tensor(0)?;
+            Ok((x.clone(), x.ones_like()?))
+        }
+    }
+}
+
+fn sum(ctx: &Ctx) -> Result<Value> {
+    Ok(Value::Tensor(entries(ctx)?.0.sum_all()?))
+}
+
+fn mean(ctx: &Ctx) -> Result<Value> {
+    let (x, m) = entries(ctx)?;
+    Ok(Value::Tensor(x.sum_all()?.div(&m.sum_all()?.maximum(1.0)?)?))
+}
+
+fn count_nonzero(ctx: &Ctx) -> Result<Value> {
+    let (x, m) = entries(ctx)?;
+    let nonzero = x.ne(0.0)?.to_dtype(m.dtype())?.mul(&m)?;
+    Ok(Value::Tensor(nonzero.sum_all()?.maximum(1.0)?.detach()))
+}

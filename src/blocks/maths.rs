@@ -1,6 +1,9 @@
 //! Maths: element-wise operations. Inputs share one level `L`; scalars combine with any level.
 //! The operators `+ - * / ^` and prefix `-` lower to `add`, `sub`, `mul`, `div`, `pow` and `neg`.
 
+use candle_core::{DType, Result, Tensor};
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 const UNARY: BlockSpec = BlockSpec {
@@ -14,37 +17,66 @@ const UNARY: BlockSpec = BlockSpec {
 const BINARY: BlockSpec =
     BlockSpec { inputs: &[generic("a", "left operand"), generic("b", "right operand")], ..UNARY };
 
-pub static ADD: BlockSpec = BlockSpec { name: "add", summary: "a + b", formula: "a + b", ..BINARY };
+pub static ADD: BlockSpec =
+    BlockSpec { name: "add", summary: "a + b", formula: "a + b", forward: Some(add), ..BINARY };
 pub static SUB: BlockSpec =
-    BlockSpec { name: "sub", summary: "a − b", formula: "a − b", ..BINARY };
+    BlockSpec { name: "sub", summary: "a − b", formula: "a − b", forward: Some(sub), ..BINARY };
 pub static MUL: BlockSpec =
-    BlockSpec { name: "mul", summary: "a × b", formula: "a · b", ..BINARY };
+    BlockSpec { name: "mul", summary: "a × b", formula: "a · b", forward: Some(mul), ..BINARY };
 pub static DIV: BlockSpec =
-    BlockSpec { name: "div", summary: "a ÷ b", formula: "a / b", ..BINARY };
-pub static POW: BlockSpec =
-    BlockSpec { name: "pow", summary: "a to the power b", formula: "a^b", ..BINARY };
-pub static MIN: BlockSpec =
-    BlockSpec { name: "min", summary: "element-wise minimum", formula: "min(a, b)", ..BINARY };
-pub static MAX: BlockSpec =
-    BlockSpec { name: "max", summary: "element-wise maximum", formula: "max(a, b)", ..BINARY };
+    BlockSpec { name: "div", summary: "a ÷ b", formula: "a / b", forward: Some(div), ..BINARY };
+pub static POW: BlockSpec = BlockSpec {
+    name: "pow",
+    summary: "a to the power b",
+    formula: "a^b",
+    forward: Some(pow),
+    ..BINARY
+};
+pub static MIN: BlockSpec = BlockSpec {
+    name: "min",
+    summary: "element-wise minimum",
+    formula: "min(a, b)",
+    forward: Some(min),
+    ..BINARY
+};
+pub static MAX: BlockSpec = BlockSpec {
+    name: "max",
+    summary: "element-wise maximum",
+    formula: "max(a, b)",
+    forward: Some(max),
+    ..BINARY
+};
 pub static NEG: BlockSpec =
-    BlockSpec { name: "neg", summary: "negation", formula: "−x", ..UNARY };
-pub static ABS: BlockSpec =
-    BlockSpec { name: "abs", summary: "absolute value", formula: "|x|", ..UNARY };
+    BlockSpec { name: "neg", summary: "negation", formula: "−x", forward: Some(neg), ..UNARY };
+pub static ABS: BlockSpec = BlockSpec {
+    name: "abs",
+    summary: "absolute value",
+    formula: "|x|",
+    forward: Some(abs),
+    ..UNARY
+};
 pub static SQUARE: BlockSpec =
-    BlockSpec { name: "square", summary: "square", formula: "x²", ..UNARY };
+    BlockSpec { name: "square", summary: "square", formula: "x²", forward: Some(square), ..UNARY };
 pub static SQRT: BlockSpec =
-    BlockSpec { name: "sqrt", summary: "square root", formula: "√x", ..UNARY };
+    BlockSpec {
+        name: "sqrt", summary: "square root", formula: "√x", forward: Some(sqrt), ..UNARY
+    };
 pub static EXP: BlockSpec =
-    BlockSpec { name: "exp", summary: "exponential", formula: "e^x", ..UNARY };
-pub static LOG: BlockSpec =
-    BlockSpec { name: "log", summary: "natural logarithm", formula: "ln x", ..UNARY };
+    BlockSpec { name: "exp", summary: "exponential", formula: "e^x", forward: Some(exp), ..UNARY };
+pub static LOG: BlockSpec = BlockSpec {
+    name: "log",
+    summary: "natural logarithm",
+    formula: "ln x",
+    forward: Some(log),
+    ..UNARY
+};
 
 pub static STOPGRAD: BlockSpec = BlockSpec {
     name: "stopgrad",
     summary: "the same value, with no gradient flowing back through it",
     formula: "x in the forward pass, 0 in the backward pass",
     grad: OutputGrad::Never,
+    forward: Some(stopgrad),
     ..UNARY
 };
 
@@ -69,6 +101,7 @@ pub static CLAMP: BlockSpec = BlockSpec {
         },
     ],
     validate: Some(lo_below_hi),
+    forward: Some(clamp),
     ..UNARY
 };
 
@@ -85,6 +118,7 @@ pub static WHERE: BlockSpec = BlockSpec {
         generic("then", "value where the condition holds"),
         generic("otherwise", "value elsewhere"),
     ],
+    forward: Some(where_),
     ..UNARY
 };
 
@@ -94,4 +128,96 @@ pub fn lo_below_hi(p: &dyn Fn(&str) -> Option<f64>) -> Option<String> {
         (Some(lo), Some(hi)) if lo > hi => Some(format!("`lo` ({lo}) is above `hi` ({hi})")),
         _ => None,
     }
+}
+
+fn binary(ctx: &Ctx, f: fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Value> {
+    Ok(Value::Tensor(f(ctx.tensor(0)?, ctx.tensor(1)?)?))
+}
+
+fn unary(ctx: &Ctx, f: fn(&Tensor) -> Result<Tensor>) -> Result<Value> {
+    Ok(Value::Tensor(f(ctx.tensor(0)?)?))
+}
+
+fn add(ctx: &Ctx) -> Result<Value> {
+    binary(ctx, Tensor::broadcast_add)
+}
+
+fn sub(ctx: &Ctx) -> Result<Value> {
+    binary(ctx, Tensor::broadcast_sub)
+}
+
+fn mul(ctx: &Ctx) -> Result<Value> {
+    binary(ctx, Tensor::broadcast_mul)
+}
+
+fn div(ctx: &Ctx) -> Result<Value> {
+    binary(ctx, Tensor::broadcast_div)
+}
+
+fn min(ctx: &Ctx) -> Result<Value> {
+    binary(ctx, Tensor::broadcast_minimum)
+}
+
+fn max(ctx: &Ctx) -> Result<Value> {
+    binary(ctx, Tensor::broadcast_maximum)
+}
+
+/// A constant exponent uses `powf`, which also handles negative bases (`(-2) ^ 2 = 4`).
+fn pow(ctx: &Ctx) -> Result<Value> {
+    let (a, b) = (ctx.tensor(0)?, ctx.tensor(1)?);
+    if b.rank() == 0 && !b.track_op() {
+        return Ok(Value::Tensor(a.powf(b.to_dtype(DType::F64)?.to_scalar::<f64>()?)?));
+    }
+    Ok(Value::Tensor(a.broadcast_pow(b)?))
+}
+
+fn neg(ctx: &Ctx) -> Result<Value> {
+    unary(ctx, Tensor::neg)
+}
+
+fn abs(ctx: &Ctx) -> Result<Value> {
+    unary(ctx, Tensor::abs)
+}
+
+fn square(ctx: &Ctx) -> Result<Value> {
+    unary(ctx, Tensor::sqr)
+}
+
+fn sqrt(ctx: &Ctx) -> Result<Value> {
+    unary(ctx, Tensor::sqrt)
+}
+
+fn exp(ctx: &Ctx) -> Result<Value> {
+    unary(ctx, Tensor::exp)
+}
+
+fn log(ctx: &Ctx) -> Result<Value> {
+    unary(ctx, Tensor::log)
+}
+
+fn stopgrad(ctx: &Ctx) -> Result<Value> {
+    Ok(Value::Tensor(ctx.tensor(0)?.detach()))
+}
+
+fn clamp(ctx: &Ctx) -> Result<Value> {
+    let mut x = ctx.tensor(0)?.clone();
+    if let Some(lo) = ctx.opt_num("lo") {
+        x = x.maximum(lo)?;
+    }
+    if let Some(hi) = ctx.opt_num("hi") {
+        x = x.minimum(hi)?;
+    }
+    Ok(Value::Tensor(x))
+}
+
+fn where_(ctx: &Ctx) -> Result<Value> {
+    let (c, a, b) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
+    // Broadcast the three to the largest shape among them.
+    let shape = [c, a, b]
+        .iter()
+        .max_by_key(|t| t.rank())
+        .map(|t| t.shape().clone())
+        .unwrap_or_else(|| a.shape().clone());
+    let cond = c.ne(0.0)?.broadcast_as(&shape)?;
+    Ok(Value::Tensor(cond.where_cond(&a.broadcast_as(&shape)?, &b.broadcast_as(&shape)?)?))
 }

@@ -2,6 +2,7 @@
 //!
 //! To add a block: create one file, add one `mod` line and one entry in `ALL`.
 
+pub mod ctx;
 pub mod docs;
 pub mod spec;
 
@@ -162,6 +163,7 @@ mod tests {
                     );
                 }
             }
+            assert!(b.forward.is_some(), "{} has no forward", b.name);
             if let Some(i) = b.axis_from {
                 assert!(i < b.inputs.len(), "{}: axis_from", b.name);
             }

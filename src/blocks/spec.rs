@@ -259,6 +259,8 @@ pub struct BlockSpec {
     pub regularizer: bool,
     /// Checks across parameters (e.g. `lo ≤ hi`); returns the message of a violation.
     pub validate: Option<Validate>,
+    /// The computation on candle tensors.
+    pub forward: Option<super::ctx::Forward>,
 }
 
 impl BlockSpec {
@@ -399,4 +401,5 @@ pub const BASE: BlockSpec = BlockSpec {
     demand: Demand::None,
     regularizer: false,
     validate: None,
+    forward: None,
 };

@@ -13,7 +13,7 @@ use petgraph::Direction;
 use petgraph::stable_graph::NodeIndex;
 
 use crate::blocks::spec::Family;
-use crate::check::params::{Resolved, Value};
+use crate::check::params::Resolved;
 use crate::check::{Checked, CheckedStage};
 use crate::ir::graph::*;
 
@@ -329,11 +329,7 @@ fn graph_diff(a: Side, b: Side, out: &mut Vec<Change>) {
             if x_unpaired && y_unpaired && replaced_a.insert(*x) && replaced_b.insert(*y) {
                 replaced.push((*x, *y, at));
             } else {
-                rewired.push(format!(
-                    "{at}: {} → {}",
-                    expr(a, *x, 0, false),
-                    expr(b, *y, 0, false)
-                ));
+                rewired.push(format!("{at}: {} → {}", expr(a, *x, false), expr(b, *y, false)));
             }
         }
     }
@@ -363,7 +359,7 @@ fn graph_diff(a: Side, b: Side, out: &mut Vec<Change>) {
     for (x, y, at) in &replaced {
         out.push(Change {
             kind: "replaced",
-            text: format!("{at}:\n{}\n  → {}", expr(a, *x, 0, true), expr(b, *y, 0, true)),
+            text: format!("{at}:\n{}\n  → {}", expr(a, *x, true), expr(b, *y, true)),
         });
     }
 
@@ -405,12 +401,12 @@ fn graph_diff(a: Side, b: Side, out: &mut Vec<Change>) {
     };
     for n in absorbed(a, &ua, &replaced_a, &pair_ab) {
         if !is_trivial(a, n) {
-            out.push(Change { kind: "removed", text: expr(a, n, 0, true) });
+            out.push(Change { kind: "removed", text: expr(a, n, true) });
         }
     }
     for n in absorbed(b, &ub, &replaced_b, &pair_ba) {
         if !is_trivial(b, n) {
-            out.push(Change { kind: "added", text: expr(b, n, 0, true) });
+            out.push(Change { kind: "added", text: expr(b, n, true) });
         }
     }
 }
@@ -431,92 +427,9 @@ fn live(stage: &StageIr) -> HashSet<NodeIndex> {
     seen
 }
 
-/// Binding strength of a node printed as an operator; a child printed by name binds fully.
-fn precedence(side: Side, n: NodeIndex, as_child: bool) -> u8 {
-    match &side.stage.graph[n].op {
-        Op::Block { spec, .. } if !as_child || side.stage.graph[n].names.is_empty() => {
-            match spec.name {
-                "add" | "sub" => 1,
-                "mul" | "div" => 2,
-                "neg" => 3,
-                "pow" => 4,
-                _ => 9,
-            }
-        }
-        _ => 9,
-    }
-}
-
 /// A node as recipe text; bindings appear by name below the top level.
-fn expr(side: Side, n: NodeIndex, depth: usize, top: bool) -> String {
-    let g = &side.stage.graph;
-    let node = &g[n];
-    if !top && let Some(name) = node.names.first() {
-        return name.clone();
-    }
-    if depth > 8 {
-        return "…".into();
-    }
-    let ins = inputs(g, n);
-    let sub = |i: NodeIndex| expr(side, i, depth + 1, false);
-    let body = match &node.op {
-        Op::Const(v) => crate::blocks::spec::format_number(*v),
-        Op::Text(t) => t.to_string(),
-        Op::Scorer(s) => s.display(),
-        Op::Signal { model, signal } => {
-            let text = ins.first().map(|t| sub(*t)).unwrap_or_default();
-            if text == "response" || text == "target" {
-                format!("{}.{}", model.display(), signal.name())
-            } else {
-                format!("{}.{}({text})", model.display(), signal.name())
-            }
-        }
-        Op::Rewrite { model } => {
-            format!("{model}.rewrite({})", ins.first().map(|t| sub(*t)).unwrap_or_default())
-        }
-        Op::Score(s) => {
-            format!("{}({})", s.display(), ins.first().map(|t| sub(*t)).unwrap_or_default())
-        }
-        Op::Block { spec, .. } => {
-            let infix = match spec.name {
-                "add" => Some("+"),
-                "sub" => Some("-"),
-                "mul" => Some("*"),
-                "div" => Some("/"),
-                "pow" => Some("^"),
-                _ => None,
-            };
-            let own = precedence(side, n, false);
-            let wrap = |i: NodeIndex, right: bool| {
-                let s = sub(i);
-                let p = precedence(side, i, true);
-                if p < own || (right && p == own && own < 9) { format!("({s})") } else { s }
-            };
-            match (infix, ins.as_slice()) {
-                (Some(op), [x, y]) => format!("{} {op} {}", wrap(*x, false), wrap(*y, true)),
-                _ if spec.name == "neg" && ins.len() == 1 => format!("-{}", wrap(ins[0], false)),
-                _ => {
-                    let mut parts: Vec<String> = ins.iter().map(|i| sub(*i)).collect();
-                    if let Some(ps) = side.checked.params.get(&n) {
-                        parts.extend(
-                            ps.iter()
-                                .filter(|p| p.explicit)
-                                .map(|p| format!("{} = {}", p.name, display(&p.value))),
-                        );
-                    }
-                    format!("{}({})", spec.name, parts.join(", "))
-                }
-            }
-        }
-    };
-    match (top, node.names.first()) {
-        (true, Some(name)) => format!("{name} = {body}"),
-        _ => body,
-    }
-}
-
-fn display(v: &Value) -> String {
-    v.display()
+fn expr(side: Side, n: NodeIndex, top: bool) -> String {
+    crate::graph_view::expr_text(side.stage, side.checked, n, top)
 }
 
 /// The diff as text. `old` and `new` name the two recipes.

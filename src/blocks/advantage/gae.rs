@@ -1,5 +1,8 @@
 //! `gae`: generalised advantage estimation over token rewards and a critic's values.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value, host};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -20,7 +23,56 @@ pub static SPEC: BlockSpec = BlockSpec {
             Range::Probability,
             "bias-variance trade-off; 1 gives Monte-Carlo returns minus V",
         ),
+        choice(
+            "holes",
+            &["skip", "zero"],
+            "skip",
+            "masked tokens inside a response: carried through (verl) or zeroed (OpenRLHF)",
+        ),
     ],
     output: OutputKind::Tensor(Level::Token),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let r = ctx.tensor(0)?;
+    let (rows, values, mask) =
+        (host::rows(r)?, host::rows(ctx.tensor(1)?)?, host::rows(ctx.out_mask()?)?);
+    let (gamma, lambda) = (ctx.num("gamma")?, ctx.num("lambda")?);
+    let skip = ctx.choice("holes")? == "skip";
+    let out: Vec<Vec<f64>> = rows
+        .iter()
+        .zip(&values)
+        .zip(&mask)
+        .map(|((r, v), m)| gae_row(r, v, m, gamma, lambda, skip))
+        .collect();
+    Ok(Value::Tensor(host::from_rows(&out, r)?))
+}
+
+/// GAE over one response, scanning backwards. With `skip`, masked tokens neither end the
+/// recursion nor enter it (verl); otherwise they count as zero reward and zero value (OpenRLHF).
+pub(crate) fn gae_row(
+    r: &[f64],
+    v: &[f64],
+    m: &[f64],
+    gamma: f64,
+    lambda: f64,
+    skip: bool,
+) -> Vec<f64> {
+    let mut out = vec![0.0; r.len()];
+    let (mut next_v, mut g) = (0.0, 0.0);
+    for t in (0..r.len()).rev() {
+        let real = m[t] != 0.0;
+        if !real && skip {
+            continue;
+        }
+        let (rt, vt) = if real { (r[t], v[t]) } else { (0.0, 0.0) };
+        g = rt + gamma * next_v - vt + gamma * lambda * g;
+        next_v = vt;
+        if real {
+            out[t] = g;
+        }
+    }
+    out
+}

@@ -1,5 +1,8 @@
 //! `group_zscore`: GRPO's group-relative advantage (and Dr.GRPO with `scale = none`).
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value, host};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -7,7 +10,7 @@ pub static SPEC: BlockSpec = BlockSpec {
     summary: "group-relative advantage: reward minus its group mean, over the group std",
     source: "GRPO (Shao et al. 2024); Dr.GRPO (Liu et al. 2025) with `scale = none`; verl `grpo`, TRL",
     family: Family::Advantage,
-    formula: "A_i = (r_i − mean_g(r)) / (std_g(r) + eps); singleton groups give 0",
+    formula: "A_i = (r_i − mean_g(r)) / (std_g(r) + eps); singleton groups: see `singleton`",
     inputs: &[detached("rewards", Level::Seq, "one reward per sample")],
     params: &[
         choice("scale", &["std", "none"], "std", "`none` only centres (Dr.GRPO)"),
@@ -23,8 +26,45 @@ pub static SPEC: BlockSpec = BlockSpec {
             "unbiased",
             "variance convention (torch `std` is unbiased)",
         ),
+        choice(
+            "singleton",
+            &["zero", "raw"],
+            "zero",
+            "a group of one sample: advantage 0 (TRL) or its raw reward (verl)",
+        ),
     ],
     output: OutputKind::Tensor(Level::Seq),
     demand: Demand::Groups,
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let r = ctx.tensor(0)?;
+    let rewards = host::vec(r)?;
+    let groups = ctx.group_ids()?;
+    let by_std = ctx.choice("scale")? == "std";
+    let (eps, unbiased, raw) =
+        (ctx.num("eps")?, ctx.choice("var")? == "unbiased", ctx.choice("singleton")? == "raw");
+    let mut out = vec![0.0; rewards.len()];
+    for members in host::group_members(&groups) {
+        let xs: Vec<f64> = members.iter().map(|&i| rewards[i]).collect();
+        if xs.len() == 1 {
+            // verl treats a lone sample as mean 0, std 1; TRL gives it advantage 0.
+            let i = members[0];
+            out[i] = if raw { if by_std { xs[0] / (1.0 + eps) } else { xs[0] } } else { 0.0 };
+            continue;
+        }
+        let (mean, var, _) = host::mean_var(&xs, &vec![1.0; xs.len()], unbiased);
+        let denom = var.sqrt() + eps;
+        for &i in &members {
+            let centred = rewards[i] - mean;
+            out[i] = match (by_std, denom > 0.0) {
+                (false, _) => centred,
+                (true, true) => centred / denom,
+                (true, false) => 0.0,
+            };
+        }
+    }
+    Ok(Value::Tensor(host::from_vec(out, r)?))
+}

@@ -1,5 +1,8 @@
 //! `reinforce_pp`: REINFORCE++, returns whitened over the whole batch.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value, host};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -12,7 +15,36 @@ pub static SPEC: BlockSpec = BlockSpec {
     params: &[
         num("gamma", 1.0, Range::Probability, "discount"),
         num("eps", 1e-8, Range::NonNegative, "added to the variance"),
+        choice(
+            "holes",
+            &["skip", "zero"],
+            "skip",
+            "masked tokens inside a response: carried through (verl) or zeroed (OpenRLHF)",
+        ),
     ],
     output: OutputKind::Tensor(Level::Token),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let r = ctx.tensor(0)?;
+    let (rows, mask) = (host::rows(r)?, host::rows(ctx.out_mask()?)?);
+    let (gamma, skip) = (ctx.num("gamma")?, ctx.choice("holes")? == "skip");
+    let ret: Vec<Vec<f64>> = rows
+        .iter()
+        .zip(&mask)
+        .map(|(r, m)| super::returns::returns_row(r, m, gamma, skip))
+        .collect();
+    // verl: masked whitening over the batch, unbiased variance, (v + eps)^-1/2, then × mask.
+    let flat: Vec<f64> = ret.iter().flatten().copied().collect();
+    let weights: Vec<f64> = mask.iter().flatten().copied().collect();
+    let (mean, var, _) = host::mean_var(&flat, &weights, true);
+    let scale = 1.0 / (var + ctx.num("eps")?).sqrt();
+    let out: Vec<Vec<f64>> = ret
+        .iter()
+        .zip(&mask)
+        .map(|(row, m)| row.iter().zip(m).map(|(x, m)| (x - mean) * scale * m).collect())
+        .collect();
+    Ok(Value::Tensor(host::from_rows(&out, r)?))
+}

@@ -1,5 +1,8 @@
 //! `remax`: ReMax, the reward of a greedy response as the baseline.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -13,5 +16,10 @@ pub static SPEC: BlockSpec = BlockSpec {
         detached("baseline", Level::Seq, "reward of the greedy response, e.g. `rm(greedy)`"),
     ],
     output: OutputKind::Tensor(Level::Seq),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    Ok(Value::Tensor(ctx.tensor(0)?.broadcast_sub(ctx.tensor(1)?)?.detach()))
+}

@@ -1,5 +1,8 @@
 //! `nll`: negative log-likelihood per token.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -11,5 +14,11 @@ pub static SPEC: BlockSpec = BlockSpec {
     inputs: &[tensor("logp", Level::Token, "log-probabilities of the target text")],
     output: OutputKind::Tensor(Level::Token),
     regularizer: true,
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let loss = ctx.tensor(0)?.neg()?;
+    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+}

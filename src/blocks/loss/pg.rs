@@ -1,5 +1,8 @@
 //! `pg`: the vanilla policy-gradient (REINFORCE) loss.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -13,5 +16,11 @@ pub static SPEC: BlockSpec = BlockSpec {
         detached("adv", Level::Token, "advantages"),
     ],
     output: OutputKind::Tensor(Level::Token),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let loss = ctx.tensor(1)?.mul(ctx.tensor(0)?)?.neg()?;
+    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+}

@@ -1,5 +1,8 @@
 //! `ppo_clip`: the PPO clipped surrogate, per token.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -29,7 +32,34 @@ pub static SPEC: BlockSpec = BlockSpec {
             range: Range::Above(1.0),
             doc: "bound on the loss of negative advantages (verl uses 3)",
         },
+        ParamSpec {
+            name: "max_log_ratio",
+            ty: ParamTy::OptFloat,
+            default: DefaultRule::Num(20.0),
+            range: Range::Positive,
+            doc: "clamp logp − old into ±this before exp, as verl and OpenRLHF do; `none` as in TRL",
+        },
     ],
     output: OutputKind::Tensor(Level::Token),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
+    let mut delta = logp.sub(old)?;
+    if let Some(m) = ctx.opt_num("max_log_ratio") {
+        delta = delta.clamp(-m, m)?;
+    }
+    let ratio = delta.exp()?;
+    let (lo, hi) = (1.0 - ctx.num("eps")?, 1.0 + ctx.num("eps_high")?);
+    let unclipped = adv.mul(&ratio)?.neg()?;
+    let clipped = adv.mul(&ratio.clamp(lo, hi)?)?.neg()?;
+    let mut loss = unclipped.maximum(&clipped)?;
+    if let Some(c) = ctx.opt_num("dual_clip") {
+        // For A < 0 the loss is bounded by −A·c.
+        let bound = (adv * -c)?;
+        loss = adv.lt(0.0)?.where_cond(&loss.minimum(&bound)?, &loss)?;
+    }
+    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+}

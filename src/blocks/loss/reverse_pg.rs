@@ -1,5 +1,8 @@
 //! `reverse_pg`: the reverse-cross-entropy term of SA2C.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -14,5 +17,12 @@ pub static SPEC: BlockSpec = BlockSpec {
     ],
     params: &[num("z", -1.0, Range::Negative, "the clamped log 0 constant Z")],
     output: OutputKind::Tensor(Level::Token),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let omega = (1.0 - ctx.tensor(0)?.exp()?)?;
+    let loss = (ctx.tensor(1)?.mul(&omega)? * -ctx.num("z")?)?;
+    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+}

@@ -1,5 +1,8 @@
 //! `reverse_ppo`: the reverse-cross-entropy term of Symmetric PPO.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -25,5 +28,22 @@ pub static SPEC: BlockSpec = BlockSpec {
         num("z", -1.0, Range::Negative, "the clamped log 0 constant Z"),
     ],
     output: OutputKind::Tensor(Level::Token),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
+    let (lo, hi) = (1.0 - ctx.num("eps")?, 1.0 + ctx.num("eps_high")?);
+    // f: where the PPO surrogate has gradient (inside the trust region, or the unclipped branch is the min).
+    let ratio = logp.sub(old)?.exp()?.detach();
+    let inside =
+        ratio.ge(lo)?.to_dtype(ratio.dtype())?.mul(&ratio.le(hi)?.to_dtype(ratio.dtype())?)?;
+    let unclipped_min =
+        ratio.mul(adv)?.le(&ratio.clamp(lo, hi)?.mul(adv)?)?.to_dtype(ratio.dtype())?;
+    let f = inside.maximum(&unclipped_min)?;
+    // Ω = 1 − π(a) keeps its gradient; π_old is a constant.
+    let omega = (1.0 - logp.exp()?)?;
+    let loss = (f.mul(adv)?.mul(&omega)?.div(&old.exp()?)? * -ctx.num("z")?)?;
+    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+}

@@ -1,5 +1,8 @@
 //! `rlmec_pg`: RLMEC's clipped policy gradient with a detached weight.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -16,5 +19,17 @@ pub static SPEC: BlockSpec = BlockSpec {
     params: &[num("eps", 0.3, Range::OpenUnit, "clip of the importance weight")],
     output: OutputKind::Tensor(Level::Token),
     regularizer: true,
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let (logp, reference, reward) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
+    let eps = ctx.num("eps")?;
+    let ratio = logp.sub(reference)?.exp()?;
+    // The weight is detached: clipped tokens keep the gradient (1 ± eps)·r·∇logp, unlike PPO.
+    let weight =
+        ratio.mul(reward)?.minimum(&ratio.clamp(1.0 - eps, 1.0 + eps)?.mul(reward)?)?.detach();
+    let loss = weight.mul(logp)?.neg()?;
+    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+}

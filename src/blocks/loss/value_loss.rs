@@ -1,5 +1,8 @@
 //! `value_loss`: the clipped critic regression loss.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -21,5 +24,17 @@ pub static SPEC: BlockSpec = BlockSpec {
         doc: "value clip (TRL 0.2, verl 0.5); `none` disables it",
     }],
     output: OutputKind::Tensor(Level::Token),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let (v, old, target) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
+    let mut err = v.sub(target)?.sqr()?;
+    if let Some(c) = ctx.opt_num("clip") {
+        let clipped = (old + v.sub(old)?.clamp(-c, c)?)?;
+        err = err.maximum(&clipped.sub(target)?.sqr()?)?;
+    }
+    let loss = (err * 0.5)?;
+    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+}

@@ -1,5 +1,8 @@
 //! `weighted_nll`: per-token weighted negative log-likelihood (imitation).
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -18,5 +21,11 @@ pub static SPEC: BlockSpec = BlockSpec {
     ],
     output: OutputKind::Tensor(Level::Token),
     regularizer: true,
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let loss = ctx.tensor(1)?.mul(ctx.tensor(0)?)?.neg()?;
+    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+}

@@ -1,5 +1,8 @@
 //! `dpo`: direct preference optimisation losses on chosen/rejected pairs.
 
+use candle_core::{Result, Tensor};
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -32,9 +35,49 @@ pub static SPEC: BlockSpec = BlockSpec {
             Range::Probability,
             "conservative DPO: assumed label-flip rate s",
         ),
+        ParamSpec {
+            name: "length_norm",
+            ty: ParamTy::Bool,
+            default: DefaultRule::Bool(false),
+            range: Range::Any,
+            doc: "IPO on per-token averages (TRL DPOTrainer) instead of sums (OpenRLHF)",
+        },
     ],
     output: OutputKind::Tensor(Level::Seq),
     demand: Demand::Pairs,
     regularizer: true,
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let sum = |i: usize| -> Result<(Tensor, Tensor)> {
+        let m = ctx.input_mask(i)?.to_dtype(ctx.tensor(i)?.dtype())?;
+        Ok((ctx.tensor(i)?.mul(&m)?.sum(1)?, m.sum(1)?.maximum(1.0)?))
+    };
+    let ((c, lc), (r, lr), (rc, _), (rr, _)) = (sum(0)?, sum(1)?, sum(2)?, sum(3)?);
+    let (rho_c, rho_r) = (c.sub(&rc)?, r.sub(&rr)?);
+    let beta = ctx.num("beta")?;
+    let loss = match ctx.choice("loss")? {
+        "ipo" => {
+            let logits = if ctx.flag("length_norm")? {
+                rho_c.div(&lc)?.sub(&rho_r.div(&lr)?)?
+            } else {
+                rho_c.sub(&rho_r)?
+            };
+            (logits - 1.0 / (2.0 * beta))?.sqr()?
+        }
+        "hinge" => (1.0 - (rho_c.sub(&rho_r)? * beta)?)?.relu()?,
+        _ => {
+            let h = (rho_c.sub(&rho_r)? * beta)?;
+            let s = ctx.num("label_smoothing")?;
+            ((log_sigmoid(&h)? * -(1.0 - s))? - (log_sigmoid(&h.neg()?)? * s)?)?
+        }
+    };
+    Ok(Value::Tensor(loss))
+}
+
+/// log σ(x) = min(x, 0) − ln(1 + e^{−|x|}), stable for large |x|.
+pub(crate) fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    x.minimum(0.0)?.sub(&(x.abs()?.neg()?.exp()? + 1.0)?.log()?)
+}

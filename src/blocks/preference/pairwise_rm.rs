@@ -1,5 +1,8 @@
 //! `pairwise_rm`: Bradley–Terry reward-model loss.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -15,5 +18,11 @@ pub static SPEC: BlockSpec = BlockSpec {
     params: &[num("margin", 0.0, Range::Any, "required reward margin")],
     output: OutputKind::Tensor(Level::Seq),
     demand: Demand::Pairs,
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let margin = (ctx.tensor(0)?.sub(ctx.tensor(1)?)? - ctx.num("margin")?)?;
+    Ok(Value::Tensor(super::dpo::log_sigmoid(&margin)?.neg()?))
+}

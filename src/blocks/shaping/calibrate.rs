@@ -1,5 +1,8 @@
 //! `calibrate`: RCfD's reward calibrated to the demonstration's reward.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -15,5 +18,12 @@ pub static SPEC: BlockSpec = BlockSpec {
     params: &[choice("distance", &["squared", "absolute"], "squared", "the distance")],
     output: OutputKind::Tensor(Level::Seq),
     regularizer: true,
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let d = ctx.tensor(0)?.sub(ctx.tensor(1)?)?;
+    let dist = if ctx.choice("distance")? == "squared" { d.sqr()? } else { d.abs()? };
+    Ok(Value::Tensor(dist.neg()?))
+}

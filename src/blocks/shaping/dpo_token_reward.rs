@@ -1,5 +1,8 @@
 //! `dpo_token_reward`: RTO's dense reward from a DPO model.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -23,5 +26,15 @@ pub static SPEC: BlockSpec = BlockSpec {
         },
     ],
     output: OutputKind::Tensor(Level::Token),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let scaled = (ctx.tensor(0)?.sub(ctx.tensor(1)?)? * ctx.num("beta")?)?;
+    let r = match ctx.opt_num("clip") {
+        Some(c) => scaled.clamp(-c, c)?,
+        None => scaled,
+    };
+    Ok(Value::Tensor(r.mul(&ctx.out_mask()?.to_dtype(r.dtype())?)?))
+}

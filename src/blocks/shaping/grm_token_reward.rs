@@ -1,5 +1,8 @@
 //! `grm_token_reward`: RLMEC's token reward from a rewriter's keep probabilities.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -22,5 +25,15 @@ pub static SPEC: BlockSpec = BlockSpec {
         Some(v) if v > 0.0 => Some(format!("`neg_min` must be ≤ 0, found {v}")),
         _ => None,
     }),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let shifted = (ctx.tensor(0)? - ctx.num("center")?)?;
+    let correct = ctx.tensor(1)?.ge(0.5)?.to_dtype(shifted.dtype())?.unsqueeze(1)?;
+    let pos = shifted.clamp(0.0, ctx.num("pos_max")?)?;
+    let neg = shifted.clamp(ctx.num("neg_min")?, 0.0)?;
+    let r = (pos.broadcast_mul(&correct)? + neg.broadcast_mul(&correct.affine(-1.0, 1.0)?)?)?;
+    Ok(Value::Tensor(r.mul(&ctx.out_mask()?.to_dtype(r.dtype())?)?))
+}

@@ -1,5 +1,8 @@
 //! `kl`: per-token KL estimators between the policy and a reference.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -16,8 +19,34 @@ pub static SPEC: BlockSpec = BlockSpec {
         ),
         detached("ref", Level::Token, "the reference log-probabilities, `ref.logp`"),
     ],
-    params: &[choice("estimator", &["k1", "k2", "k3", "abs", "mse"], "k1", "which estimator")],
+    params: &[
+        choice("estimator", &["k1", "k2", "k3", "abs", "mse"], "k1", "which estimator"),
+        ParamSpec {
+            name: "clamp",
+            ty: ParamTy::OptFloat,
+            default: DefaultRule::Off,
+            range: Range::Positive,
+            doc: "clamp the estimate into [-clamp, clamp] (verl, OpenRLHF: 10); `none` as in TRL",
+        },
+    ],
     output: OutputKind::Tensor(Level::Token),
     regularizer: true,
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let d = ctx.tensor(0)?.sub(ctx.tensor(1)?)?;
+    let k = match ctx.choice("estimator")? {
+        "k1" => d,
+        "k2" | "mse" => (d.sqr()? * 0.5)?,
+        // k3 = (r − 1) − log r with r = π_ref/π = e^{−d}: e^{−d} + d − 1 ≥ 0.
+        "k3" => ((d.neg()?.exp()? + d)? - 1.0)?,
+        _ => d.abs()?,
+    };
+    let k = match ctx.opt_num("clamp") {
+        Some(c) => k.clamp(-c, c)?,
+        None => k,
+    };
+    Ok(Value::Tensor(k.mul(&ctx.out_mask()?.to_dtype(k.dtype())?)?))
+}

@@ -1,5 +1,8 @@
 //! `length`: the number of tokens of a text.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -11,5 +14,10 @@ pub static SPEC: BlockSpec = BlockSpec {
     inputs: &[text("text", "a text, e.g. `response`")],
     output: OutputKind::Tensor(Level::Seq),
     grad: OutputGrad::Never,
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    Ok(Value::Tensor(ctx.text(0)?.mask.sum(1)?))
+}

@@ -1,5 +1,8 @@
 //! `normalize`: affine normalisation with fixed statistics.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -18,5 +21,11 @@ pub static SPEC: BlockSpec = BlockSpec {
         num("std", 1.0, Range::Positive, "divides"),
     ],
     output: OutputKind::Generic,
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let std = ctx.num("std")?;
+    Ok(Value::Tensor(ctx.tensor(0)?.affine(1.0 / std, -ctx.num("mean")? / std)?))
+}

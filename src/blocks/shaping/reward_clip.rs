@@ -1,5 +1,8 @@
 //! `reward_clip`: clip rewards into a range.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -19,5 +22,10 @@ pub static SPEC: BlockSpec = BlockSpec {
     ],
     output: OutputKind::Generic,
     validate: Some(super::super::maths::lo_below_hi),
+    forward: Some(forward),
     ..BASE
 };
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    Ok(Value::Tensor(ctx.tensor(0)?.clamp(ctx.num("lo")?, ctx.num("hi")?)?))
+}

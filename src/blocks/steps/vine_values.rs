@@ -1,5 +1,8 @@
 //! `vine_values`: Monte-Carlo values of the states at step boundaries.
 
+use candle_core::Result;
+
+use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -34,5 +37,13 @@ pub static SPEC: BlockSpec = BlockSpec {
     grad: OutputGrad::Never,
     axis_from: Some(0),
     demand: Demand::StepRollouts { count_param: "k" },
+    forward: Some(forward),
     ..BASE
 };
+
+/// The sampler computes these values (the runtime, or `vine_values` in an `rlx eval` batch).
+fn forward(_: &Ctx) -> Result<Value> {
+    candle_core::bail!(
+        "`vine_values` comes from extra rollouts; supply it as the input `vine_values`"
+    )
+}

@@ -1,0 +1,205 @@
+//! What a block's forward sees: its input values with their masks, its resolved parameters, the
+//! mask of its output, the group of every sequence, and the device. Blocks never create a device.
+
+use candle_core::{DType, Device, Result, Tensor, bail};
+
+use super::spec::Level;
+use crate::check::params::{self, Resolved, Value as Param};
+
+/// A text of the batch: which tokens are real (`mask`), and where known its token ids and the
+/// reasoning step of each token.
+#[derive(Debug, Clone)]
+pub struct TextData {
+    pub name: String,
+    /// `[B, T]` f32, 1 on real tokens.
+    pub mask: Tensor,
+    /// `[B, T]` i64 token ids, for alignments (`edit_weights`).
+    pub tokens: Option<Tensor>,
+    /// `[B, T]` i64 step index of each token, −1 outside every step (`split_steps`).
+    pub step_ids: Option<Tensor>,
+}
+
+/// A segmentation of a text into reasoning steps.
+#[derive(Debug, Clone)]
+pub struct StepsData {
+    pub text: String,
+    /// `[B, T]` i64 step index of each token, −1 outside every step.
+    pub ids: Tensor,
+    /// `[B, S]` f32, 1 on the steps each sequence has.
+    pub mask: Tensor,
+}
+
+/// A value flowing along a wire.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Tensor(Tensor),
+    Text(TextData),
+    Steps(StepsData),
+    /// A reward function, by name; the runtime evaluates it.
+    Scorer(String),
+}
+
+impl Value {
+    pub fn tensor(&self) -> Option<&Tensor> {
+        match self {
+            Value::Tensor(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// One input of a call.
+#[derive(Debug, Clone, Copy)]
+pub struct Arg<'a> {
+    pub value: &'a Value,
+    pub level: Option<Level>,
+    /// For token and step values, the mask of their axis.
+    pub mask: Option<&'a Tensor>,
+}
+
+/// Everything a forward function may read.
+pub struct Ctx<'a> {
+    pub device: &'a Device,
+    pub args: Vec<Arg<'a>>,
+    pub params: &'a [Resolved],
+    /// The output's level and, for token or step outputs, the mask of its axis.
+    pub level: Level,
+    pub mask: Option<&'a Tensor>,
+    /// `[B]` i64 group of every sequence, when the batch has groups.
+    pub groups: Option<&'a Tensor>,
+}
+
+/// A block's forward computation.
+pub type Forward = fn(&Ctx) -> Result<Value>;
+
+impl<'a> Ctx<'a> {
+    pub fn tensor(&self, i: usize) -> Result<&'a Tensor> {
+        match self.args.get(i).map(|a| a.value) {
+            Some(Value::Tensor(t)) => Ok(t),
+            _ => bail!("input {i} is not a tensor"),
+        }
+    }
+
+    pub fn text(&self, i: usize) -> Result<&'a TextData> {
+        match self.args.get(i).map(|a| a.value) {
+            Some(Value::Text(t)) => Ok(t),
+            _ => bail!("input {i} is not a text"),
+        }
+    }
+
+    pub fn steps(&self, i: usize) -> Result<&'a StepsData> {
+        match self.args.get(i).map(|a| a.value) {
+            Some(Value::Steps(s)) => Ok(s),
+            _ => bail!("input {i} is not a step segmentation"),
+        }
+    }
+
+    /// The mask of input `i`'s axis.
+    pub fn input_mask(&self, i: usize) -> Result<&'a Tensor> {
+        match self.args.get(i).and_then(|a| a.mask) {
+            Some(m) => Ok(m),
+            None => bail!("input {i} has no mask"),
+        }
+    }
+
+    pub fn input_level(&self, i: usize) -> Option<Level> {
+        self.args.get(i).and_then(|a| a.level)
+    }
+
+    /// The mask of the output's axis.
+    pub fn out_mask(&self) -> Result<&'a Tensor> {
+        match self.mask {
+            Some(m) => Ok(m),
+            None => bail!("the output has no mask"),
+        }
+    }
+
+    pub fn num(&self, name: &str) -> Result<f64> {
+        match params::get(self.params, name) {
+            Some(Param::Num(v)) => Ok(*v),
+            _ => bail!("parameter `{name}` is not a number"),
+        }
+    }
+
+    /// A number, or `None` where the parameter is `none`.
+    pub fn opt_num(&self, name: &str) -> Option<f64> {
+        params::get_num(self.params, name)
+    }
+
+    pub fn choice(&self, name: &str) -> Result<&'a str> {
+        match params::get(self.params, name) {
+            Some(Param::Str(s)) => Ok(s),
+            _ => bail!("parameter `{name}` is not a choice"),
+        }
+    }
+
+    pub fn flag(&self, name: &str) -> Result<bool> {
+        match params::get(self.params, name) {
+            Some(Param::Bool(b)) => Ok(*b),
+            _ => bail!("parameter `{name}` is not a flag"),
+        }
+    }
+
+    /// The group of every sequence; errors if the batch has none.
+    pub fn group_ids(&self) -> Result<Vec<i64>> {
+        match self.groups {
+            Some(g) => g.to_dtype(DType::I64)?.to_vec1::<i64>(),
+            None => bail!("this block needs the group of every sequence (`group`)"),
+        }
+    }
+}
+
+/// Host-side helpers for the sequential estimators, which run without gradient.
+pub mod host {
+    use candle_core::{DType, Result, Tensor};
+
+    pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+        t.to_dtype(DType::F64)?.to_vec2::<f64>()
+    }
+
+    pub fn vec(t: &Tensor) -> Result<Vec<f64>> {
+        t.to_dtype(DType::F64)?.to_vec1::<f64>()
+    }
+
+    /// A `[B, T]` tensor with `like`'s dtype and device.
+    pub fn from_rows(rows: &[Vec<f64>], like: &Tensor) -> Result<Tensor> {
+        let b = rows.len();
+        let t = rows.first().map_or(0, |r| r.len());
+        let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+        Tensor::from_vec(flat, (b, t), like.device())?.to_dtype(like.dtype())
+    }
+
+    /// A `[B]` tensor with `like`'s dtype and device.
+    pub fn from_vec(v: Vec<f64>, like: &Tensor) -> Result<Tensor> {
+        let n = v.len();
+        Tensor::from_vec(v, n, like.device())?.to_dtype(like.dtype())
+    }
+
+    /// Indices of the sequences of each group, groups in order of first appearance.
+    pub fn group_members(groups: &[i64]) -> Vec<Vec<usize>> {
+        let mut order: Vec<i64> = Vec::new();
+        let mut members: std::collections::HashMap<i64, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            members.entry(*g).or_insert_with(|| {
+                order.push(*g);
+                Vec::new()
+            });
+            members.get_mut(g).map(|m| m.push(i));
+        }
+        order.into_iter().map(|g| members.remove(&g).unwrap_or_default()).collect()
+    }
+
+    /// Mean and variance of `xs` weighted by `ws` (0/1). `unbiased` applies Bessel's correction;
+    /// with one entry or none the variance is 0.
+    pub fn mean_var(xs: &[f64], ws: &[f64], unbiased: bool) -> (f64, f64, f64) {
+        let n: f64 = ws.iter().sum();
+        if n <= 0.0 {
+            return (0.0, 0.0, 0.0);
+        }
+        let mean = xs.iter().zip(ws).map(|(x, w)| x * w).sum::<f64>() / n;
+        let ss = xs.iter().zip(ws).map(|(x, w)| w * (x - mean) * (x - mean)).sum::<f64>();
+        let var = if unbiased { if n > 1.0 { ss / (n - 1.0) } else { 0.0 } } else { ss / n };
+        (mean, var, n)
+    }
+}
