@@ -190,6 +190,13 @@ pub mod host {
         order.into_iter().map(|g| members.remove(&g).unwrap_or_default()).collect()
     }
 
+    /// 1/√(v + eps), or 1/√max(v, eps) with `floor_max`; 0 where that is not finite (zero variance
+    /// with eps = 0), so constant inputs whiten to 0 instead of NaN.
+    pub fn inverse_std(var: f64, eps: f64, floor_max: bool) -> f64 {
+        let s = 1.0 / if floor_max { var.max(eps) } else { var + eps }.sqrt();
+        if s.is_finite() { s } else { 0.0 }
+    }
+
     /// Mean and variance of `xs` weighted by `ws` (0/1). `unbiased` applies Bessel's correction;
     /// with one entry or none the variance is 0.
     pub fn mean_var(xs: &[f64], ws: &[f64], unbiased: bool) -> (f64, f64, f64) {

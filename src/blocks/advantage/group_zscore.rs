@@ -35,6 +35,7 @@ pub static SPEC: BlockSpec = BlockSpec {
     ],
     output: OutputKind::Tensor(Level::Seq),
     demand: Demand::Groups,
+    grad: OutputGrad::Never,
     forward: Some(forward),
     ..BASE
 };
@@ -59,10 +60,13 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         let denom = var.sqrt() + eps;
         for &i in &members {
             let centred = rewards[i] - mean;
-            out[i] = match (by_std, denom > 0.0) {
-                (false, _) => centred,
-                (true, true) => centred / denom,
-                (true, false) => 0.0,
+            // Zero spread gives 0; a NaN reward must stay NaN so the executor reports it.
+            out[i] = if !by_std {
+                centred
+            } else if denom == 0.0 {
+                0.0
+            } else {
+                centred / denom
             };
         }
     }

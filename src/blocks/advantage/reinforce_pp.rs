@@ -23,6 +23,7 @@ pub static SPEC: BlockSpec = BlockSpec {
         ),
     ],
     output: OutputKind::Tensor(Level::Token),
+    grad: OutputGrad::Never,
     forward: Some(forward),
     ..BASE
 };
@@ -40,7 +41,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let flat: Vec<f64> = ret.iter().flatten().copied().collect();
     let weights: Vec<f64> = mask.iter().flatten().copied().collect();
     let (mean, var, _) = host::mean_var(&flat, &weights, true);
-    let scale = 1.0 / (var + ctx.num("eps")?).sqrt();
+    let scale = host::inverse_std(var, ctx.num("eps")?, false);
     let out: Vec<Vec<f64>> = ret
         .iter()
         .zip(&mask)

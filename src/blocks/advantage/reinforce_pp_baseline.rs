@@ -15,6 +15,7 @@ pub static SPEC: BlockSpec = BlockSpec {
     params: &[num("eps", 1e-8, Range::NonNegative, "added to the variance")],
     output: OutputKind::Tensor(Level::Seq),
     demand: Demand::Groups,
+    grad: OutputGrad::Never,
     forward: Some(forward),
     ..BASE
 };
@@ -33,6 +34,6 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         }
     }
     let (mean, var, _) = host::mean_var(&centred, &vec![1.0; centred.len()], true);
-    let scale = 1.0 / (var + ctx.num("eps")?).sqrt();
+    let scale = host::inverse_std(var, ctx.num("eps")?, false);
     Ok(Value::Tensor(host::from_vec(centred.iter().map(|x| (x - mean) * scale).collect(), r)?))
 }

@@ -16,6 +16,7 @@ pub static SPEC: BlockSpec = BlockSpec {
         detached("baseline", Level::Seq, "reward of the greedy response, e.g. `rm(greedy)`"),
     ],
     output: OutputKind::Tensor(Level::Seq),
+    grad: OutputGrad::Never,
     forward: Some(forward),
     ..BASE
 };

@@ -22,6 +22,7 @@ pub static SPEC: BlockSpec = BlockSpec {
         ),
     ],
     output: OutputKind::Tensor(Level::Token),
+    grad: OutputGrad::Never,
     forward: Some(forward),
     ..BASE
 };

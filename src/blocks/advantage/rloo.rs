@@ -20,6 +20,7 @@ pub static SPEC: BlockSpec = BlockSpec {
     )],
     output: OutputKind::Tensor(Level::Seq),
     demand: Demand::Groups,
+    grad: OutputGrad::Never,
     forward: Some(forward),
     ..BASE
 };

@@ -16,6 +16,7 @@ pub static SPEC: BlockSpec = BlockSpec {
         detached("values", Level::Step, "value of the state before each step, from `vine_values`"),
     ],
     output: OutputKind::Tensor(Level::Step),
+    grad: OutputGrad::Never,
     forward: Some(forward),
     ..BASE
 };

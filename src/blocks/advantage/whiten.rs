@@ -41,6 +41,7 @@ pub static SPEC: BlockSpec = BlockSpec {
         ),
     ],
     output: OutputKind::Generic,
+    grad: OutputGrad::Never,
     forward: Some(forward),
     ..BASE
 };
@@ -73,8 +74,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         let xs: Vec<f64> = part.iter().flat_map(|&i| rows[i].iter().copied()).collect();
         let ws: Vec<f64> = part.iter().flat_map(|&i| mask[i].iter().copied()).collect();
         let (mean, var, _) = host::mean_var(&xs, &ws, unbiased);
-        let scale: f64 = 1.0 / if floor_max { var.max(eps) } else { var + eps }.sqrt();
-        let scale = if scale.is_finite() { scale } else { 0.0 };
+        let scale = host::inverse_std(var, eps, floor_max);
         for &i in &part {
             for (t, v) in rows[i].iter().enumerate() {
                 let w = (v - mean) * scale + if shift { 0.0 } else { mean };

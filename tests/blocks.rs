@@ -1,0 +1,970 @@
+//! Every block's forward against hand-computed values (derivations in comments), the conformance
+//! traps where peers disagree (peers.md §B11–B12), and every differentiable block's gradient
+//! against central finite differences in f64.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rlx::blocks::ctx::{Arg, Ctx, StepsData, TextData, Value};
+use rlx::blocks::lookup;
+use rlx::blocks::spec::{GradRule, InputKind, Level, LevelRule, OutputGrad, OutputKind};
+use rlx::check::params::{self, Resolved};
+use rlx::diag::Span;
+use rlx::ir::graph::Const;
+
+const CPU: Device = Device::Cpu;
+
+fn t1(v: &[f64]) -> Tensor {
+    Tensor::new(v, &CPU).unwrap()
+}
+
+fn t2(rows: &[&[f64]]) -> Tensor {
+    let flat: Vec<f64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    Tensor::from_vec(flat, (rows.len(), rows[0].len()), &CPU).unwrap()
+}
+
+fn ints(rows: &[&[i64]]) -> Tensor {
+    let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    Tensor::from_vec(flat, (rows.len(), rows[0].len()), &CPU).unwrap()
+}
+
+fn resolve(block: &str, given: &[(&str, Const)]) -> Vec<Resolved> {
+    let spec = lookup(block).unwrap();
+    let given: Vec<(usize, Const, Span)> = given
+        .iter()
+        .map(|(k, v)| {
+            (spec.param(k).unwrap_or_else(|| panic!("{block}.{k}")), v.clone(), Span::default())
+        })
+        .collect();
+    let mut diags = Vec::new();
+    let out = params::resolve(
+        spec.params,
+        &given,
+        block,
+        Span::default(),
+        &|_| Some(params::Value::Num(64.0)),
+        &mut diags,
+    );
+    assert!(diags.is_empty(), "{diags:?}");
+    out
+}
+
+/// One input: a value, its level and the mask of its axis.
+struct In {
+    value: Value,
+    level: Option<Level>,
+    mask: Option<Tensor>,
+}
+
+fn tok(x: Tensor, mask: &Tensor) -> In {
+    In { value: Value::Tensor(x), level: Some(Level::Token), mask: Some(mask.clone()) }
+}
+
+fn seq(x: Tensor) -> In {
+    In { value: Value::Tensor(x), level: Some(Level::Seq), mask: None }
+}
+
+fn step(x: Tensor, mask: &Tensor) -> In {
+    In { value: Value::Tensor(x), level: Some(Level::Step), mask: Some(mask.clone()) }
+}
+
+fn run_full(
+    block: &str,
+    ins: &[In],
+    given: &[(&str, Const)],
+    level: Level,
+    mask: Option<&Tensor>,
+    groups: Option<&Tensor>,
+) -> Value {
+    let spec = lookup(block).unwrap();
+    let params = resolve(block, given);
+    let args: Vec<Arg> = ins
+        .iter()
+        .map(|i| Arg { value: &i.value, level: i.level, mask: i.mask.as_ref() })
+        .collect();
+    let ctx = Ctx { device: &CPU, args, params: &params, level, mask, groups };
+    (spec.forward.unwrap())(&ctx).unwrap_or_else(|e| panic!("{block}: {e}"))
+}
+
+fn run(
+    block: &str,
+    ins: &[In],
+    given: &[(&str, Const)],
+    level: Level,
+    mask: Option<&Tensor>,
+) -> Vec<f64> {
+    run_groups(block, ins, given, level, mask, None)
+}
+
+fn run_groups(
+    block: &str,
+    ins: &[In],
+    given: &[(&str, Const)],
+    level: Level,
+    mask: Option<&Tensor>,
+    groups: Option<&Tensor>,
+) -> Vec<f64> {
+    match run_full(block, ins, given, level, mask, groups) {
+        Value::Tensor(t) => {
+            t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+        }
+        other => panic!("{block} returned {other:?}"),
+    }
+}
+
+fn close(actual: &[f64], expected: &[f64], tol: f64) {
+    assert_eq!(actual.len(), expected.len(), "{actual:?} vs {expected:?}");
+    for (a, e) in actual.iter().zip(expected) {
+        assert!((a - e).abs() <= tol * (1.0 + e.abs()), "{actual:?} vs {expected:?}");
+    }
+}
+
+fn num(v: f64) -> Const {
+    Const::Num(v)
+}
+
+fn word(w: &str) -> Const {
+    Const::Word(w.into())
+}
+
+/// The gradient of `sum(block output)` with respect to input `i`.
+fn grad_of(
+    block: &str,
+    mut ins: Vec<In>,
+    i: usize,
+    given: &[(&str, Const)],
+    level: Level,
+    mask: Option<&Tensor>,
+) -> Vec<f64> {
+    let Value::Tensor(x) = ins[i].value.clone() else { panic!() };
+    let var = Var::from_tensor(&x).unwrap();
+    ins[i].value = Value::Tensor(var.as_tensor().clone());
+    let Value::Tensor(out) = run_full(block, &ins, given, level, mask, None) else { panic!() };
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    grads
+        .get(var.as_tensor())
+        .map(|g| g.flatten_all().unwrap().to_vec1::<f64>().unwrap())
+        .unwrap_or_else(|| vec![0.0; x.elem_count()])
+}
+
+#[test]
+fn ppo_clip_values_gradients_and_dual_clip() {
+    // ρ = e^{logp − old} = [1.5, 0.5, 1, 1.1], A = [1, −1, 2, −1], ε = 0.2:
+    // t0: max(−1.5, −1.2) = −1.2 (clipped, no gradient); t1: max(0.5, 0.8) = 0.8 (clipped);
+    // t2: −2 (on-policy: −A); t3: ρ inside the range: 1.1, gradient −Aρ = 1.1.
+    let m = t2(&[&[1.0, 1.0, 1.0, 1.0]]);
+    let logp = t2(&[&[1.5f64.ln(), 0.5f64.ln(), 0.0, 1.1f64.ln()]]);
+    let ins = || {
+        vec![
+            tok(logp.clone(), &m),
+            tok(t2(&[&[0.0; 4]]), &m),
+            tok(t2(&[&[1.0, -1.0, 2.0, -1.0]]), &m),
+        ]
+    };
+    close(&run("ppo_clip", &ins(), &[], Level::Token, Some(&m)), &[-1.2, 0.8, -2.0, 1.1], 1e-12);
+    close(
+        &grad_of("ppo_clip", ins(), 0, &[], Level::Token, Some(&m)),
+        &[0.0, 0.0, -2.0, 1.1],
+        1e-12,
+    );
+    // Dual clip, A = −1 and ρ = 5: max(5, 1.2) = 5, bounded by −A·c = 3, with no gradient.
+    let m1 = t2(&[&[1.0]]);
+    let ins =
+        || vec![tok(t2(&[&[5f64.ln()]]), &m1), tok(t2(&[&[0.0]]), &m1), tok(t2(&[&[-1.0]]), &m1)];
+    close(
+        &run("ppo_clip", &ins(), &[("dual_clip", num(3.0))], Level::Token, Some(&m1)),
+        &[3.0],
+        1e-12,
+    );
+    close(
+        &grad_of("ppo_clip", ins(), 0, &[("dual_clip", num(3.0))], Level::Token, Some(&m1)),
+        &[0.0],
+        0.0,
+    );
+    close(&run("ppo_clip", &ins(), &[], Level::Token, Some(&m1)), &[5.0], 1e-12);
+    // Clip-higher: ρ = 1.25 with A = 1 is inside (0.8, 1.28): −1.25.
+    let ins =
+        vec![tok(t2(&[&[1.25f64.ln()]]), &m1), tok(t2(&[&[0.0]]), &m1), tok(t2(&[&[1.0]]), &m1)];
+    close(
+        &run("ppo_clip", &ins, &[("eps_high", num(0.28))], Level::Token, Some(&m1)),
+        &[-1.25],
+        1e-12,
+    );
+    // Masked positions contribute 0.
+    let half = t2(&[&[1.0, 0.0]]);
+    let ins = vec![
+        tok(t2(&[&[0.0, 3.0]]), &half),
+        tok(t2(&[&[0.0, 0.0]]), &half),
+        tok(t2(&[&[1.0, 1.0]]), &half),
+    ];
+    close(&run("ppo_clip", &ins, &[], Level::Token, Some(&half)), &[-1.0, 0.0], 1e-12);
+}
+
+#[test]
+fn kl_estimators() {
+    // d = logp − ref = [0.5, −0.2]: k1 = d; k2 = mse = d²/2 = [0.125, 0.02];
+    // k3 = e^{−d} + d − 1 = [0.606531 − 0.5, 1.221403 − 1.2] = [0.106531, 0.021403]; abs = |d|.
+    let m = t2(&[&[1.0, 1.0]]);
+    let ins = || vec![tok(t2(&[&[0.5, -0.2]]), &m), tok(t2(&[&[0.0, 0.0]]), &m)];
+    let k = |e: &str| run("kl", &ins(), &[("estimator", word(e))], Level::Token, Some(&m));
+    close(&k("k1"), &[0.5, -0.2], 1e-12);
+    close(&k("k2"), &[0.125, 0.02], 1e-12);
+    close(&k("mse"), &[0.125, 0.02], 1e-12);
+    close(&k("k3"), &[(-0.5f64).exp() - 0.5, 0.2f64.exp() - 1.2], 1e-12);
+    close(&k("abs"), &[0.5, 0.2], 1e-12);
+    close(
+        &run(
+            "kl",
+            &ins(),
+            &[("estimator", word("k1")), ("clamp", num(0.3))],
+            Level::Token,
+            Some(&m),
+        ),
+        &[0.3, -0.2],
+        1e-12,
+    );
+    // ∇k1 = ∇logp; ∇k2 = d·∇logp; ∇k3 = (1 − e^{−d})·∇logp.
+    let g = |e: &str| grad_of("kl", ins(), 0, &[("estimator", word(e))], Level::Token, Some(&m));
+    close(&g("k1"), &[1.0, 1.0], 1e-12);
+    close(&g("k2"), &[0.5, -0.2], 1e-12);
+    close(&g("k3"), &[1.0 - (-0.5f64).exp(), 1.0 - 0.2f64.exp()], 1e-12);
+    // k3 ≥ 0 everywhere.
+    let mut rng = rlx::exec::synthetic::Rng::new(7);
+    let d: Vec<f64> = (0..200).map(|_| 6.0 * rng.normal()).collect();
+    let m = Tensor::ones((1, 200), DType::F64, &CPU).unwrap();
+    let ins = vec![
+        tok(Tensor::from_vec(d, (1, 200), &CPU).unwrap(), &m),
+        tok(m.zeros_like().unwrap(), &m),
+    ];
+    assert!(
+        run("kl", &ins, &[("estimator", word("k3"))], Level::Token, Some(&m))
+            .iter()
+            .all(|k| *k >= 0.0)
+    );
+}
+
+#[test]
+fn gae_returns_and_holes() {
+    // r = [0, 0, 1], V = 0.5, γ = λ = 1: every advantage is R − V = 0.5.
+    // λ = 0.5: t2 = 1 − 0.5 = 0.5; t1 = δ 0 + 0.5·0.5 = 0.25; t0 = 0.125.
+    let m = t2(&[&[1.0, 1.0, 1.0]]);
+    let ins = || vec![tok(t2(&[&[0.0, 0.0, 1.0]]), &m), tok(t2(&[&[0.5, 0.5, 0.5]]), &m)];
+    close(
+        &run("gae", &ins(), &[("lambda", num(1.0))], Level::Token, Some(&m)),
+        &[0.5, 0.5, 0.5],
+        1e-12,
+    );
+    close(
+        &run("gae", &ins(), &[("lambda", num(0.5))], Level::Token, Some(&m)),
+        &[0.125, 0.25, 0.5],
+        1e-12,
+    );
+    // A hole at t1 (r = 9, V = 7 there must not matter when skipped, as in verl):
+    // skip, λ = 0.5: t2 = 0.5; t0: δ = 0 + 0.5 − 0.5 = 0, A = 0.5·0.5 = 0.25.
+    // zero (OpenRLHF), λ = 0.5: t1 counts as r = V = 0: δ = 0.5, A = 0.5 + 0.25 = 0.75;
+    // t0: δ = 0 + 0 − 0.5, A = −0.5 + 0.5·0.75 = −0.125.
+    let hole = t2(&[&[1.0, 0.0, 1.0]]);
+    let ins =
+        |v1: f64| vec![tok(t2(&[&[0.0, 9.0, 1.0]]), &hole), tok(t2(&[&[0.5, v1, 0.5]]), &hole)];
+    let skip = |v1| run("gae", &ins(v1), &[("lambda", num(0.5))], Level::Token, Some(&hole));
+    close(&skip(7.0), &[0.25, 0.0, 0.5], 1e-12);
+    close(&skip(-300.0), &skip(7.0), 0.0);
+    close(
+        &run(
+            "gae",
+            &ins(7.0),
+            &[("lambda", num(0.5)), ("holes", word("zero"))],
+            Level::Token,
+            Some(&hole),
+        ),
+        &[-0.125, 0.0, 0.5],
+        1e-12,
+    );
+    // Reward-to-go with γ = 0.5: [1 + 0.5·(0 + 0.5·2), 0 + 0.5·2, 2] = [1.5, 1, 2].
+    let ins = vec![tok(t2(&[&[1.0, 0.0, 2.0]]), &m)];
+    close(
+        &run("returns", &ins, &[("gamma", num(0.5))], Level::Token, Some(&m)),
+        &[1.5, 1.0, 2.0],
+        1e-12,
+    );
+    // REINFORCE++ (verl): returns [[1, 1], [0, 1]] whitened over the 4 tokens: mean 0.75,
+    // unbiased var 0.25 → (x − 0.75)/0.5 = [0.5, 0.5, −1.5, 0.5].
+    let m2 = t2(&[&[1.0, 1.0], &[1.0, 1.0]]);
+    let ins = vec![tok(t2(&[&[0.0, 1.0], &[0.0, 1.0]]), &m2)];
+    let ins2 = vec![tok(t2(&[&[0.0, 1.0], &[-1.0, 1.0]]), &m2)];
+    close(
+        &run("reinforce_pp", &ins, &[("eps", num(0.0))], Level::Token, Some(&m2)),
+        &[0.0; 4],
+        1e-12,
+    );
+    close(
+        &run("reinforce_pp", &ins2, &[("eps", num(0.0))], Level::Token, Some(&m2)),
+        &[0.5, 0.5, -1.5, 0.5],
+        1e-12,
+    );
+}
+
+#[test]
+fn group_estimators_and_singleton_profiles() {
+    let g = ints(&[&[0, 0, 0, 1, 1, 1]]).squeeze(0).unwrap();
+    let r = || vec![seq(t1(&[1.0, 0.0, 1.0, 1.0, 0.0, 0.0]))];
+    // Group 0 = [1, 0, 1]: mean 2/3, unbiased std √(1/3) = 0.57735: [0.57735, −1.15470, 0.57735];
+    // group 1 = [1, 0, 0]: [1.15470, −0.57735, −0.57735].
+    let s = 1.0 / 3f64.sqrt();
+    close(
+        &run_groups("group_zscore", &r(), &[("eps", num(0.0))], Level::Seq, None, Some(&g)),
+        &[s, -2.0 * s, s, 2.0 * s, -s, -s],
+        1e-9,
+    );
+    // Dr.GRPO: centre only.
+    close(
+        &run_groups("group_zscore", &r(), &[("scale", word("none"))], Level::Seq, None, Some(&g)),
+        &[1.0 / 3.0, -2.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0, -1.0 / 3.0, -1.0 / 3.0],
+        1e-12,
+    );
+    // Zero variance gives a finite 0; a singleton gives 0 (TRL) or r/(1 + eps) (verl).
+    let g2 = t1(&[0.0, 0.0, 1.0]).to_dtype(DType::I64).unwrap();
+    let ins = || vec![seq(t1(&[1.0, 1.0, 0.7]))];
+    close(
+        &run_groups("group_zscore", &ins(), &[], Level::Seq, None, Some(&g2)),
+        &[0.0, 0.0, 0.0],
+        0.0,
+    );
+    close(
+        &run_groups(
+            "group_zscore",
+            &ins(),
+            &[("singleton", word("raw"))],
+            Level::Seq,
+            None,
+            Some(&g2),
+        ),
+        &[0.0, 0.0, 0.7 / (1.0 + 1e-6)],
+        1e-12,
+    );
+    // RLOO on [1, 0, 1, 1]: r_i − (3 − r_i)/3 = [1/3, −1, 1/3, 1/3]; singleton → 0 or raw.
+    let g4 = t1(&[0.0; 4]).to_dtype(DType::I64).unwrap();
+    close(
+        &run_groups("rloo", &[seq(t1(&[1.0, 0.0, 1.0, 1.0]))], &[], Level::Seq, None, Some(&g4)),
+        &[1.0 / 3.0, -1.0, 1.0 / 3.0, 1.0 / 3.0],
+        1e-12,
+    );
+    close(&run_groups("rloo", &ins(), &[], Level::Seq, None, Some(&g2)), &[0.0, 0.0, 0.0], 0.0);
+    close(
+        &run_groups("rloo", &ins(), &[("singleton", word("raw"))], Level::Seq, None, Some(&g2)),
+        &[0.0, 0.0, 0.7],
+        0.0,
+    );
+    // REINFORCE++-baseline: [1, 0 | 1, 1] − group means = [0.5, −0.5, 0, 0]; unbiased std
+    // √(1/6) = 0.408248: [1.224745, −1.224745, 0, 0].
+    let gp = t1(&[0.0, 0.0, 1.0, 1.0]).to_dtype(DType::I64).unwrap();
+    let k = 0.5 / (1.0f64 / 6.0).sqrt();
+    close(
+        &run_groups(
+            "reinforce_pp_baseline",
+            &[seq(t1(&[1.0, 0.0, 1.0, 1.0]))],
+            &[("eps", num(0.0))],
+            Level::Seq,
+            None,
+            Some(&gp),
+        ),
+        &[k, -k, 0.0, 0.0],
+        1e-12,
+    );
+    // ReMax: r − r_greedy.
+    close(
+        &run("remax", &[seq(t1(&[1.0, 0.0])), seq(t1(&[0.5, 0.5]))], &[], Level::Seq, None),
+        &[0.5, -0.5],
+        0.0,
+    );
+}
+
+#[test]
+fn whitening_scopes_and_conventions() {
+    // [1, 2, 3, 4]: mean 2.5; unbiased var 5/3 → ±1.161895, ±0.387298; biased var 1.25.
+    let x = || vec![seq(t1(&[1.0, 2.0, 3.0, 4.0]))];
+    let (a, b) = (1.5 / (5.0f64 / 3.0).sqrt(), 0.5 / (5.0f64 / 3.0).sqrt());
+    close(&run("whiten", &x(), &[("eps", num(0.0))], Level::Seq, None), &[-a, -b, b, a], 1e-12);
+    let (c, d) = (1.5 / 1.25f64.sqrt(), 0.5 / 1.25f64.sqrt());
+    close(
+        &run("whiten", &x(), &[("eps", num(0.0)), ("var", word("biased"))], Level::Seq, None),
+        &[-c, -d, d, c],
+        1e-12,
+    );
+    // shift_mean = false adds the mean back (verl).
+    close(
+        &run(
+            "whiten",
+            &x(),
+            &[("eps", num(0.0)), ("shift_mean", Const::Bool(false))],
+            Level::Seq,
+            None,
+        ),
+        &[2.5 - a, 2.5 - b, 2.5 + b, 2.5 + a],
+        1e-12,
+    );
+    // Per group: [1, 2 | 3, 4] each become [−0.7071, 0.7071].
+    let g = t1(&[0.0, 0.0, 1.0, 1.0]).to_dtype(DType::I64).unwrap();
+    let h = 0.5f64.sqrt();
+    close(
+        &run_groups(
+            "whiten",
+            &x(),
+            &[("eps", num(0.0)), ("scope", word("group"))],
+            Level::Seq,
+            None,
+            Some(&g),
+        ),
+        &[-h, h, -h, h],
+        1e-12,
+    );
+    // Tokens: statistics over unmasked entries only; padding stays 0 (100 is ignored).
+    let m = t2(&[&[1.0, 1.0, 0.0]]);
+    close(
+        &run(
+            "whiten",
+            &[tok(t2(&[&[1.0, 2.0, 100.0]]), &m)],
+            &[("eps", num(0.0))],
+            Level::Token,
+            Some(&m),
+        ),
+        &[-h, h, 0.0],
+        1e-12,
+    );
+    // `floor = max`: max(v, eps)^-½ with v = 0 gives (x − μ)/√eps = 0 for constant input.
+    close(
+        &run("whiten", &[seq(t1(&[2.0, 2.0]))], &[("floor", word("max"))], Level::Seq, None),
+        &[0.0, 0.0],
+        0.0,
+    );
+}
+
+#[test]
+fn steps_placement_and_vineppo_telescoping() {
+    // Two steps with V = [0.2, 0.6], outcome R = 1: A_0 = V_1 − V_0 = 0.4, A_1 = R − V_1 = 0.4.
+    // They telescope: Σ A = R − V(s_0) = 0.8.
+    let sm = t2(&[&[1.0, 1.0, 0.0]]);
+    let adv = run(
+        "step_advantage",
+        &[seq(t1(&[1.0])), step(t2(&[&[0.2, 0.6, 0.9]]), &sm)],
+        &[],
+        Level::Step,
+        Some(&sm),
+    );
+    close(&adv, &[0.4, 0.4, 0.0], 1e-12);
+    assert!((adv.iter().sum::<f64>() - (1.0 - 0.2)).abs() < 1e-12);
+    // Tokens [s0, s0, s1, pad] get [1, 1, 2, 0]; step ends get [0, 1, 2, 0].
+    let ids = ints(&[&[0, 0, 1, -1]]);
+    let mask = t2(&[&[1.0, 1.0, 1.0, 0.0]]);
+    let text = TextData {
+        name: "response".into(),
+        mask: mask.clone(),
+        tokens: None,
+        step_ids: Some(ids.clone()),
+    };
+    let Value::Steps(steps) = run_full(
+        "split_steps",
+        &[In { value: Value::Text(text), level: None, mask: None }],
+        &[],
+        Level::Scalar,
+        None,
+        None,
+    ) else {
+        panic!()
+    };
+    assert_eq!(steps.mask.to_vec2::<f32>().unwrap(), vec![vec![1.0, 1.0]]);
+    let steps_in =
+        || In { value: Value::Steps(StepsData { ..steps.clone() }), level: None, mask: None };
+    let x = t2(&[&[1.0, 2.0]]);
+    close(
+        &run(
+            "to_tokens",
+            &[step(x.clone(), &steps.mask.to_dtype(DType::F64).unwrap()), steps_in()],
+            &[],
+            Level::Token,
+            Some(&mask),
+        ),
+        &[1.0, 1.0, 2.0, 0.0],
+        0.0,
+    );
+    close(
+        &run(
+            "at_step_ends",
+            &[step(x, &steps.mask.to_dtype(DType::F64).unwrap()), steps_in()],
+            &[],
+            Level::Token,
+            Some(&mask),
+        ),
+        &[0.0, 1.0, 2.0, 0.0],
+        0.0,
+    );
+    // Sequence placement: at_end puts 3 on the last real token; spread on every real token.
+    let m = t2(&[&[1.0, 1.0, 0.0]]);
+    close(&run("at_end", &[seq(t1(&[3.0]))], &[], Level::Token, Some(&m)), &[0.0, 3.0, 0.0], 0.0);
+    close(&run("spread", &[seq(t1(&[3.0]))], &[], Level::Token, Some(&m)), &[3.0, 3.0, 0.0], 0.0);
+}
+
+#[test]
+fn reward_shaping_blocks() {
+    // RCfD: r = 2, r_demo = 1.5: squared −0.25, absolute −0.5.
+    let ins = || vec![seq(t1(&[2.0])), seq(t1(&[1.5]))];
+    close(&run("calibrate", &ins(), &[], Level::Seq, None), &[-0.25], 1e-12);
+    close(
+        &run("calibrate", &ins(), &[("distance", word("absolute"))], Level::Seq, None),
+        &[-0.5],
+        1e-12,
+    );
+    // RTO: 0.05·(0 − 0) = 0; 0.05·(2 − 0.5) = 0.075 → clipped to 0.05 (scale first, then clip).
+    let m = t2(&[&[1.0, 1.0]]);
+    let ins = vec![tok(t2(&[&[0.0, 2.0]]), &m), tok(t2(&[&[0.0, 0.5]]), &m)];
+    close(&run("dpo_token_reward", &ins, &[], Level::Token, Some(&m)), &[0.0, 0.05], 1e-12);
+    // The summed unclipped DPO token reward is DPO's implicit sequence reward β·Σ(logp − ref).
+    close(
+        &run(
+            "dpo_token_reward",
+            &ins,
+            &[("clip", word("none")), ("beta", num(0.1))],
+            Level::Token,
+            Some(&m),
+        ),
+        &[0.0, 0.15],
+        1e-12,
+    );
+    // RLMEC: keep = [0.9, 0.2]; correct: clamp(p − 0.5, 0, 0.5) = [0.4, 0];
+    // wrong: clamp(p − 0.5, −0.1, 0) = [0, −0.1].
+    let keep = || tok(t2(&[&[0.9, 0.2]]), &m);
+    close(
+        &run("grm_token_reward", &[keep(), seq(t1(&[1.0]))], &[], Level::Token, Some(&m)),
+        &[0.4, 0.0],
+        1e-12,
+    );
+    close(
+        &run("grm_token_reward", &[keep(), seq(t1(&[0.0]))], &[], Level::Token, Some(&m)),
+        &[0.0, -0.1],
+        1e-12,
+    );
+    close(
+        &run("reward_clip", &[seq(t1(&[-20.0, 3.0, 20.0]))], &[], Level::Seq, None),
+        &[-10.0, 3.0, 10.0],
+        0.0,
+    );
+    close(
+        &run(
+            "normalize",
+            &[seq(t1(&[3.0]))],
+            &[("mean", num(1.0)), ("std", num(4.0))],
+            Level::Seq,
+            None,
+        ),
+        &[0.5],
+        1e-12,
+    );
+    let text = TextData {
+        name: "response".into(),
+        mask: t2(&[&[1.0, 1.0, 0.0], &[1.0, 0.0, 0.0]]),
+        tokens: None,
+        step_ids: None,
+    };
+    close(
+        &run(
+            "length",
+            &[In { value: Value::Text(text), level: None, mask: None }],
+            &[],
+            Level::Seq,
+            None,
+        ),
+        &[2.0, 1.0],
+        0.0,
+    );
+}
+
+#[test]
+fn policy_and_value_losses() {
+    let m1 = t2(&[&[1.0]]);
+    // Vanilla PG: −A·logp = −2·(−1) = 2.
+    close(
+        &run(
+            "pg",
+            &[tok(t2(&[&[-1.0]]), &m1), tok(t2(&[&[2.0]]), &m1)],
+            &[],
+            Level::Token,
+            Some(&m1),
+        ),
+        &[2.0],
+        0.0,
+    );
+    // Value loss: V = 1, V_old = 0.5, R = 2, clip 0.2: unclipped (1 − 2)² = 1; clipped V = 0.7,
+    // (0.7 − 2)² = 1.69; ½·max = 0.845. Unclipped: ½·1 = 0.5.
+    let v = || vec![tok(t2(&[&[1.0]]), &m1), tok(t2(&[&[0.5]]), &m1), tok(t2(&[&[2.0]]), &m1)];
+    close(&run("value_loss", &v(), &[], Level::Token, Some(&m1)), &[0.845], 1e-12);
+    close(
+        &run("value_loss", &v(), &[("clip", word("none"))], Level::Token, Some(&m1)),
+        &[0.5],
+        1e-12,
+    );
+    // RLMEC: ρ = 1.5, r = 0.4, ε = 0.3: w = sg(min(0.6, 1.3·0.4)) = 0.52; ℓ = −0.52·ln 1.5.
+    // Its gradient stays −0.52 although the ratio is clipped (in PPO it would be 0).
+    let ins =
+        || vec![tok(t2(&[&[1.5f64.ln()]]), &m1), tok(t2(&[&[0.0]]), &m1), tok(t2(&[&[0.4]]), &m1)];
+    close(&run("rlmec_pg", &ins(), &[], Level::Token, Some(&m1)), &[-0.52 * 1.5f64.ln()], 1e-12);
+    close(&grad_of("rlmec_pg", ins(), 0, &[], Level::Token, Some(&m1)), &[-0.52], 1e-12);
+    // NLL and its weighted form.
+    close(&run("nll", &[tok(t2(&[&[-0.5]]), &m1)], &[], Level::Token, Some(&m1)), &[0.5], 0.0);
+    close(
+        &run(
+            "weighted_nll",
+            &[tok(t2(&[&[-0.5]]), &m1), tok(t2(&[&[0.5]]), &m1)],
+            &[],
+            Level::Token,
+            Some(&m1),
+        ),
+        &[0.25],
+        0.0,
+    );
+}
+
+#[test]
+fn symmetric_losses_match_their_gradient_identities() {
+    // Reverse PPO at ρ = 1 (inside the clip), π = 0.3, A = 1, Z = −1:
+    // ℓ = −f·A·Z·(1 − π)/π_old = 0.7/0.3; ∂ℓ/∂logp = −f·A·Z·(−π)/π_old = −1 = |Z|·(−Aρ), PPO's.
+    let m1 = t2(&[&[1.0]]);
+    let lp = 0.3f64.ln();
+    let ins = || vec![tok(t2(&[&[lp]]), &m1), tok(t2(&[&[lp]]), &m1), tok(t2(&[&[1.0]]), &m1)];
+    close(&run("reverse_ppo", &ins(), &[], Level::Token, Some(&m1)), &[0.7 / 0.3], 1e-12);
+    let rce = grad_of("reverse_ppo", ins(), 0, &[], Level::Token, Some(&m1));
+    let ppo = grad_of("ppo_clip", ins(), 0, &[], Level::Token, Some(&m1));
+    close(&rce, &ppo, 1e-12);
+    // With Z = −2 the gradient doubles: SPPO's gradient is (α + β|Z|) × PPO's.
+    close(
+        &grad_of("reverse_ppo", ins(), 0, &[("z", num(-2.0))], Level::Token, Some(&m1)),
+        &[2.0 * ppo[0]],
+        1e-12,
+    );
+    // Outside the clip with the clipped branch as the max, f = 0: no loss, no gradient.
+    let out =
+        || vec![tok(t2(&[&[0.0]]), &m1), tok(t2(&[&[0.6f64.ln()]]), &m1), tok(t2(&[&[1.0]]), &m1)];
+    close(&run("reverse_ppo", &out(), &[], Level::Token, Some(&m1)), &[0.0], 0.0);
+    // Reverse PG (SA2C): ℓ = −A·Z·(1 − π) = 0.7; gradient −A·Z·(−π) = −0.3 = |Z|·π·(−A), i.e.
+    // A2C's gradient reweighted by the token's own probability.
+    let ins = || vec![tok(t2(&[&[lp]]), &m1), tok(t2(&[&[1.0]]), &m1)];
+    close(&run("reverse_pg", &ins(), &[], Level::Token, Some(&m1)), &[0.7], 1e-12);
+    let a2c = grad_of("pg", ins(), 0, &[], Level::Token, Some(&m1));
+    close(&grad_of("reverse_pg", ins(), 0, &[], Level::Token, Some(&m1)), &[0.3 * a2c[0]], 1e-12);
+}
+
+#[test]
+fn preference_losses() {
+    // Σ chosen = −2, Σ rejected = −4, refs −3 each: ρ_c = 1, ρ_r = −1, logits = 2.
+    // sigmoid, β = 0.1: −log σ(0.2) = ln(1 + e^{−0.2}) = 0.598139; ipo: (2 − 1/0.2)² = 9;
+    // hinge: max(0, 1 − 0.2) = 0.8; label smoothing 0.1: 0.9·0.598139 + 0.1·0.798139.
+    let m = t2(&[&[1.0, 1.0]]);
+    let ins = || {
+        vec![
+            tok(t2(&[&[-1.0, -1.0]]), &m),
+            tok(t2(&[&[-2.0, -2.0]]), &m),
+            tok(t2(&[&[-1.5, -1.5]]), &m),
+            tok(t2(&[&[-1.5, -1.5]]), &m),
+        ]
+    };
+    let sig = (1.0 + (-0.2f64).exp()).ln();
+    close(&run("dpo", &ins(), &[], Level::Seq, None), &[sig], 1e-12);
+    close(&run("dpo", &ins(), &[("loss", word("ipo"))], Level::Seq, None), &[9.0], 1e-12);
+    close(&run("dpo", &ins(), &[("loss", word("hinge"))], Level::Seq, None), &[0.8], 1e-12);
+    close(
+        &run("dpo", &ins(), &[("label_smoothing", num(0.1))], Level::Seq, None),
+        &[0.9 * sig + 0.1 * (1.0 + 0.2f64.exp()).ln()],
+        1e-12,
+    );
+    // IPO length-normalised (TRL): 1/2 − (−1/2) = 1 → (1 − 5)² = 16.
+    close(
+        &run(
+            "dpo",
+            &ins(),
+            &[("loss", word("ipo")), ("length_norm", Const::Bool(true))],
+            Level::Seq,
+            None,
+        ),
+        &[16.0],
+        1e-12,
+    );
+    // Bradley–Terry: −log σ(1 − 0) = ln(1 + e^{−1}) = 0.313262.
+    close(
+        &run("pairwise_rm", &[seq(t1(&[1.0])), seq(t1(&[0.0]))], &[], Level::Seq, None),
+        &[(1.0 + (-1.0f64).exp()).ln()],
+        1e-12,
+    );
+    // Large margins stay finite.
+    let v = run("pairwise_rm", &[seq(t1(&[-800.0])), seq(t1(&[800.0]))], &[], Level::Seq, None);
+    assert!(v[0].is_finite() && (v[0] - 1600.0).abs() < 1e-9);
+}
+
+#[test]
+fn edit_weights_follow_the_minimum_edit() {
+    // [1, 2, 3] → [1, 5, 3, 4]: keep 1, substitute 2→5, keep 3, insert 4 → [0.5, 1, 0.5, 1].
+    let text = |name: &str, toks: &[i64], mask: &[f64]| In {
+        value: Value::Text(TextData {
+            name: name.into(),
+            mask: t2(&[mask]),
+            tokens: Some(ints(&[toks])),
+            step_ids: None,
+        }),
+        level: None,
+        mask: None,
+    };
+    let m = t2(&[&[1.0, 1.0, 1.0, 1.0]]);
+    let ins = [
+        text("response", &[1, 2, 3, 0], &[1.0, 1.0, 1.0, 0.0]),
+        text("fix", &[1, 5, 3, 4], &[1.0; 4]),
+    ];
+    close(&run("edit_weights", &ins, &[], Level::Token, Some(&m)), &[0.5, 1.0, 0.5, 1.0], 0.0);
+    // An unchanged rewrite is all "kept".
+    let same = [
+        text("response", &[7, 8, 9, 0], &[1.0, 1.0, 1.0, 0.0]),
+        text("fix", &[7, 8, 9, 0], &[1.0, 1.0, 1.0, 0.0]),
+    ];
+    close(&run("edit_weights", &same, &[], Level::Token, Some(&m)), &[0.5, 0.5, 0.5, 0.0], 0.0);
+}
+
+#[test]
+fn aggregations_and_their_conventions() {
+    // x = [[1, 2, 3], [4, NaN, NaN]] with mask [[1, 1, 1], [1, 0, 0]] and an empty row:
+    // token_mean = 10/4; token_sum = 10; seq_mean_token_sum = (6 + 4)/2 (empty rows excluded);
+    // seq_mean_token_mean = (2 + 4)/2; …_norm(10) = 0.5. NaN at masked positions never leaks.
+    let m = t2(&[&[1.0, 1.0, 1.0], &[1.0, 0.0, 0.0], &[0.0, 0.0, 0.0]]);
+    let x = || {
+        vec![tok(t2(&[&[1.0, 2.0, 3.0], &[4.0, f64::NAN, f64::NAN], &[f64::NAN, 0.0, 0.0]]), &m)]
+    };
+    let agg = |b: &str| run(b, &x(), &[], Level::Scalar, None);
+    close(&agg("token_mean"), &[2.5], 1e-12);
+    close(&agg("token_sum"), &[10.0], 1e-12);
+    close(&agg("seq_mean_token_sum"), &[5.0], 1e-12);
+    close(&agg("seq_mean_token_mean"), &[3.0], 1e-12);
+    close(
+        &run("seq_mean_token_sum_norm", &x(), &[("norm", num(10.0))], Level::Scalar, None),
+        &[0.5],
+        1e-12,
+    );
+    close(&run("sum_tokens", &x(), &[], Level::Seq, None), &[6.0, 4.0, 0.0], 1e-12);
+    close(&run("mean_tokens", &x(), &[], Level::Seq, None), &[2.0, 4.0, 0.0], 1e-12);
+    close(&agg("sum"), &[10.0], 1e-12);
+    close(&agg("mean"), &[2.5], 1e-12);
+    close(&agg("count_nonzero"), &[4.0], 0.0);
+    close(&run("seq_mean", &[seq(t1(&[1.0, 2.0, 6.0]))], &[], Level::Scalar, None), &[3.0], 1e-12);
+    // mask = none averages the padding too (what the `unmasked-loss` lint warns about).
+    let y = vec![tok(t2(&[&[1.0, 3.0]]), &t2(&[&[1.0, 0.0]]))];
+    close(&run("token_mean", &y, &[("mask", word("none"))], Level::Scalar, None), &[2.0], 1e-12);
+    // Splitting a batch into two halves and summing token sums gives the whole (micro-batch
+    // invariance of `token_sum`).
+    let (a, b) = (t2(&[&[1.0, 2.0]]), t2(&[&[3.0, 4.0]]));
+    let ones = t2(&[&[1.0, 1.0]]);
+    let whole = run(
+        "token_sum",
+        &[tok(t2(&[&[1.0, 2.0], &[3.0, 4.0]]), &t2(&[&[1.0, 1.0], &[1.0, 1.0]]))],
+        &[],
+        Level::Scalar,
+        None,
+    );
+    let parts = run("token_sum", &[tok(a, &ones)], &[], Level::Scalar, None)[0]
+        + run("token_sum", &[tok(b, &ones)], &[], Level::Scalar, None)[0];
+    close(&whole, &[parts], 1e-12);
+}
+
+#[test]
+fn maths_blocks() {
+    let m = t2(&[&[1.0, 1.0]]);
+    let ab = || vec![tok(t2(&[&[2.0, -3.0]]), &m), tok(t2(&[&[4.0, 2.0]]), &m)];
+    let bin = |b: &str| run(b, &ab(), &[], Level::Token, Some(&m));
+    close(&bin("add"), &[6.0, -1.0], 0.0);
+    close(&bin("sub"), &[-2.0, -5.0], 0.0);
+    close(&bin("mul"), &[8.0, -6.0], 0.0);
+    close(&bin("div"), &[0.5, -1.5], 0.0);
+    close(&bin("min"), &[2.0, -3.0], 0.0);
+    close(&bin("max"), &[4.0, 2.0], 0.0);
+    // A computed exponent needs a positive base: e^{b·ln a}.
+    let pos = vec![tok(t2(&[&[2.0, 3.0]]), &m), tok(t2(&[&[4.0, 2.0]]), &m)];
+    close(&run("pow", &pos, &[], Level::Token, Some(&m)), &[16.0, 9.0], 1e-12);
+    // A scalar exponent broadcasts, and negative bases work: (−3)² = 9.
+    let sq = vec![
+        tok(t2(&[&[2.0, -3.0]]), &m),
+        In {
+            value: Value::Tensor(Tensor::new(2.0f64, &CPU).unwrap()),
+            level: Some(Level::Scalar),
+            mask: None,
+        },
+    ];
+    close(&run("pow", &sq, &[], Level::Token, Some(&m)), &[4.0, 9.0], 1e-12);
+    let x = || vec![tok(t2(&[&[4.0, 0.25]]), &m)];
+    let un = |b: &str| run(b, &x(), &[], Level::Token, Some(&m));
+    close(&un("neg"), &[-4.0, -0.25], 0.0);
+    close(&un("abs"), &[4.0, 0.25], 0.0);
+    close(&un("square"), &[16.0, 0.0625], 0.0);
+    close(&un("sqrt"), &[2.0, 0.5], 1e-12);
+    close(&un("exp"), &[4f64.exp(), 0.25f64.exp()], 1e-12);
+    close(&un("log"), &[4f64.ln(), 0.25f64.ln()], 1e-12);
+    close(&un("stopgrad"), &[4.0, 0.25], 0.0);
+    close(
+        &run("clamp", &x(), &[("lo", num(0.5)), ("hi", num(3.0))], Level::Token, Some(&m)),
+        &[3.0, 0.5],
+        0.0,
+    );
+    close(&run("clamp", &x(), &[("hi", num(1.0))], Level::Token, Some(&m)), &[1.0, 0.25], 0.0);
+    // where(cond, then, otherwise), with a sequence condition broadcast by an explicit spread.
+    let w =
+        vec![tok(t2(&[&[1.0, 0.0]]), &m), tok(t2(&[&[5.0, 5.0]]), &m), tok(t2(&[&[7.0, 7.0]]), &m)];
+    close(&run("where", &w, &[], Level::Token, Some(&m)), &[5.0, 7.0], 0.0);
+    assert_eq!(grad_of("stopgrad", x(), 0, &[], Level::Token, Some(&m)), vec![0.0, 0.0]);
+}
+
+/// Inputs for any block: tokens `[3, 4]` with a padded row, sequences `[3]`, two steps, groups
+/// [0, 0, 1]. Values lie in [0.2, 1.2], away from the kinks of clips, abs and logs.
+fn generic_inputs(
+    block: &str,
+    rng: &mut rlx::exec::synthetic::Rng,
+) -> (Vec<In>, Level, Option<Tensor>) {
+    let spec = lookup(block).unwrap();
+    let mask = t2(&[&[1.0, 1.0, 1.0, 1.0], &[1.0, 1.0, 1.0, 0.0], &[1.0, 1.0, 0.0, 0.0]]);
+    let step_mask = t2(&[&[1.0, 1.0], &[1.0, 1.0], &[1.0, 0.0]]);
+    let ids = ints(&[&[0, 0, 1, 1], &[0, 1, 1, -1], &[0, 0, -1, -1]]);
+    let text = TextData {
+        name: "response".into(),
+        mask: mask.clone(),
+        tokens: Some(ints(&[&[1, 2, 3, 4], &[1, 2, 3, 0], &[5, 6, 0, 0]])),
+        step_ids: Some(ids.clone()),
+    };
+    let steps =
+        StepsData { text: "response".into(), ids, mask: step_mask.to_dtype(DType::F32).unwrap() };
+    let mut rand = |shape: (usize, usize)| {
+        let v: Vec<f64> = (0..shape.0 * shape.1).map(|_| 0.2 + rng.uniform()).collect();
+        Tensor::from_vec(v, shape, &CPU).unwrap()
+    };
+    let level_of = |rule: LevelRule| match rule {
+        LevelRule::Exact(l) => l,
+        _ => Level::Token,
+    };
+    let mut ins = Vec::new();
+    for input in spec.inputs {
+        ins.push(match input.kind {
+            InputKind::Tensor(rule, _) => match level_of(rule) {
+                Level::Token => tok(rand((3, 4)), &mask),
+                Level::Step => step(rand((3, 2)), &step_mask),
+                Level::Seq => seq(rand((3, 1)).squeeze(1).unwrap()),
+                Level::Scalar => In {
+                    value: Value::Tensor(rand((1, 1)).squeeze(1).unwrap().squeeze(0).unwrap()),
+                    level: Some(Level::Scalar),
+                    mask: None,
+                },
+            },
+            InputKind::Text => In { value: Value::Text(text.clone()), level: None, mask: None },
+            InputKind::Steps => In { value: Value::Steps(steps.clone()), level: None, mask: None },
+            InputKind::Scorer => {
+                In { value: Value::Scorer("arith.correct".into()), level: None, mask: None }
+            }
+        });
+    }
+    let generic_level = Level::Token;
+    let level = match spec.output {
+        OutputKind::Tensor(l) => l,
+        OutputKind::Generic => generic_level,
+        OutputKind::Steps => Level::Scalar,
+    };
+    let out_mask = match level {
+        Level::Token => Some(mask),
+        Level::Step => Some(step_mask),
+        _ => None,
+    };
+    (ins, level, out_mask)
+}
+
+#[test]
+fn every_differentiable_block_matches_finite_differences() {
+    let groups = t1(&[0.0, 0.0, 1.0]).to_dtype(DType::I64).unwrap();
+    let mut checked = Vec::new();
+    for spec in rlx::blocks::ALL {
+        // `rlmec_pg` detaches its weight on purpose, so its gradient is not the derivative of its
+        // value; `policy_and_value_losses` checks it by hand.
+        if spec.grad == OutputGrad::Never || matches!(spec.name, "vine_values" | "rlmec_pg") {
+            continue;
+        }
+        let mut rng = rlx::exec::synthetic::Rng::new(spec.name.len() as u64);
+        let (ins, level, out_mask) = generic_inputs(spec.name, &mut rng);
+        let weights: Option<Tensor> = None;
+        let objective = |ins: &[In]| -> f64 {
+            let Value::Tensor(out) =
+                run_full(spec.name, ins, &[], level, out_mask.as_ref(), Some(&groups))
+            else {
+                panic!()
+            };
+            let w = weights.clone().unwrap_or_else(|| {
+                let n = out.elem_count();
+                let v: Vec<f64> = (0..n).map(|i| 0.5 + (i % 7) as f64 / 7.0).collect();
+                Tensor::from_vec(v, out.shape(), &CPU).unwrap()
+            });
+            out.mul(&w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+        };
+        for (i, input) in spec.inputs.iter().enumerate() {
+            if !matches!(input.kind, InputKind::Tensor(_, GradRule::Any)) {
+                continue;
+            }
+            let Value::Tensor(x) = &ins[i].value else { continue };
+            // Analytic gradient.
+            let var = Var::from_tensor(x).unwrap();
+            let mut with_var: Vec<In> = ins
+                .iter()
+                .map(|j| In { value: j.value.clone(), level: j.level, mask: j.mask.clone() })
+                .collect();
+            with_var[i].value = Value::Tensor(var.as_tensor().clone());
+            let Value::Tensor(out) =
+                run_full(spec.name, &with_var, &[], level, out_mask.as_ref(), Some(&groups))
+            else {
+                panic!()
+            };
+            let n = out.elem_count();
+            let w: Vec<f64> = (0..n).map(|k| 0.5 + (k % 7) as f64 / 7.0).collect();
+            let w = Tensor::from_vec(w, out.shape(), &CPU).unwrap();
+            let store = out.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+            let analytic: Vec<f64> = match store.get(var.as_tensor()) {
+                Some(g) => g.flatten_all().unwrap().to_vec1().unwrap(),
+                None => vec![0.0; x.elem_count()],
+            };
+            // Central differences.
+            let flat: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let h = 1e-6;
+            for k in 0..flat.len() {
+                let eval_at = |delta: f64| {
+                    let mut v = flat.clone();
+                    v[k] += delta;
+                    let mut moved: Vec<In> = ins
+                        .iter()
+                        .map(|j| In {
+                            value: j.value.clone(),
+                            level: j.level,
+                            mask: j.mask.clone(),
+                        })
+                        .collect();
+                    moved[i].value = Value::Tensor(Tensor::from_vec(v, x.shape(), &CPU).unwrap());
+                    objective(&moved)
+                };
+                let numeric = (eval_at(h) - eval_at(-h)) / (2.0 * h);
+                assert!(
+                    (numeric - analytic[k]).abs() <= 1e-5 * (1.0 + numeric.abs()),
+                    "{}: d/d{}[{k}] analytic {} vs numeric {numeric}",
+                    spec.name,
+                    input.name,
+                    analytic[k]
+                );
+            }
+            checked.push(format!("{}.{}", spec.name, input.name));
+        }
+    }
+    // The check covered the losses, shaping and maths blocks that carry gradient.
+    for must in [
+        "ppo_clip.logp",
+        "kl.logp",
+        "reverse_ppo.logp",
+        "value_loss.values",
+        "dpo.chosen",
+        "token_mean.x",
+        "log.x",
+        "where.then",
+    ] {
+        assert!(checked.iter().any(|c| c == must), "{must} not checked; checked: {checked:?}");
+    }
+}
