@@ -105,6 +105,9 @@ enum Command {
         /// cpu, cuda, cuda:N or auto.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Print the time spent on every node.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -128,8 +131,12 @@ fn main() -> ExitCode {
         Command::Diff { old, new } => diff(&old, &new, style),
         Command::Fmt { files, check } => fmt(&files, check, style),
         Command::Blocks { name } => blocks(name.as_deref()),
-        Command::Eval { recipe, stage, batch, synthetic, seed, out, inputs, device } => {
-            eval(&recipe, EvalArgs { stage, batch, synthetic, seed, out, inputs, device }, style)
+        Command::Eval { recipe, stage, batch, synthetic, seed, out, inputs, device, profile } => {
+            eval(
+                &recipe,
+                EvalArgs { stage, batch, synthetic, seed, out, inputs, device, profile },
+                style,
+            )
         }
     };
     match result {
@@ -290,6 +297,7 @@ struct EvalArgs {
     out: Option<PathBuf>,
     inputs: bool,
     device: String,
+    profile: bool,
 }
 
 fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
@@ -331,7 +339,7 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
         index,
         &batch,
         &device,
-        rlx::exec::Options { grads: true },
+        rlx::exec::Options { grads: true, profile: args.profile },
     ) {
         Ok(e) => e,
         Err(d) => {
@@ -346,6 +354,13 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
     for t in &evaluation.terms {
         let sign = if t.sign < 0.0 { "−" } else { "+" };
         println!("  {sign} {:<10} {:>12.6}  {}", t.name, scalar(&t.value), t.expr);
+    }
+    if args.profile {
+        let total: f64 = evaluation.profile.iter().map(|(_, ms)| ms).sum();
+        println!("time per node (ms, {total:.3} in all):");
+        for (label, ms) in &evaluation.profile {
+            println!("  {ms:>9.3}  {label}");
+        }
     }
     if let Some(out) = &args.out {
         let tensors = evaluation.tensors();

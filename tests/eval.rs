@@ -54,8 +54,14 @@ fn every_recipe_stage_evaluates_and_differentiates() {
         for index in 0..c.program.stages.len() {
             let stage = &c.program.stages[index].name.name;
             let batch = synthetic::batch(&c, index, 8, 12, 1, &Device::Cpu).unwrap();
-            let e = exec::evaluate(&c, index, &batch, &Device::Cpu, Options { grads: true })
-                .unwrap_or_else(|d| panic!("{name}/{stage}: {d:?}"));
+            let e = exec::evaluate(
+                &c,
+                index,
+                &batch,
+                &Device::Cpu,
+                Options { grads: true, profile: false },
+            )
+            .unwrap_or_else(|d| panic!("{name}/{stage}: {d:?}"));
             assert!(scalar(&e.loss).is_finite(), "{name}/{stage}");
             assert!(!e.grads.is_empty(), "{name}/{stage}: no gradients");
             // Every differentiable input receives a finite gradient, and some of it is non-zero.
@@ -89,7 +95,8 @@ fn every_recipe_stage_evaluates_and_differentiates() {
 fn the_policy_gradient_reaches_exactly_the_trained_signals() {
     let c = recipe("ppo.rlx");
     let batch = synthetic::batch(&c, 0, 4, 6, 3, &Device::Cpu).unwrap();
-    let e = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true }).unwrap();
+    let e = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true, profile: false })
+        .unwrap();
     let names: Vec<&str> = e.grads.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -120,7 +127,8 @@ fn the_policy_gradient_reaches_exactly_the_trained_signals() {
 fn executor_matches_a_hand_written_grpo_objective() {
     let c = recipe("grpo.rlx");
     let batch = synthetic::batch(&c, 0, 16, 10, 5, &Device::Cpu).unwrap();
-    let e = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: false }).unwrap();
+    let e = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: false, profile: false })
+        .unwrap();
     // GRPO: A = group z-score of the verifier reward (unbiased std + 1e-6), spread over tokens;
     // loss = mean over sequences of the token mean of PPO-clip(0.2) + 0.04·k3.
     let f = |k: &str| batch[k].to_dtype(DType::F64).unwrap();
@@ -168,7 +176,8 @@ fn a_missing_or_misshaped_input_lists_everything_the_stage_reads() {
     let mut batch = synthetic::batch(&c, 0, 4, 6, 1, &Device::Cpu).unwrap();
     batch.remove("old.values");
     batch.insert("ref.logp".into(), Tensor::zeros((4, 5), DType::F32, &Device::Cpu).unwrap());
-    let d = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true }).unwrap_err();
+    let d = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true, profile: false })
+        .unwrap_err();
     assert_eq!(d.code, "invalid-batch");
     assert_eq!(d.message, "the batch lacks 1 input(s) and 1 do not fit");
     let help = d.help.unwrap();
@@ -243,7 +252,8 @@ fn a_non_finite_value_names_its_node() {
     logp[0][0] = 0.0;
     batch.insert("old.logp".into(), Tensor::new(old, &Device::Cpu).unwrap());
     batch.insert("policy.logp".into(), Tensor::new(logp, &Device::Cpu).unwrap());
-    let d = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true }).unwrap_err();
+    let d = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true, profile: false })
+        .unwrap_err();
     assert_eq!(d.code, "non-finite-value");
     assert_eq!(d.message, "`log` (`gap`) produced NaN");
     let at = d.primary_span();
@@ -253,7 +263,8 @@ fn a_non_finite_value_names_its_node() {
     let mut r = batch["arith.correct(response)"].to_vec1::<f32>().unwrap();
     r[1] = f32::NAN;
     batch.insert("arith.correct(response)".into(), Tensor::new(r, &Device::Cpu).unwrap());
-    let d = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true }).unwrap_err();
+    let d = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true, profile: false })
+        .unwrap_err();
     assert_eq!(d.code, "non-finite-value");
     assert!(d.message.starts_with("`arith.correct`"), "{}", d.message);
 }
@@ -265,7 +276,8 @@ fn a_non_finite_gradient_names_its_input() {
         .replace("log(exp(policy.logp) - exp(old.logp) + 1)", "sqrt(policy.logp - policy.logp)");
     let c = check_text("grad.rlx", &text);
     let batch = synthetic::batch(&c, 0, 4, 4, 1, &Device::Cpu).unwrap();
-    let d = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true }).unwrap_err();
+    let d = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true, profile: false })
+        .unwrap_err();
     assert_eq!(d.code, "non-finite-gradient");
     assert!(d.message.contains("`policy.logp`"), "{}", d.message);
 }
@@ -312,7 +324,8 @@ fn rlx_eval_writes_bindings_loss_terms_and_gradients() {
     }
     assert_eq!(out["grad.policy.logp"].dims(), &[4, 6]);
     // The same evaluation in process gives the same loss.
-    let e = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: false }).unwrap();
+    let e = exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: false, profile: false })
+        .unwrap();
     assert_eq!(scalar(&e.loss), scalar(&out["loss"]));
     // A batch missing inputs: exit 1 and the full list of inputs on stderr.
     let mut partial = batch.clone();

@@ -143,15 +143,18 @@ pub static COUNT_NONZERO: BlockSpec = BlockSpec {
     ..AGG
 };
 
-/// `x` with masked positions replaced by 0 (NaN-safe, unlike `x · m`), and the mask as `x`'s dtype.
+/// `x · mask` (padding contributes 0) and the mask that counts entries: the response mask, or
+/// with `mask = none` every position, padding included (torchrl's `_kl_to_ref`, TRL `bnpo`-style
+/// denominators).
 fn masked(ctx: &Ctx) -> Result<(Tensor, Tensor)> {
     let x = ctx.tensor(0)?;
-    let m = if ctx.params.iter().any(|p| p.name == "mask") && ctx.choice("mask")? == "none" {
-        x.ones_like()?
+    let m = ctx.input_mask(0)?.to_dtype(x.dtype())?;
+    let counted = if ctx.params.iter().any(|p| p.name == "mask") && ctx.choice("mask")? == "none" {
+        m.ones_like()?
     } else {
-        ctx.input_mask(0)?.to_dtype(x.dtype())?
+        m.clone()
     };
-    Ok((m.ne(0.0)?.where_cond(x, &x.zeros_like()?)?, m))
+    Ok((x.mul(&m)?, counted))
 }
 
 /// Rows with at least one token, at least 1 (empty rows do not count, as in verl).

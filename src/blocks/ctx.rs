@@ -153,26 +153,50 @@ impl<'a> Ctx<'a> {
 pub mod host {
     use candle_core::{DType, Result, Tensor};
 
+    /// The elements of a tensor, flattened, read without an intermediate candle tensor when the
+    /// dtype is f32 or f64.
+    pub fn flat(t: &Tensor) -> Result<Vec<f64>> {
+        let t = t.flatten_all()?;
+        match t.dtype() {
+            DType::F64 => t.to_vec1::<f64>(),
+            DType::F32 => Ok(t.to_vec1::<f32>()?.into_iter().map(f64::from).collect()),
+            _ => Ok(t.to_dtype(DType::F32)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect()),
+        }
+    }
+
     pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
-        t.to_dtype(DType::F64)?.to_vec2::<f64>()
+        let cols = t.dim(1)?;
+        Ok(flat(t)?.chunks(cols.max(1)).map(<[f64]>::to_vec).collect())
     }
 
     pub fn vec(t: &Tensor) -> Result<Vec<f64>> {
-        t.to_dtype(DType::F64)?.to_vec1::<f64>()
+        flat(t)
+    }
+
+    /// A tensor of `shape` with `like`'s dtype and device, built directly in that dtype.
+    pub fn from_flat(data: Vec<f64>, shape: &[usize], like: &Tensor) -> Result<Tensor> {
+        match like.dtype() {
+            DType::F64 => Tensor::from_vec(data, shape, like.device()),
+            DType::F32 => Tensor::from_vec(
+                data.into_iter().map(|x| x as f32).collect::<Vec<f32>>(),
+                shape,
+                like.device(),
+            ),
+            dt => Tensor::from_vec(data, shape, like.device())?.to_dtype(dt),
+        }
     }
 
     /// A `[B, T]` tensor with `like`'s dtype and device.
     pub fn from_rows(rows: &[Vec<f64>], like: &Tensor) -> Result<Tensor> {
         let b = rows.len();
         let t = rows.first().map_or(0, |r| r.len());
-        let flat: Vec<f64> = rows.iter().flatten().copied().collect();
-        Tensor::from_vec(flat, (b, t), like.device())?.to_dtype(like.dtype())
+        from_flat(rows.iter().flatten().copied().collect(), &[b, t], like)
     }
 
     /// A `[B]` tensor with `like`'s dtype and device.
     pub fn from_vec(v: Vec<f64>, like: &Tensor) -> Result<Tensor> {
         let n = v.len();
-        Tensor::from_vec(v, n, like.device())?.to_dtype(like.dtype())
+        from_flat(v, &[n], like)
     }
 
     /// Indices of the sequences of each group, groups in order of first appearance.

@@ -138,20 +138,49 @@ fn unary(ctx: &Ctx, f: fn(&Tensor) -> Result<Tensor>) -> Result<Value> {
     Ok(Value::Tensor(f(ctx.tensor(0)?)?))
 }
 
+/// The value of a constant scalar operand (a number in the recipe), which takes the cheaper
+/// `affine` path instead of a broadcast binary op.
+fn constant(t: &Tensor) -> Option<f64> {
+    if t.rank() == 0 && !t.track_op() {
+        t.to_dtype(DType::F64).ok()?.to_scalar::<f64>().ok()
+    } else {
+        None
+    }
+}
+
 fn add(ctx: &Ctx) -> Result<Value> {
-    binary(ctx, Tensor::broadcast_add)
+    let (a, b) = (ctx.tensor(0)?, ctx.tensor(1)?);
+    match (constant(a), constant(b)) {
+        (None, Some(c)) => Ok(Value::Tensor(a.affine(1.0, c)?)),
+        (Some(c), None) => Ok(Value::Tensor(b.affine(1.0, c)?)),
+        _ => binary(ctx, Tensor::broadcast_add),
+    }
 }
 
 fn sub(ctx: &Ctx) -> Result<Value> {
-    binary(ctx, Tensor::broadcast_sub)
+    let (a, b) = (ctx.tensor(0)?, ctx.tensor(1)?);
+    match (constant(a), constant(b)) {
+        (None, Some(c)) => Ok(Value::Tensor(a.affine(1.0, -c)?)),
+        (Some(c), None) => Ok(Value::Tensor(b.affine(-1.0, c)?)),
+        _ => binary(ctx, Tensor::broadcast_sub),
+    }
 }
 
 fn mul(ctx: &Ctx) -> Result<Value> {
-    binary(ctx, Tensor::broadcast_mul)
+    let (a, b) = (ctx.tensor(0)?, ctx.tensor(1)?);
+    match (constant(a), constant(b)) {
+        (None, Some(c)) => Ok(Value::Tensor(a.affine(c, 0.0)?)),
+        (Some(c), None) => Ok(Value::Tensor(b.affine(c, 0.0)?)),
+        _ => binary(ctx, Tensor::broadcast_mul),
+    }
 }
 
 fn div(ctx: &Ctx) -> Result<Value> {
-    binary(ctx, Tensor::broadcast_div)
+    let (a, b) = (ctx.tensor(0)?, ctx.tensor(1)?);
+    match constant(b) {
+        Some(c) if c != 0.0 && constant(a).is_none() => Ok(Value::Tensor(a.affine(1.0 / c, 0.0)?)),
+        _ => binary(ctx, Tensor::broadcast_div),
+    }
 }
 
 fn min(ctx: &Ctx) -> Result<Value> {

@@ -383,7 +383,7 @@ pub const MASK: ParamSpec = choice(
     "mask",
     &["response", "none"],
     "response",
-    "`none` includes padding positions in the statistics (as some forks do)",
+    "`none` counts padding positions (as zeros) in the denominator, as some peers do",
 );
 
 /// A block with the common fields filled; each block file overrides what it needs.

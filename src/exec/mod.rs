@@ -39,6 +39,9 @@ pub struct Evaluation {
     pub bindings: Vec<(String, Tensor)>,
     /// The gradient of the loss with respect to each differentiable input, by input name.
     pub grads: Vec<(String, Tensor)>,
+    /// With `Options::profile`: milliseconds spent on each node (forward only), in order, and on
+    /// the backward pass as `backward`.
+    pub profile: Vec<(String, f64)>,
 }
 
 impl Evaluation {
@@ -61,6 +64,8 @@ impl Evaluation {
 pub struct Options {
     /// Back-propagate and return gradients.
     pub grads: bool,
+    /// Time every node (synchronises the device after each one).
+    pub profile: bool,
 }
 
 /// The index of a stage by name, or the last stage.
@@ -93,7 +98,9 @@ pub fn evaluate(
     let mut values: HashMap<NodeIndex, Value> = HashMap::new();
     let mut vars: Vec<(String, Var)> = Vec::new();
     let groups = batch.get("group");
+    let mut profile = Vec::new();
     for &n in &order {
+        let started = options.profile.then(std::time::Instant::now);
         let node = &stage.graph[n];
         let fail = |e: candle_core::Error| node_error(stage, n, &e.to_string());
         let value = match &node.op {
@@ -153,6 +160,14 @@ pub fn evaluate(
             }
         };
         check_shape(stage, n, cs.types.get(&n), &value, &values, &texts)?;
+        if let Some(started) = started {
+            device.synchronize().map_err(|e| internal(node.span, &e.to_string()))?;
+            let label = match node.names.first() {
+                Some(name) => format!("{name} = {}", node.op.label()),
+                None => node.op.label(),
+            };
+            profile.push((label, started.elapsed().as_secs_f64() * 1e3));
+        }
         values.insert(n, value);
     }
     let loss = match values.get(&loss_node) {
@@ -164,7 +179,12 @@ pub fn evaluate(
     }
     let mut grads = Vec::new();
     if options.grads && !vars.is_empty() {
+        let started = options.profile.then(std::time::Instant::now);
         let store = loss.backward().map_err(|e| node_error(stage, loss_node, &e.to_string()))?;
+        if let Some(started) = started {
+            device.synchronize().map_err(|e| internal(stage.loss_span, &e.to_string()))?;
+            profile.push(("backward".into(), started.elapsed().as_secs_f64() * 1e3));
+        }
         for (name, var) in &vars {
             let g = match store.get(var.as_tensor()) {
                 Some(g) => g.clone(),
@@ -189,7 +209,7 @@ pub fn evaluate(
             bindings.push((name.clone(), t.clone()));
         }
     }
-    Ok(Evaluation { loss, terms, bindings, grads })
+    Ok(Evaluation { loss, terms, bindings, grads, profile })
 }
 
 /// Texts of the batch, by name.
@@ -294,8 +314,14 @@ fn check_shape(
     .help("check the shapes of the batch inputs this value reads (`rlx eval` lists them)"))
 }
 
-/// Which of NaN and inf a tensor holds, if any.
+/// Which of NaN and inf a tensor holds, if any. One reduction on the device; the elements are
+/// read only when the sum is not finite (NaN and inf both poison a sum).
 fn non_finite(t: &Tensor) -> Option<&'static str> {
+    let sum =
+        t.to_dtype(DType::F32).and_then(|t| t.sum_all()).and_then(|s| s.to_scalar::<f32>()).ok()?;
+    if sum.is_finite() {
+        return None;
+    }
     let v = t
         .to_dtype(DType::F32)
         .and_then(|t| t.flatten_all())
@@ -306,7 +332,7 @@ fn non_finite(t: &Tensor) -> Option<&'static str> {
     } else if v.iter().any(|x| x.is_infinite()) {
         Some("inf")
     } else {
-        None
+        Some("values too large to sum")
     }
 }
 

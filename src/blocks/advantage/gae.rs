@@ -38,30 +38,22 @@ pub static SPEC: BlockSpec = BlockSpec {
 
 fn forward(ctx: &Ctx) -> Result<Value> {
     let r = ctx.tensor(0)?;
-    let (rows, values, mask) =
-        (host::rows(r)?, host::rows(ctx.tensor(1)?)?, host::rows(ctx.out_mask()?)?);
+    let cols = r.dim(1)?.max(1);
+    let (rs, vs, ms) = (host::flat(r)?, host::flat(ctx.tensor(1)?)?, host::flat(ctx.out_mask()?)?);
     let (gamma, lambda) = (ctx.num("gamma")?, ctx.num("lambda")?);
     let skip = ctx.choice("holes")? == "skip";
-    let out: Vec<Vec<f64>> = rows
-        .iter()
-        .zip(&values)
-        .zip(&mask)
-        .map(|((r, v), m)| gae_row(r, v, m, gamma, lambda, skip))
-        .collect();
-    Ok(Value::Tensor(host::from_rows(&out, r)?))
+    let mut out = vec![0.0; rs.len()];
+    for (row, ((r, v), m)) in
+        out.chunks_mut(cols).zip(rs.chunks(cols).zip(vs.chunks(cols)).zip(ms.chunks(cols)))
+    {
+        gae_row(r, v, m, gamma, lambda, skip, row);
+    }
+    Ok(Value::Tensor(host::from_flat(out, r.dims(), r)?))
 }
 
 /// GAE over one response, scanning backwards. With `skip`, masked tokens neither end the
 /// recursion nor enter it (verl); otherwise they count as zero reward and zero value (OpenRLHF).
-pub(crate) fn gae_row(
-    r: &[f64],
-    v: &[f64],
-    m: &[f64],
-    gamma: f64,
-    lambda: f64,
-    skip: bool,
-) -> Vec<f64> {
-    let mut out = vec![0.0; r.len()];
+fn gae_row(r: &[f64], v: &[f64], m: &[f64], gamma: f64, lambda: f64, skip: bool, out: &mut [f64]) {
     let (mut next_v, mut g) = (0.0, 0.0);
     for t in (0..r.len()).rev() {
         let real = m[t] != 0.0;
@@ -75,5 +67,4 @@ pub(crate) fn gae_row(
             out[t] = g;
         }
     }
-    out
 }

@@ -48,44 +48,42 @@ pub static SPEC: BlockSpec = BlockSpec {
 
 fn forward(ctx: &Ctx) -> Result<Value> {
     let x = ctx.tensor(0)?;
-    let level = ctx.input_level(0).unwrap_or(Level::Scalar);
-    if level == Level::Scalar {
+    if ctx.input_level(0).unwrap_or(Level::Scalar) == Level::Scalar {
         return Ok(Value::Tensor(x.detach()));
     }
     let masked = ctx.choice("mask")? == "response";
     let (unbiased, eps, shift) =
         (ctx.choice("var")? == "unbiased", ctx.num("eps")?, ctx.flag("shift_mean")?);
     let floor_max = ctx.choice("floor")? == "max";
-    let two_d = x.rank() == 2;
-    let rows: Vec<Vec<f64>> =
-        if two_d { host::rows(x)? } else { host::vec(x)?.into_iter().map(|v| vec![v]).collect() };
-    let mask: Vec<Vec<f64>> = match (two_d, masked) {
-        (true, true) => host::rows(ctx.out_mask()?)?,
-        _ => rows.iter().map(|r| vec![1.0; r.len()]).collect(),
-    };
+    let cols = if x.rank() == 2 { x.dim(1)?.max(1) } else { 1 };
+    let xs = host::flat(x)?;
+    let ms =
+        if x.rank() == 2 && masked { host::flat(ctx.out_mask()?)? } else { vec![1.0; xs.len()] };
+    let n_rows = xs.len() / cols;
     // Which rows share statistics: all of them, or each group.
     let parts: Vec<Vec<usize>> = if ctx.choice("scope")? == "group" {
         host::group_members(&ctx.group_ids()?)
     } else {
-        vec![(0..rows.len()).collect()]
+        vec![(0..n_rows).collect()]
     };
-    let mut out: Vec<Vec<f64>> = rows.iter().map(|r| vec![0.0; r.len()]).collect();
+    let mut out = vec![0.0; xs.len()];
     for part in parts {
-        let xs: Vec<f64> = part.iter().flat_map(|&i| rows[i].iter().copied()).collect();
-        let ws: Vec<f64> = part.iter().flat_map(|&i| mask[i].iter().copied()).collect();
-        let (mean, var, _) = host::mean_var(&xs, &ws, unbiased);
+        let entries = || part.iter().flat_map(|&r| r * cols..(r + 1) * cols);
+        let n: f64 = entries().map(|i| ms[i]).sum();
+        let mean = if n > 0.0 { entries().map(|i| xs[i] * ms[i]).sum::<f64>() / n } else { 0.0 };
+        let ss: f64 = entries().map(|i| ms[i] * (xs[i] - mean) * (xs[i] - mean)).sum();
+        let var = match (unbiased, n) {
+            (true, n) if n > 1.0 => ss / (n - 1.0),
+            (true, _) => 0.0,
+            (false, n) if n > 0.0 => ss / n,
+            _ => 0.0,
+        };
         let scale = host::inverse_std(var, eps, floor_max);
-        for &i in &part {
-            for (t, v) in rows[i].iter().enumerate() {
-                let w = (v - mean) * scale + if shift { 0.0 } else { mean };
-                out[i][t] = if masked { w * mask[i][t] } else { w };
-            }
+        let back = if shift { 0.0 } else { mean };
+        for i in entries() {
+            let w = (xs[i] - mean) * scale + back;
+            out[i] = if masked { w * ms[i] } else { w };
         }
     }
-    let t = if two_d {
-        host::from_rows(&out, x)?
-    } else {
-        host::from_vec(out.into_iter().map(|r| r[0]).collect(), x)?
-    };
-    Ok(Value::Tensor(t))
+    Ok(Value::Tensor(host::from_flat(out, x.dims(), x)?))
 }

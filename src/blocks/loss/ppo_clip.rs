@@ -61,5 +61,5 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         let bound = (adv * -c)?;
         loss = adv.lt(0.0)?.where_cond(&loss.minimum(&bound)?, &loss)?;
     }
-    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+    Ok(Value::Tensor(loss))
 }

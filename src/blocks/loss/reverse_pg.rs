@@ -24,5 +24,5 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let omega = (1.0 - ctx.tensor(0)?.exp()?)?;
     let loss = (ctx.tensor(1)?.mul(&omega)? * -ctx.num("z")?)?;
-    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+    Ok(Value::Tensor(loss))
 }

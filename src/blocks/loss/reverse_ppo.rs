@@ -45,5 +45,5 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     // Ω = 1 − π(a) keeps its gradient; π_old is a constant.
     let omega = (1.0 - logp.exp()?)?;
     let loss = (f.mul(adv)?.mul(&omega)?.div(&old.exp()?)? * -ctx.num("z")?)?;
-    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+    Ok(Value::Tensor(loss))
 }

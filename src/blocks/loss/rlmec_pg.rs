@@ -31,5 +31,5 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let weight =
         ratio.mul(reward)?.minimum(&ratio.clamp(1.0 - eps, 1.0 + eps)?.mul(reward)?)?.detach();
     let loss = weight.mul(logp)?.neg()?;
-    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+    Ok(Value::Tensor(loss))
 }

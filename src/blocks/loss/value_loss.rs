@@ -36,5 +36,5 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         err = err.maximum(&clipped.sub(target)?.sqr()?)?;
     }
     let loss = (err * 0.5)?;
-    Ok(Value::Tensor(loss.mul(&ctx.out_mask()?.to_dtype(loss.dtype())?)?))
+    Ok(Value::Tensor(loss))
 }

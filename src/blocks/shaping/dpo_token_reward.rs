@@ -36,5 +36,5 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         Some(c) => scaled.clamp(-c, c)?,
         None => scaled,
     };
-    Ok(Value::Tensor(r.mul(&ctx.out_mask()?.to_dtype(r.dtype())?)?))
+    Ok(Value::Tensor(r))
 }

@@ -48,5 +48,5 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         Some(c) => k.clamp(-c, c)?,
         None => k,
     };
-    Ok(Value::Tensor(k.mul(&ctx.out_mask()?.to_dtype(k.dtype())?)?))
+    Ok(Value::Tensor(k))
 }

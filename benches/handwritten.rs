@@ -1,0 +1,391 @@
+//! Every recipe's final-stage objective written directly in candle, without the executor or the
+//! block library: the baseline of the overhead benchmark, and an independent numeric check of
+//! the executor (`tests/handwritten.rs`). The batch holds the same names `rlx eval` reads.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Result, Tensor};
+
+pub type Batch = HashMap<String, Tensor>;
+
+/// The objective of a recipe's last stage, by recipe file stem.
+pub fn objective(recipe: &str, b: &Batch) -> Result<Tensor> {
+    match recipe {
+        "ppo" => ppo(b),
+        "grpo" => grpo(b),
+        "rloo" => rloo(b),
+        "reinforce" => reinforce(b),
+        "remax" => remax(b),
+        "dpo" => dpo(b),
+        "rcfd" => rcfd(b),
+        "vineppo" => vineppo(b),
+        "rlmec" => rlmec(b),
+        "sppo" => sppo(b),
+        "sa2c" => sa2c(b),
+        "rto" => rto(b),
+        other => candle_core::bail!("no hand-written objective for {other}"),
+    }
+}
+
+fn g<'a>(b: &'a Batch, k: &str) -> &'a Tensor {
+    &b[k]
+}
+
+fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    t.to_dtype(DType::F32)?.to_vec2::<f32>()
+}
+
+fn vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.to_vec1::<f32>()
+}
+
+fn tensor2(v: Vec<Vec<f32>>, like: &Tensor) -> Result<Tensor> {
+    Tensor::new(v, like.device())
+}
+
+fn masked_mean(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+    x.mul(m)?.sum_all()?.div(&m.sum_all()?)
+}
+
+fn seq_mean_token_mean(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+    x.mul(m)?.sum(1)?.div(&m.sum(1)?)?.mean_all()
+}
+
+fn ppo_clip(logp: &Tensor, old: &Tensor, adv: &Tensor, eps: f64) -> Result<Tensor> {
+    let ratio = logp.sub(old)?.clamp(-20.0, 20.0)?.exp()?;
+    let a = adv.mul(&ratio)?.neg()?;
+    let b = adv.mul(&ratio.clamp(1.0 - eps, 1.0 + eps)?)?.neg()?;
+    a.maximum(&b)
+}
+
+fn k3(logp: &Tensor, reference: &Tensor) -> Result<Tensor> {
+    let d = logp.sub(reference)?;
+    (d.neg()?.exp()? + d)? - 1.0
+}
+
+fn value_loss(v: &Tensor, old: &Tensor, target: &Tensor, clip: Option<f64>) -> Result<Tensor> {
+    let e = v.sub(target)?.sqr()?;
+    let e = match clip {
+        Some(c) => e.maximum(&(old + v.sub(old)?.clamp(-c, c)?)?.sub(target)?.sqr()?)?,
+        None => e,
+    };
+    e * 0.5
+}
+
+fn last_token(m: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let onehot: Vec<Vec<f32>> = rows(m)?
+        .into_iter()
+        .map(|r| {
+            let last = r.iter().rposition(|v| *v != 0.0);
+            (0..r.len()).map(|t| if Some(t) == last { 1.0 } else { 0.0 }).collect()
+        })
+        .collect();
+    tensor2(onehot, m)?.broadcast_mul(&x.unsqueeze(1)?)
+}
+
+fn gae(r: &Tensor, v: &Tensor, m: &Tensor, gamma: f32, lambda: f32) -> Result<Tensor> {
+    let (r, v, m2) = (rows(r)?, rows(v)?, rows(m)?);
+    let mut out = vec![vec![0.0f32; r[0].len()]; r.len()];
+    for b in 0..r.len() {
+        let (mut next, mut acc) = (0.0, 0.0);
+        for t in (0..r[b].len()).rev() {
+            if m2[b][t] == 0.0 {
+                continue;
+            }
+            acc = r[b][t] + gamma * next - v[b][t] + gamma * lambda * acc;
+            next = v[b][t];
+            out[b][t] = acc;
+        }
+    }
+    tensor2(out, m)
+}
+
+fn whiten_tokens(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let n = m.sum_all()?.to_scalar::<f32>()? as f64;
+    let mean = x.mul(m)?.sum_all()?.to_scalar::<f32>()? as f64 / n;
+    let var = (x - mean)?.sqr()?.mul(m)?.sum_all()?.to_scalar::<f32>()? as f64 / (n - 1.0);
+    ((x - mean)? / (var + 1e-8).sqrt())?.mul(m)
+}
+
+fn zscore_groups(r: &[f32], groups: &[i64], eps: f32) -> Vec<f32> {
+    let mut out = vec![0.0; r.len()];
+    let max = groups.iter().copied().max().unwrap_or(0);
+    for grp in 0..=max {
+        let idx: Vec<usize> = (0..r.len()).filter(|&i| groups[i] == grp).collect();
+        if idx.len() < 2 {
+            continue;
+        }
+        let n = idx.len() as f32;
+        let mean = idx.iter().map(|&i| r[i]).sum::<f32>() / n;
+        let std = (idx.iter().map(|&i| (r[i] - mean).powi(2)).sum::<f32>() / (n - 1.0)).sqrt();
+        for &i in &idx {
+            out[i] = if std + eps == 0.0 { 0.0 } else { (r[i] - mean) / (std + eps) };
+        }
+    }
+    out
+}
+
+fn ppo(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?;
+    let r = (last_token(m, g(b, "arith.correct(response)"))? - (kl * 0.05)?)?;
+    let adv = gae(&r, g(b, "old.values"), m, 1.0, 0.95)?;
+    let pg = masked_mean(
+        &ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &whiten_tokens(&adv, m)?, 0.2)?,
+        m,
+    )?;
+    let vl = masked_mean(
+        &value_loss(
+            g(b, "policy.values"),
+            g(b, "old.values"),
+            &(&adv + g(b, "old.values"))?,
+            Some(0.2),
+        )?,
+        m,
+    )?;
+    pg + (vl * 0.5)?
+}
+
+fn grpo(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let groups = g(b, "group").to_vec1::<i64>()?;
+    let adv = zscore_groups(&vec(g(b, "arith.correct(response)"))?, &groups, 1e-6);
+    let adv = Tensor::new(adv, m.device())?.unsqueeze(1)?.broadcast_mul(m)?;
+    let per_token = (ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?
+        + (k3(g(b, "policy.logp"), g(b, "ref.logp"))? * 0.04)?)?;
+    seq_mean_token_mean(&per_token, m)
+}
+
+fn rloo(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let kl = vec(&g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?.sum(1)?)?;
+    let r: Vec<f32> =
+        vec(g(b, "arith.correct(response)"))?.iter().zip(&kl).map(|(c, k)| c - 0.05 * k).collect();
+    let groups = g(b, "group").to_vec1::<i64>()?;
+    let mut adv = vec![0.0f32; r.len()];
+    for (i, gi) in groups.iter().enumerate() {
+        let others: Vec<f32> =
+            (0..r.len()).filter(|&j| j != i && groups[j] == *gi).map(|j| r[j]).collect();
+        adv[i] = r[i] - others.iter().sum::<f32>() / others.len() as f32;
+    }
+    let adv = Tensor::new(adv, m.device())?.unsqueeze(1)?.broadcast_mul(m)?;
+    masked_mean(&adv.mul(g(b, "policy.logp"))?.neg()?, m)
+}
+
+fn reinforce(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?;
+    let r = rows(&(last_token(m, g(b, "arith.correct(response)"))? - (kl * 0.01)?)?)?;
+    let mask = rows(m)?;
+    let ret: Vec<Vec<f32>> = r
+        .iter()
+        .zip(&mask)
+        .map(|(row, mr)| {
+            let mut acc = 0.0;
+            let mut out = vec![0.0; row.len()];
+            for t in (0..row.len()).rev() {
+                if mr[t] != 0.0 {
+                    acc += row[t];
+                    out[t] = acc;
+                }
+            }
+            out
+        })
+        .collect();
+    let adv = whiten_tokens(&tensor2(ret, m)?, m)?;
+    masked_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?, m)
+}
+
+fn remax(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let adv = g(b, "arith.correct(response)")
+        .sub(g(b, "arith.correct(greedy)"))?
+        .unsqueeze(1)?
+        .broadcast_mul(m)?;
+    let t = (adv.mul(g(b, "policy.logp"))?.neg()?
+        + (k3(g(b, "policy.logp"), g(b, "ref.logp"))? * 0.01)?)?;
+    masked_mean(&t, m)
+}
+
+fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    x.minimum(0.0)?.sub(&(x.abs()?.neg()?.exp()? + 1.0)?.log()?)
+}
+
+fn dpo(b: &Batch) -> Result<Tensor> {
+    let sum = |k: &str, m: &str| g(b, k).mul(g(b, m))?.sum(1);
+    let logits = ((sum("policy.logp(chosen)", "mask(chosen)")?
+        - sum("ref.logp(chosen)", "mask(chosen)")?)?
+        - (sum("policy.logp(rejected)", "mask(rejected)")?
+            - sum("ref.logp(rejected)", "mask(rejected)")?)?)?;
+    log_sigmoid(&(logits * 0.1)?)?.neg()?.mean_all()
+}
+
+fn rcfd(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let r = g(b, "rm(response)").sub(g(b, "rm(demonstration)"))?.sqr()?.neg()?;
+    let n = r.dims1()? as f64;
+    let mean = r.mean_all()?.to_scalar::<f32>()? as f64;
+    let var = (&r - mean)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 / (n - 1.0);
+    let adv = ((&r - mean)? / (var + 1e-8).sqrt())?.unsqueeze(1)?.broadcast_mul(m)?;
+    masked_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.3)?, m)
+}
+
+fn vineppo(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let ids = g(b, "step_ids").to_vec2::<i64>()?;
+    let v = rows(g(b, "vine_values"))?;
+    let r = vec(g(b, "arith.correct(response)"))?;
+    let mask = rows(m)?;
+    let mut adv = vec![vec![0.0f32; ids[0].len()]; ids.len()];
+    for row in 0..ids.len() {
+        let steps = (ids[row].iter().copied().max().unwrap_or(-1) + 1) as usize;
+        let step_adv: Vec<f32> = (0..steps)
+            .map(|j| {
+                let next = if j + 1 < steps { v[row][j + 1] } else { 0.0 };
+                let reward = if j + 1 == steps { r[row] } else { 0.0 };
+                reward + next - v[row][j]
+            })
+            .collect();
+        for t in 0..ids[row].len() {
+            if ids[row][t] >= 0 && mask[row][t] != 0.0 {
+                adv[row][t] = step_adv[ids[row][t] as usize];
+            }
+        }
+    }
+    let adv = whiten_tokens(&tensor2(adv, m)?, m)?;
+    let pg = masked_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?, m)?;
+    let kl = k3(g(b, "policy.logp"), g(b, "ref.logp"))?.clamp(0.0, 10.0)?.mul(m)?;
+    let rows_with_tokens = m.sum(1)?.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?;
+    pg + (kl.sum_all()?.div(&rows_with_tokens)? * 1e-4)?
+}
+
+fn rlmec(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let keep = (g(b, "grm.keep_prob") - 0.5)?;
+    let correct = g(b, "arith.correct(response)").ge(0.5)?.to_dtype(DType::F32)?.unsqueeze(1)?;
+    let r = (keep.clamp(0.0, 0.5)?.broadcast_mul(&correct)?
+        + keep.clamp(-0.1, 0.0)?.broadcast_mul(&correct.affine(-1.0, 1.0)?)?)?
+    .mul(m)?;
+    let logp = g(b, "policy.logp");
+    let ratio = logp.sub(g(b, "ref.logp"))?.exp()?;
+    let w = ratio.mul(&r)?.minimum(&ratio.clamp(0.7, 1.3)?.mul(&r)?)?.detach();
+    let nonzero = r.ne(0.0)?.to_dtype(DType::F32)?.mul(m)?.sum_all()?.maximum(1.0)?;
+    let pg = w.mul(logp)?.neg()?.mul(m)?.sum_all()?.div(&nonzero)?;
+    // Imitation: weights from the token Levenshtein alignment of the response into the rewrite.
+    let fix_mask = g(b, "mask(grm.rewrite(response))");
+    let (a, f) =
+        (g(b, "tokens").to_vec2::<i64>()?, g(b, "tokens(grm.rewrite(response))").to_vec2::<i64>()?);
+    let (ma, mf) = (rows(m)?, rows(fix_mask)?);
+    let mut weights = vec![vec![0.0f32; f[0].len()]; f.len()];
+    for row in 0..f.len() {
+        let xs: Vec<i64> =
+            (0..a[row].len()).filter(|&t| ma[row][t] != 0.0).map(|t| a[row][t]).collect();
+        let pos: Vec<usize> = (0..f[row].len()).filter(|&t| mf[row][t] != 0.0).collect();
+        let ys: Vec<i64> = pos.iter().map(|&t| f[row][t]).collect();
+        let changed = levenshtein_changed(&xs, &ys);
+        for (j, &t) in pos.iter().enumerate() {
+            weights[row][t] = if changed[j] { 1.0 } else { 0.5 };
+        }
+    }
+    let w = tensor2(weights, fix_mask)?;
+    let imitation =
+        masked_mean(&w.mul(g(b, "policy.logp(grm.rewrite(response))"))?.neg()?, fix_mask)?;
+    pg + imitation
+}
+
+fn levenshtein_changed(xs: &[i64], ys: &[i64]) -> Vec<bool> {
+    let (n, m) = (xs.len(), ys.len());
+    let mut d = vec![vec![0usize; m + 1]; n + 1];
+    (0..=n).for_each(|i| d[i][0] = i);
+    (0..=m).for_each(|j| d[0][j] = j);
+    for i in 1..=n {
+        for j in 1..=m {
+            d[i][j] = (d[i - 1][j - 1] + usize::from(xs[i - 1] != ys[j - 1]))
+                .min(d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1);
+        }
+    }
+    let mut changed = vec![false; m];
+    let (mut i, mut j) = (n, m);
+    while i > 0 || j > 0 {
+        if i > 0 && j > 0 && d[i][j] == d[i - 1][j - 1] + usize::from(xs[i - 1] != ys[j - 1]) {
+            changed[j - 1] = xs[i - 1] != ys[j - 1];
+            i -= 1;
+            j -= 1;
+        } else if j > 0 && d[i][j] == d[i][j - 1] + 1 {
+            changed[j - 1] = true;
+            j -= 1;
+        } else {
+            i -= 1;
+        }
+    }
+    changed
+}
+
+fn symmetric(b: &Batch, reverse_ppo: bool) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?;
+    let r = (last_token(m, g(b, "rm(response)"))? - (kl * 0.001)?)?;
+    let adv = gae(&r, g(b, "old.values"), m, 0.99, 0.95)?;
+    let logp = g(b, "policy.logp");
+    let omega = (1.0 - logp.exp()?)?;
+    let policy = if reverse_ppo {
+        let a = whiten_tokens(&adv, m)?;
+        let old = g(b, "old.logp");
+        let ratio = logp.sub(old)?.exp()?.detach();
+        let inside =
+            ratio.ge(0.8)?.to_dtype(DType::F32)?.mul(&ratio.le(1.2)?.to_dtype(DType::F32)?)?;
+        let unclipped =
+            ratio.mul(&a)?.le(&ratio.clamp(0.8, 1.2)?.mul(&a)?)?.to_dtype(DType::F32)?;
+        let f = inside.maximum(&unclipped)?;
+        let rce = f.mul(&a)?.mul(&omega)?.div(&old.exp()?)?;
+        ((ppo_clip(logp, old, &a, 0.2)? * 0.5)? + (rce * 0.4)?)?
+    } else {
+        ((adv.mul(logp)?.neg()? * 0.5)? + (adv.mul(&omega)? * 0.4)?)?
+    };
+    let clip = if reverse_ppo { Some(0.2) } else { None };
+    let vl = masked_mean(
+        &value_loss(
+            g(b, "policy.values"),
+            g(b, "old.values"),
+            &(&adv + g(b, "old.values"))?,
+            clip,
+        )?,
+        m,
+    )?;
+    masked_mean(&policy, m)? + (vl * 0.5)?
+}
+
+fn sppo(b: &Batch) -> Result<Tensor> {
+    symmetric(b, true)
+}
+
+fn sa2c(b: &Batch) -> Result<Tensor> {
+    symmetric(b, false)
+}
+
+fn rto(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let dense =
+        (g(b, "dpo_model.logp").sub(g(b, "ref.logp"))? * 0.05)?.clamp(-0.05, 0.05)?.mul(m)?;
+    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?;
+    let rm = g(b, "rm(response)").clamp(-10.0, 10.0)?;
+    let r = ((dense - (kl * 0.01)?)? + last_token(m, &rm)?)?;
+    let adv = gae(&r, g(b, "old.values"), m, 1.0, 0.95)?;
+    let pg = seq_mean_token_mean(
+        &ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &whiten_tokens(&adv, m)?, 0.2)?,
+        m,
+    )?;
+    let vl = seq_mean_token_mean(
+        &value_loss(
+            g(b, "policy.values"),
+            g(b, "old.values"),
+            &(&adv + g(b, "old.values"))?,
+            Some(0.2),
+        )?,
+        m,
+    )?;
+    pg + (vl * 0.5)?
+}
