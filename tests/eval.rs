@@ -22,10 +22,6 @@ fn recipe(name: &str) -> Checked {
     check_text(name, &std::fs::read_to_string(path).unwrap())
 }
 
-fn last(c: &Checked) -> usize {
-    c.program.stages.len() - 1
-}
-
 fn scalar(t: &Tensor) -> f32 {
     t.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap()
 }

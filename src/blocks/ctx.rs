@@ -205,11 +205,11 @@ pub mod host {
         let mut members: std::collections::HashMap<i64, Vec<usize>> =
             std::collections::HashMap::new();
         for (i, g) in groups.iter().enumerate() {
-            members.entry(*g).or_insert_with(|| {
+            let entry = members.entry(*g).or_default();
+            if entry.is_empty() {
                 order.push(*g);
-                Vec::new()
-            });
-            members.get_mut(g).map(|m| m.push(i));
+            }
+            entry.push(i);
         }
         order.into_iter().map(|g| members.remove(&g).unwrap_or_default()).collect()
     }

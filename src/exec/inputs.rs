@@ -265,9 +265,9 @@ pub fn requirements(checked: &Checked, index: usize) -> Vec<Requirement> {
 pub(crate) fn validate(
     checked: &Checked,
     index: usize,
+    reqs: &[Requirement],
     batch: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>, Diagnostic> {
-    let reqs = requirements(checked, index);
     let mut sizes: HashMap<Dim, usize> = HashMap::new();
     let mut problems: HashMap<String, String> = HashMap::new();
     let mut out = HashMap::new();
@@ -326,7 +326,7 @@ pub(crate) fn validate(
     let mut table = String::from("stage `");
     table.push_str(&stage.name.name);
     table.push_str("` reads:");
-    for r in &reqs {
+    for r in reqs {
         let status = problems.get(&r.name).map(|p| format!("  ← {p}")).unwrap_or_default();
         table.push_str(&format!(
             "\n  {:<width$}  {} {:<12} {}{status}",

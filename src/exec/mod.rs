@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use petgraph::stable_graph::NodeIndex;
 
-use crate::blocks::ctx::{Arg, Ctx, StepsData, TextData, Value};
+use crate::blocks::ctx::{Arg, Ctx, TextData, Value};
 use crate::blocks::spec::Level;
 use crate::check::{Checked, Ty};
 use crate::diag::{Diagnostic, Span};
@@ -76,7 +76,8 @@ pub fn stage_index(checked: &Checked, name: Option<&str>) -> Option<usize> {
     }
 }
 
-/// Evaluates stage `index` of a checked recipe on `batch`.
+/// Evaluates stage `index` of a checked recipe on `batch`. To evaluate the same stage many
+/// times, compile it once with [`Compiled::new`].
 pub fn evaluate(
     checked: &Checked,
     index: usize,
@@ -84,210 +85,281 @@ pub fn evaluate(
     device: &Device,
     options: Options,
 ) -> Result<Evaluation, Diagnostic> {
-    let stage = &checked.program.stages[index];
-    let cs = &checked.stages[index];
-    let batch = inputs::validate(checked, index, batch)?;
-    let batch: HashMap<String, Tensor> = batch
-        .into_iter()
-        .map(|(k, t)| t.to_device(device).map(|t| (k, t)))
-        .collect::<candle_core::Result<_>>()
-        .map_err(|e| internal(stage.name.span, &e.to_string()))?;
-    let loss_node = stage.loss.ok_or_else(|| internal(stage.name.span, "the stage has no loss"))?;
-    let order = inputs::demanded(stage);
-    let texts = Texts { batch: &batch };
-    let mut values: HashMap<NodeIndex, Value> = HashMap::new();
-    let mut vars: Vec<(String, Var)> = Vec::new();
-    let groups = batch.get("group");
-    let mut profile = Vec::new();
-    for &n in &order {
-        let started = options.profile.then(std::time::Instant::now);
-        let node = &stage.graph[n];
-        let fail = |e: candle_core::Error| node_error(stage, n, &e.to_string());
-        let value = match &node.op {
-            Op::Const(v) => Value::Tensor(Tensor::new(*v as f32, device).map_err(fail)?),
-            Op::Text(t) => Value::Text(texts.get(t)),
-            Op::Rewrite { model } => Value::Text(texts.get(&inputs::rewrite_text(stage, n, model))),
-            Op::Scorer(s) => Value::Scorer(s.display()),
-            Op::Signal { .. } | Op::Score(_) => {
-                let name = inputs::source_name(stage, n).unwrap_or_default();
-                let t = batch.get(&name).ok_or_else(|| {
-                    internal(node.span, &format!("`{name}` was validated but is absent"))
-                })?;
-                if cs.types.get(&n).is_some_and(Ty::has_grad) && options.grads {
-                    let var = Var::from_tensor(t).map_err(fail)?;
-                    let t = var.as_tensor().clone();
-                    vars.push((name, var));
-                    Value::Tensor(t)
-                } else {
-                    Value::Tensor(t.clone())
+    Compiled::new(checked, index).run(batch, device, options)
+}
+
+/// A node's axis: the tokens or the steps of a text.
+#[derive(Debug, Clone)]
+enum Axis {
+    Tokens(String),
+    Steps(String),
+}
+
+/// A stage prepared for repeated evaluation: what to compute, in which order, reading which
+/// batch inputs, on which axes. Nothing here depends on the batch.
+#[derive(Debug)]
+pub struct Compiled<'a> {
+    checked: &'a Checked,
+    index: usize,
+    order: Vec<NodeIndex>,
+    requirements: Vec<Requirement>,
+    /// Per node: its batch input name (sources), its level and its axis.
+    sources: HashMap<NodeIndex, String>,
+    levels: HashMap<NodeIndex, Option<Level>>,
+    axes: HashMap<NodeIndex, Axis>,
+    /// Per node: its inputs, in position order.
+    wires: HashMap<NodeIndex, Vec<NodeIndex>>,
+    /// Texts the graph reads (including rewrites), by name.
+    texts: Vec<String>,
+}
+
+impl<'a> Compiled<'a> {
+    pub fn new(checked: &'a Checked, index: usize) -> Compiled<'a> {
+        let stage = &checked.program.stages[index];
+        let cs = &checked.stages[index];
+        let order = inputs::demanded(stage);
+        let mut sources = HashMap::new();
+        let mut levels = HashMap::new();
+        let mut axes = HashMap::new();
+        let mut texts: Vec<String> = Vec::new();
+        let wires = order.iter().map(|&n| (n, inputs(&stage.graph, n))).collect();
+        for &n in &order {
+            if let Some(name) = inputs::source_name(stage, n) {
+                sources.insert(n, name);
+            }
+            let ty = cs.types.get(&n);
+            levels.insert(n, level_of(ty));
+            match ty {
+                Some(Ty::Tensor { level: Level::Token, text: Some(t), .. }) => {
+                    axes.insert(n, Axis::Tokens(t.clone()));
                 }
+                Some(Ty::Tensor { level: Level::Step, text: Some(t), .. }) => {
+                    axes.insert(n, Axis::Steps(t.clone()));
+                }
+                _ => {}
             }
-            Op::Block { spec, .. }
-                if matches!(spec.demand, crate::blocks::spec::Demand::StepRollouts { .. }) =>
-            {
-                let t = batch
-                    .get(spec.name)
-                    .ok_or_else(|| internal(node.span, "rollout values are absent"))?;
-                Value::Tensor(t.clone())
+            let text = match (&stage.graph[n].op, ty) {
+                (Op::Text(t), _) => Some(t.to_string()),
+                (Op::Rewrite { .. }, Some(Ty::Text(t))) => Some(t.clone()),
+                _ => None,
+            };
+            if let Some(t) = text.filter(|t| !texts.contains(t)) {
+                texts.push(t);
             }
-            Op::Block { spec, .. } => {
-                let forward = spec.forward.ok_or_else(|| {
-                    internal(node.span, &format!("`{}` has no forward", spec.name))
-                })?;
-                let wires = inputs(&stage.graph, n);
-                let masks: Vec<Option<Tensor>> =
-                    wires.iter().map(|i| axis_mask(cs.types.get(i), &values, &texts, *i)).collect();
-                let args: Vec<Arg> = wires
-                    .iter()
-                    .zip(&masks)
-                    .map(|(i, m)| Arg {
-                        value: &values[i],
-                        level: level_of(cs.types.get(i)),
-                        mask: m.as_ref(),
-                    })
-                    .collect();
-                let out_mask = axis_mask(cs.types.get(&n), &values, &texts, n);
-                let params = cs.params.get(&n).map(Vec::as_slice).unwrap_or(&[]);
-                let ctx = Ctx {
-                    device,
-                    args,
-                    params,
-                    level: level_of(cs.types.get(&n)).unwrap_or(Level::Scalar),
-                    mask: out_mask.as_ref(),
-                    groups,
-                };
-                forward(&ctx).map_err(fail)?
+        }
+        Compiled {
+            checked,
+            index,
+            order,
+            requirements: requirements(checked, index),
+            sources,
+            levels,
+            axes,
+            wires,
+            texts,
+        }
+    }
+
+    /// The inputs the stage reads.
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
+    }
+
+    /// Evaluates the stage on `batch`.
+    pub fn run(
+        &self,
+        batch: &HashMap<String, Tensor>,
+        device: &Device,
+        options: Options,
+    ) -> Result<Evaluation, Diagnostic> {
+        let (checked, index) = (self.checked, self.index);
+        let stage = &checked.program.stages[index];
+        let cs = &checked.stages[index];
+        let batch = inputs::validate(checked, index, &self.requirements, batch)?;
+        let batch: HashMap<String, Tensor> = batch
+            .into_iter()
+            .map(|(k, t)| t.to_device(device).map(|t| (k, t)))
+            .collect::<candle_core::Result<_>>()
+            .map_err(|e| internal(stage.name.span, &e.to_string()))?;
+        let loss_node =
+            stage.loss.ok_or_else(|| internal(stage.name.span, "the stage has no loss"))?;
+        // Texts and masks, once per call.
+        let texts: HashMap<&str, TextData> =
+            self.texts.iter().map(|t| (t.as_str(), text_data(&batch, t))).collect();
+        let mut token_masks: HashMap<String, Tensor> = HashMap::new();
+        let mut step_masks: HashMap<String, Tensor> = HashMap::new();
+        for axis in self.axes.values() {
+            match axis {
+                Axis::Tokens(t) if !token_masks.contains_key(t) => {
+                    if let Some(m) = batch.get(&inputs::mask_name(t)) {
+                        token_masks.insert(t.clone(), m.clone());
+                    }
+                }
+                Axis::Steps(t) if !step_masks.contains_key(t) => {
+                    if let Some(ids) = batch.get(&inputs::step_ids_name(t)) {
+                        let m = steps_mask_from_ids(ids)
+                            .map_err(|e| internal(stage.name.span, &e.to_string()))?;
+                        step_masks.insert(t.clone(), m);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mask_of = |n: &NodeIndex| -> Option<&Tensor> {
+            match self.axes.get(n)? {
+                Axis::Tokens(t) => token_masks.get(t),
+                Axis::Steps(t) => step_masks.get(t),
             }
         };
-        check_shape(stage, n, cs.types.get(&n), &value, &values, &texts)?;
-        if let Some(started) = started {
-            device.synchronize().map_err(|e| internal(node.span, &e.to_string()))?;
-            let label = match node.names.first() {
-                Some(name) => format!("{name} = {}", node.op.label()),
-                None => node.op.label(),
+        let mut values: HashMap<NodeIndex, Value> = HashMap::new();
+        let mut vars: Vec<(String, Var)> = Vec::new();
+        let groups = batch.get("group");
+        let mut profile = Vec::new();
+        for &n in &self.order {
+            let started = options.profile.then(std::time::Instant::now);
+            let node = &stage.graph[n];
+            let fail = |e: candle_core::Error| node_error(stage, n, &e.to_string());
+            let value = match &node.op {
+                Op::Const(v) => Value::Tensor(Tensor::new(*v as f32, device).map_err(fail)?),
+                Op::Text(t) => {
+                    Value::Text(texts.get(*t).cloned().unwrap_or_else(|| text_data(&batch, t)))
+                }
+                Op::Rewrite { .. } => match cs.types.get(&n) {
+                    Some(Ty::Text(t)) => Value::Text(
+                        texts.get(t.as_str()).cloned().unwrap_or_else(|| text_data(&batch, t)),
+                    ),
+                    _ => return Err(internal(node.span, "a rewrite without a text type")),
+                },
+                Op::Scorer(s) => Value::Scorer(s.display()),
+                Op::Signal { .. } | Op::Score(_) | Op::Block { .. }
+                    if self.sources.contains_key(&n) =>
+                {
+                    let name = &self.sources[&n];
+                    let t = batch.get(name).ok_or_else(|| {
+                        internal(node.span, &format!("`{name}` was validated but is absent"))
+                    })?;
+                    if options.grads && cs.types.get(&n).is_some_and(Ty::has_grad) {
+                        let var = Var::from_tensor(t).map_err(fail)?;
+                        let t = var.as_tensor().clone();
+                        vars.push((name.clone(), var));
+                        Value::Tensor(t)
+                    } else {
+                        Value::Tensor(t.clone())
+                    }
+                }
+                Op::Signal { .. } | Op::Score(_) => {
+                    return Err(internal(node.span, "a source without a batch name"));
+                }
+                Op::Block { spec, .. } => {
+                    let forward = spec.forward.ok_or_else(|| {
+                        internal(node.span, &format!("`{}` has no forward", spec.name))
+                    })?;
+                    let args: Vec<Arg> = self.wires[&n]
+                        .iter()
+                        .map(|i| Arg {
+                            value: &values[i],
+                            level: self.levels.get(i).copied().flatten(),
+                            mask: mask_of(i),
+                        })
+                        .collect();
+                    let params = cs.params.get(&n).map(Vec::as_slice).unwrap_or(&[]);
+                    let ctx = Ctx {
+                        device,
+                        args,
+                        params,
+                        level: self.levels.get(&n).copied().flatten().unwrap_or(Level::Scalar),
+                        mask: mask_of(&n),
+                        groups,
+                    };
+                    forward(&ctx).map_err(fail)?
+                }
             };
-            profile.push((label, started.elapsed().as_secs_f64() * 1e3));
+            check_shape(stage, n, self.levels.get(&n).copied().flatten(), &value, mask_of(&n))?;
+            if let Some(started) = started {
+                device.synchronize().map_err(|e| internal(node.span, &e.to_string()))?;
+                let label = match node.names.first() {
+                    Some(name) => format!("{name} = {}", node.op.label()),
+                    None => node.op.label(),
+                };
+                profile.push((label, started.elapsed().as_secs_f64() * 1e3));
+            }
+            values.insert(n, value);
         }
-        values.insert(n, value);
-    }
-    let loss = match values.get(&loss_node) {
-        Some(Value::Tensor(t)) => t.clone(),
-        _ => return Err(internal(stage.loss_span, "the loss is not a tensor")),
-    };
-    if non_finite(&loss).is_some() {
-        return Err(first_non_finite(stage, &order, &values));
-    }
-    let mut grads = Vec::new();
-    if options.grads && !vars.is_empty() {
-        let started = options.profile.then(std::time::Instant::now);
-        let store = loss.backward().map_err(|e| node_error(stage, loss_node, &e.to_string()))?;
-        if let Some(started) = started {
-            device.synchronize().map_err(|e| internal(stage.loss_span, &e.to_string()))?;
-            profile.push(("backward".into(), started.elapsed().as_secs_f64() * 1e3));
+        let loss = match values.get(&loss_node) {
+            Some(Value::Tensor(t)) => t.clone(),
+            _ => return Err(internal(stage.loss_span, "the loss is not a tensor")),
+        };
+        if non_finite(&loss).is_some() {
+            return Err(first_non_finite(stage, &self.order, &values));
         }
-        for (name, var) in &vars {
-            let g = match store.get(var.as_tensor()) {
-                Some(g) => g.clone(),
-                None => var
-                    .as_tensor()
-                    .zeros_like()
-                    .map_err(|e| internal(stage.loss_span, &e.to_string()))?,
-            };
-            if let Some(what) = non_finite(&g) {
-                return Err(Diagnostic::error("non-finite-gradient", format!("the gradient of the loss with respect to `{name}` contains {what}"))
+        let mut grads = Vec::new();
+        if options.grads && !vars.is_empty() {
+            let started = options.profile.then(std::time::Instant::now);
+            let store =
+                loss.backward().map_err(|e| node_error(stage, loss_node, &e.to_string()))?;
+            if let Some(started) = started {
+                device.synchronize().map_err(|e| internal(stage.loss_span, &e.to_string()))?;
+                profile.push(("backward".into(), started.elapsed().as_secs_f64() * 1e3));
+            }
+            for (name, var) in &vars {
+                let g = match store.get(var.as_tensor()) {
+                    Some(g) => g.clone(),
+                    None => var
+                        .as_tensor()
+                        .zeros_like()
+                        .map_err(|e| internal(stage.loss_span, &e.to_string()))?,
+                };
+                if let Some(what) = non_finite(&g) {
+                    return Err(Diagnostic::error(
+                        "non-finite-gradient",
+                        format!("the gradient of the loss with respect to `{name}` contains {what}"),
+                    )
                     .primary(stage.loss_span, "back-propagated from this loss")
                     .help("look for log, sqrt or division of values that reach 0 (also at masked positions), or exp of large log-ratios"));
+                }
+                grads.push((name.clone(), g));
             }
-            grads.push((name.clone(), g));
         }
-    }
-    let terms = loss_terms(stage, cs, loss_node, &values);
-    let mut bindings = Vec::new();
-    for &n in &order {
-        if let (Some(name), Some(Value::Tensor(t))) = (stage.graph[n].names.first(), values.get(&n))
-        {
-            bindings.push((name.clone(), t.clone()));
+        let terms = loss_terms(stage, cs, loss_node, &values);
+        let mut bindings = Vec::new();
+        for &n in &self.order {
+            if let (Some(name), Some(Value::Tensor(t))) =
+                (stage.graph[n].names.first(), values.get(&n))
+            {
+                bindings.push((name.clone(), t.clone()));
+            }
         }
-    }
-    Ok(Evaluation { loss, terms, bindings, grads, profile })
-}
-
-/// Texts of the batch, by name.
-struct Texts<'a> {
-    batch: &'a HashMap<String, Tensor>,
-}
-
-impl Texts<'_> {
-    fn get(&self, name: &str) -> TextData {
-        let mask = self.batch.get(&inputs::mask_name(name)).cloned().unwrap_or_else(|| {
-            Tensor::zeros(0, DType::F32, &Device::Cpu).expect("an empty tensor")
-        });
-        TextData {
-            name: name.to_string(),
-            mask,
-            tokens: self.batch.get(&inputs::tokens_name(name)).cloned(),
-            step_ids: self.batch.get(&inputs::step_ids_name(name)).cloned(),
-        }
+        Ok(Evaluation { loss, terms, bindings, grads, profile })
     }
 }
 
-fn level_of(ty: Option<&Ty>) -> Option<Level> {
-    match ty {
-        Some(Ty::Tensor { level, .. }) => Some(*level),
-        _ => None,
+/// A text of the batch: its mask, and where given its token ids and step ids.
+fn text_data(batch: &HashMap<String, Tensor>, name: &str) -> TextData {
+    let mask = batch
+        .get(&inputs::mask_name(name))
+        .cloned()
+        .unwrap_or_else(|| Tensor::zeros(0, DType::F32, &Device::Cpu).expect("an empty tensor"));
+    TextData {
+        name: name.to_string(),
+        mask,
+        tokens: batch.get(&inputs::tokens_name(name)).cloned(),
+        step_ids: batch.get(&inputs::step_ids_name(name)).cloned(),
     }
-}
-
-/// The mask of a node's axis: tokens of its text, or the steps of its text's segmentation.
-fn axis_mask(
-    ty: Option<&Ty>,
-    values: &HashMap<NodeIndex, Value>,
-    texts: &Texts,
-    n: NodeIndex,
-) -> Option<Tensor> {
-    match ty {
-        Some(Ty::Tensor { level: Level::Token, text: Some(t), .. }) => Some(texts.get(t).mask),
-        Some(Ty::Tensor { level: Level::Step, text: Some(t), .. }) => {
-            let _ = n;
-            step_mask(values, t)
-                .or_else(|| texts.get(t).step_ids.and_then(|ids| steps_mask_from_ids(&ids).ok()))
-        }
-        _ => None,
-    }
-}
-
-fn step_mask(values: &HashMap<NodeIndex, Value>, text: &str) -> Option<Tensor> {
-    values.values().find_map(|v| match v {
-        Value::Steps(StepsData { text: t, mask, .. }) if t == text => Some(mask.clone()),
-        _ => None,
-    })
-}
-
-fn steps_mask_from_ids(ids: &Tensor) -> candle_core::Result<Tensor> {
-    let rows = ids.to_vec2::<i64>()?;
-    let counts: Vec<i64> = rows.iter().map(|r| r.iter().copied().max().unwrap_or(-1) + 1).collect();
-    let width = counts.iter().copied().max().unwrap_or(0).max(1) as usize;
-    let flat: Vec<f32> = counts
-        .iter()
-        .flat_map(|c| (0..width).map(move |j| if (j as i64) < *c { 1.0 } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(flat, (rows.len(), width), ids.device())
 }
 
 /// A node's tensor must have the shape its level promises.
 fn check_shape(
     stage: &StageIr,
     n: NodeIndex,
-    ty: Option<&Ty>,
+    level: Option<Level>,
     value: &Value,
-    values: &HashMap<NodeIndex, Value>,
-    texts: &Texts,
+    mask: Option<&Tensor>,
 ) -> Result<(), Diagnostic> {
-    let (Some(Ty::Tensor { level, .. }), Value::Tensor(t)) = (ty, value) else { return Ok(()) };
+    let (Some(level), Value::Tensor(t)) = (level, value) else { return Ok(()) };
     let expected: Option<Vec<usize>> = match level {
         Level::Scalar => Some(vec![]),
-        Level::Seq => None, // [B]: rank checked below
-        Level::Token | Level::Step => axis_mask(ty, values, texts, n).map(|m| m.dims().to_vec()),
+        Level::Seq => None,
+        Level::Token | Level::Step => mask.map(|m| m.dims().to_vec()),
     };
     let ok = match (level, &expected) {
         (Level::Seq, _) => t.rank() == 1,
@@ -311,7 +383,25 @@ fn check_shape(
         ),
     )
     .primary(stage.graph[n].span, "computed here")
-    .help("check the shapes of the batch inputs this value reads (`rlx eval` lists them)"))
+    .help("check the shapes of the batch inputs this value reads (`rlx eval --inputs` lists them)"))
+}
+
+fn level_of(ty: Option<&Ty>) -> Option<Level> {
+    match ty {
+        Some(Ty::Tensor { level, .. }) => Some(*level),
+        _ => None,
+    }
+}
+
+fn steps_mask_from_ids(ids: &Tensor) -> candle_core::Result<Tensor> {
+    let rows = ids.to_vec2::<i64>()?;
+    let counts: Vec<i64> = rows.iter().map(|r| r.iter().copied().max().unwrap_or(-1) + 1).collect();
+    let width = counts.iter().copied().max().unwrap_or(0).max(1) as usize;
+    let flat: Vec<f32> = counts
+        .iter()
+        .flat_map(|c| (0..width).map(move |j| if (j as i64) < *c { 1.0 } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(flat, (rows.len(), width), ids.device())
 }
 
 /// Which of NaN and inf a tensor holds, if any. One reduction on the device; the elements are
