@@ -80,7 +80,9 @@ fn decl_diff(a: &Checked, b: &Checked) -> Vec<(String, String)> {
             c.decl_params
                 .get(name)
                 .map(|ps| {
+                    // The parameters the recipe wrote (defaults are the same on both sides).
                     ps.iter()
+                        .filter(|r| r.explicit)
                         .map(|r| format!("{} = {}", r.name, r.value.display()))
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -330,7 +332,22 @@ fn graph_diff(a: Side, b: Side, out: &mut Vec<Change>) {
                 replaced.push((*x, *y, at));
             } else {
                 rewired.push(format!("{at}: {} → {}", expr(a, *x, false), expr(b, *y, false)));
+                // A new or dropped computation at this input is described by the rewiring.
+                if y_unpaired {
+                    replaced_b.insert(*y);
+                }
+                if x_unpaired {
+                    replaced_a.insert(*x);
+                }
             }
+        }
+    }
+
+    // A loss computed by a different block altogether is one replacement.
+    if let (Some(la), Some(lb)) = (a.stage.loss, b.stage.loss) {
+        let fresh = ua.contains(&la) && ub.contains(&lb) && !pair_ab.contains_key(&la);
+        if fresh && replaced_a.insert(la) && replaced_b.insert(lb) {
+            replaced.push((la, lb, "loss".to_string()));
         }
     }
 
@@ -357,10 +374,13 @@ fn graph_diff(a: Side, b: Side, out: &mut Vec<Change>) {
     }
     out.extend(rewired.into_iter().map(|text| Change { kind: "rewired", text }));
     for (x, y, at) in &replaced {
-        out.push(Change {
-            kind: "replaced",
-            text: format!("{at}:\n{}\n  → {}", expr(a, *x, true), expr(b, *y, true)),
-        });
+        let (old, new) = (expr(a, *x, true), expr(b, *y, true));
+        let text = if old.len() + new.len() < 40 {
+            format!("{at}: {old} → {new}")
+        } else {
+            format!("{at}:\n{old}\n  → {new}")
+        };
+        out.push(Change { kind: "replaced", text });
     }
 
     // What remains was removed or added; report the outermost of each connected part, and any
