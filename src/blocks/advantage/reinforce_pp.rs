@@ -30,22 +30,19 @@ pub static SPEC: BlockSpec = BlockSpec {
 
 fn forward(ctx: &Ctx) -> Result<Value> {
     let r = ctx.tensor(0)?;
-    let (rows, mask) = (host::rows(r)?, host::rows(ctx.out_mask()?)?);
-    let (gamma, skip) = (ctx.num("gamma")?, ctx.choice("holes")? == "skip");
-    let ret: Vec<Vec<f64>> = rows
-        .iter()
-        .zip(&mask)
-        .map(|(r, m)| super::returns::returns_row(r, m, gamma, skip))
-        .collect();
+    let mask = host::flat32(ctx.out_mask()?)?;
+    let (gamma, skip) = (ctx.num("gamma")? as f32, ctx.choice("holes")? == "skip");
+    let ret = super::returns::returns(r, &mask, gamma, skip)?;
     // verl: masked whitening over the batch, unbiased variance, (v + eps)^-1/2, then × mask.
-    let flat: Vec<f64> = ret.iter().flatten().copied().collect();
-    let weights: Vec<f64> = mask.iter().flatten().copied().collect();
-    let (mean, var, _) = host::mean_var(&flat, &weights, true);
-    let scale = host::inverse_std(var, ctx.num("eps")?, false);
-    let out: Vec<Vec<f64>> = ret
+    let (n, sum) = ret
         .iter()
         .zip(&mask)
-        .map(|(row, m)| row.iter().zip(m).map(|(x, m)| (x - mean) * scale * m).collect())
-        .collect();
-    Ok(Value::Tensor(host::from_rows(&out, r)?))
+        .fold((0.0f64, 0.0f64), |(n, s), (x, m)| (n + *m as f64, s + (*x * *m) as f64));
+    let mean = if n > 0.0 { sum / n } else { 0.0 };
+    let ss: f64 = ret.iter().zip(&mask).map(|(x, m)| *m as f64 * (*x as f64 - mean).powi(2)).sum();
+    let var = if n > 1.0 { ss / (n - 1.0) } else { 0.0 };
+    let scale = host::inverse_std(var, ctx.num("eps")?, false);
+    let out: Vec<f32> =
+        ret.iter().zip(&mask).map(|(x, m)| ((*x as f64 - mean) * scale) as f32 * m).collect();
+    Ok(Value::Tensor(host::from_flat32(out, r.dims(), r)?))
 }

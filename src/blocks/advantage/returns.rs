@@ -29,26 +29,33 @@ pub static SPEC: BlockSpec = BlockSpec {
 
 fn forward(ctx: &Ctx) -> Result<Value> {
     let r = ctx.tensor(0)?;
-    let (rows, mask) = (host::rows(r)?, host::rows(ctx.out_mask()?)?);
-    let (gamma, skip) = (ctx.num("gamma")?, ctx.choice("holes")? == "skip");
-    let out: Vec<Vec<f64>> =
-        rows.iter().zip(&mask).map(|(r, m)| returns_row(r, m, gamma, skip)).collect();
-    Ok(Value::Tensor(host::from_rows(&out, r)?))
+    let (gamma, skip) = (ctx.num("gamma")? as f32, ctx.choice("holes")? == "skip");
+    let out = returns(r, &host::flat32(ctx.out_mask()?)?, gamma, skip)?;
+    Ok(Value::Tensor(host::from_flat32(out, r.dims(), r)?))
 }
 
-/// Reward-to-go over one response; holes as in `gae`.
-pub(crate) fn returns_row(r: &[f64], m: &[f64], gamma: f64, skip: bool) -> Vec<f64> {
-    let mut out = vec![0.0; r.len()];
-    let mut g = 0.0;
-    for t in (0..r.len()).rev() {
-        let real = m[t] != 0.0;
-        if !real && skip {
-            continue;
-        }
-        g = if real { r[t] } else { 0.0 } + gamma * g;
-        if real {
-            out[t] = g;
+/// Reward-to-go of every response, flattened; holes as in `gae`.
+pub(crate) fn returns(
+    r: &candle_core::Tensor,
+    mask: &[f32],
+    gamma: f32,
+    skip: bool,
+) -> Result<Vec<f32>> {
+    let cols = r.dim(1)?.max(1);
+    let rs = host::flat32(r)?;
+    let mut out = vec![0.0f32; rs.len()];
+    for ((out, r), m) in out.chunks_mut(cols).zip(rs.chunks(cols)).zip(mask.chunks(cols)) {
+        let mut g = 0.0;
+        for t in (0..r.len()).rev() {
+            let real = m[t] != 0.0;
+            if !real && skip {
+                continue;
+            }
+            g = if real { r[t] } else { 0.0 } + gamma * g;
+            if real {
+                out[t] = g;
+            }
         }
     }
-    out
+    Ok(out)
 }

@@ -66,12 +66,14 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     } else {
         vec![(0..n_rows).collect()]
     };
-    let mut out = vec![0.0; xs.len()];
+    let mut out = vec![0.0f32; xs.len()];
     for part in parts {
+        // f32 storage, f64 accumulation.
         let entries = || part.iter().flat_map(|&r| r * cols..(r + 1) * cols);
-        let n: f64 = entries().map(|i| ms[i]).sum();
-        let mean = if n > 0.0 { entries().map(|i| xs[i] * ms[i]).sum::<f64>() / n } else { 0.0 };
-        let ss: f64 = entries().map(|i| ms[i] * (xs[i] - mean) * (xs[i] - mean)).sum();
+        let (x, m) = (|i: usize| xs[i] as f64, |i: usize| ms[i] as f64);
+        let n: f64 = entries().map(m).sum();
+        let mean = if n > 0.0 { entries().map(|i| x(i) * m(i)).sum::<f64>() / n } else { 0.0 };
+        let ss: f64 = entries().map(|i| m(i) * (x(i) - mean) * (x(i) - mean)).sum();
         let var = match (unbiased, n) {
             (true, n) if n > 1.0 => ss / (n - 1.0),
             (true, _) => 0.0,
@@ -81,9 +83,9 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         let scale = host::inverse_std(var, eps, floor_max);
         let back = if shift { 0.0 } else { mean };
         for i in entries() {
-            let w = (xs[i] - mean) * scale + back;
-            out[i] = if masked { w * ms[i] } else { w };
+            let w = (x(i) - mean) * scale + back;
+            out[i] = (if masked { w * m(i) } else { w }) as f32;
         }
     }
-    Ok(Value::Tensor(host::from_flat(out, x.dims(), x)?))
+    Ok(Value::Tensor(host::from_flat32(out, x.dims(), x)?))
 }

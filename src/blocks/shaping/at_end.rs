@@ -20,14 +20,16 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let x = ctx.tensor(0)?;
     let mask = ctx.out_mask()?;
+    let cols = mask.dim(1)?.max(1);
     // One-hot of each row's last real token.
-    let rows: Vec<Vec<f64>> = host::rows(mask)?
-        .into_iter()
-        .map(|m| {
-            let last = m.iter().rposition(|v| *v != 0.0);
-            (0..m.len()).map(|t| if Some(t) == last { 1.0 } else { 0.0 }).collect()
-        })
-        .collect();
-    let onehot = host::from_rows(&rows, mask)?.to_dtype(x.dtype())?;
+    let mut onehot = host::flat32(mask)?;
+    for row in onehot.chunks_mut(cols) {
+        let last = row.iter().rposition(|v| *v != 0.0);
+        row.iter_mut().for_each(|v| *v = 0.0);
+        if let Some(t) = last {
+            row[t] = 1.0;
+        }
+    }
+    let onehot = host::from_flat32(onehot, mask.dims(), x)?;
     Ok(Value::Tensor(onehot.broadcast_mul(&x.unsqueeze(1)?)?))
 }
