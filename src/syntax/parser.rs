@@ -525,6 +525,12 @@ mod tests {
     }
 
     #[test]
+    fn oversized_input_is_a_diagnostic() {
+        let text = "#".repeat(MAX_SOURCE_BYTES + 1);
+        assert_eq!(parse(&text).unwrap_err().code, "file-too-large");
+    }
+
+    #[test]
     fn deep_nesting_is_a_diagnostic() {
         let text = format!("stage s {{ loss = {}1{} }}", "(".repeat(500), ")".repeat(500));
         assert_eq!(parse(&text).unwrap_err().code, "nesting-too-deep");
