@@ -210,6 +210,20 @@ pub mod host {
         from_flat(v, &[n], like)
     }
 
+    /// `[B, S]` f32: 1 on the steps each sequence has, from `[B, T]` step ids (−1 outside every
+    /// step); `S` is the most steps of any sequence, at least 1.
+    pub fn step_mask(ids: &Tensor) -> Result<Tensor> {
+        let rows = ids.to_vec2::<i64>()?;
+        let counts: Vec<i64> =
+            rows.iter().map(|r| r.iter().copied().max().unwrap_or(-1) + 1).collect();
+        let width = counts.iter().copied().max().unwrap_or(0).max(1) as usize;
+        let flat: Vec<f32> = counts
+            .iter()
+            .flat_map(|c| (0..width).map(move |j| if (j as i64) < *c { 1.0 } else { 0.0 }))
+            .collect();
+        Tensor::from_vec(flat, (rows.len(), width), ids.device())
+    }
+
     /// Indices of the sequences of each group, groups in order of first appearance.
     pub fn group_members(groups: &[i64]) -> Vec<Vec<usize>> {
         let mut order: Vec<i64> = Vec::new();

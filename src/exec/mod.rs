@@ -197,7 +197,7 @@ impl<'a> Compiled<'a> {
                 }
                 Axis::Steps(t) if !step_masks.contains_key(t) => {
                     if let Some(ids) = batch.get(&inputs::step_ids_name(t)) {
-                        let m = steps_mask_from_ids(ids)
+                        let m = crate::blocks::ctx::host::step_mask(ids)
                             .map_err(|e| internal(stage.name.span, &e.to_string()))?;
                         step_masks.insert(t.clone(), m);
                     }
@@ -391,17 +391,6 @@ fn level_of(ty: Option<&Ty>) -> Option<Level> {
         Some(Ty::Tensor { level, .. }) => Some(*level),
         _ => None,
     }
-}
-
-fn steps_mask_from_ids(ids: &Tensor) -> candle_core::Result<Tensor> {
-    let rows = ids.to_vec2::<i64>()?;
-    let counts: Vec<i64> = rows.iter().map(|r| r.iter().copied().max().unwrap_or(-1) + 1).collect();
-    let width = counts.iter().copied().max().unwrap_or(0).max(1) as usize;
-    let flat: Vec<f32> = counts
-        .iter()
-        .flat_map(|c| (0..width).map(move |j| if (j as i64) < *c { 1.0 } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(flat, (rows.len(), width), ids.device())
 }
 
 /// Which of NaN and inf a tensor holds, if any. One reduction on the device; the elements are

@@ -1,8 +1,8 @@
 //! `split_steps`: segment a response into reasoning steps.
 
-use candle_core::{Result, Tensor};
+use candle_core::Result;
 
-use crate::blocks::ctx::{Ctx, StepsData, Value};
+use crate::blocks::ctx::{Ctx, StepsData, Value, host};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -30,13 +30,6 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let Some(ids) = &text.step_ids else {
         candle_core::bail!("`split_steps` needs the step of every token of `{}`", text.name)
     };
-    let rows = ids.to_vec2::<i64>()?;
-    let counts: Vec<i64> = rows.iter().map(|r| r.iter().copied().max().unwrap_or(-1) + 1).collect();
-    let width = counts.iter().copied().max().unwrap_or(0).max(1) as usize;
-    let mask: Vec<f32> = counts
-        .iter()
-        .flat_map(|c| (0..width).map(move |j| if (j as i64) < *c { 1.0 } else { 0.0 }))
-        .collect();
-    let mask = Tensor::from_vec(mask, (rows.len(), width), ids.device())?;
+    let mask = host::step_mask(ids)?;
     Ok(Value::Steps(StepsData { text: text.name.clone(), ids: ids.clone(), mask }))
 }
