@@ -106,7 +106,7 @@ pub(super) fn infer(cx: &StageCx, out: &mut CheckedStage, diags: &mut Vec<Diagno
                         .help("train it in a stage with `pairs DATA.preferences`"),
                     );
                 }
-                let ty = block_ty(cx, n, spec, &wires, out, &mut leaks_reported, diags);
+                let ty = block_ty(cx, spec, &wires, out, &mut leaks_reported, diags);
                 out.params.insert(n, resolved);
                 ty
             }
@@ -245,7 +245,6 @@ fn signal_ty(
 
 fn block_ty(
     cx: &StageCx,
-    n: NodeIndex,
     spec: &'static BlockSpec,
     wires: &[(NodeIndex, Span)],
     out: &CheckedStage,
@@ -421,7 +420,6 @@ fn block_ty(
         grad = false;
         origin = None;
     }
-    let _ = n;
     Ty::Tensor { level, text, grad, origin }
 }
 

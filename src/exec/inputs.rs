@@ -104,10 +104,7 @@ pub(crate) fn source_name(stage: &StageIr, n: NodeIndex) -> Option<String> {
             Some(suffixed(&format!("{}.{}", model.display(), signal.name()), &text()))
         }
         Op::Score(s) => Some(format!("{}({})", s.display(), text())),
-        Op::Block { spec, .. }
-            if spec.demand != Demand::None
-                && matches!(spec.demand, Demand::StepRollouts { .. }) =>
-        {
+        Op::Block { spec, .. } if matches!(spec.demand, Demand::StepRollouts { .. }) => {
             Some(spec.name.to_string())
         }
         _ => None,
@@ -121,7 +118,6 @@ pub(crate) fn rewrite_text(stage: &StageIr, n: NodeIndex, model: &str) -> String
         Some(Op::Text(t)) => t.to_string(),
         _ => "response".into(),
     };
-    let _ = stage;
     format!("{model}.rewrite({of})")
 }
 
