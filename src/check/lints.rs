@@ -304,7 +304,7 @@ pub(super) fn program_lints(checked: &Checked, diags: &mut Vec<Diagnostic>) {
     }
     let reward_names: Vec<(&str, &ScorerRef)> =
         p.rewards.iter().map(|r| (r.name.name.as_str(), &r.scorer)).collect();
-    for s in &p.stages {
+    for (s, cs) in p.stages.iter().zip(&checked.stages) {
         used.extend(s.train.iter().map(|t| t.model.name.clone()));
         if let Some((_, d)) = &s.source {
             used.insert(d.data.clone());
@@ -328,9 +328,7 @@ pub(super) fn program_lints(checked: &Checked, diags: &mut Vec<Diagnostic>) {
                 _ => {}
             }
         }
-        let samples_from =
-            checked.stages.get(p.stages.iter().position(|x| x.name == s.name).unwrap_or(0));
-        if let Some(Value::Str(from)) = samples_from.and_then(|c| params::get(&c.sample, "from")) {
+        if let Some(Value::Str(from)) = params::get(&cs.sample, "from") {
             used.insert(from.clone());
         }
     }

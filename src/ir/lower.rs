@@ -151,7 +151,9 @@ impl Cx {
                     let arg = args
                         .iter()
                         .find(|a| a.name.as_ref().is_some_and(|n| n.name == "warm_start"));
-                    warm_start = arg.and_then(|a| self.data_ref(&a.value));
+                    let mut found = Vec::new();
+                    warm_start = arg.and_then(|a| self.data_ref(&a.value, &mut found));
+                    self.diags.extend(found);
                     if callee == "reward_model" {
                         self.diags.push(
                             Diagnostic::error(
@@ -235,14 +237,15 @@ impl Cx {
         names
     }
 
-    /// Resolves `data.member` for `prompts`, `pairs`, `data` and `warm_start`.
-    fn data_ref(&mut self, expr: &Expr) -> Option<DataRef> {
+    /// Resolves `data.member` for `prompts`, `pairs`, `data` and `warm_start`; reads the
+    /// declarations only, so stages can call it too.
+    fn data_ref(&self, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option<DataRef> {
         let help = "name a member of a data set, e.g. `arith.problems`";
         match expr.as_path().as_deref() {
             Some([data, member]) => {
                 if self.kind_of(data) != Some(DeclKind::Data) {
                     let names = self.declared_of(DeclKind::Data);
-                    self.diags.push(unknown_name(data, expr.span, names, "a data set"));
+                    diags.push(unknown_name(data, expr.span, names, "a data set"));
                     return None;
                 }
                 let spec = self.prog.data_decl(data)?.spec;
@@ -254,7 +257,7 @@ impl Cx {
                         span: expr.span,
                     }),
                     None => {
-                        self.diags.push(unknown_member(
+                        diags.push(unknown_member(
                             data,
                             member,
                             expr.span,
@@ -265,7 +268,7 @@ impl Cx {
                 }
             }
             _ => {
-                self.diags.push(
+                diags.push(
                     Diagnostic::error("type-mismatch", "expected a data set member")
                         .primary(expr.span, "not `DATA.MEMBER`")
                         .help(help),
@@ -487,7 +490,7 @@ impl<'a> StageCx<'a> {
                     ir.train = targets.iter().filter_map(|t| me.train_target(t)).collect()
                 }
                 StmtKind::Source(kind, expr) => {
-                    ir.source = me.cx_data_ref(expr).map(|d| (*kind, d));
+                    ir.source = cx.data_ref(expr, &mut me.diags).map(|d| (*kind, d));
                     ir.source_keyword = Some(*kind);
                     // The keyword decides the stage's texts even if the data did not resolve.
                     me.primary = match kind {
@@ -558,16 +561,6 @@ impl<'a> StageCx<'a> {
             .collect();
         ir.graph = me.graph;
         (ir, me.diags)
-    }
-
-    fn cx_data_ref(&mut self, expr: &Expr) -> Option<DataRef> {
-        // Reuse the declaration-level resolver, collecting its diagnostics here.
-        let mut tmp =
-            Cx { prog: Program::default(), diags: Vec::new(), declared: self.cx.declared.clone() };
-        tmp.prog.data = self.cx.prog.data.clone();
-        let r = tmp.data_ref(expr);
-        self.diags.extend(tmp.diags);
-        r
     }
 
     fn train_target(&mut self, e: &Expr) -> Option<TrainTarget> {
