@@ -10,6 +10,11 @@ use rlx::check::lints::LintConfig;
 use rlx::render::{self, Style};
 use rlx::source::{self, Analysis, SourceFile};
 
+/// glibc's allocator returns every large tensor buffer to the OS and maps it again on the next
+/// step (a third of a training step on 2 cores); mimalloc keeps them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// rlx: declarative RL objectives for language models.
 #[derive(Parser)]
 #[command(name = "rlx", version, about)]
@@ -81,6 +86,34 @@ enum Command {
     },
     /// The block reference: every block, or one in full.
     Blocks { name: Option<String> },
+    /// Train: run every stage of a recipe on the built-in model and tasks, writing a run directory.
+    Run {
+        /// The recipe (optional with --resume: the run directory has a copy).
+        recipe: Option<PathBuf>,
+        /// Run directory (default: runs/NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Cap every stage at this many steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Override a recipe value, e.g. `rl.optim.lr=1e-5`, `policy.layers=1`, `arith.problems=200`.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        /// Continue the run in this directory from its last checkpoint.
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Held-out prompts for the before/after task metric.
+        #[arg(long, default_value_t = 128)]
+        eval_prompts: usize,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Evaluate and differentiate a stage's objective on a batch of tensors (no model, no sampling).
     Eval {
         recipe: PathBuf,
@@ -111,7 +144,37 @@ enum Command {
     },
 }
 
+/// Runtime settings measured to matter on CPU: candle asks for the thread count on every matmul,
+/// reading /proc/cpuinfo each time unless `RAYON_NUM_THREADS` is set; and an allocator that
+/// returns freed tensor buffers to the OS pays a page fault per page on the next step (−40% of a
+/// training step when mimalloc keeps them, `MIMALLOC_PURGE_DELAY=-1`). Both are read from the
+/// environment at start-up, so the process re-executes itself once with them set (values the
+/// user set are kept).
+#[cfg(unix)]
+fn tune_runtime() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("RLX_TUNED").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1)).env("RLX_TUNED", "1");
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cmd.env("RAYON_NUM_THREADS", n.to_string());
+    }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        cmd.env("MIMALLOC_PURGE_DELAY", "-1");
+    }
+    // `exec` returns only on failure; then run untuned.
+    let _ = cmd.exec();
+}
+
+#[cfg(not(unix))]
+fn tune_runtime() {}
+
 fn main() -> ExitCode {
+    tune_runtime();
     let cli = Cli::parse();
     let style = Style {
         color: match cli.color {
@@ -131,6 +194,10 @@ fn main() -> ExitCode {
         Command::Diff { old, new } => diff(&old, &new, style),
         Command::Fmt { files, check } => fmt(&files, check, style),
         Command::Blocks { name } => blocks(name.as_deref()),
+        Command::Run { recipe, out, steps, seed, set, resume, device, eval_prompts, quiet } => run(
+            RunArgs { recipe, out, steps, seed, set, resume, device, eval_prompts, quiet },
+            style,
+        ),
         Command::Eval { recipe, stage, batch, synthetic, seed, out, inputs, device, profile } => {
             eval(
                 &recipe,
@@ -376,4 +443,102 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+struct RunArgs {
+    recipe: Option<PathBuf>,
+    out: Option<PathBuf>,
+    steps: Option<usize>,
+    seed: u64,
+    set: Vec<String>,
+    resume: Option<PathBuf>,
+    device: String,
+    eval_prompts: usize,
+    quiet: bool,
+}
+
+/// What a run directory remembers about how it was started, for `--resume`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunConfig {
+    recipe: String,
+    set: Vec<String>,
+    steps: Option<usize>,
+    seed: u64,
+}
+
+fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
+    let (src, config) = match (&args.resume, &args.recipe) {
+        (Some(dir), _) => {
+            let text = std::fs::read_to_string(dir.join("run.json"))
+                .map_err(|e| format!("cannot resume `{}`: {e}", dir.display()))?;
+            let config: RunConfig =
+                serde_json::from_str(&text).map_err(|e| format!("run.json: {e}"))?;
+            let recipe =
+                std::fs::read(dir.join("recipe.rlx")).map_err(|e| format!("recipe.rlx: {e}"))?;
+            let (src, _) = SourceFile::from_bytes(config.recipe.clone(), &recipe);
+            (src, config)
+        }
+        (None, Some(path)) => {
+            let (src, _) = read(path)?;
+            let config = RunConfig {
+                recipe: path.display().to_string(),
+                set: args.set.clone(),
+                steps: args.steps,
+                seed: args.seed,
+            };
+            (src, config)
+        }
+        (None, None) => return Err("give a recipe, or `--resume DIR`".into()),
+    };
+    let analysis = source::analyze_with(&src, &LintConfig::defaults(), &config.set)?;
+    if analysis.has_errors() {
+        print_diagnostics(&src, &analysis, style);
+        eprintln!("{}: {}", src.name, render::summary(&analysis.diagnostics));
+        return Ok(ExitCode::from(1));
+    }
+    let checked = analysis.checked.as_ref().ok_or("internal: no checked graph")?;
+    let name = checked.program.name.as_ref().map_or("run".to_string(), |n| n.name.clone());
+    let out = args
+        .resume
+        .clone()
+        .or(args.out.clone())
+        .unwrap_or_else(|| PathBuf::from("runs").join(&name));
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    if args.resume.is_none() {
+        std::fs::write(out.join("recipe.rlx"), &src.text).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+        std::fs::write(out.join("run.json"), json).map_err(|e| e.to_string())?;
+    }
+    let resolved =
+        rlx::graph_view::text(checked, None, rlx::graph_view::ViewOptions { resolved: true });
+    let options = rlx::train::run::RunOptions {
+        out: out.clone(),
+        steps: config.steps,
+        seed: config.seed,
+        resume: args.resume.is_some(),
+        device: rlx::exec::device::device(&args.device)?,
+        quiet: args.quiet,
+        eval_prompts: args.eval_prompts,
+    };
+    match rlx::train::run::run(checked, &resolved, &options) {
+        Ok(summary) => {
+            for (stage, before, after) in &summary.evals {
+                println!("stage `{stage}` on held-out prompts (before → after):");
+                for ((k, b), (_, a)) in before.iter().zip(after) {
+                    println!("  {k:<12} {b:>8.3} → {a:>8.3}");
+                }
+            }
+            println!("run finished in {:.1}s: {}", summary.seconds, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(d) => {
+            eprint!("{}", render::human(&d, &src, style));
+            eprintln!(
+                "the last checkpoint in {} is intact; continue with `rlx run --resume {}`",
+                out.display(),
+                out.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
 }

@@ -50,17 +50,31 @@ impl Analysis {
 
 /// Parses, lowers and checks a recipe.
 pub fn analyze(source: &SourceFile, config: &LintConfig) -> Analysis {
+    analyze_with(source, config, &[]).expect("no overrides to reject")
+}
+
+/// Like [`analyze`], with `PATH=VALUE` overrides applied to the lowered recipe before checking
+/// (so an overridden value is validated like a written one). An override naming nothing is an
+/// error message.
+pub fn analyze_with(
+    source: &SourceFile,
+    config: &LintConfig,
+    overrides: &[String],
+) -> Result<Analysis, String> {
     let recipe = match syntax::parse(&source.text) {
         Ok(r) => r,
-        Err(d) => return Analysis { recipe: None, checked: None, diagnostics: vec![d] },
+        Err(d) => return Ok(Analysis { recipe: None, checked: None, diagnostics: vec![d] }),
     };
-    let (program, mut diags) = crate::ir::lower(&recipe);
+    let (mut program, mut diags) = crate::ir::lower(&recipe);
+    for o in overrides {
+        crate::ir::overrides::apply(&mut program, o)?;
+    }
     let (checked, more) = check::check(program);
     diags.extend(more);
     let mut diags = lints::configure(diags, config, &suppressions(&source.text, &recipe));
     dedup(&mut diags);
     diag::sort(&mut diags);
-    Analysis { recipe: Some(recipe), checked: Some(checked), diagnostics: diags }
+    Ok(Analysis { recipe: Some(recipe), checked: Some(checked), diagnostics: diags })
 }
 
 fn dedup(diags: &mut Vec<Diagnostic>) {

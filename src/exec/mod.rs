@@ -17,6 +17,7 @@ use crate::check::{Checked, Ty};
 use crate::diag::{Diagnostic, Span};
 use crate::ir::graph::*;
 pub use inputs::{Dim, Kind, Requirement, requirements};
+pub(crate) use inputs::{demanded as demanded_nodes, source_name};
 
 /// A loss term: a top-level summand of the loss.
 #[derive(Debug, Clone)]
@@ -172,6 +173,57 @@ impl<'a> Compiled<'a> {
         device: &Device,
         options: Options,
     ) -> Result<Evaluation, Diagnostic> {
+        self.run_with(batch, device, options, &HashMap::new()).map(|(e, _)| e)
+    }
+
+    /// The nodes a trainer computes once per rollout batch and then slices into minibatches:
+    /// per-sequence, per-token or per-step values without gradient (rewards, advantages,
+    /// returns, group statistics), except what depends on a `scope = minibatch` statistic.
+    /// Scalars are recomputed per minibatch (a `count_nonzero` must count the minibatch it
+    /// divides).
+    pub fn rollout_nodes(&self) -> Vec<NodeIndex> {
+        let stage = &self.checked.program.stages[self.index];
+        let cs = &self.checked.stages[self.index];
+        let mut per_minibatch: std::collections::HashSet<NodeIndex> = Default::default();
+        let mut out = Vec::new();
+        for &n in &self.order {
+            let scoped = cs.params.get(&n).is_some_and(|p| {
+                crate::check::params::get(p, "scope").and_then(|v| v.str()) == Some("minibatch")
+            });
+            if scoped || self.wires[&n].iter().any(|i| per_minibatch.contains(i)) {
+                per_minibatch.insert(n);
+                continue;
+            }
+            let ty = cs.types.get(&n);
+            let rowwise = matches!(
+                ty,
+                Some(Ty::Tensor {
+                    level: Level::Seq | Level::Token | Level::Step,
+                    grad: false,
+                    ..
+                })
+            );
+            if rowwise && matches!(stage.graph[n].op, Op::Block { .. }) {
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// Whether node `n` is a step-level value (its columns are the steps of a text).
+    pub fn is_step_level(&self, n: NodeIndex) -> bool {
+        matches!(self.axes.get(&n), Some(Axis::Steps(_)))
+    }
+
+    /// Evaluates the stage on `batch`, taking the nodes in `given` as computed. Returns the
+    /// evaluation and every node's tensor value.
+    pub fn run_with(
+        &self,
+        batch: &HashMap<String, Tensor>,
+        device: &Device,
+        options: Options,
+        given: &HashMap<NodeIndex, Tensor>,
+    ) -> Result<(Evaluation, HashMap<NodeIndex, Tensor>), Diagnostic> {
         let (checked, index) = (self.checked, self.index);
         let stage = &checked.program.stages[index];
         let cs = &checked.stages[index];
@@ -220,6 +272,7 @@ impl<'a> Compiled<'a> {
             let node = &stage.graph[n];
             let fail = |e: candle_core::Error| node_error(stage, n, &e.to_string());
             let value = match &node.op {
+                _ if given.contains_key(&n) => Value::Tensor(given[&n].clone()),
                 Op::Const(v) => Value::Tensor(Tensor::new(*v as f32, device).map_err(fail)?),
                 Op::Text(t) => {
                     Value::Text(texts.get(*t).cloned().unwrap_or_else(|| text_data(&batch, t)))
@@ -329,7 +382,14 @@ impl<'a> Compiled<'a> {
                 bindings.push((name.clone(), t.clone()));
             }
         }
-        Ok(Evaluation { loss, terms, bindings, grads, profile })
+        let tensors = values
+            .into_iter()
+            .filter_map(|(n, v)| match v {
+                Value::Tensor(t) => Some((n, t)),
+                _ => None,
+            })
+            .collect();
+        Ok((Evaluation { loss, terms, bindings, grads, profile }, tensors))
     }
 }
 

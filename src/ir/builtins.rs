@@ -149,6 +149,8 @@ pub static MODEL_PARAMS: &[ParamSpec] = &[
         range: Range::Count,
         doc: "override the preset's head count",
     },
+    int("warm_steps", 400.0, "optimiser steps of the supervised warm start (`warm_start = ...`)"),
+    num("warm_lr", 1e-3, Range::Positive, "learning rate of the warm start"),
 ];
 
 /// Texts a stage can read, by the kind of its data.

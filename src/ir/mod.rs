@@ -3,5 +3,6 @@
 pub mod builtins;
 pub mod graph;
 mod lower;
+pub mod overrides;
 
 pub use lower::lower;

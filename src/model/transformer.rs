@@ -1,0 +1,411 @@
+//! A pre-norm GPT-style causal transformer: token and learned position embeddings, `layers`
+//! blocks of multi-head attention and a GELU MLP, a final layer norm, and heads: the language
+//! model head, an optional value head (one number per position) and an optional score head (one
+//! number per sequence, for reward models).
+//!
+//! Training paths use only differentiable candle ops: candle's fused `layer_norm` and
+//! `softmax_last_dim` have no backward and would silently cut the gradient. Inference paths
+//! (`grad = false`) may use the fused ops.
+
+use std::collections::BTreeMap;
+
+use candle_core::{D, DType, Device, Result, Tensor};
+
+use super::config::ModelConfig;
+use super::layout::Layout;
+use super::params::{Init, Params};
+use crate::rng::Rng;
+
+/// Which heads a model has besides its trunk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Heads {
+    pub lm: bool,
+    pub value: bool,
+    pub score: bool,
+}
+
+/// Creates the parameters of a fresh model.
+pub fn init_params(
+    cfg: &ModelConfig,
+    heads: Heads,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Params> {
+    let mut p = Params::new();
+    let d = cfg.width;
+    let std = 0.02;
+    let resid = 0.02 / (2.0 * cfg.layers as f64).sqrt();
+    p.init("tok.weight", &[cfg.vocab, d], Init::Normal(std), rng, device)?;
+    p.init("pos.weight", &[cfg.context, d], Init::Normal(0.01), rng, device)?;
+    for l in 0..cfg.layers {
+        let n = |s: &str| format!("h.{l}.{s}");
+        p.init(&n("ln1.weight"), &[d], Init::Ones, rng, device)?;
+        p.init(&n("ln1.bias"), &[d], Init::Zeros, rng, device)?;
+        p.init(&n("attn.qkv.weight"), &[d, 3 * d], Init::Normal(std), rng, device)?;
+        p.init(&n("attn.qkv.bias"), &[3 * d], Init::Zeros, rng, device)?;
+        p.init(&n("attn.out.weight"), &[d, d], Init::Normal(resid), rng, device)?;
+        p.init(&n("attn.out.bias"), &[d], Init::Zeros, rng, device)?;
+        p.init(&n("ln2.weight"), &[d], Init::Ones, rng, device)?;
+        p.init(&n("ln2.bias"), &[d], Init::Zeros, rng, device)?;
+        p.init(&n("mlp.up.weight"), &[d, 4 * d], Init::Normal(std), rng, device)?;
+        p.init(&n("mlp.up.bias"), &[4 * d], Init::Zeros, rng, device)?;
+        p.init(&n("mlp.down.weight"), &[4 * d, d], Init::Normal(resid), rng, device)?;
+        p.init(&n("mlp.down.bias"), &[d], Init::Zeros, rng, device)?;
+    }
+    p.init("ln_f.weight", &[d], Init::Ones, rng, device)?;
+    p.init("ln_f.bias", &[d], Init::Zeros, rng, device)?;
+    if heads.lm {
+        p.init("lm_head.weight", &[d, cfg.vocab], Init::Normal(std), rng, device)?;
+    }
+    if heads.value {
+        add_value_head(&mut p, cfg, rng, device)?;
+    }
+    if heads.score {
+        p.init("score.weight", &[d, 1], Init::Normal(std), rng, device)?;
+        p.init("score.bias", &[1], Init::Zeros, rng, device)?;
+    }
+    Ok(p)
+}
+
+/// Adds a zero-initialised value head (values start at 0, so the first advantages are rewards).
+pub fn add_value_head(
+    p: &mut Params,
+    cfg: &ModelConfig,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<()> {
+    if p.get("value.weight").is_none() {
+        p.init("value.weight", &[cfg.width, 1], Init::Zeros, rng, device)?;
+        p.init("value.bias", &[1], Init::Zeros, rng, device)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        if !grad {
+            return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, 1e-5);
+        }
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+#[derive(Clone)]
+struct Dense {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    /// `[.., in] → [.., out]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (rows, inner) =
+            (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
+        let y = x.reshape((rows, inner))?.matmul(&self.weight)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().expect("rank ≥ 1") = self.weight.dim(1)?;
+        y.reshape(out)
+    }
+}
+
+#[derive(Clone)]
+struct Block {
+    ln1: Norm,
+    qkv: Dense,
+    out: Dense,
+    ln2: Norm,
+    up: Dense,
+    down: Dense,
+}
+
+/// Keys and values of every layer for the columns seen so far, with which columns are real.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    /// Per layer: `[B, H, Lk, Dh]` keys and values.
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Per row: whether each cached column is a real token.
+    pub valid: Vec<Vec<bool>>,
+    /// Per row: the position the next token takes.
+    pub next_pos: Vec<u32>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize, rows: usize) -> KvCache {
+        KvCache { layers: vec![None; layers], valid: vec![vec![]; rows], next_pos: vec![0; rows] }
+    }
+
+    pub fn columns(&self) -> usize {
+        self.valid.first().map_or(0, |v| v.len())
+    }
+
+    /// A cache for new rows: row `i` continues row `rows[i]` from its first `cuts[i]` columns.
+    /// Columns past a row's cut stay in the tensors but are masked out, so rows with different
+    /// prefix lengths share one batch (VinePPO's rollouts from every step start).
+    pub fn fork(&self, rows: &[usize], cuts: &[usize]) -> Result<KvCache> {
+        let width = cuts.iter().copied().max().unwrap_or(0);
+        let device = self
+            .layers
+            .iter()
+            .flatten()
+            .next()
+            .map(|(k, _)| k.device().clone())
+            .unwrap_or(Device::Cpu);
+        let index = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            &device,
+        )?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .map(|(k, v)| -> Result<(Tensor, Tensor)> {
+                        Ok((
+                            k.index_select(&index, 0)?.narrow(2, 0, width)?,
+                            v.index_select(&index, 0)?.narrow(2, 0, width)?,
+                        ))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut valid = Vec::with_capacity(rows.len());
+        let mut next_pos = Vec::with_capacity(rows.len());
+        for (&r, &cut) in rows.iter().zip(cuts) {
+            let v: Vec<bool> = (0..width).map(|j| j < cut && self.valid[r][j]).collect();
+            next_pos.push(v.iter().filter(|x| **x).count() as u32);
+            valid.push(v);
+        }
+        Ok(KvCache { layers, valid, next_pos })
+    }
+}
+
+/// A transformer over a set of weights: trainable (variables) or frozen (detached copies).
+#[derive(Clone)]
+pub struct Transformer {
+    pub cfg: ModelConfig,
+    tok: Tensor,
+    pos: Tensor,
+    blocks: Vec<Block>,
+    ln_f: Norm,
+    lm_head: Option<Tensor>,
+    value: Option<Dense>,
+    score: Option<Dense>,
+}
+
+impl Transformer {
+    pub fn from_params(cfg: &ModelConfig, params: &Params) -> Result<Transformer> {
+        let map: BTreeMap<String, Tensor> =
+            params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        Transformer::from_tensors(cfg, &map)
+    }
+
+    /// The same weights without gradient tracking (sampling, old/ref log-probs).
+    pub fn frozen(cfg: &ModelConfig, params: &Params) -> Result<Transformer> {
+        let map: BTreeMap<String, Tensor> =
+            params.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+        Transformer::from_tensors(cfg, &map)
+    }
+
+    pub fn from_tensors(cfg: &ModelConfig, w: &BTreeMap<String, Tensor>) -> Result<Transformer> {
+        let get = |n: &str| -> Result<Tensor> {
+            w.get(n)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("missing weight `{n}`")))
+        };
+        let dense = |n: &str| -> Result<Dense> {
+            Ok(Dense {
+                weight: get(&format!("{n}.weight"))?,
+                bias: w.get(&format!("{n}.bias")).cloned(),
+            })
+        };
+        let norm = |n: &str| -> Result<Norm> {
+            Ok(Norm { weight: get(&format!("{n}.weight"))?, bias: get(&format!("{n}.bias"))? })
+        };
+        let blocks = (0..cfg.layers)
+            .map(|l| {
+                Ok(Block {
+                    ln1: norm(&format!("h.{l}.ln1"))?,
+                    qkv: dense(&format!("h.{l}.attn.qkv"))?,
+                    out: dense(&format!("h.{l}.attn.out"))?,
+                    ln2: norm(&format!("h.{l}.ln2"))?,
+                    up: dense(&format!("h.{l}.mlp.up"))?,
+                    down: dense(&format!("h.{l}.mlp.down"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Transformer {
+            cfg: cfg.clone(),
+            tok: get("tok.weight")?,
+            pos: get("pos.weight")?,
+            blocks,
+            ln_f: norm("ln_f")?,
+            lm_head: w.get("lm_head.weight").cloned(),
+            value: w.contains_key("value.weight").then(|| dense("value")).transpose()?,
+            score: w.contains_key("score.weight").then(|| dense("score")).transpose()?,
+        })
+    }
+
+    pub fn has_value_head(&self) -> bool {
+        self.value.is_some()
+    }
+
+    /// Hidden states `[B, Lq, D]` after the final norm. `bias` is `[B, 1, Lq, Lk]` where `Lk`
+    /// counts cached columns plus the new ones; with a cache, the new keys and values are added.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        bias: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let (d, h) = (self.cfg.width, self.cfg.heads);
+        let dh = d / h;
+        if positions.max_all()?.to_scalar::<u32>()? as usize >= self.cfg.context {
+            candle_core::bail!("sequence longer than the model's context of {}", self.cfg.context)
+        }
+        let tok = self.tok.embedding_rows(ids)?;
+        let pos = self.pos.embedding_rows(positions)?;
+        let mut x = (tok + pos)?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        for (li, blk) in self.blocks.iter().enumerate() {
+            let a = blk.ln1.forward(&x, grad)?;
+            let qkv = blk.qkv.forward(&a)?;
+            let split = |i: usize| -> Result<Tensor> {
+                qkv.narrow(2, i * d, d)?.reshape((b, l, h, dh))?.transpose(1, 2)?.contiguous()
+            };
+            let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
+            if let Some(c) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = &c.layers[li] {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                c.layers[li] = Some((k.clone(), v.clone()));
+            }
+            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+            let att = if grad {
+                candle_nn::ops::softmax(&att, D::Minus1)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&att)?
+            };
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+            x = (x + blk.out.forward(&y)?)?;
+            let m = blk.ln2.forward(&x, grad)?;
+            let m = blk.down.forward(&blk.up.forward(&m)?.gelu()?)?;
+            x = (x + m)?;
+        }
+        self.ln_f.forward(&x, grad)
+    }
+
+    /// Logits `[.., V]` of hidden states `[.., D]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("the model has no language-model head".into())
+        })?;
+        Dense { weight: w.clone(), bias: None }.forward(hidden)
+    }
+
+    /// Hidden states of a layout's rows.
+    pub fn hidden_of(&self, layout: &Layout, grad: bool) -> Result<Tensor> {
+        self.hidden(&layout.ids, &layout.positions, &layout.bias, None, grad)
+    }
+
+    /// The hidden states that predict each text token: `[B, T, D]`.
+    pub fn text_states(hidden: &Tensor, layout: &Layout) -> Result<Tensor> {
+        hidden.narrow(1, layout.prompt_len - 1, layout.text_len)
+    }
+
+    /// Log-probability `[B, T]` of each text token (0 on padding), logits divided by
+    /// `temperature`. Computed as `logit[y] − logsumexp(logits)`, never materialising the
+    /// log-softmax.
+    pub fn token_logp(&self, hidden: &Tensor, layout: &Layout, temperature: f64) -> Result<Tensor> {
+        let logits = self.logits(&Self::text_states(hidden, layout)?)?;
+        let logits = if temperature != 1.0 { (logits / temperature)? } else { logits };
+        let max = logits.max_keepdim(D::Minus1)?.detach();
+        let lse = logits
+            .broadcast_sub(&max)?
+            .exp()?
+            .sum_keepdim(D::Minus1)?
+            .log()?
+            .broadcast_add(&max)?;
+        let picked = logits.gather(&layout.targets.unsqueeze(2)?.contiguous()?, 2)?;
+        (picked - lse)?.squeeze(2)?.mul(&layout.text_mask)
+    }
+
+    /// Entropy `[B, T]` of the next-token distribution at each text token.
+    pub fn token_entropy(
+        &self,
+        hidden: &Tensor,
+        layout: &Layout,
+        temperature: f64,
+    ) -> Result<Tensor> {
+        let logits = self.logits(&Self::text_states(hidden, layout)?)?;
+        let logits = if temperature != 1.0 { (logits / temperature)? } else { logits };
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let ent = (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?;
+        ent.mul(&layout.text_mask)
+    }
+
+    /// Value-head output `[B, T]` at each text token.
+    pub fn token_values(&self, hidden: &Tensor, layout: &Layout) -> Result<Tensor> {
+        let head = self
+            .value
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("the model has no value head".into()))?;
+        head.forward(&Self::text_states(hidden, layout)?)?.squeeze(2)?.mul(&layout.text_mask)
+    }
+
+    /// Score `[B]` of each row, read at its last real token.
+    pub fn score(&self, hidden: &Tensor, layout: &Layout) -> Result<Tensor> {
+        let head = self
+            .score
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("the model has no score head".into()))?;
+        let (b, l, d) = hidden.dims3()?;
+        let last = hidden.reshape((b * l, d))?.index_select(&layout.last, 0)?;
+        head.forward(&last)?.squeeze(1)
+    }
+
+    /// Next-token logits `[B, V]` at the last column of a forward over new columns.
+    pub fn step(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        bias: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let h = self.hidden(ids, positions, bias, Some(cache), false)?;
+        let l = h.dim(1)?;
+        self.logits(&h.narrow(1, l - 1, 1)?.squeeze(1)?)?.to_dtype(DType::F32)
+    }
+}
+
+trait EmbeddingRows {
+    fn embedding_rows(&self, ids: &Tensor) -> Result<Tensor>;
+}
+
+impl EmbeddingRows for Tensor {
+    /// Rows of an embedding table `[N, D]` for ids `[B, L]`: `[B, L, D]`.
+    fn embedding_rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let d = self.dim(1)?;
+        self.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, d))
+    }
+}

@@ -1,0 +1,219 @@
+//! Batched generation with a KV cache: temperature, top-p, a token budget, EOS and stop strings.
+//! Continuations from intermediate prefixes (VinePPO) fork an existing cache instead of
+//! recomputing the prefix.
+
+use candle_core::{Device, Result, Tensor};
+
+use crate::model::layout::positions_and_bias;
+use crate::model::{KvCache, Transformer};
+use crate::rng::Rng;
+use crate::tokenizer::{EOS, PAD, Tok};
+
+/// How to pick tokens.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: usize,
+    pub stop: Option<String>,
+    /// Always the most likely token (greedy decoding).
+    pub greedy: bool,
+}
+
+/// Generated responses, with the cache over `[left-padded prompt | response]` columns.
+pub struct Generation {
+    /// New tokens per row, EOS included where the row ended with it.
+    pub tokens: Vec<Vec<u32>>,
+    pub cache: KvCache,
+    /// Columns of the left-padded prompts.
+    pub prompt_cols: usize,
+    /// Tokens fed through the model (prefill plus decode), for throughput figures.
+    pub processed: usize,
+}
+
+/// Samples one response per prompt.
+pub fn generate(
+    model: &Transformer,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    s: &Sampling,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Generation> {
+    let b = prompts.len();
+    let p = prompts.iter().map(Vec::len).max().unwrap_or(1);
+    let mut ids = vec![PAD; b * p];
+    let mut valid = vec![false; b * p];
+    for (r, pr) in prompts.iter().enumerate() {
+        let start = p - pr.len();
+        ids[r * p + start..(r + 1) * p].copy_from_slice(pr);
+        valid[r * p + start..(r + 1) * p].iter_mut().for_each(|v| *v = true);
+    }
+    let (positions, bias) = positions_and_bias(&valid, b, p);
+    let mut cache = KvCache::new(model.cfg.layers, b);
+    for r in 0..b {
+        cache.valid[r] = valid[r * p..(r + 1) * p].to_vec();
+        cache.next_pos[r] = prompts[r].len() as u32;
+    }
+    let logits = model.step(
+        &Tensor::from_vec(ids, (b, p), device)?,
+        &Tensor::from_vec(positions, (b, p), device)?,
+        &Tensor::from_vec(bias, (b, 1, p, p), device)?,
+        &mut cache,
+    )?;
+    let budgets = vec![s.max_tokens; b];
+    let (tokens, steps) = decode(model, tok, &mut cache, logits, &budgets, s, rng, device)?;
+    Ok(Generation { tokens, cache, prompt_cols: p, processed: b * p + steps * b })
+}
+
+/// Continues rows of an existing cache: row `i` extends `rows[i]` after its first `cuts[i]`
+/// columns (cut ≥ 1) by up to `budgets[i]` tokens. The last prefix token is fed again to get
+/// the next-token distribution; everything before it is read from the cache.
+#[allow(clippy::too_many_arguments)]
+pub fn continue_from(
+    model: &Transformer,
+    tok: &Tok,
+    cache: &KvCache,
+    column_ids: &[Vec<u32>],
+    rows: &[usize],
+    cuts: &[usize],
+    budgets: &[usize],
+    s: &Sampling,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Vec<Vec<u32>>> {
+    let before: Vec<usize> = cuts.iter().map(|c| c - 1).collect();
+    let mut fork = cache.fork(rows, &before)?;
+    let first: Vec<u32> = rows.iter().zip(cuts).map(|(&r, &c)| column_ids[r][c - 1]).collect();
+    let active = vec![true; rows.len()];
+    let logits = feed(model, &mut fork, &first, &active, device)?;
+    Ok(decode(model, tok, &mut fork, logits, budgets, s, rng, device)?.0)
+}
+
+/// Feeds one token per row (inactive rows feed padding nobody reads) and returns the logits.
+fn feed(
+    model: &Transformer,
+    cache: &mut KvCache,
+    tokens: &[u32],
+    active: &[bool],
+    device: &Device,
+) -> Result<Tensor> {
+    let b = tokens.len();
+    let lk = cache.columns() + 1;
+    let mut bias = vec![-1e9f32; b * lk];
+    let mut positions = Vec::with_capacity(b);
+    for r in 0..b {
+        for (j, &v) in cache.valid[r].iter().enumerate() {
+            if v {
+                bias[r * lk + j] = 0.0;
+            }
+        }
+        bias[r * lk + lk - 1] = 0.0;
+        positions.push(cache.next_pos[r].min(model.cfg.context as u32 - 1));
+        cache.valid[r].push(active[r]);
+        if active[r] {
+            cache.next_pos[r] += 1;
+        }
+    }
+    model.step(
+        &Tensor::from_vec(tokens.to_vec(), (b, 1), device)?,
+        &Tensor::from_vec(positions, (b, 1), device)?,
+        &Tensor::from_vec(bias, (b, 1, 1, lk), device)?,
+        cache,
+    )
+}
+
+/// The decode loop: pick, append, stop, feed.
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    model: &Transformer,
+    tok: &Tok,
+    cache: &mut KvCache,
+    mut logits: Tensor,
+    budgets: &[usize],
+    s: &Sampling,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<(Vec<Vec<u32>>, usize)> {
+    let b = budgets.len();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut texts: Vec<String> = vec![String::new(); b];
+    let mut done: Vec<bool> = budgets.iter().map(|&n| n == 0).collect();
+    let mut steps = 0;
+    // Never run past the model's context.
+    let room = model
+        .cfg
+        .context
+        .saturating_sub(cache.next_pos.iter().copied().max().unwrap_or(0) as usize + 1);
+    while done.iter().any(|d| !d) {
+        let rows = logits.to_vec2::<f32>()?;
+        let mut next = vec![PAD; b];
+        for r in 0..b {
+            if done[r] {
+                continue;
+            }
+            let t = pick(&rows[r], s, rng);
+            next[r] = t;
+            out[r].push(t);
+            if s.stop.is_some() {
+                texts[r].push_str(tok.piece(t));
+            }
+            let stopped = s.stop.as_ref().is_some_and(|st| texts[r].ends_with(st.as_str()));
+            if t == EOS || stopped || out[r].len() >= budgets[r] || out[r].len() >= room {
+                done[r] = true;
+            }
+        }
+        if done.iter().all(|d| *d) {
+            break;
+        }
+        let active: Vec<bool> = done.iter().map(|d| !d).collect();
+        logits = feed(model, cache, &next, &active, device)?;
+        steps += 1;
+    }
+    Ok((out, steps))
+}
+
+/// One token from logits: greedy, or temperature + nucleus sampling.
+pub fn pick(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
+    if s.greedy {
+        return argmax(logits);
+    }
+    let t = s.temperature.max(1e-6) as f32;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(u32, f32)> =
+        logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / t).exp())).collect();
+    let z: f32 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= z);
+    if s.top_p < 1.0 {
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            acc += p.1;
+            if acc >= s.top_p as f32 {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+    }
+    let total: f32 = probs.iter().map(|p| p.1).sum();
+    let mut u = rng.uniform() as f32 * total;
+    for &(i, p) in &probs {
+        if u < p {
+            return i;
+        }
+        u -= p;
+    }
+    probs.last().map_or(EOS, |p| p.0)
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,10 @@
+//! `rlx run`: stages in order — warm start, reward model, DPO, RL — on the built-in tasks.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod models;
+pub mod optim;
+pub mod progress;
+pub mod run;
+pub mod signals;
+pub mod vine;

@@ -1,0 +1,280 @@
+//! The models of a run: creation (built-in, copy, reward model), the supervised warm start
+//! cached by a content hash, and views as transformers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Result, Tensor, Var};
+
+use crate::check::{Checked, params};
+use crate::ir::graph::ModelInit;
+use crate::model::transformer::{Heads, add_value_head, init_params};
+use crate::model::{Layout, ModelConfig, Params, Transformer};
+use crate::rng::Rng;
+use crate::tasks::Task;
+use crate::tokenizer::{BOS, EOS, Tok};
+
+use super::optim::{AdamW, AdamWConfig};
+use super::progress::Progress;
+
+/// One model of a run.
+pub struct Slot {
+    pub cfg: ModelConfig,
+    pub params: Params,
+}
+
+impl Slot {
+    pub fn live(&self) -> Result<Transformer> {
+        Transformer::from_params(&self.cfg, &self.params)
+    }
+
+    pub fn frozen(&self) -> Result<Transformer> {
+        Transformer::frozen(&self.cfg, &self.params)
+    }
+
+    pub fn add_value_head(&mut self, rng: &mut Rng, device: &Device) -> Result<()> {
+        add_value_head(&mut self.params, &self.cfg, rng, device)
+    }
+}
+
+/// New variables holding a copy of `values`.
+pub fn params_from(values: &BTreeMap<String, Tensor>) -> Result<Params> {
+    let mut p = Params::new();
+    for (k, v) in values {
+        p.insert(k, Var::from_tensor(&v.copy()?)?);
+    }
+    Ok(p)
+}
+
+/// FNV-1a, for cache keys that do not change between Rust versions.
+pub fn fnv(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Where warm starts are cached: `$RLX_CACHE`, else `$XDG_CACHE_HOME/rlx`, else `~/.cache/rlx`.
+pub fn cache_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("RLX_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("rlx");
+    }
+    std::env::var("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/rlx"))
+        .unwrap_or_else(|_| PathBuf::from(".rlx-cache"))
+}
+
+/// Settings that decide what a model is before the first stage.
+pub struct Setup<'a> {
+    pub checked: &'a Checked,
+    pub tasks: &'a HashMap<String, Task>,
+    pub tok: &'a Tok,
+    pub tokenizer_json: &'a str,
+    pub seed: u64,
+    pub device: &'a Device,
+    pub quiet: bool,
+}
+
+/// Builds every declared model, in declaration order.
+pub fn build(
+    setup: &Setup,
+    log: &mut dyn FnMut(&str),
+) -> std::result::Result<BTreeMap<String, Slot>, String> {
+    let program = &setup.checked.program;
+    let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
+    let rng = Rng::new(setup.seed);
+    for decl in &program.models {
+        let name = &decl.name.name;
+        let resolved = setup.checked.decl_params.get(name).cloned().unwrap_or_default();
+        let cfg = config_of(&resolved, setup.tok.vocab_size())?;
+        let mut mrng = rng.fork(fnv(name));
+        let slot = match &decl.init {
+            ModelInit::Builtin { warm_start } => {
+                let params = init_params(
+                    &cfg,
+                    Heads { lm: true, ..Default::default() },
+                    &mut mrng,
+                    setup.device,
+                )
+                .map_err(|e| e.to_string())?;
+                let slot = Slot { cfg, params };
+                if let Some(ws) = warm_start {
+                    let task = setup
+                        .tasks
+                        .get(&ws.data)
+                        .ok_or_else(|| format!("no data set `{}`", ws.data))?;
+                    let steps = params::get_num(&resolved, "warm_steps").unwrap_or(400.0) as usize;
+                    let lr = params::get_num(&resolved, "warm_lr").unwrap_or(1e-3);
+                    let data_params = setup.checked.decl_params.get(&ws.data).map(|r| {
+                        r.iter()
+                            .map(|p| format!("{}={}", p.name, p.value.display()))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    });
+                    let key = format!(
+                        "rlx-warm-v1|{}|{}|{}|{:?}|{steps}|{lr}|{}",
+                        setup.tokenizer_json,
+                        serde_json::to_string(&slot.cfg).unwrap_or_default(),
+                        ws.data,
+                        data_params,
+                        setup.seed
+                    );
+                    let path = cache_dir().join(format!("warm-{:016x}.safetensors", fnv(&key)));
+                    if path.exists() && slot.params.load(&path, "", setup.device).is_ok() {
+                        log(&format!("warm start of `{name}`: cached ({})", path.display()));
+                    } else {
+                        let started = std::time::Instant::now();
+                        let loss =
+                            supervised_warm_start(&slot, task, setup, steps, lr, &mut mrng, name)?;
+                        log(&format!(
+                            "warm start of `{name}`: {steps} steps on {}.{} in {:.1}s, final loss {loss:.3}",
+                            ws.data,
+                            ws.member,
+                            started.elapsed().as_secs_f64()
+                        ));
+                        save_cache(&path, &slot.params);
+                    }
+                }
+                slot
+            }
+            ModelInit::Copy(of) => {
+                let src = slots
+                    .get(&of.name)
+                    .ok_or_else(|| format!("`{name}` copies `{}`, which is not built", of.name))?;
+                let snap = src.params.snapshot().map_err(|e| e.to_string())?;
+                Slot {
+                    cfg: src.cfg.clone(),
+                    params: params_from(&snap).map_err(|e| e.to_string())?,
+                }
+            }
+            ModelInit::RewardModel => {
+                // Like InstructGPT's, the reward model starts from a warm-started language model
+                // of the same shape where the recipe has one; its score head is fresh.
+                let trunk = slots
+                    .values()
+                    .find(|s| s.cfg == cfg && s.params.get("lm_head.weight").is_some());
+                let mut params = init_params(
+                    &cfg,
+                    Heads { score: true, ..Default::default() },
+                    &mut mrng,
+                    setup.device,
+                )
+                .map_err(|e| e.to_string())?;
+                if let Some(t) = trunk {
+                    let mut snap = t.params.snapshot().map_err(|e| e.to_string())?;
+                    snap.retain(|k, _| !k.starts_with("lm_head") && !k.starts_with("value"));
+                    for (k, v) in params.iter() {
+                        if let Some(s) = snap.get(k) {
+                            v.set(s).map_err(|e| e.to_string())?;
+                        }
+                    }
+                }
+                params.retain(|k| !k.starts_with("lm_head"));
+                Slot { cfg, params }
+            }
+        };
+        slots.insert(name.clone(), slot);
+    }
+    Ok(slots)
+}
+
+fn config_of(
+    resolved: &[params::Resolved],
+    vocab: usize,
+) -> std::result::Result<ModelConfig, String> {
+    let preset =
+        params::get(resolved, "preset").and_then(|v| v.str()).unwrap_or("tiny").to_string();
+    let mut cfg =
+        ModelConfig::preset(&preset, vocab).ok_or_else(|| format!("unknown preset `{preset}`"))?;
+    if let Some(v) = params::get_num(resolved, "layers") {
+        cfg.layers = v as usize;
+    }
+    if let Some(v) = params::get_num(resolved, "width") {
+        cfg.width = v as usize;
+    }
+    if let Some(v) = params::get_num(resolved, "heads") {
+        cfg.heads = v as usize;
+    }
+    if cfg.width % cfg.heads != 0 {
+        return Err(format!("width {} is not a multiple of heads {}", cfg.width, cfg.heads));
+    }
+    Ok(cfg)
+}
+
+fn save_cache(path: &Path, params: &Params) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let map: HashMap<String, Tensor> = params.tensors("").into_iter().collect();
+    let tmp = path.with_extension("tmp");
+    if candle_core::safetensors::save(&map, &tmp).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// Supervised next-token training on the task's whole texts; returns the last loss.
+fn supervised_warm_start(
+    slot: &Slot,
+    task: &Task,
+    setup: &Setup,
+    steps: usize,
+    lr: f64,
+    rng: &mut Rng,
+    name: &str,
+) -> std::result::Result<f64, String> {
+    let err = |e: candle_core::Error| e.to_string();
+    let vars: Vec<(String, Var)> =
+        slot.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut opt = AdamW::new(
+        vars,
+        AdamWConfig {
+            lr,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            clip_grad: Some(1.0),
+            warmup_steps: steps / 20,
+        },
+    )
+    .map_err(err)?;
+    let model = slot.live().map_err(err)?;
+    let encoded: Vec<Vec<u32>> =
+        task.texts.iter().map(|t| [setup.tok.encode(t), vec![EOS]].concat()).collect();
+    let batch = 32.min(encoded.len().max(1));
+    let mut progress = Progress::new(&format!("warm start {name}"), steps as u64, setup.quiet);
+    let mut last = f64::NAN;
+    for step in 0..steps {
+        let idx: Vec<usize> = (0..batch).map(|_| rng.below(encoded.len())).collect();
+        let ctx: Vec<&[u32]> = idx.iter().map(|_| &[BOS][..]).collect();
+        let toks: Vec<&[u32]> = idx.iter().map(|&i| encoded[i].as_slice()).collect();
+        let layout = Layout::new(&ctx, &toks, setup.device).map_err(err)?;
+        let hidden = model.hidden_of(&layout, true).map_err(err)?;
+        let logp = model.token_logp(&hidden, &layout, 1.0).map_err(err)?;
+        let loss = (logp.sum_all().map_err(err)?.neg().map_err(err)? / layout.text_tokens() as f64)
+            .map_err(err)?;
+        let grads = loss.backward().map_err(err)?;
+        opt.step(&grads).map_err(err)?;
+        last = loss.to_scalar::<f32>().map_err(err)? as f64;
+        if !last.is_finite() {
+            return Err(format!(
+                "the warm start of `{name}` diverged (loss {last}) at step {step}"
+            ));
+        }
+        progress.tick(&format!("loss {last:.3}"));
+    }
+    progress.finish();
+    Ok(last)
+}
+
+/// A warm start's model, for tests and benchmarks: the language model of a config.
+pub fn fresh(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Slot> {
+    let params =
+        init_params(cfg, Heads { lm: true, ..Default::default() }, &mut Rng::new(seed), device)?;
+    Ok(Slot { cfg: cfg.clone(), params })
+}

@@ -1,0 +1,362 @@
+//! From texts to the named tensors a stage reads: masks, token and step ids, groups, and every
+//! model signal (`policy.logp`, `old.values`, `grm.keep_prob`, `rm(response)`, …), each
+//! computed by one forward per (model, text) however many signals share it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device, Tensor};
+use petgraph::stable_graph::NodeIndex;
+
+use crate::blocks::spec::Demand;
+use crate::check::{Checked, Ty, params};
+use crate::exec::Compiled;
+use crate::ir::graph::*;
+use crate::model::{Layout, Transformer};
+use crate::tasks::Task;
+use crate::tokenizer::{SEP, Tok};
+
+/// One text of a batch: each row's context (what the text follows) and tokens.
+#[derive(Debug, Clone, Default)]
+pub struct TextRows {
+    pub ctx: Vec<Vec<u32>>,
+    pub toks: Vec<Vec<u32>>,
+}
+
+/// The texts of a batch.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    /// Each row's prompt as text (verifiers read it).
+    pub prompts: Vec<String>,
+    pub texts: BTreeMap<String, TextRows>,
+    pub group: Vec<i64>,
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.prompts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prompts.is_empty()
+    }
+
+    /// The rows at `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> Rows {
+        let pick = |v: &Vec<Vec<u32>>| idx.iter().map(|&i| v[i].clone()).collect();
+        Rows {
+            prompts: idx.iter().map(|&i| self.prompts[i].clone()).collect(),
+            texts: self
+                .texts
+                .iter()
+                .map(|(k, t)| (k.clone(), TextRows { ctx: pick(&t.ctx), toks: pick(&t.toks) }))
+                .collect(),
+            group: idx.iter().map(|&i| self.group.get(i).copied().unwrap_or(i as i64)).collect(),
+        }
+    }
+
+    /// The padded width of each text.
+    pub fn widths(&self) -> HashMap<String, usize> {
+        self.texts
+            .iter()
+            .map(|(k, t)| (k.clone(), t.toks.iter().map(Vec::len).max().unwrap_or(1).max(1)))
+            .collect()
+    }
+}
+
+/// What a source node of the graph reads.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    Signal {
+        model: ModelRef,
+        signal: Signal,
+        text: String,
+    },
+    Score {
+        scorer: ScorerRef,
+        text: String,
+    },
+    /// Monte-Carlo values from extra rollouts (`vine_values`): done by the rollout phase.
+    StepRollouts {
+        text: String,
+        reward: ScorerRef,
+        k: usize,
+        max_steps: Option<usize>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    /// Gradient flows into it: computed with the live model, per minibatch.
+    pub grad: bool,
+}
+
+/// The sources of stage `index`, and the step delimiter if the stage splits steps.
+pub fn sources(checked: &Checked, index: usize) -> (Vec<Source>, Option<String>) {
+    let stage = &checked.program.stages[index];
+    let cs = &checked.stages[index];
+    let g = &stage.graph;
+    let text_of = |n: NodeIndex| -> String {
+        match cs.types.get(&n) {
+            Some(Ty::Tensor { text: Some(t), .. }) => t.clone(),
+            _ => match inputs(g, n).first().and_then(|i| cs.types.get(i)) {
+                Some(Ty::Text(t)) => t.clone(),
+                _ => "response".into(),
+            },
+        }
+    };
+    let mut out: Vec<Source> = Vec::new();
+    let mut delimiter = None;
+    for n in crate::exec::demanded_nodes(stage) {
+        let grad = cs.types.get(&n).is_some_and(Ty::has_grad);
+        let Some(name) = crate::exec::source_name(stage, n) else {
+            if let Op::Block { spec, .. } = &g[n].op
+                && spec.name == "split_steps"
+            {
+                delimiter = cs
+                    .params
+                    .get(&n)
+                    .and_then(|p| params::get(p, "on"))
+                    .and_then(|v| v.str())
+                    .map(String::from);
+            }
+            continue;
+        };
+        if out.iter().any(|s| s.name == name) {
+            continue;
+        }
+        let kind = match &g[n].op {
+            Op::Signal { model, signal } => {
+                SourceKind::Signal { model: model.clone(), signal: *signal, text: text_of(n) }
+            }
+            Op::Score(s) => {
+                let text = match inputs(g, n).first().and_then(|i| cs.types.get(i)) {
+                    Some(Ty::Text(t)) => t.clone(),
+                    _ => "response".into(),
+                };
+                SourceKind::Score { scorer: s.clone(), text }
+            }
+            Op::Block { spec, .. } if matches!(spec.demand, Demand::StepRollouts { .. }) => {
+                let ins = inputs(g, n);
+                let reward = ins
+                    .iter()
+                    .find_map(|i| match &g[*i].op {
+                        Op::Scorer(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or(ScorerRef::Verifier { data: String::new(), member: String::new() });
+                let p = cs.params.get(&n).map(Vec::as_slice).unwrap_or(&[]);
+                SourceKind::StepRollouts {
+                    text: text_of(n),
+                    reward,
+                    k: params::get_num(p, "k").unwrap_or(9.0) as usize,
+                    max_steps: params::get_num(p, "max_steps").map(|v| v as usize),
+                }
+            }
+            _ => continue,
+        };
+        out.push(Source { name, kind, grad });
+    }
+    (out, delimiter)
+}
+
+/// Which models a signal can be read from, as transformers.
+pub struct ModelView<'a> {
+    /// Live (trainable) models by name.
+    pub live: &'a HashMap<String, Transformer>,
+    /// Frozen views: every model by name, plus `old` and `ref`.
+    pub frozen: &'a HashMap<String, Transformer>,
+}
+
+impl ModelView<'_> {
+    fn get(&self, model: &str, grad: bool) -> Result<&Transformer, String> {
+        let m = if grad {
+            self.live.get(model).or_else(|| self.frozen.get(model))
+        } else {
+            self.frozen.get(model)
+        };
+        m.ok_or_else(|| format!("no model `{model}` is loaded"))
+    }
+}
+
+/// Everything a signal computation needs besides the rows.
+pub struct SignalCx<'a> {
+    pub models: ModelView<'a>,
+    /// The model `old` and `ref` belong to (the stage's first trained model).
+    pub trained: &'a str,
+    /// Logits are divided by this (the stage's sampling temperature).
+    pub temperature: f64,
+    pub tasks: &'a HashMap<String, Task>,
+    pub tok: &'a Tok,
+    pub device: &'a Device,
+    /// Padded width of each text (the full rollout batch's, so minibatches line up).
+    pub widths: &'a HashMap<String, usize>,
+    /// Compute even gradient sources with frozen weights (the rollout-level pass).
+    pub frozen_only: bool,
+}
+
+fn err(e: candle_core::Error) -> String {
+    e.to_string()
+}
+
+/// Masks, token ids, step ids and groups of the rows.
+pub fn base_inputs(
+    rows: &Rows,
+    cx: &SignalCx,
+    delimiter: Option<&str>,
+) -> Result<HashMap<String, Tensor>, String> {
+    let mut out = HashMap::new();
+    for (name, t) in &rows.texts {
+        let w = cx.widths.get(name).copied().unwrap_or(1);
+        let b = t.toks.len();
+        let mut mask = vec![0f32; b * w];
+        let mut ids = vec![0i64; b * w];
+        let mut steps = vec![-1i64; b * w];
+        for (r, toks) in t.toks.iter().enumerate() {
+            let mut step = 0i64;
+            for (i, &tok) in toks.iter().enumerate().take(w) {
+                mask[r * w + i] = 1.0;
+                ids[r * w + i] = tok as i64;
+                steps[r * w + i] = step;
+                if let Some(d) = delimiter
+                    && cx.tok.piece(tok).contains(d)
+                    && i + 1 < toks.len()
+                {
+                    step += 1;
+                }
+            }
+        }
+        let suffix = |base: &str| {
+            if name == "response" || name == "target" {
+                base.to_string()
+            } else {
+                format!("{base}({name})")
+            }
+        };
+        out.insert(suffix("mask"), Tensor::from_vec(mask, (b, w), cx.device).map_err(err)?);
+        out.insert(suffix("tokens"), Tensor::from_vec(ids, (b, w), cx.device).map_err(err)?);
+        out.insert(suffix("step_ids"), Tensor::from_vec(steps, (b, w), cx.device).map_err(err)?);
+    }
+    let group = rows.group.clone();
+    out.insert("group".into(), Tensor::from_vec(group, rows.len(), cx.device).map_err(err)?);
+    Ok(out)
+}
+
+/// Start (token offset) of each step of each row, by the same rule as `base_inputs`.
+pub fn step_starts(toks: &[u32], tok: &Tok, delimiter: &str) -> Vec<usize> {
+    let mut starts = vec![0];
+    for (i, &t) in toks.iter().enumerate() {
+        if tok.piece(t).contains(delimiter) && i + 1 < toks.len() {
+            starts.push(i + 1);
+        }
+    }
+    starts
+}
+
+/// Computes the sources selected by `want`, reading models through `cx`.
+pub fn compute(
+    sources: &[Source],
+    want: impl Fn(&Source) -> bool,
+    rows: &Rows,
+    cx: &SignalCx,
+) -> Result<HashMap<String, Tensor>, String> {
+    let mut out = HashMap::new();
+    // (model, grad, text, keep) → layout and hidden states, shared between signals.
+    let mut forwards: HashMap<(String, bool, String, bool), (Layout, Tensor)> = HashMap::new();
+    for s in sources.iter().filter(|s| want(s)) {
+        let grad = s.grad && !cx.frozen_only;
+        let model_name = |m: &ModelRef| -> String {
+            match m {
+                ModelRef::Named(n) => n.clone(),
+                ModelRef::Old => "old".into(),
+                ModelRef::Ref => "ref".into(),
+            }
+        };
+        let value = match &s.kind {
+            SourceKind::Signal { model, signal, text } => {
+                let name = model_name(model);
+                let live = grad;
+                let keep = *signal == Signal::KeepProb;
+                let key = (name.clone(), live, text.clone(), keep);
+                if !forwards.contains_key(&key) {
+                    let m = cx.models.get(&name, live)?;
+                    let layout = layout_for(rows, text, keep, cx)?;
+                    let hidden = m.hidden_of(&layout, live).map_err(err)?;
+                    forwards.insert(key.clone(), (layout, hidden));
+                }
+                let (layout, hidden) = &forwards[&key];
+                let m = cx.models.get(&name, live)?;
+                match signal {
+                    Signal::Logp => m.token_logp(hidden, layout, cx.temperature),
+                    Signal::Entropy => m.token_entropy(hidden, layout, cx.temperature),
+                    Signal::Values => m.token_values(hidden, layout),
+                    Signal::KeepProb => m
+                        .token_logp(hidden, layout, 1.0)
+                        .and_then(|l| l.exp())
+                        .and_then(|p| p.mul(&layout.text_mask)),
+                }
+                .map_err(err)?
+            }
+            SourceKind::Score { scorer: ScorerRef::Model(m), text } => {
+                let key = (m.clone(), grad, text.clone(), false);
+                if !forwards.contains_key(&key) {
+                    let model = cx.models.get(m, grad)?;
+                    let layout = layout_for(rows, text, false, cx)?;
+                    let hidden = model.hidden_of(&layout, grad).map_err(err)?;
+                    forwards.insert(key.clone(), (layout, hidden));
+                }
+                let (layout, hidden) = &forwards[&key];
+                cx.models.get(m, grad)?.score(hidden, layout).map_err(err)?
+            }
+            SourceKind::Score { scorer: ScorerRef::Verifier { data, member }, text } => {
+                let task = cx.tasks.get(data).ok_or_else(|| format!("no data set `{data}`"))?;
+                let t = rows.texts.get(text).ok_or_else(|| format!("no text `{text}`"))?;
+                let v: Vec<f32> = rows
+                    .prompts
+                    .iter()
+                    .zip(&t.toks)
+                    .map(|(p, toks)| task.verify(member, p, &cx.tok.decode(toks)))
+                    .collect();
+                Tensor::from_vec(v, rows.len(), cx.device).map_err(err)?
+            }
+            SourceKind::StepRollouts { .. } => continue,
+        };
+        out.insert(s.name.clone(), if grad { value } else { value.detach() });
+    }
+    Ok(out)
+}
+
+/// The layout of a text after its context; for keep-probabilities, after `context text <sep>`.
+fn layout_for(rows: &Rows, text: &str, keep: bool, cx: &SignalCx) -> Result<Layout, String> {
+    let t = rows.texts.get(text).ok_or_else(|| format!("the batch has no text `{text}`"))?;
+    let ctx: Vec<Vec<u32>> = if keep {
+        t.ctx
+            .iter()
+            .zip(&t.toks)
+            .map(|(c, x)| [c.as_slice(), x.as_slice(), &[SEP]].concat())
+            .collect()
+    } else {
+        t.ctx.clone()
+    };
+    let ctx_refs: Vec<&[u32]> = ctx.iter().map(Vec::as_slice).collect();
+    let toks: Vec<&[u32]> = t.toks.iter().map(Vec::as_slice).collect();
+    let w = cx.widths.get(text).copied().unwrap_or(1);
+    Layout::with_text_len(&ctx_refs, &toks, w, cx.device).map_err(err)
+}
+
+/// Slices row-wise tensors (`[B]`, `[B, T]`) to the rows `idx`.
+pub fn slice_rows(t: &Tensor, idx: &Tensor) -> candle_core::Result<Tensor> {
+    t.index_select(idx, 0)
+}
+
+/// A `[B, S]` step-level tensor narrowed to the steps of the minibatch's rows.
+pub fn narrow_steps(t: &Tensor, step_ids: &Tensor) -> candle_core::Result<Tensor> {
+    let s = step_ids.max_all()?.to_dtype(DType::I64)?.to_scalar::<i64>()?.max(0) as usize + 1;
+    t.narrow(1, 0, s.min(t.dim(1)?))
+}
+
+/// Which nodes of `compiled` to slice rather than recompute.
+pub fn rollout_nodes(compiled: &Compiled) -> Vec<NodeIndex> {
+    compiled.rollout_nodes()
+}
