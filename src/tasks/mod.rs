@@ -106,3 +106,23 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::{Tok, UNK};
+
+    #[test]
+    fn every_task_text_round_trips_through_its_tokenizer_without_unknowns() {
+        for name in ["arith", "reviews"] {
+            let task = Task::build(name, &[]).unwrap();
+            let tok = Tok::from_json(&Tok::json(&task.pieces)).unwrap();
+            for text in task.texts.iter().take(300) {
+                let ids = tok.encode(text);
+                assert!(!ids.contains(&UNK), "{name}: unknown piece in {text:?}");
+                assert_eq!(tok.decode(&ids), *text);
+                assert_eq!(tok.concat(&ids), *text);
+            }
+        }
+    }
+}

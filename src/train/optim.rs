@@ -80,15 +80,16 @@ impl AdamW {
         let c2 = 1.0 - b2.powi(self.steps as i32);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = (g * scale)?;
-            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            // Detached: otherwise each step's moments keep that step's whole autograd graph alive.
+            let g = (g.detach() * scale)?;
+            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?.detach();
+            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?.detach();
             let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.cfg.eps)?)?;
             let mut w = var.as_tensor().detach();
             if self.cfg.weight_decay > 0.0 {
                 w = (&w * (1.0 - lr * self.cfg.weight_decay))?;
             }
-            var.set(&(w - (update * lr)?)?)?;
+            var.set(&(w - (update * lr)?)?.detach())?;
         }
         Ok(StepInfo { grad_norm: norm, lr, clipped: scale < 1.0 })
     }

@@ -1,0 +1,202 @@
+//! `rlx run` end to end: every recipe trains a few steps on a tiny configuration, writes its run
+//! directory, and a run killed with SIGKILL continues with `--resume` from its last checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn rlx() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rlx"));
+    // Tests never share a warm-start cache with the user.
+    c.env("RLX_CACHE", std::env::temp_dir().join("rlx-test-cache"));
+    c
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rlx-run-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// `--set` overrides that shrink a recipe: one narrow layer, a few warm-start steps, small data
+/// sets and batches (whole groups; minibatches that divide them).
+fn tiny(recipe: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(recipe).unwrap();
+    let mut sets = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["model", name, "=", init, ..]
+                if init.starts_with("builtin") || init.starts_with("reward_model") =>
+            {
+                sets.extend([
+                    format!("{name}.width=32"),
+                    format!("{name}.heads=2"),
+                    format!("{name}.layers=1"),
+                ]);
+                if init.starts_with("builtin") {
+                    sets.push(format!("{name}.warm_steps=3"));
+                }
+            }
+            ["data", "arith", ..] => sets.push("arith.problems=64".into()),
+            ["data", "reviews", ..] => sets.push("reviews.prompts=64".into()),
+            _ => {}
+        }
+    }
+    let mut stage = None;
+    let mut n = 1;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("stage ") {
+            stage = rest.split_whitespace().next().map(String::from);
+            n = 1;
+        }
+        if let Some(at) = line.find("n = ") {
+            n = line[at + 4..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+                .parse()
+                .unwrap_or(1);
+        }
+        if line.trim_start().starts_with("optim") {
+            let s = stage.clone().unwrap();
+            let batch = 2 * n.max(2);
+            sets.push(format!("{s}.optim.batch={batch}"));
+            if line.contains("minibatch") {
+                sets.push(format!("{s}.optim.minibatch={}", batch / 2));
+            }
+        }
+    }
+    sets
+}
+
+fn run_tiny(recipe: &Path, out: &Path, steps: usize) -> std::process::Output {
+    let mut c = rlx();
+    c.arg("run").arg(recipe).arg("--out").arg(out).args([
+        "--steps",
+        &steps.to_string(),
+        "--eval-prompts",
+        "4",
+        "--quiet",
+    ]);
+    for s in tiny(recipe) {
+        c.args(["--set", &s]);
+    }
+    c.output().unwrap()
+}
+
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_recipe_trains_a_few_steps() {
+    let mut recipes: Vec<PathBuf> = std::fs::read_dir("recipes")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rlx"))
+        .collect();
+    recipes.sort();
+    assert!(recipes.len() >= 12);
+    for recipe in &recipes {
+        let name = recipe.file_stem().unwrap().to_string_lossy().to_string();
+        let out = scratch(&name);
+        let o = run_tiny(recipe, &out, 2);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        for f in
+            ["metrics.jsonl", "tokenizer.json", "recipe.rlx", "recipe.resolved.rlx", "state.json"]
+        {
+            assert!(out.join(f).exists(), "{name}: no {f}");
+        }
+        let recs = records(&out);
+        let steps: Vec<&serde_json::Value> =
+            recs.iter().filter(|r| r.get("eval").is_none()).collect();
+        assert!(!steps.is_empty(), "{name}: no step records");
+        for r in &steps {
+            let loss = r["loss"].as_f64().unwrap_or(f64::NAN);
+            assert!(loss.is_finite(), "{name}: loss {loss} in {r}");
+            assert!(
+                r["grad_norm"].as_f64().is_some_and(|g| g.is_finite() && g > 0.0),
+                "{name}: no gradient in {r}"
+            );
+        }
+        // Every RL stage reports its task metric before and after.
+        let evals = recs.iter().filter(|r| r.get("eval").is_some()).count();
+        let rl_stages = std::fs::read_to_string(recipe).unwrap().matches("prompts ").count();
+        assert_eq!(evals, 2 * rl_stages, "{name}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_metrics() {
+    let recipe = Path::new("recipes/grpo.rlx");
+    let a = scratch("seed-a");
+    let b = scratch("seed-b");
+    assert!(run_tiny(recipe, &a, 2).status.success());
+    assert!(run_tiny(recipe, &b, 2).status.success());
+    let strip = |mut v: Vec<serde_json::Value>| {
+        for r in &mut v {
+            let o = r.as_object_mut().unwrap();
+            o.retain(|k, _| !k.contains("seconds") && !k.contains("per_s") && k != "wall");
+        }
+        v
+    };
+    assert_eq!(strip(records(&a)), strip(records(&b)));
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_last_checkpoint() {
+    let recipe = Path::new("recipes/reinforce.rlx");
+    let out = scratch("resume");
+    let mut c = rlx();
+    c.arg("run").arg(recipe).arg("--out").arg(&out).args([
+        "--steps",
+        "400",
+        "--eval-prompts",
+        "4",
+        "--quiet",
+    ]);
+    for s in tiny(recipe) {
+        c.args(["--set", &s]);
+    }
+    let mut child = c.spawn().unwrap();
+    // Wait until at least one checkpoint exists past the start, then SIGKILL mid-run.
+    let started = std::time::Instant::now();
+    loop {
+        let done = std::fs::read_to_string(out.join("state.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["step"].as_u64())
+            .unwrap_or(0);
+        if done >= 80 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 300, "no checkpoint after 5 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("state.json")).unwrap()).unwrap();
+    let at = state["step"].as_u64().unwrap();
+    assert!(at < 400, "killed after the end");
+    assert!(
+        out.join(state["file"].as_str().unwrap()).exists(),
+        "the checkpoint named by state.json is intact"
+    );
+    let o = rlx().arg("run").arg("--resume").arg(&out).arg("--quiet").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = records(&out);
+    let steps: Vec<u64> = recs
+        .iter()
+        .filter(|r| r.get("eval").is_none())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=400).collect::<Vec<_>>(), "every step exactly once after resuming");
+    let _ = std::fs::remove_dir_all(&out);
+}
