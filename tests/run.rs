@@ -49,8 +49,8 @@ fn tiny(recipe: &Path) -> Vec<String> {
             stage = rest.split_whitespace().next().map(String::from);
             n = 1;
         }
-        if let Some(at) = line.find("n = ") {
-            n = line[at + 4..]
+        if let Some(at) = line.find("{ n = ") {
+            n = line[at + 6..]
                 .chars()
                 .take_while(|c| c.is_ascii_digit())
                 .collect::<String>()
@@ -118,9 +118,10 @@ fn every_recipe_trains_a_few_steps() {
         for r in &steps {
             let loss = r["loss"].as_f64().unwrap_or(f64::NAN);
             assert!(loss.is_finite(), "{name}: loss {loss} in {r}");
+            // Zero is legitimate (equal rewards on a tiny model); missing or NaN is not.
             assert!(
-                r["grad_norm"].as_f64().is_some_and(|g| g.is_finite() && g > 0.0),
-                "{name}: no gradient in {r}"
+                r["grad_norm"].as_f64().is_some_and(f64::is_finite),
+                "{name}: no gradient norm in {r}"
             );
         }
         // Every RL stage reports its task metric before and after.
@@ -150,6 +151,7 @@ fn the_same_seed_gives_the_same_metrics() {
 
 #[test]
 fn a_killed_run_resumes_from_its_last_checkpoint() {
+    // 200 RL steps (the recipe's), tiny model; killed after its checkpoint at step ≥ 40.
     let recipe = Path::new("recipes/reinforce.rlx");
     let out = scratch("resume");
     let mut c = rlx();
@@ -172,7 +174,7 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
             .and_then(|v| v["step"].as_u64())
             .unwrap_or(0);
-        if done >= 80 {
+        if done >= 40 {
             break;
         }
         assert!(started.elapsed().as_secs() < 300, "no checkpoint after 5 minutes");
@@ -184,7 +186,7 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("state.json")).unwrap()).unwrap();
     let at = state["step"].as_u64().unwrap();
-    assert!(at < 400, "killed after the end");
+    assert!(at < 200, "killed after the end");
     assert!(
         out.join(state["file"].as_str().unwrap()).exists(),
         "the checkpoint named by state.json is intact"
@@ -197,6 +199,6 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
         .filter(|r| r.get("eval").is_none())
         .map(|r| r["step"].as_u64().unwrap())
         .collect();
-    assert_eq!(steps, (1..=400).collect::<Vec<_>>(), "every step exactly once after resuming");
+    assert_eq!(steps, (1..=200).collect::<Vec<_>>(), "every step exactly once after resuming");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -234,14 +234,16 @@ fn analyse(text: &str) -> Analysis {
 
 /// The hidden gold score of a review (opening + continuation), in about [−1, 1]: positive
 /// sentiment with diminishing returns, scaled by the fraction of well-formed sentences, minus
-/// repetition, minus a penalty for an unfinished or over-long review.
+/// ill-formed sentences and repetition, minus a penalty for an unfinished or over-long review.
 pub fn gold(prompt: &str, response: &str) -> f64 {
     let a = analyse(&format!("{prompt}{response}"));
     if a.sentences == 0 {
         return -1.0;
     }
     let formed = a.well_formed as f64 / a.sentences as f64;
-    let mut g = formed * (a.sentiment / 3.0).tanh() - 0.5 * a.repeated as f64 / a.sentences as f64;
+    let mut g = formed * (a.sentiment / 3.0).tanh()
+        - 0.5 * (1.0 - formed)
+        - 0.5 * a.repeated as f64 / a.sentences as f64;
     if !a.finished {
         g -= 0.5;
     }

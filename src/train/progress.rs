@@ -44,7 +44,7 @@ impl Progress {
             }
             None if !self.quiet => {
                 let every = (self.total / 10).max(1);
-                if self.done % every == 0 || self.done == self.total {
+                if self.done.is_multiple_of(every) || self.done == self.total {
                     eprintln!("{} {}/{} {message}", self.label, self.done, self.total);
                 }
             }

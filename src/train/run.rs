@@ -847,7 +847,7 @@ impl Run<'_> {
             record.insert("vine_rollouts".into(), json!(rollouts));
         }
         // Samples: a few per step.
-        if step % 10 == 0 {
+        if step.is_multiple_of(10) {
             let lines: Vec<Json> = rows
                 .prompts
                 .iter()
