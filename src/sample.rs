@@ -27,8 +27,6 @@ pub struct Generation {
     pub cache: KvCache,
     /// Columns of the left-padded prompts.
     pub prompt_cols: usize,
-    /// Tokens fed through the model (prefill plus decode), for throughput figures.
-    pub processed: usize,
 }
 
 /// Samples one response per prompt.
@@ -62,8 +60,8 @@ pub fn generate(
         &mut cache,
     )?;
     let budgets = vec![s.max_tokens; b];
-    let (tokens, steps) = decode(model, tok, &mut cache, logits, &budgets, s, rng, device)?;
-    Ok(Generation { tokens, cache, prompt_cols: p, processed: b * p + steps * b })
+    let tokens = decode(model, tok, &mut cache, logits, &budgets, s, rng, device)?;
+    Ok(Generation { tokens, cache, prompt_cols: p })
 }
 
 /// Continues rows of an existing cache: row `i` extends `rows[i]` after its first `cuts[i]`
@@ -87,7 +85,7 @@ pub fn continue_from(
     let first: Vec<u32> = rows.iter().zip(cuts).map(|(&r, &c)| column_ids[r][c - 1]).collect();
     let active = vec![true; rows.len()];
     let logits = feed(model, &mut fork, &first, &active, device)?;
-    Ok(decode(model, tok, &mut fork, logits, budgets, s, rng, device)?.0)
+    decode(model, tok, &mut fork, logits, budgets, s, rng, device)
 }
 
 /// Feeds one token per row (inactive rows feed padding nobody reads) and returns the logits.
@@ -134,12 +132,11 @@ fn decode(
     s: &Sampling,
     rng: &mut Rng,
     device: &Device,
-) -> Result<(Vec<Vec<u32>>, usize)> {
+) -> Result<Vec<Vec<u32>>> {
     let b = budgets.len();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut texts: Vec<String> = vec![String::new(); b];
     let mut done: Vec<bool> = budgets.iter().map(|&n| n == 0).collect();
-    let mut steps = 0;
     // Never run past the model's context.
     let room = model
         .cfg
@@ -168,9 +165,8 @@ fn decode(
         }
         let active: Vec<bool> = done.iter().map(|d| !d).collect();
         logits = feed(model, cache, &next, &active, device)?;
-        steps += 1;
     }
-    Ok((out, steps))
+    Ok(out)
 }
 
 /// One token from logits: greedy, or temperature + nucleus sampling.

@@ -29,12 +29,4 @@ impl ModelConfig {
     pub fn head_dim(&self) -> usize {
         self.width / self.heads
     }
-
-    /// Trainable parameters of the language-model part.
-    pub fn parameter_count(&self) -> usize {
-        let (v, d, c) = (self.vocab, self.width, self.context);
-        let block =
-            2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d);
-        v * d + c * d + self.layers * block + 2 * d + d * v
-    }
 }

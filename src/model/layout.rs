@@ -3,7 +3,7 @@
 //! so the token before the first text token always exists, and the text's log-probabilities
 //! are one contiguous slice of the logits.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -79,14 +79,6 @@ impl Layout {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.prompt_len + self.text_len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.batch == 0
-    }
-
     /// Real text tokens in the batch.
     pub fn text_tokens(&self) -> usize {
         self.text_lens.iter().sum()
@@ -115,17 +107,4 @@ pub fn positions_and_bias(valid: &[bool], b: usize, l: usize) -> (Vec<u32>, Vec<
         }
     }
     (positions, bias)
-}
-
-/// `[B, T]` f32 → host rows, trimmed to each row's length.
-pub fn rows_f32(t: &Tensor, lens: &[usize]) -> Result<Vec<Vec<f32>>> {
-    let all = t.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    Ok(all
-        .into_iter()
-        .zip(lens)
-        .map(|(mut r, &n)| {
-            r.truncate(n);
-            r
-        })
-        .collect())
 }

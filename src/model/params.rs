@@ -66,18 +66,6 @@ impl Params {
         self.vars.iter()
     }
 
-    pub fn len(&self) -> usize {
-        self.vars.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.vars.is_empty()
-    }
-
-    pub fn element_count(&self) -> usize {
-        self.vars.values().map(|v| v.elem_count()).sum()
-    }
-
     /// The current values, detached (a frozen snapshot shares nothing with later updates).
     pub fn snapshot(&self) -> Result<BTreeMap<String, Tensor>> {
         self.vars.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?))).collect()

@@ -261,10 +261,6 @@ impl Transformer {
         })
     }
 
-    pub fn has_value_head(&self) -> bool {
-        self.value.is_some()
-    }
-
     /// Hidden states `[B, Lq, D]` after the final norm. `bias` is `[B, 1, Lq, Lk]` where `Lk`
     /// counts cached columns plus the new ones; with a cache, the new keys and values are added.
     pub fn hidden(
@@ -276,8 +272,7 @@ impl Transformer {
         grad: bool,
     ) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
-        let (d, h) = (self.cfg.width, self.cfg.heads);
-        let dh = d / h;
+        let (d, h, dh) = (self.cfg.width, self.cfg.heads, self.cfg.head_dim());
         if positions.max_all()?.to_scalar::<u32>()? as usize >= self.cfg.context {
             candle_core::bail!("sequence longer than the model's context of {}", self.cfg.context)
         }

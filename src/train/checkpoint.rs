@@ -19,9 +19,10 @@ pub struct State {
     /// Optimiser steps taken in the current stage (for the moments' bias correction).
     pub optim_steps: usize,
     pub rng: u64,
-    /// The weights file, relative to the run directory.
+    /// The weights file (every model, the optimiser moments and `ref`), relative to the run
+    /// directory.
     pub file: String,
-    /// Stage-start snapshots (`ref`) are stored in the file too.
+    /// The run's seed.
     pub seed: u64,
 }
 

@@ -2,12 +2,11 @@
 //! line it finished.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
 pub struct MetricsLog {
-    path: PathBuf,
     file: std::fs::File,
 }
 
@@ -15,7 +14,7 @@ impl MetricsLog {
     pub fn create(dir: &Path) -> std::io::Result<MetricsLog> {
         let path = dir.join("metrics.jsonl");
         let file = std::fs::File::create(&path)?;
-        Ok(MetricsLog { path, file })
+        Ok(MetricsLog { file })
     }
 
     /// Reopens a log for a resumed run, dropping lines past the checkpoint (`stage`, `step`):
@@ -38,7 +37,7 @@ impl MetricsLog {
         }
         std::fs::write(&path, body)?;
         let file = std::fs::OpenOptions::new().append(true).open(&path)?;
-        Ok(MetricsLog { path, file })
+        Ok(MetricsLog { file })
     }
 
     pub fn write(&mut self, record: &Map<String, Value>) -> std::io::Result<()> {
@@ -46,18 +45,4 @@ impl MetricsLog {
         writeln!(self.file, "{line}")?;
         self.file.flush()
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// Reads every record of a run's log.
-pub fn read(dir: &Path) -> Vec<Map<String, Value>> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v.as_object().cloned())
-        .collect()
 }

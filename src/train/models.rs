@@ -271,10 +271,3 @@ fn supervised_warm_start(
     progress.finish();
     Ok(last)
 }
-
-/// A warm start's model, for tests and benchmarks: the language model of a config.
-pub fn fresh(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Slot> {
-    let params =
-        init_params(cfg, Heads { lm: true, ..Default::default() }, &mut Rng::new(seed), device)?;
-    Ok(Slot { cfg: cfg.clone(), params })
-}

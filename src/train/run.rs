@@ -43,11 +43,14 @@ pub struct RunOptions {
     pub eval_prompts: usize,
 }
 
+/// Task metrics by name.
+pub type Metrics = Vec<(String, f64)>;
+
 /// What a finished run reports.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     /// Per RL stage: the task metrics before and after.
-    pub evals: Vec<(String, Vec<(String, f64)>, Vec<(String, f64)>)>,
+    pub evals: Vec<(String, Metrics, Metrics)>,
     pub seconds: f64,
 }
 
@@ -197,6 +200,15 @@ fn loop_settings(checked: &Checked, index: usize, cap: Option<usize>) -> Loop {
     }
 }
 
+/// Examples in a supervised stage's data: pairs, corrections or texts.
+fn data_len(task: &Task, member: MemberKind) -> usize {
+    match member {
+        MemberKind::Pairs => task.pairs.len(),
+        MemberKind::Corrections => task.corrections.len(),
+        _ => task.texts.len(),
+    }
+}
+
 /// A fixed permutation of `0..n` for epoch `epoch`, so a resumed run sees the same data.
 fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9));
@@ -284,11 +296,7 @@ impl Run<'_> {
         let steps = match kw {
             DataKw::Prompts => settings.steps,
             _ => {
-                let n = match data.kind {
-                    MemberKind::Pairs => task.pairs.len(),
-                    MemberKind::Corrections => task.corrections.len(),
-                    _ => task.texts.len(),
-                };
+                let n = data_len(&task, data.kind);
                 settings.steps.min(settings.epochs * n.div_ceil(settings.batch)).max(1)
             }
         };
@@ -346,7 +354,7 @@ impl Run<'_> {
                 record.insert("tokens_per_s".into(), json!(t / secs.max(1e-9)));
             }
             self.metrics.write(&record).map_err(|e| fail(e.to_string()))?;
-            let headline = ["loss", "reward", "accuracy", "gold"]
+            let headline = ["loss", "reward", task.headline()]
                 .iter()
                 .filter_map(|k| {
                     record.get(*k).and_then(Json::as_f64).map(|v| format!("{k} {v:.3}"))
@@ -498,11 +506,7 @@ impl Run<'_> {
     ) -> Result<(), Diagnostic> {
         let stage = &self.checked.program.stages[index];
         let fail = |e: String| run_error(stage.name.span, e);
-        let n = match member {
-            MemberKind::Pairs => task.pairs.len(),
-            MemberKind::Corrections => task.corrections.len(),
-            _ => task.texts.len(),
-        };
+        let n = data_len(task, member);
         let per_epoch = n.div_ceil(settings.batch).max(1);
         let epoch = step / per_epoch;
         let perm = permutation(n, self.opts.seed, epoch as u64);
@@ -551,7 +555,6 @@ impl Run<'_> {
         let frozen = self.frozen_views(&trained, reference).map_err(fail)?;
         let cx = SignalCx {
             models: ModelView { live: &live, frozen: &frozen },
-            trained: &trained,
             temperature: 1.0,
             tasks: &self.tasks,
             tok: &self.tok,
@@ -606,7 +609,7 @@ impl Run<'_> {
     /// Back-propagates `loss` into the trained models and takes an optimiser step; a non-finite
     /// gradient stops the run before any weight changes.
     fn update(
-        &mut self,
+        &self,
         index: usize,
         loss: &Tensor,
         opt: &mut AdamW,
@@ -755,7 +758,6 @@ impl Run<'_> {
         let live = self.live_views(stage).map_err(fail)?;
         let cx = SignalCx {
             models: ModelView { live: &live, frozen: &frozen },
-            trained: &trained,
             temperature: sampling.temperature,
             tasks: &self.tasks,
             tok: &self.tok,
@@ -887,16 +889,7 @@ impl Run<'_> {
                     }
                     batch.insert(k.clone(), s);
                 }
-                let live_cx = SignalCx {
-                    models: ModelView { live: &live, frozen: &frozen },
-                    trained: &trained,
-                    temperature: sampling.temperature,
-                    tasks: &self.tasks,
-                    tok: &self.tok,
-                    device: &device,
-                    widths: &widths,
-                    frozen_only: false,
-                };
+                let live_cx = SignalCx { frozen_only: false, ..cx };
                 batch.extend(signals::compute(sources, |s| s.grad, &sub, &live_cx).map_err(fail)?);
                 let mut given = HashMap::new();
                 for n in &given_nodes {

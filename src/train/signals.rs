@@ -9,7 +9,6 @@ use petgraph::stable_graph::NodeIndex;
 
 use crate::blocks::spec::Demand;
 use crate::check::{Checked, Ty, params};
-use crate::exec::Compiled;
 use crate::ir::graph::*;
 use crate::model::{Layout, Transformer};
 use crate::tasks::Task;
@@ -162,6 +161,7 @@ pub fn sources(checked: &Checked, index: usize) -> (Vec<Source>, Option<String>)
 }
 
 /// Which models a signal can be read from, as transformers.
+#[derive(Clone, Copy)]
 pub struct ModelView<'a> {
     /// Live (trainable) models by name.
     pub live: &'a HashMap<String, Transformer>,
@@ -181,10 +181,9 @@ impl ModelView<'_> {
 }
 
 /// Everything a signal computation needs besides the rows.
+#[derive(Clone, Copy)]
 pub struct SignalCx<'a> {
     pub models: ModelView<'a>,
-    /// The model `old` and `ref` belong to (the stage's first trained model).
-    pub trained: &'a str,
     /// Logits are divided by this (the stage's sampling temperature).
     pub temperature: f64,
     pub tasks: &'a HashMap<String, Task>,
@@ -354,9 +353,4 @@ pub fn slice_rows(t: &Tensor, idx: &Tensor) -> candle_core::Result<Tensor> {
 pub fn narrow_steps(t: &Tensor, step_ids: &Tensor) -> candle_core::Result<Tensor> {
     let s = step_ids.max_all()?.to_dtype(DType::I64)?.to_scalar::<i64>()?.max(0) as usize + 1;
     t.narrow(1, 0, s.min(t.dim(1)?))
-}
-
-/// Which nodes of `compiled` to slice rather than recompute.
-pub fn rollout_nodes(compiled: &Compiled) -> Vec<NodeIndex> {
-    compiled.rollout_nodes()
 }
