@@ -5,6 +5,7 @@
 //! compute). `blocks` is the registry every phase reads; `diff` compares two checked recipes;
 //! `render` turns diagnostics into text at the edge.
 
+pub mod bench;
 pub mod blocks;
 pub mod check;
 pub mod diag;

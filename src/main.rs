@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use rlx::bench::BenchConfig;
 use rlx::check::lints::LintConfig;
+use rlx::model::ModelConfig;
 use rlx::render::{self, Style};
 use rlx::source::{self, Analysis, SourceFile};
 
@@ -114,6 +116,54 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Throughput of the built-in transformer: sampling (new tokens/s) and training (tokens/s of
+    /// forward + backward + AdamW), on random weights of the given shape.
+    Bench {
+        /// Start from a preset shape (tiny, small, base); the flags below override it.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long)]
+        layers: Option<usize>,
+        #[arg(long)]
+        width: Option<usize>,
+        #[arg(long)]
+        heads: Option<usize>,
+        #[arg(long, default_value_t = 512)]
+        vocab: usize,
+        #[arg(long, default_value_t = 256)]
+        context: usize,
+        /// Sampling: rows generated together.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Sampling: prompt tokens per row.
+        #[arg(long, default_value_t = 16)]
+        prompt: usize,
+        /// Sampling: new tokens per row.
+        #[arg(long, default_value_t = 48)]
+        new_tokens: usize,
+        /// Training: sequences per step.
+        #[arg(long, default_value_t = 16)]
+        train_batch: usize,
+        /// Training: tokens per sequence.
+        #[arg(long, default_value_t = 64)]
+        train_len: usize,
+        /// Timed runs per workload (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Only these workloads (repeatable): sampling, training.
+        #[arg(long, value_parser = ["sampling", "training"])]
+        only: Vec<String>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Evaluate and differentiate a stage's objective on a batch of tensors (no model, no sampling).
     Eval {
         recipe: PathBuf,
@@ -198,6 +248,52 @@ fn main() -> ExitCode {
             RunArgs { recipe, out, steps, seed, set, resume, device, eval_prompts, quiet },
             style,
         ),
+        Command::Bench {
+            preset,
+            layers,
+            width,
+            heads,
+            vocab,
+            context,
+            batch,
+            prompt,
+            new_tokens,
+            train_batch,
+            train_len,
+            repeats,
+            warmup,
+            only,
+            device,
+            seed,
+            json,
+        } => (|| {
+            let base = ModelConfig::preset(&preset, vocab)
+                .ok_or_else(|| format!("unknown preset `{preset}`: use tiny, small or base"))?;
+            let model = ModelConfig {
+                layers: layers.unwrap_or(base.layers),
+                width: width.unwrap_or(base.width),
+                heads: heads.unwrap_or(base.heads),
+                context,
+                vocab,
+            };
+            let cfg = BenchConfig {
+                model,
+                batch,
+                prompt,
+                new_tokens,
+                train_batch,
+                train_len,
+                warmup,
+                repeats,
+                seed,
+            };
+            let which: Vec<&str> = if only.is_empty() {
+                vec!["sampling", "training"]
+            } else {
+                only.iter().map(String::as_str).collect()
+            };
+            bench(&cfg, &which, &device, json)
+        })(),
         Command::Eval { recipe, stage, batch, synthetic, seed, out, inputs, device, profile } => {
             eval(
                 &recipe,
@@ -440,6 +536,39 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
             evaluation.bindings.len(),
             evaluation.terms.len(),
             evaluation.grads.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(cfg: &BenchConfig, which: &[&str], device: &str, json: bool) -> Result<ExitCode, String> {
+    let device = rlx::exec::device::device(device)?;
+    let report = rlx::bench::run(cfg, which, &device).map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = &report.config;
+    println!(
+        "model: {} layers, width {}, {} heads, vocabulary {}, context {} — {:.2}M parameters",
+        m.layers,
+        m.width,
+        m.heads,
+        m.vocab,
+        m.context,
+        report.parameters as f64 / 1e6
+    );
+    println!(
+        "device: {}, {} threads; median of {} runs",
+        report.device, report.threads, cfg.repeats
+    );
+    for x in &report.measurements {
+        println!(
+            "{:<9} {:<28} {:>10.0} tokens/s  ({:.1} ms per run)",
+            x.name,
+            x.shape,
+            x.tokens_per_second(),
+            x.median_seconds() * 1e3
         );
     }
     Ok(ExitCode::SUCCESS)

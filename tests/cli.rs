@@ -139,3 +139,48 @@ fn blocks_reference() {
     assert_eq!(typo.status.code(), Some(2));
     assert!(stderr(&typo).contains("did you mean `ppo_clip`"));
 }
+
+#[test]
+fn bench_reports_both_workloads() {
+    let args = [
+        "bench",
+        "--layers",
+        "1",
+        "--width",
+        "16",
+        "--heads",
+        "2",
+        "--vocab",
+        "64",
+        "--context",
+        "32",
+        "--batch",
+        "2",
+        "--prompt",
+        "3",
+        "--new-tokens",
+        "4",
+        "--train-batch",
+        "2",
+        "--train-len",
+        "8",
+        "--repeats",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+    ];
+    let o = rlx(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let m = report["measurements"].as_array().unwrap();
+    assert_eq!(m[0]["name"], "sampling");
+    assert_eq!(m[0]["tokens"], 8, "2 rows × 4 new tokens, EOS masked");
+    assert_eq!(m[1]["name"], "training");
+    assert_eq!(m[1]["tokens"], 16);
+    assert_eq!(report["config"]["layers"], 1);
+
+    let bad = rlx(&["bench", "--width", "30", "--heads", "4"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("not a multiple"), "{}", stderr(&bad));
+}

@@ -108,7 +108,7 @@ fn ppo_to_vineppo_diff_reads_like_the_paper() {
     for want in [
         "no longer trains value_head(policy)", // the critic is gone
         "n 1 → 8, temperature 1 → 0.6",        // 8 samples at T = 0.6
-        "lr 1e-5 → 1e-6",
+        "lr 1e-5 → 2e-5",
         "kl: estimator k1 → k3",                   // KL estimator
         "kl input `logp`: old.logp → policy.logp", // KL moves into the loss
         "scope batch → minibatch",                 // whitening per minibatch
@@ -157,6 +157,6 @@ fn resolved_graph_shows_every_default() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     assert!(text.contains(
-        "optim { lr = 1e-6, steps = 200, epochs = 1, batch = 64, minibatch = 64, clip_grad = 1"
+        "optim { lr = 2e-5, steps = 200, epochs = 1, batch = 64, minibatch = 64, clip_grad = 1"
     ));
 }

@@ -66,7 +66,7 @@ pub static DATA_SETS: &[DataSetSpec] = &[
         summary: "multi-step arithmetic, one step per line, with a verifier of the final answer",
         params: &[
             SEED,
-            int("problems", 2000.0, "number of problems"),
+            int("problems", 5000.0, "number of problems"),
             int("min_ops", 2.0, "fewest operations per problem"),
             int("max_ops", 4.0, "most operations per problem"),
         ],
@@ -149,7 +149,7 @@ pub static MODEL_PARAMS: &[ParamSpec] = &[
         range: Range::Count,
         doc: "override the preset's head count",
     },
-    int("warm_steps", 400.0, "optimiser steps of the supervised warm start (`warm_start = ...`)"),
+    int("warm_steps", 800.0, "optimiser steps of the supervised warm start (`warm_start = ...`)"),
     num("warm_lr", 1e-3, Range::Positive, "learning rate of the warm start"),
 ];
 
@@ -167,6 +167,7 @@ pub static TEXTS: &[(&str, &str)] = &[
 pub static SAMPLE: &[ParamSpec] = &[
     int("n", 1.0, "samples per prompt; they form one group"),
     int("max_tokens", 64.0, "most new tokens per response"),
+    int("min_tokens", 0.0, "fewest new tokens: EOS is not sampled before this many"),
     num(
         "temperature",
         1.0,

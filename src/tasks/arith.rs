@@ -1,7 +1,7 @@
-//! `arith`: a start value and 2–5 operations applied left to right; the solution writes one step
-//! per line and ends with `answer: N`. The verifier reads the final answer only, so credit
-//! assignment across steps matters. Wrong solutions with a known minimal correction come from
-//! corrupting one step's result and recomputing what follows.
+//! `arith`: a start value and `min_ops`–`max_ops` operations applied left to right; the
+//! solution writes one step per line and ends with `answer: N`. The verifier reads the final
+//! answer only, so credit assignment across steps matters. Wrong solutions with a known minimal
+//! correction come from corrupting one step's result and recomputing what follows.
 
 use super::{Correction, Kind, Prompt, Task};
 use crate::rng::Rng;
@@ -31,17 +31,19 @@ impl Op {
     }
 }
 
+/// Small operands keep each step learnable by the built-in tiny model in a few minutes: a
+/// two-digit value plus, minus or times a one-digit number (results stay non-negative and
+/// under a few hundred).
 fn random_problem(rng: &mut Rng, min_ops: usize, max_ops: usize) -> (i64, Vec<Op>) {
-    let start = 2 + rng.below(29) as i64;
+    let start = 2 + rng.below(19) as i64;
     let n = min_ops + rng.below(max_ops.saturating_sub(min_ops) + 1);
     let mut x = start;
     let mut ops = Vec::with_capacity(n);
     for _ in 0..n {
         let op = match rng.below(3) {
-            0 => Op::Add(2 + rng.below(29) as i64),
-            1 if x > 2 => Op::Sub(1 + rng.below((x - 1) as usize) as i64),
-            2 if x * 2 <= 300 => Op::Mul(2 + rng.below(((300 / x).min(5) - 1) as usize) as i64),
-            _ => Op::Add(2 + rng.below(29) as i64),
+            1 if x > 1 => Op::Sub(1 + rng.below((x - 1).min(9) as usize) as i64),
+            2 if x <= 40 => Op::Mul(2 + rng.below(2) as i64),
+            _ => Op::Add(1 + rng.below(9) as i64),
         };
         x = op.apply(x);
         ops.push(op);

@@ -110,18 +110,14 @@ pub fn build(
                         .ok_or_else(|| format!("no data set `{}`", ws.data))?;
                     let steps = params::get_num(&resolved, "warm_steps").unwrap_or(400.0) as usize;
                     let lr = params::get_num(&resolved, "warm_lr").unwrap_or(1e-3);
-                    let data_params = setup.checked.decl_params.get(&ws.data).map(|r| {
-                        r.iter()
-                            .map(|p| format!("{}={}", p.name, p.value.display()))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    });
+                    // The key is the content trained on, not the settings that generated it,
+                    // so a changed task generator never reuses a stale warm start. The `v2`
+                    // names the warm-start procedure itself.
+                    let texts = fnv(&task.texts.join("\u{1e}"));
                     let key = format!(
-                        "rlx-warm-v1|{}|{}|{}|{:?}|{steps}|{lr}|{}",
+                        "rlx-warm-v2|{}|{}|{texts:016x}|{steps}|{lr}|{}",
                         setup.tokenizer_json,
                         serde_json::to_string(&slot.cfg).unwrap_or_default(),
-                        ws.data,
-                        data_params,
                         setup.seed
                     );
                     let path = cache_dir().join(format!("warm-{:016x}.safetensors", fnv(&key)));
@@ -240,6 +236,9 @@ fn supervised_warm_start(
             weight_decay: 0.0,
             clip_grad: Some(1.0),
             warmup_steps: steps / 20,
+            // Cosine decay, as SFT recipes do (measured: no clear gain over a constant rate on
+            // arith, 33.6% vs 38.3% sampled accuracy on 128 prompts; within noise).
+            decay_steps: Some(steps),
         },
     )
     .map_err(err)?;

@@ -16,6 +16,8 @@ pub struct AdamWConfig {
     pub clip_grad: Option<f64>,
     /// Optimiser steps of linear warm-up.
     pub warmup_steps: usize,
+    /// Cosine decay to 10% of `lr` over this many steps (after warm-up); `None`: constant.
+    pub decay_steps: Option<usize>,
 }
 
 pub struct AdamW {
@@ -49,9 +51,15 @@ impl AdamW {
     pub fn current_lr(&self) -> f64 {
         let w = self.cfg.warmup_steps;
         if w > 0 && self.steps < w {
-            self.cfg.lr * (self.steps + 1) as f64 / w as f64
-        } else {
-            self.cfg.lr
+            return self.cfg.lr * (self.steps + 1) as f64 / w as f64;
+        }
+        match self.cfg.decay_steps {
+            Some(total) if total > w => {
+                let progress = ((self.steps - w) as f64 / (total - w) as f64).min(1.0);
+                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+                self.cfg.lr * (0.1 + 0.9 * cosine)
+            }
+            _ => self.cfg.lr,
         }
     }
 
@@ -120,5 +128,44 @@ impl AdamW {
         }
         self.steps = steps;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(warmup_steps: usize, decay_steps: Option<usize>) -> Vec<f64> {
+        let cfg = AdamWConfig {
+            lr: 1.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            clip_grad: None,
+            warmup_steps,
+            decay_steps,
+        };
+        let mut opt = AdamW::new(vec![], cfg).unwrap();
+        (0..12)
+            .map(|s| {
+                opt.steps = s;
+                opt.current_lr()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn warm_up_then_constant_or_cosine_to_a_tenth() {
+        let constant = schedule(4, None);
+        assert_eq!(&constant[..5], &[0.25, 0.5, 0.75, 1.0, 1.0]);
+        assert!(constant[4..].iter().all(|&x| x == 1.0));
+
+        let cosine = schedule(2, Some(10));
+        assert_eq!(&cosine[..3], &[0.5, 1.0, 1.0]);
+        // Halfway through the decay (step 6 of 2..10): 0.1 + 0.9 · ½.
+        assert!((cosine[6] - 0.55).abs() < 1e-12);
+        assert!(cosine[2..].windows(2).all(|w| w[1] <= w[0]));
+        assert!((cosine[10] - 0.1).abs() < 1e-12 && (cosine[11] - 0.1).abs() < 1e-12);
     }
 }

@@ -74,6 +74,8 @@ struct Run<'a> {
 
 /// Runs every stage of a checked recipe. `resolved` is the recipe text to store with the run.
 pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summary, Diagnostic> {
+    // Wall time counts the warm start too: it is part of what a run costs.
+    let started = Instant::now();
     let whole = checked.program.stages.first().map_or(Span::new(0, 0), |s| s.name.span);
     let io = |e: std::io::Error| run_error(whole, format!("{}: {e}", opts.out.display()));
     std::fs::create_dir_all(&opts.out).map_err(io)?;
@@ -157,7 +159,7 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
         tok,
         slots,
         metrics,
-        started: Instant::now(),
+        started,
         rng,
         summary: Summary::default(),
     };
@@ -196,6 +198,7 @@ fn loop_settings(checked: &Checked, index: usize, cap: Option<usize>) -> Loop {
             weight_decay: num("weight_decay", 0.0),
             clip_grad: params::get_num(o, "clip_grad"),
             warmup_steps: (num("warmup", 0.0) * steps as f64).round() as usize,
+            decay_steps: None,
         },
     }
 }
@@ -442,6 +445,7 @@ impl Run<'_> {
             temperature: params::get_num(s, "temperature").unwrap_or(1.0),
             top_p: params::get_num(s, "top_p").unwrap_or(1.0),
             max_tokens: params::get_num(s, "max_tokens").unwrap_or(64.0) as usize,
+            min_tokens: params::get_num(s, "min_tokens").unwrap_or(0.0) as usize,
             stop: params::get(s, "stop").and_then(|v| v.str()).map(|s| s.replace("\\n", "\n")),
             greedy: false,
         }
