@@ -124,10 +124,13 @@ fn every_recipe_trains_a_few_steps() {
                 "{name}: no gradient norm in {r}"
             );
         }
-        // Every RL stage reports its task metric before and after.
+        // Every RL stage, and every preference stage training a policy (DPO, not a reward
+        // model), reports its task metric before and after.
         let evals = recs.iter().filter(|r| r.get("eval").is_some()).count();
-        let rl_stages = std::fs::read_to_string(recipe).unwrap().matches("prompts ").count();
-        assert_eq!(evals, 2 * rl_stages, "{name}");
+        let text = std::fs::read_to_string(recipe).unwrap();
+        let policy_pairs = text.matches("dpo(").count().min(text.matches("pairs ").count());
+        let evaluated = text.matches("prompts ").count() + policy_pairs;
+        assert_eq!(evals, 2 * evaluated, "{name}");
         let _ = std::fs::remove_dir_all(&out);
     }
 }

@@ -308,8 +308,16 @@ impl Run<'_> {
         }
         let ref_model = Transformer::from_tensors(&self.slots[&trained].cfg, &reference)
             .map_err(|e| fail(e.to_string()))?;
-        let is_rl = kw == DataKw::Prompts;
-        if is_rl && start == 0 {
+        // Held-out generations before and after: RL stages, and preference stages (DPO) that
+        // train a language model (not a reward model) on a task with prompts.
+        let evaluated = match kw {
+            DataKw::Prompts => true,
+            DataKw::Pairs => {
+                self.slots[&trained].params.get("score.weight").is_none() && !task.eval.is_empty()
+            }
+            _ => false,
+        };
+        if evaluated && start == 0 {
             let before = self.evaluate(index, &task, &ref_model).map_err(fail)?;
             self.record_eval(index, 0, "before", &before)?;
             self.summary.evals.push((stage.name.name.clone(), before, vec![]));
@@ -370,7 +378,7 @@ impl Run<'_> {
             }
         }
         progress.finish();
-        if is_rl {
+        if evaluated {
             let policy = self.slots[&trained].frozen().map_err(|e| fail(e.to_string()))?;
             let after = self.evaluate(index, &task, &policy).map_err(fail)?;
             self.record_eval(index, steps, "after", &after)?;
