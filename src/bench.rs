@@ -96,10 +96,8 @@ pub fn run(cfg: &BenchConfig, which: &[&str], device: &Device) -> Result<Report>
             other => candle_core::bail!("unknown benchmark `{other}`"),
         });
     }
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // What candle's CPU kernels actually use (it reads `RAYON_NUM_THREADS` the same way).
+    let threads = candle_core::utils::get_num_threads();
     Ok(Report {
         config: cfg.model.clone(),
         parameters,
