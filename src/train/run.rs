@@ -171,6 +171,18 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
     Ok(run.summary)
 }
 
+/// What every step of one stage reads: built once per stage.
+#[derive(Clone, Copy)]
+struct StagePlan<'a> {
+    index: usize,
+    settings: &'a Loop,
+    compiled: &'a Compiled<'a>,
+    sources: &'a [Source],
+    delimiter: Option<&'a str>,
+    task: &'a Task,
+    reference: &'a Transformer,
+}
+
 /// Optimiser and loop settings of a stage.
 struct Loop {
     steps: usize,
@@ -322,6 +334,15 @@ impl Run<'_> {
             self.record_eval(index, 0, "before", &before)?;
             self.summary.evals.push((stage.name.name.clone(), before, vec![]));
         }
+        let plan = StagePlan {
+            index,
+            settings: &settings,
+            compiled: &compiled,
+            sources: &sources,
+            delimiter: delimiter.as_deref(),
+            task: &task,
+            reference: &ref_model,
+        };
         let mut progress =
             Progress::new(&format!("stage {}", stage.name.name), steps as u64, self.opts.quiet);
         progress.set_position(start as u64);
@@ -333,30 +354,8 @@ impl Run<'_> {
             record.insert("stage_index".into(), json!(index));
             record.insert("step".into(), json!(step + 1));
             match kw {
-                DataKw::Prompts => self.rl_step(
-                    index,
-                    step,
-                    &settings,
-                    &compiled,
-                    &sources,
-                    delimiter.as_deref(),
-                    &task,
-                    &ref_model,
-                    &mut opt,
-                    &mut record,
-                )?,
-                _ => self.supervised_step(
-                    index,
-                    step,
-                    &settings,
-                    &compiled,
-                    &sources,
-                    &task,
-                    data.kind,
-                    &ref_model,
-                    &mut opt,
-                    &mut record,
-                )?,
+                DataKw::Prompts => self.rl_step(&plan, step, &mut opt, &mut record)?,
+                _ => self.supervised_step(&plan, step, data.kind, &mut opt, &mut record)?,
             }
             let secs = t0.elapsed().as_secs_f64();
             record.insert("seconds".into(), json!(secs));
@@ -502,20 +501,15 @@ impl Run<'_> {
         Ok(frozen)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn supervised_step(
         &mut self,
-        index: usize,
+        plan: &StagePlan,
         step: usize,
-        settings: &Loop,
-        compiled: &Compiled,
-        sources: &[Source],
-        task: &Task,
         member: MemberKind,
-        reference: &Transformer,
         opt: &mut AdamW,
         record: &mut Map<String, Json>,
     ) -> Result<(), Diagnostic> {
+        let StagePlan { index, settings, compiled, sources, task, reference, .. } = *plan;
         let stage = &self.checked.program.stages[index];
         let fail = |e: String| run_error(stage.name.span, e);
         let n = data_len(task, member);
@@ -653,20 +647,14 @@ impl Run<'_> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn rl_step(
         &mut self,
-        index: usize,
+        plan: &StagePlan,
         step: usize,
-        settings: &Loop,
-        compiled: &Compiled,
-        sources: &[Source],
-        delimiter: Option<&str>,
-        task: &Task,
-        reference: &Transformer,
         opt: &mut AdamW,
         record: &mut Map<String, Json>,
     ) -> Result<(), Diagnostic> {
+        let StagePlan { index, settings, compiled, sources, delimiter, task, reference } = *plan;
         let checked = self.checked;
         let stage = &checked.program.stages[index];
         let fail = |e: String| run_error(stage.name.span, e);
