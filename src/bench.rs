@@ -230,7 +230,14 @@ mod tests {
 
     fn tiny() -> BenchConfig {
         BenchConfig {
-            model: ModelConfig { vocab: 40, layers: 1, width: 16, heads: 2, context: 32 },
+            model: ModelConfig {
+                vocab: 40,
+                layers: 1,
+                width: 16,
+                heads: 2,
+                context: 32,
+                family: Default::default(),
+            },
             batch: 3,
             prompt: 4,
             new_tokens: 5,

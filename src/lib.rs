@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod blocks;
+pub mod chat;
 pub mod check;
 pub mod diag;
 pub mod diff;

@@ -275,6 +275,7 @@ fn main() -> ExitCode {
                 heads: heads.unwrap_or(base.heads),
                 context,
                 vocab,
+                family: Default::default(),
             };
             let cfg = BenchConfig {
                 model,

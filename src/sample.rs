@@ -7,7 +7,7 @@ use candle_core::{Device, Result, Tensor};
 use crate::model::layout::positions_and_bias;
 use crate::model::{KvCache, Transformer};
 use crate::rng::Rng;
-use crate::tokenizer::{EOS, PAD, Tok};
+use crate::tokenizer::Tok;
 
 /// How to pick tokens.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub fn generate(
 ) -> Result<Generation> {
     let b = prompts.len();
     let p = prompts.iter().map(Vec::len).max().unwrap_or(1);
-    let mut ids = vec![PAD; b * p];
+    let mut ids = vec![tok.pad; b * p];
     let mut valid = vec![false; b * p];
     for (r, pr) in prompts.iter().enumerate() {
         let start = p - pr.len();
@@ -147,22 +147,27 @@ fn decode(
         .saturating_sub(cache.next_pos.iter().copied().max().unwrap_or(0) as usize + 1);
     while done.iter().any(|d| !d) {
         let mut rows = logits.to_vec2::<f32>()?;
-        let mut next = vec![PAD; b];
+        let mut next = vec![tok.pad; b];
         for r in 0..b {
             if done[r] {
                 continue;
             }
             if out[r].len() < s.min_tokens {
-                rows[r][EOS as usize] = f32::NEG_INFINITY;
+                for &e in &tok.stops {
+                    if let Some(l) = rows[r].get_mut(e as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
             }
-            let t = pick(&rows[r], s, rng);
+            let t = pick(&rows[r], s, rng, tok.eos);
             next[r] = t;
             out[r].push(t);
-            if s.stop.is_some() {
-                texts[r].push_str(tok.piece(t));
-            }
-            let stopped = s.stop.as_ref().is_some_and(|st| texts[r].ends_with(st.as_str()));
-            if t == EOS || stopped || out[r].len() >= budgets[r] || out[r].len() >= room {
+            let stopped = s.stop.as_ref().is_some_and(|st| {
+                // Decoded whole: byte-level tokens need their neighbours to form text.
+                texts[r] = tok.decode(&out[r]);
+                texts[r].ends_with(st.as_str())
+            });
+            if tok.is_stop(t) || stopped || out[r].len() >= budgets[r] || out[r].len() >= room {
                 done[r] = true;
             }
         }
@@ -176,7 +181,7 @@ fn decode(
 }
 
 /// One token from logits: greedy, or temperature + nucleus sampling.
-pub fn pick(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
+pub fn pick(logits: &[f32], s: &Sampling, rng: &mut Rng, fallback: u32) -> u32 {
     if s.greedy {
         return argmax(logits);
     }
@@ -207,7 +212,7 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
         }
         u -= p;
     }
-    probs.last().map_or(EOS, |p| p.0)
+    probs.last().map_or(fallback, |p| p.0)
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -225,7 +230,7 @@ mod tests {
     use super::*;
     use crate::model::transformer::{Heads, init_params};
     use crate::model::{Layout, ModelConfig};
-    use crate::tokenizer::BOS;
+    use crate::tokenizer::{BOS, EOS};
 
     /// Greedy decoding with the KV cache picks, at every step, the argmax of a full forward
     /// over `[prompt | tokens so far]`: the cache, positions and padding masks agree with the
@@ -233,7 +238,14 @@ mod tests {
     #[test]
     fn cached_greedy_decoding_matches_the_full_forward() {
         let dev = Device::Cpu;
-        let cfg = ModelConfig { vocab: 24, layers: 2, width: 16, heads: 2, context: 32 };
+        let cfg = ModelConfig {
+            vocab: 24,
+            layers: 2,
+            width: 16,
+            heads: 2,
+            context: 32,
+            family: Default::default(),
+        };
         let heads = Heads { lm: true, ..Default::default() };
         let params = init_params(&cfg, heads, &mut Rng::new(3), &dev).unwrap();
         // Larger weights than the initial 0.02 so logits are far from ties.

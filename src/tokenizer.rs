@@ -19,10 +19,22 @@ const SPECIALS: [&str; 5] = ["<pad>", "<bos>", "<eos>", "<unk>", "<sep>"];
 /// Words and digits, each optionally with one leading space; any other character alone.
 const SPLIT: &str = r" ?[A-Za-z]+| ?\d| ?[^A-Za-z\d\s]|\s";
 
-/// A loaded tokenizer and the token strings, for fast incremental decoding while sampling.
+/// A loaded tokenizer, its special ids, and the token strings.
 pub struct Tok {
     pub inner: tokenizers::Tokenizer,
     pieces: Vec<String>,
+    /// Prepended to every prompt (`None`: the model family does not use one, like Qwen).
+    pub bos: Option<u32>,
+    /// Ends a response; appended to training targets.
+    pub eos: u32,
+    /// Every id that ends generation (`eos` among them; Llama 3 instruct models have several).
+    pub stops: Vec<u32>,
+    /// Fills padded columns (always masked, so any id works).
+    pub pad: u32,
+    /// Separates a text from its rewrite (RLMEC's rewriter).
+    pub sep: u32,
+    /// A chat template to render prompts with (`tokenizer_config.json`'s `chat_template`).
+    pub chat_template: Option<String>,
 }
 
 impl Tok {
@@ -66,10 +78,61 @@ impl Tok {
         Ok(Tok::wrap(inner))
     }
 
+    /// A tokenizer with the built-in special ids.
     fn wrap(inner: tokenizers::Tokenizer) -> Tok {
         let n = inner.get_vocab_size(true);
         let pieces = (0..n as u32).map(|i| inner.id_to_token(i).unwrap_or_default()).collect();
-        Tok { inner, pieces }
+        Tok {
+            inner,
+            pieces,
+            bos: Some(BOS),
+            eos: EOS,
+            stops: vec![EOS],
+            pad: PAD,
+            sep: SEP,
+            chat_template: None,
+        }
+    }
+
+    /// Whether `id` ends a response.
+    pub fn is_stop(&self, id: u32) -> bool {
+        self.stops.contains(&id)
+    }
+
+    /// The tokens of a prompt: BOS (where the model uses one) and the text, or the text
+    /// rendered as a user message through the chat template (which writes its own BOS).
+    pub fn prompt(&self, text: &str) -> Vec<u32> {
+        if let Some(template) = &self.chat_template {
+            let bos = self.bos.map(|b| self.piece(b).to_string()).unwrap_or_default();
+            let eos = self.piece(self.eos).to_string();
+            if let Ok(rendered) = crate::chat::render_user(template, text, &bos, &eos) {
+                return self.encode(&rendered);
+            }
+        }
+        let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        ids.extend(self.encode(text));
+        if ids.is_empty() {
+            // A position to predict the first response token from (families without BOS).
+            ids.push(self.eos);
+        }
+        ids
+    }
+
+    /// A whole text for supervised training as (context, target): BOS and the text, or for
+    /// families without BOS the first token and the rest.
+    pub fn context_and_text(&self, text: &str) -> (Vec<u32>, Vec<u32>) {
+        let ids = self.response(text);
+        match self.bos {
+            Some(b) => (vec![b], ids),
+            None => (ids[..1].to_vec(), ids[1..].to_vec()),
+        }
+    }
+
+    /// The tokens of a response to train on: the text and EOS.
+    pub fn response(&self, text: &str) -> Vec<u32> {
+        let mut ids = self.encode(text);
+        ids.push(self.eos);
+        ids
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -79,7 +142,7 @@ impl Tok {
     pub fn encode(&self, text: &str) -> Vec<u32> {
         match self.inner.encode(text, false) {
             Ok(e) => e.get_ids().to_vec(),
-            Err(_) => vec![UNK],
+            Err(_) => vec![self.inner.token_to_id("<unk>").unwrap_or(UNK)],
         }
     }
 
@@ -88,7 +151,8 @@ impl Tok {
         self.inner.decode(ids, true).unwrap_or_else(|_| self.concat(ids))
     }
 
-    /// The same as `decode`, without going through the library: token strings concatenated.
+    /// The same as `decode` for the built-in tokenizers, without going through the library:
+    /// token strings concatenated.
     pub fn concat(&self, ids: &[u32]) -> String {
         ids.iter()
             .filter(|&&i| i as usize >= SPECIALS.len())
@@ -116,4 +180,74 @@ pub fn pieces_of<'a>(words: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         out.push(s.to_string());
     }
     out
+}
+
+/// Reads a Hugging Face model directory's tokenizer: `tokenizer.json`, with special ids from
+/// `generation_config.json`, `config.json` and `tokenizer_config.json`. With `chat`, prompts are
+/// rendered through the directory's chat template as one user message.
+pub fn from_hf_dir(dir: &Path, chat: bool) -> Result<Tok, String> {
+    let mut tok = Tok::from_file(&dir.join("tokenizer.json"))?;
+    // Token strings as text (byte-level BPE stores `Ġ`/`Ċ` for space/newline): step
+    // delimiters and stop strings are matched against these.
+    tok.pieces = (0..tok.pieces.len() as u32)
+        .map(|i| tok.inner.decode(&[i], false).unwrap_or_else(|_| tok.pieces[i as usize].clone()))
+        .collect();
+    let read = |name: &str| -> Result<Option<serde_json::Value>, String> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(_) => Ok(None),
+        }
+    };
+    let config = read("config.json")?.unwrap_or_default();
+    let generation = read("generation_config.json")?.unwrap_or_default();
+    let tok_config = read("tokenizer_config.json")?.unwrap_or_default();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        match v {
+            serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32).into_iter().collect(),
+            serde_json::Value::Array(a) => {
+                a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect()
+            }
+            _ => vec![],
+        }
+    };
+    // A special token in tokenizer_config.json is a string or `{"content": ...}`.
+    let named = |key: &str| -> Option<u32> {
+        let v = &tok_config[key];
+        let text = v.as_str().or_else(|| v["content"].as_str())?;
+        tok.inner.token_to_id(text)
+    };
+    // BOS is whatever the tokenizer's own post-processor prepends (Llama: yes; Qwen: no).
+    tok.bos = match (tok.inner.encode("a", true), tok.inner.encode("a", false)) {
+        (Ok(with), Ok(without)) if with.get_ids().len() > without.get_ids().len() => {
+            with.get_ids().first().copied()
+        }
+        _ => None,
+    };
+    let mut stops = ids(&generation["eos_token_id"]);
+    stops.extend(ids(&config["eos_token_id"]));
+    let eos = named("eos_token").or_else(|| stops.first().copied()).ok_or_else(|| {
+        format!("{}: no end-of-sequence token: set `eos_token_id` in config.json", dir.display())
+    })?;
+    stops.insert(0, eos);
+    stops.dedup();
+    tok.eos = eos;
+    tok.stops = stops;
+    tok.pad = named("pad_token").unwrap_or(eos);
+    tok.sep = eos;
+    tok.chat_template = if chat {
+        let template = tok_config["chat_template"].as_str().ok_or_else(|| {
+            format!(
+                "{}: `chat = true` but tokenizer_config.json has no `chat_template`",
+                dir.display()
+            )
+        })?;
+        crate::chat::check(template).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Some(template.to_string())
+    } else {
+        None
+    };
+    Ok(tok)
 }

@@ -119,21 +119,18 @@ pub fn check(program: Program) -> (Checked, Vec<Diagnostic>) {
         );
     }
     for m in &program.models {
+        let (specs, callee) = match m.init {
+            ModelInit::Pretrained => (builtins::PRETRAINED_PARAMS, "pretrained"),
+            _ => (builtins::MODEL_PARAMS, "builtin"),
+        };
         let given: Vec<_> = m
             .params
             .iter()
-            .filter_map(|(k, v, s)| {
-                match builtins::MODEL_PARAMS.iter().position(|p| p.name == k.name) {
-                    Some(i) => Some((i, v.clone(), *s)),
-                    None => {
-                        diags.push(unknown_decl_param(
-                            &k.name,
-                            k.span,
-                            "builtin",
-                            builtins::MODEL_PARAMS,
-                        ));
-                        None
-                    }
+            .filter_map(|(k, v, s)| match specs.iter().position(|p| p.name == k.name) {
+                Some(i) => Some((i, v.clone(), *s)),
+                None => {
+                    diags.push(unknown_decl_param(&k.name, k.span, callee, specs));
+                    None
                 }
             })
             .collect();
@@ -152,14 +149,7 @@ pub fn check(program: Program) -> (Checked, Vec<Diagnostic>) {
         let owner = format!("model `{}`", m.name.name);
         let resolved = match &m.init {
             ModelInit::Copy(_) => Vec::new(),
-            _ => params::resolve(
-                builtins::MODEL_PARAMS,
-                &given,
-                &owner,
-                m.span,
-                &|_| None,
-                &mut diags,
-            ),
+            _ => params::resolve(specs, &given, &owner, m.span, &|_| None, &mut diags),
         };
         decl_params.insert(m.name.name.clone(), resolved);
     }

@@ -121,6 +121,65 @@ pub static DATA_SETS: &[DataSetSpec] = &[
     },
 ];
 
+const fn text_param(name: &'static str, default: &'static str, doc: &'static str) -> ParamSpec {
+    ParamSpec { name, ty: ParamTy::Str, default: DefaultRule::Str(default), range: Range::Any, doc }
+}
+
+/// `jsonl("file.jsonl", ...)`: the user's own data, one JSON object per line.
+pub static JSONL: DataSetSpec = DataSetSpec {
+    name: "jsonl",
+    summary: "prompts with answers or demonstrations, or preference pairs, from a JSON-lines file",
+    params: &[
+        ParamSpec {
+            name: "path",
+            ty: ParamTy::Str,
+            default: DefaultRule::Required,
+            range: Range::Any,
+            doc: "the file, relative to the current directory",
+        },
+        text_param("prompt", "prompt", "field holding the prompt"),
+        text_param("answer", "answer", "field holding the reference answer (GSM8K: `answer`)"),
+        ParamSpec {
+            name: "demonstration",
+            ty: ParamTy::Str,
+            default: DefaultRule::Off,
+            range: Range::Any,
+            doc: "field holding a reference response; default: the answer field",
+        },
+        text_param("chosen", "chosen", "field holding the preferred response (pair files)"),
+        text_param("rejected", "rejected", "field holding the other response (pair files)"),
+        choice(
+            "format",
+            &["gsm8k", "boxed", "exact"],
+            "gsm8k",
+            "how final answers are stated: after `####`, in `\\boxed{}`, or the whole text",
+        ),
+        int("eval", 128.0, "held-out prompts, taken from the end of the file (at most a fifth)"),
+    ],
+    members: &[
+        DataMember {
+            name: "problems",
+            kind: MemberKind::Prompts { demonstrations: true },
+            doc: "the prompts; the demonstration is the demonstration (or answer) field",
+        },
+        DataMember {
+            name: "texts",
+            kind: MemberKind::Texts,
+            doc: "prompt and demonstration joined, for warm starts and SFT",
+        },
+        DataMember {
+            name: "correct",
+            kind: MemberKind::Verifier,
+            doc: "1 if the response's final answer equals the answer field's, else 0",
+        },
+        DataMember {
+            name: "preferences",
+            kind: MemberKind::Pairs,
+            doc: "chosen/rejected pairs (files whose lines have the chosen field)",
+        },
+    ],
+};
+
 pub fn data_set(name: &str) -> Option<&'static DataSetSpec> {
     DATA_SETS.iter().find(|d| d.name == name)
 }
@@ -151,6 +210,48 @@ pub static MODEL_PARAMS: &[ParamSpec] = &[
     },
     int("warm_steps", 800.0, "optimiser steps of the supervised warm start (`warm_start = ...`)"),
     num("warm_lr", 1e-3, Range::Positive, "learning rate of the warm start"),
+];
+
+/// `pretrained("dir", ...)` model settings.
+pub static PRETRAINED_PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "path",
+        ty: ParamTy::Str,
+        default: DefaultRule::Required,
+        range: Range::Any,
+        doc: "a Hugging Face model directory: config.json, safetensors weights, tokenizer.json",
+    },
+    ParamSpec {
+        name: "lora_rank",
+        ty: ParamTy::Int,
+        default: DefaultRule::Off,
+        range: Range::Count,
+        doc: "train LoRA adapters of this rank instead of every weight",
+    },
+    num(
+        "lora_alpha",
+        16.0,
+        Range::Positive,
+        "LoRA scale numerator: updates are scaled by alpha / rank",
+    ),
+    text_param(
+        "lora_targets",
+        "q_proj,k_proj,v_proj,o_proj",
+        "comma-separated modules that get adapters (q/k/v/o_proj, gate/up/down_proj, or `all`)",
+    ),
+    choice(
+        "dtype",
+        &["f32", "bf16"],
+        "f32",
+        "compute precision; bf16 is for GPUs (master weights stay f32)",
+    ),
+    ParamSpec {
+        name: "chat",
+        ty: ParamTy::Bool,
+        default: DefaultRule::Bool(false),
+        range: Range::Any,
+        doc: "render prompts through the tokenizer's chat template as a user message",
+    },
 ];
 
 /// Texts a stage can read, by the kind of its data.

@@ -184,6 +184,8 @@ pub enum ModelInit {
     Copy(Ident),
     /// A reward model (a transformer with a scalar head), untrained until a stage trains it.
     RewardModel,
+    /// A Hugging Face checkpoint directory (`path` among the params).
+    Pretrained,
 }
 
 #[derive(Debug, Clone)]

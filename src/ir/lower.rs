@@ -105,10 +105,25 @@ impl Cx {
     }
 
     fn lower_data(&mut self, d: &Decl) {
-        let help = "declare data as `data NAME = builtin(\"arith\")` or `builtin(\"reviews\")`";
+        let help = "declare data as `data NAME = builtin(\"arith\")`, `builtin(\"reviews\")` or `jsonl(\"file.jsonl\", prompt = \"question\")`";
         let Some((callee, args)) = as_call(&d.value) else {
             return self.diags.push(invalid_decl(&d.value, "a data set", help));
         };
+        if callee == "jsonl" {
+            let (positional, mut params) = split_args(args, &mut self.diags);
+            if let Some(p) = positional.first() {
+                params.insert(
+                    0,
+                    (Ident { name: "path".into(), span: p.span }, const_eval(p), p.span),
+                );
+            }
+            if let Some(extra) = positional.get(1) {
+                self.diags.push(too_many(extra.span, callee, 1));
+            }
+            let spec = &builtins::JSONL;
+            self.prog.data.push(DataDecl { name: d.name.clone(), spec, params, span: d.span });
+            return;
+        }
         if callee != "builtin" {
             return self.diags.push(invalid_decl(&d.value, "a data set", help));
         }
@@ -130,7 +145,7 @@ impl Cx {
     }
 
     fn lower_model(&mut self, d: &Decl) {
-        let help = "declare a model as `builtin(\"tiny\", warm_start = DATA.texts)`, `copy(MODEL)` or `reward_model(\"tiny\")`";
+        let help = "declare a model as `builtin(\"tiny\", warm_start = DATA.texts)`, `pretrained(\"path/to/hf-model\")`, `copy(MODEL)` or `reward_model(\"tiny\")`";
         let Some((callee, args)) = as_call(&d.value) else {
             return self.diags.push(invalid_decl(&d.value, "a model", help));
         };
@@ -170,6 +185,18 @@ impl Cx {
                 } else {
                     ModelInit::RewardModel
                 }
+            }
+            "pretrained" => {
+                if let Some(p) = positional.first() {
+                    params.insert(
+                        0,
+                        (Ident { name: "path".into(), span: p.span }, const_eval(p), p.span),
+                    );
+                }
+                if let Some(extra) = positional.get(1) {
+                    self.diags.push(too_many(extra.span, callee, 1));
+                }
+                ModelInit::Pretrained
             }
             "copy" => {
                 let Some(Expr { kind: ExprKind::Name(of), span }) = positional.first() else {

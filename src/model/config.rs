@@ -2,8 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The shape of a built-in transformer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+use super::hf_config::HfConfig;
+
+/// The shape of a model: the built-in GPT or a Llama-family checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub vocab: usize,
     pub layers: usize,
@@ -11,6 +13,41 @@ pub struct ModelConfig {
     pub heads: usize,
     /// Longest sequence (learned position embeddings).
     pub context: usize,
+    #[serde(default)]
+    pub family: Family,
+}
+
+/// Which trunk a model has.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum Family {
+    /// The built-in pre-norm GPT with learned positions.
+    #[default]
+    Gpt,
+    /// A Hugging Face Llama-family checkpoint.
+    Llama(Box<LlamaSpec>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaSpec {
+    pub hf: HfConfig,
+    pub lora: Option<LoraSpec>,
+    /// Compute in bfloat16 (master weights and adapters stay f32).
+    pub bf16: bool,
+}
+
+/// LoRA: which linear modules get adapters, their rank, and `alpha` (the update is scaled by
+/// `alpha / rank`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSpec {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+}
+
+impl LoraSpec {
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
 }
 
 impl ModelConfig {
@@ -23,7 +60,20 @@ impl ModelConfig {
             "base" => (6, 384, 6),
             _ => return None,
         };
-        Some(ModelConfig { vocab, layers, width, heads, context: 256 })
+        Some(ModelConfig { vocab, layers, width, heads, context: 256, family: Family::Gpt })
+    }
+
+    /// The shape of a Llama-family checkpoint.
+    pub fn llama(spec: LlamaSpec) -> ModelConfig {
+        let hf = &spec.hf;
+        ModelConfig {
+            vocab: hf.vocab_size,
+            layers: hf.num_hidden_layers,
+            width: hf.hidden_size,
+            heads: hf.num_attention_heads,
+            context: hf.max_position_embeddings,
+            family: Family::Llama(Box::new(spec)),
+        }
     }
 
     pub fn head_dim(&self) -> usize {

@@ -1,13 +1,17 @@
-//! The built-in model: a small causal transformer written on candle, trainable end to end, with
-//! optional value and reward heads; its configuration, its parameters, and the batch layout that
+//! The models: a small built-in causal transformer and the Llama family of Hugging Face
+//! checkpoints, written on candle, trainable end to end, with optional value and reward heads; its configuration, its parameters, and the batch layout that
 //! the sampler and the trainer share.
 
 pub mod config;
+pub mod hf;
+pub mod hf_config;
+pub mod hf_tiny;
 pub mod layout;
+pub mod llama;
 pub mod params;
 pub mod transformer;
 
-pub use config::ModelConfig;
+pub use config::{Family, LlamaSpec, LoraSpec, ModelConfig};
 pub use layout::Layout;
 pub use params::Params;
 pub use transformer::{KvCache, Transformer};

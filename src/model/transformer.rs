@@ -1,7 +1,8 @@
-//! A pre-norm GPT-style causal transformer: token and learned position embeddings, `layers`
-//! blocks of multi-head attention and a GELU MLP, a final layer norm, and heads: the language
-//! model head, an optional value head (one number per position) and an optional score head (one
-//! number per sequence, for reward models).
+//! A causal transformer: a trunk — the built-in pre-norm GPT (token and learned position
+//! embeddings, `layers` blocks of multi-head attention and a GELU MLP, a final layer norm) or a
+//! Llama-family trunk (`llama.rs`) — and heads: the language model head, an optional value head
+//! (one number per position) and an optional score head (one number per sequence, for reward
+//! models).
 //!
 //! Training paths use only differentiable candle ops: candle's fused `layer_norm` and
 //! `softmax_last_dim` have no backward and would silently cut the gradient. Inference paths
@@ -11,8 +12,9 @@ use std::collections::BTreeMap;
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
-use super::config::ModelConfig;
+use super::config::{Family, ModelConfig};
 use super::layout::Layout;
+use super::llama::LlamaTrunk;
 use super::params::{Init, Params};
 use crate::rng::Rng;
 
@@ -102,13 +104,15 @@ impl Norm {
 
 #[derive(Clone)]
 struct Dense {
+    /// `[in, out]`.
     weight: Tensor,
     bias: Option<Tensor>,
 }
 
 impl Dense {
-    /// `[.., in] → [.., out]`.
+    /// `[.., in] → [.., out]`, computed in the weight's dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(self.weight.dtype())?;
         let dims = x.dims().to_vec();
         let (rows, inner) =
             (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
@@ -195,15 +199,34 @@ impl KvCache {
     }
 }
 
-/// A transformer over a set of weights: trainable (variables) or frozen (detached copies).
+/// The built-in GPT trunk.
 #[derive(Clone)]
-pub struct Transformer {
-    pub cfg: ModelConfig,
+struct GptTrunk {
     tok: Tensor,
     pos: Tensor,
     blocks: Vec<Block>,
     ln_f: Norm,
-    lm_head: Option<Tensor>,
+}
+
+#[derive(Clone)]
+enum Trunk {
+    Gpt(GptTrunk),
+    Llama(LlamaTrunk),
+}
+
+/// The language-model head: `[D, V]` (built-in) or HF's `[V, D]`, possibly the tied embedding.
+#[derive(Clone)]
+enum LmHead {
+    InOut(Tensor),
+    OutIn(Tensor),
+}
+
+/// A transformer over a set of weights: trainable (variables) or frozen (detached copies).
+#[derive(Clone)]
+pub struct Transformer {
+    pub cfg: ModelConfig,
+    trunk: Trunk,
+    lm_head: Option<LmHead>,
     value: Option<Dense>,
     score: Option<Dense>,
 }
@@ -223,6 +246,38 @@ impl Transformer {
     }
 
     pub fn from_tensors(cfg: &ModelConfig, w: &BTreeMap<String, Tensor>) -> Result<Transformer> {
+        let dense = |n: &str| -> Result<Option<Dense>> {
+            let Some(weight) = w.get(&format!("{n}.weight")) else { return Ok(None) };
+            Ok(Some(Dense { weight: weight.clone(), bias: w.get(&format!("{n}.bias")).cloned() }))
+        };
+        let (value, score) = (dense("value")?, dense("score")?);
+        if let Family::Llama(spec) = &cfg.family {
+            let dtype = if spec.bf16 { DType::BF16 } else { DType::F32 };
+            let scale = spec.lora.as_ref().map_or(1.0, |l| l.scale());
+            let trunk = LlamaTrunk::new(&spec.hf, w, scale, dtype)?;
+            let lm_head = match w.get("lm_head.weight") {
+                Some(h) => Some(LmHead::OutIn(h.to_dtype(dtype)?)),
+                // Tied embeddings (and reward models, which drop the LM head, keep none).
+                None if spec.hf.tie_word_embeddings => Some(LmHead::OutIn(trunk.embed.clone())),
+                None => None,
+            };
+            return Ok(Transformer {
+                cfg: cfg.clone(),
+                trunk: Trunk::Llama(trunk),
+                lm_head,
+                value,
+                score,
+            });
+        }
+        Self::gpt(cfg, w, value, score)
+    }
+
+    fn gpt(
+        cfg: &ModelConfig,
+        w: &BTreeMap<String, Tensor>,
+        value: Option<Dense>,
+        score: Option<Dense>,
+    ) -> Result<Transformer> {
         let get = |n: &str| -> Result<Tensor> {
             w.get(n)
                 .cloned()
@@ -251,13 +306,15 @@ impl Transformer {
             .collect::<Result<Vec<_>>>()?;
         Ok(Transformer {
             cfg: cfg.clone(),
-            tok: get("tok.weight")?,
-            pos: get("pos.weight")?,
-            blocks,
-            ln_f: norm("ln_f")?,
-            lm_head: w.get("lm_head.weight").cloned(),
-            value: w.contains_key("value.weight").then(|| dense("value")).transpose()?,
-            score: w.contains_key("score.weight").then(|| dense("score")).transpose()?,
+            trunk: Trunk::Gpt(GptTrunk {
+                tok: get("tok.weight")?,
+                pos: get("pos.weight")?,
+                blocks,
+                ln_f: norm("ln_f")?,
+            }),
+            lm_head: w.get("lm_head.weight").cloned().map(LmHead::InOut),
+            value,
+            score,
         })
     }
 
@@ -268,53 +325,33 @@ impl Transformer {
         ids: &Tensor,
         positions: &Tensor,
         bias: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         grad: bool,
     ) -> Result<Tensor> {
-        let (b, l) = ids.dims2()?;
-        let (d, h, dh) = (self.cfg.width, self.cfg.heads, self.cfg.head_dim());
         if positions.max_all()?.to_scalar::<u32>()? as usize >= self.cfg.context {
             candle_core::bail!("sequence longer than the model's context of {}", self.cfg.context)
         }
-        let tok = self.tok.embedding_rows(ids)?;
-        let pos = self.pos.embedding_rows(positions)?;
-        let mut x = (tok + pos)?;
-        let scale = 1.0 / (dh as f64).sqrt();
-        for (li, blk) in self.blocks.iter().enumerate() {
-            let a = blk.ln1.forward(&x, grad)?;
-            let qkv = blk.qkv.forward(&a)?;
-            let split = |i: usize| -> Result<Tensor> {
-                qkv.narrow(2, i * d, d)?.reshape((b, l, h, dh))?.transpose(1, 2)?.contiguous()
-            };
-            let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
-            if let Some(c) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &c.layers[li] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
-                }
-                c.layers[li] = Some((k.clone(), v.clone()));
-            }
-            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
-            let att = if grad {
-                candle_nn::ops::softmax(&att, D::Minus1)?
-            } else {
-                candle_nn::ops::softmax_last_dim(&att)?
-            };
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
-            x = (x + blk.out.forward(&y)?)?;
-            let m = blk.ln2.forward(&x, grad)?;
-            let m = blk.down.forward(&blk.up.forward(&m)?.gelu()?)?;
-            x = (x + m)?;
+        match &self.trunk {
+            Trunk::Gpt(t) => t.hidden(&self.cfg, ids, positions, bias, cache, grad),
+            Trunk::Llama(t) => t.hidden(ids, positions, bias, cache, grad),
         }
-        self.ln_f.forward(&x, grad)
     }
 
-    /// Logits `[.., V]` of hidden states `[.., D]`.
+    /// Logits `[.., V]` (f32) of hidden states `[.., D]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let w = self.lm_head.as_ref().ok_or_else(|| {
-            candle_core::Error::Msg("the model has no language-model head".into())
-        })?;
-        Dense { weight: w.clone(), bias: None }.forward(hidden)
+        let logits = match &self.lm_head {
+            Some(LmHead::InOut(w)) => Dense { weight: w.clone(), bias: None }.forward(hidden)?,
+            Some(LmHead::OutIn(w)) => {
+                let (dims, d) = (hidden.dims().to_vec(), w.dim(1)?);
+                let rows = hidden.elem_count() / d;
+                let y = hidden.to_dtype(w.dtype())?.reshape((rows, d))?.matmul(&w.t()?)?;
+                let mut out = dims;
+                *out.last_mut().expect("rank ≥ 1") = w.dim(0)?;
+                y.reshape(out)?
+            }
+            None => candle_core::bail!("the model has no language-model head"),
+        };
+        logits.to_dtype(DType::F32)
     }
 
     /// Hidden states of a layout's rows.
@@ -392,7 +429,53 @@ impl Transformer {
     }
 }
 
-trait EmbeddingRows {
+impl GptTrunk {
+    fn hidden(
+        &self,
+        cfg: &ModelConfig,
+        ids: &Tensor,
+        positions: &Tensor,
+        bias: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let (d, h, dh) = (cfg.width, cfg.heads, cfg.head_dim());
+        let tok = self.tok.embedding_rows(ids)?;
+        let pos = self.pos.embedding_rows(positions)?;
+        let mut x = (tok + pos)?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        for (li, blk) in self.blocks.iter().enumerate() {
+            let a = blk.ln1.forward(&x, grad)?;
+            let qkv = blk.qkv.forward(&a)?;
+            let split = |i: usize| -> Result<Tensor> {
+                qkv.narrow(2, i * d, d)?.reshape((b, l, h, dh))?.transpose(1, 2)?.contiguous()
+            };
+            let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
+            if let Some(c) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = &c.layers[li] {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                c.layers[li] = Some((k.clone(), v.clone()));
+            }
+            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+            let att = if grad {
+                candle_nn::ops::softmax(&att, D::Minus1)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&att)?
+            };
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+            x = (x + blk.out.forward(&y)?)?;
+            let m = blk.ln2.forward(&x, grad)?;
+            let m = blk.down.forward(&blk.up.forward(&m)?.gelu()?)?;
+            x = (x + m)?;
+        }
+        self.ln_f.forward(&x, grad)
+    }
+}
+
+pub(crate) trait EmbeddingRows {
     fn embedding_rows(&self, ids: &Tensor) -> Result<Tensor>;
 }
 

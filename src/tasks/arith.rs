@@ -117,6 +117,7 @@ pub fn build(rng: &mut Rng, problems: usize, eval: usize, min_ops: usize, max_op
         texts,
         pairs: vec![],
         corrections,
+        answers: Default::default(),
     }
 }
 

@@ -1,9 +1,16 @@
-//! The built-in tasks, generated deterministically from a seed with nothing to download:
+//! The tasks: built-in ones generated deterministically from a seed with nothing to download —
 //! `arith` (multi-step arithmetic with a verifier) and `reviews` (a review language with a hidden
-//! gold score, preference pairs and demonstrations).
+//! gold score, preference pairs and demonstrations) — and `jsonl`, the user's own file.
 
+pub mod answers;
 pub mod arith;
+pub mod jsonl;
 pub mod reviews;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use answers::AnswerFormat;
 
 use crate::check::params::{self, Resolved};
 use crate::rng::Rng;
@@ -35,6 +42,8 @@ pub struct Correction {
 pub enum Kind {
     Arith,
     Reviews,
+    /// A JSON-lines file whose answers are verified in this format.
+    Jsonl(AnswerFormat),
 }
 
 /// A generated task: prompts (training and held out), texts for warm starts, pairs and
@@ -52,32 +61,56 @@ pub struct Task {
     pub texts: Vec<String>,
     pub pairs: Vec<Pair>,
     pub corrections: Vec<Correction>,
+    /// Reference final answers by prompt (file data sets; built-in verifiers compute theirs).
+    pub answers: HashMap<String, String>,
 }
 
 /// Held-out prompts per task.
 const EVAL_PROMPTS: usize = 128;
 
 impl Task {
-    /// Builds a data set from its resolved parameters (`seed`, sizes, …).
-    pub fn build(name: &str, resolved: &[Resolved]) -> Option<Task> {
+    /// Builds a data set from its resolved parameters (`seed`, sizes, a file's path, …).
+    pub fn build(name: &str, resolved: &[Resolved]) -> Result<Task, String> {
         let num = |n: &str, d: f64| params::get_num(resolved, n).unwrap_or(d);
+        let text = |n: &str, d: &str| {
+            params::get(resolved, n).and_then(|v| v.str()).unwrap_or(d).to_string()
+        };
         let seed = num("seed", 0.0) as u64;
         let mut rng = Rng::new(seed ^ 0x5EED);
         match name {
-            "arith" => Some(arith::build(
+            "jsonl" => {
+                let format = text("format", "gsm8k");
+                let fields = jsonl::Fields {
+                    prompt: text("prompt", "prompt"),
+                    answer: text("answer", "answer"),
+                    demonstration: params::get(resolved, "demonstration")
+                        .and_then(|v| v.str())
+                        .map(str::to_string),
+                    chosen: text("chosen", "chosen"),
+                    rejected: text("rejected", "rejected"),
+                };
+                jsonl::load(
+                    Path::new(&text("path", "")),
+                    &fields,
+                    AnswerFormat::parse(&format)
+                        .ok_or_else(|| format!("unknown answer format `{format}`"))?,
+                    num("eval", EVAL_PROMPTS as f64) as usize,
+                )
+            }
+            "arith" => Ok(arith::build(
                 &mut rng,
                 num("problems", 2000.0) as usize,
                 EVAL_PROMPTS,
                 num("min_ops", 2.0) as usize,
                 num("max_ops", 4.0) as usize,
             )),
-            "reviews" => Some(reviews::build(
+            "reviews" => Ok(reviews::build(
                 &mut rng,
                 num("prompts", 2000.0) as usize,
                 EVAL_PROMPTS,
                 num("noise", 0.1),
             )),
-            _ => None,
+            _ => Err(format!("no data set `{name}`")),
         }
     }
 
@@ -85,6 +118,9 @@ impl Task {
     pub fn verify(&self, member: &str, prompt: &str, response: &str) -> f32 {
         match (self.kind, member) {
             (Kind::Arith, "correct") => arith::correct(prompt, response),
+            (Kind::Jsonl(format), "correct") => {
+                self.answers.get(prompt).map_or(0.0, |a| format.score(a, response))
+            }
             _ => 0.0,
         }
     }
@@ -95,6 +131,21 @@ impl Task {
         match self.kind {
             Kind::Arith => arith::metrics(prompts, responses),
             Kind::Reviews => reviews::metrics(prompts, responses),
+            Kind::Jsonl(format) => {
+                let n = responses.len().max(1) as f64;
+                let mut out = Vec::new();
+                if !self.answers.is_empty() {
+                    let score = |(p, r): (&&str, &String)| self.verify("correct", p, r) as f64;
+                    let acc = prompts.iter().zip(responses).map(score).sum::<f64>() / n;
+                    let answered =
+                        responses.iter().filter(|r| format.extract(r).is_some()).count() as f64;
+                    out.push(("accuracy".into(), acc));
+                    out.push(("answered".into(), answered / n));
+                }
+                let chars = responses.iter().map(|r| r.chars().count()).sum::<usize>() as f64;
+                out.push(("length".into(), chars / n));
+                out
+            }
         }
     }
 
@@ -103,8 +154,37 @@ impl Task {
         match self.kind {
             Kind::Arith => "accuracy",
             Kind::Reviews => "gold",
+            Kind::Jsonl(_) if !self.answers.is_empty() => "accuracy",
+            Kind::Jsonl(_) => "length",
         }
     }
+}
+
+/// Word-level pieces covering texts, for the built-in tokenizer on a file's data: the same
+/// split as the tokenizer's pre-tokenizer (a word, a digit or another character, each with an
+/// optional leading space; whitespace alone).
+pub fn word_pieces<'a>(texts: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for text in texts {
+        let chars: Vec<char> = text.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let start = i;
+            if chars[i] == ' ' && i + 1 < chars.len() && !chars[i + 1].is_whitespace() {
+                i += 1;
+            }
+            let c = chars[i];
+            if c.is_ascii_alphabetic() {
+                while i < chars.len() && chars[i].is_ascii_alphabetic() {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+            seen.insert(chars[start..i].iter().collect::<String>());
+        }
+    }
+    seen.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -123,6 +203,26 @@ mod tests {
                 assert_eq!(tok.decode(&ids), *text);
                 assert_eq!(tok.concat(&ids), *text);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod piece_tests {
+    use super::*;
+    use crate::tokenizer::{Tok, UNK};
+
+    #[test]
+    fn word_pieces_cover_any_text_for_the_builtin_tokenizer() {
+        let texts = vec![
+            "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72".to_string(),
+            "  two  spaces, tabs\tand ünïcode — too".to_string(),
+        ];
+        let tok = Tok::from_json(&Tok::json(&word_pieces(&texts))).unwrap();
+        for t in &texts {
+            let ids = tok.encode(t);
+            assert!(!ids.contains(&UNK), "{t:?} → {ids:?}");
+            assert_eq!(tok.decode(&ids), *t);
         }
     }
 }

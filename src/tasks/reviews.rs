@@ -160,6 +160,7 @@ pub fn build(rng: &mut Rng, prompts: usize, eval: usize, noise: f64) -> Task {
         texts,
         pairs,
         corrections: vec![],
+        answers: Default::default(),
     }
 }
 

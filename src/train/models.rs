@@ -1,18 +1,23 @@
-//! The models of a run: creation (built-in, copy, reward model), the supervised warm start
-//! cached by a content hash, and views as transformers.
+//! The models of a run: creation (built-in, pretrained checkpoint with optional LoRA, copy,
+//! reward model), the supervised warm start cached by a content hash, and views as
+//! transformers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::check::{Checked, params};
 use crate::ir::graph::ModelInit;
+use crate::model::hf::{self, lora_names};
+use crate::model::llama::LINEAR_MODULES;
+use crate::model::params::Init;
 use crate::model::transformer::{Heads, add_value_head, init_params};
-use crate::model::{Layout, ModelConfig, Params, Transformer};
+use crate::model::{Layout, LlamaSpec, LoraSpec, ModelConfig, Params, Transformer};
 use crate::rng::Rng;
 use crate::tasks::Task;
-use crate::tokenizer::{BOS, EOS, Tok};
+use crate::tokenizer::Tok;
 
 use super::optim::{AdamW, AdamWConfig};
 use super::progress::Progress;
@@ -20,16 +25,51 @@ use super::progress::Progress;
 /// One model of a run.
 pub struct Slot {
     pub cfg: ModelConfig,
+    /// The trained weights (every weight, or the LoRA adapters and heads).
     pub params: Params,
+    /// Weights that stay frozen (the base model under LoRA), shared by copies.
+    pub base: Arc<BTreeMap<String, Tensor>>,
+    /// The checkpoint directory a pretrained model came from and its `config.json`, for
+    /// saving it back in the same format.
+    pub source: Option<(PathBuf, serde_json::Value)>,
 }
 
 impl Slot {
+    fn builtin(cfg: ModelConfig, params: Params) -> Slot {
+        Slot { cfg, params, base: Arc::default(), source: None }
+    }
+
+    /// The model over the frozen base and `values` for the trained weights.
+    fn over(&self, values: impl Iterator<Item = (String, Tensor)>) -> Result<Transformer> {
+        let mut w = (*self.base).clone();
+        w.extend(values);
+        Transformer::from_tensors(&self.cfg, &w)
+    }
+
     pub fn live(&self) -> Result<Transformer> {
-        Transformer::from_params(&self.cfg, &self.params)
+        self.over(self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())))
     }
 
     pub fn frozen(&self) -> Result<Transformer> {
-        Transformer::frozen(&self.cfg, &self.params)
+        self.over(self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())))
+    }
+
+    /// The model with the trained weights replaced by `values` (a snapshot, e.g. `ref`).
+    pub fn with_values(&self, values: &BTreeMap<String, Tensor>) -> Result<Transformer> {
+        self.over(values.iter().map(|(k, v)| (k.clone(), v.clone())))
+    }
+
+    /// Writes a pretrained model as a Hugging Face checkpoint directory.
+    pub fn save_hf(&self, out: &Path) -> std::result::Result<bool, String> {
+        let (Some((dir, raw)), crate::model::Family::Llama(spec)) =
+            (&self.source, &self.cfg.family)
+        else {
+            return Ok(false);
+        };
+        let mut w = (*self.base).clone();
+        w.extend(self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())));
+        hf::save(out, dir, raw, &spec.hf, &w, spec.lora.as_ref())?;
+        Ok(true)
     }
 
     pub fn add_value_head(&mut self, rng: &mut Rng, device: &Device) -> Result<()> {
@@ -102,7 +142,7 @@ pub fn build(
                     setup.device,
                 )
                 .map_err(|e| e.to_string())?;
-                let slot = Slot { cfg, params };
+                let slot = Slot::builtin(cfg, params);
                 if let Some(ws) = warm_start {
                     let task = setup
                         .tasks
@@ -146,6 +186,8 @@ pub fn build(
                 Slot {
                     cfg: src.cfg.clone(),
                     params: params_from(&snap).map_err(|e| e.to_string())?,
+                    base: src.base.clone(),
+                    source: src.source.clone(),
                 }
             }
             ModelInit::RewardModel => {
@@ -171,12 +213,102 @@ pub fn build(
                     }
                 }
                 params.retain(|k| !k.starts_with("lm_head"));
-                Slot { cfg, params }
+                Slot::builtin(cfg, params)
             }
+            ModelInit::Pretrained => pretrained(&resolved, setup.device, &mut mrng, name, log)?,
         };
         slots.insert(name.clone(), slot);
     }
     Ok(slots)
+}
+
+/// A Hugging Face checkpoint: every weight trained, or LoRA adapters over a frozen base.
+fn pretrained(
+    resolved: &[params::Resolved],
+    device: &Device,
+    rng: &mut Rng,
+    name: &str,
+    log: &mut dyn FnMut(&str),
+) -> std::result::Result<Slot, String> {
+    let err = |e: candle_core::Error| e.to_string();
+    let text = |k: &str| params::get(resolved, k).and_then(|v| v.str()).unwrap_or("").to_string();
+    let dir = PathBuf::from(text("path"));
+    let started = std::time::Instant::now();
+    let ck = hf::load(&dir, device)?;
+    let bf16 = text("dtype") == "bf16";
+    let lora = match params::get_num(resolved, "lora_rank") {
+        Some(rank) => Some(LoraSpec {
+            rank: rank as usize,
+            alpha: params::get_num(resolved, "lora_alpha").unwrap_or(16.0),
+            targets: lora_targets(&text("lora_targets"))?,
+        }),
+        None => None,
+    };
+    let spec = LlamaSpec { hf: ck.cfg.clone(), lora: lora.clone(), bf16 };
+    let cfg = ModelConfig::llama(spec);
+    let mut params = Params::new();
+    let mut base = BTreeMap::new();
+    let total: usize = ck.weights.values().map(Tensor::elem_count).sum();
+    match &lora {
+        None => {
+            for (k, v) in &ck.weights {
+                params.insert(k, Var::from_tensor(v).map_err(err)?);
+            }
+        }
+        Some(l) => {
+            // The frozen base is held in the compute dtype (half the memory under bf16).
+            let dtype = if bf16 { DType::BF16 } else { DType::F32 };
+            for (k, v) in ck.weights {
+                base.insert(k, v.to_dtype(dtype).map_err(err)?);
+            }
+            // PEFT's initialisation: A random with the variance of U(±1/√in), B zero, so the
+            // adapted model starts equal to the base.
+            for (module, a, b) in lora_names(&ck.cfg, l) {
+                let w = &base[&format!("{module}.weight")];
+                let (out_dim, in_dim) = w.dims2().map_err(err)?;
+                let std = 1.0 / (3.0 * in_dim as f64).sqrt();
+                params.init(&a, &[l.rank, in_dim], Init::Normal(std), rng, device).map_err(err)?;
+                params.init(&b, &[out_dim, l.rank], Init::Zeros, rng, device).map_err(err)?;
+            }
+        }
+    }
+    let trained: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
+    log(&format!(
+        "model `{name}`: {} ({}, {:.1} M weights) from {} in {:.1}s; training {:.2} M{}",
+        ck.cfg.model_type,
+        if bf16 { "bf16" } else { "f32" },
+        total as f64 / 1e6,
+        dir.display(),
+        started.elapsed().as_secs_f64(),
+        trained as f64 / 1e6,
+        lora.as_ref().map_or(String::new(), |l| format!(
+            " (LoRA rank {} on {})",
+            l.rank,
+            l.targets.join(", ")
+        ))
+    ));
+    Ok(Slot { cfg, params, base: Arc::new(base), source: Some((dir, ck.raw_config)) })
+}
+
+/// `"q_proj,v_proj"` or `"all"` → module names, each checked.
+fn lora_targets(text: &str) -> std::result::Result<Vec<String>, String> {
+    if text.trim() == "all" {
+        return Ok(LINEAR_MODULES.iter().map(|m| m.to_string()).collect());
+    }
+    let mut out = Vec::new();
+    for t in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if !LINEAR_MODULES.contains(&t) {
+            return Err(format!(
+                "`lora_targets`: `{t}` is not a linear module; use {} or `all`",
+                LINEAR_MODULES.join(", ")
+            ));
+        }
+        out.push(t.to_string());
+    }
+    if out.is_empty() {
+        return Err("`lora_targets` names no module".into());
+    }
+    Ok(out)
 }
 
 fn config_of(
@@ -243,14 +375,14 @@ fn supervised_warm_start(
     )
     .map_err(err)?;
     let model = slot.live().map_err(err)?;
-    let encoded: Vec<Vec<u32>> =
-        task.texts.iter().map(|t| [setup.tok.encode(t), vec![EOS]].concat()).collect();
+    let encoded: Vec<Vec<u32>> = task.texts.iter().map(|t| setup.tok.response(t)).collect();
     let batch = 32.min(encoded.len().max(1));
     let mut progress = Progress::new(&format!("warm start {name}"), steps as u64, setup.quiet);
     let mut last = f64::NAN;
     for step in 0..steps {
         let idx: Vec<usize> = (0..batch).map(|_| rng.below(encoded.len())).collect();
-        let ctx: Vec<&[u32]> = idx.iter().map(|_| &[BOS][..]).collect();
+        let bos: Vec<u32> = setup.tok.bos.into_iter().collect();
+        let ctx: Vec<&[u32]> = idx.iter().map(|_| &bos[..]).collect();
         let toks: Vec<&[u32]> = idx.iter().map(|&i| encoded[i].as_slice()).collect();
         let layout = Layout::new(&ctx, &toks, setup.device).map_err(err)?;
         let hidden = model.hidden_of(&layout, true).map_err(err)?;

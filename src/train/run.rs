@@ -25,7 +25,7 @@ use crate::rng::Rng;
 use crate::sample::{self, Sampling};
 use crate::syntax::ast::SourceKind as DataKw;
 use crate::tasks::Task;
-use crate::tokenizer::{BOS, EOS, SEP, Tok};
+use crate::tokenizer::Tok;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -52,6 +52,43 @@ pub struct Summary {
     /// Per RL stage: the task metrics before and after.
     pub evals: Vec<(String, Metrics, Metrics)>,
     pub seconds: f64,
+}
+
+/// The model directory whose tokenizer the run uses, with its `chat` setting: the first
+/// pretrained model's. Every pretrained model of a recipe must share it.
+fn pretrained_tokenizer(
+    checked: &Checked,
+) -> Result<Option<(std::path::PathBuf, bool, Span)>, Diagnostic> {
+    let mut found: Option<(std::path::PathBuf, bool, Span)> = None;
+    for m in &checked.program.models {
+        if !matches!(m.init, crate::ir::graph::ModelInit::Pretrained) {
+            continue;
+        }
+        let resolved = checked.decl_params.get(&m.name.name).cloned().unwrap_or_default();
+        let dir = crate::check::params::get(&resolved, "path").and_then(|v| v.str()).unwrap_or("");
+        let dir = std::path::PathBuf::from(dir);
+        let chat = matches!(
+            crate::check::params::get(&resolved, "chat"),
+            Some(crate::check::params::Value::Bool(true))
+        );
+        match &found {
+            None => found = Some((dir, chat, m.span)),
+            Some((first, _, _)) => {
+                let read = |d: &std::path::Path| std::fs::read(d.join("tokenizer.json")).ok();
+                if read(first) != read(&dir) {
+                    return Err(run_error(
+                        m.span,
+                        format!(
+                            "{} and {} have different tokenizers; models of one recipe share a tokenizer",
+                            first.display(),
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn run_error(span: Span, message: impl Into<String>) -> Diagnostic {
@@ -87,13 +124,13 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
     } else {
         None
     };
-    // Tasks and the tokenizer, written to the run directory and read back like any tokenizer.json.
+    // Tasks and the tokenizer: a pretrained model's own, or the built-in word-level one over
+    // the tasks' pieces, written to the run directory and read back like any tokenizer.json.
     let mut tasks = HashMap::new();
     let mut pieces: Vec<String> = Vec::new();
     for d in &checked.program.data {
         let resolved = checked.decl_params.get(&d.name.name).cloned().unwrap_or_default();
-        let task = Task::build(d.spec.name, &resolved)
-            .ok_or_else(|| run_error(d.span, format!("no built-in data set `{}`", d.spec.name)))?;
+        let task = Task::build(d.spec.name, &resolved).map_err(|e| run_error(d.span, e))?;
         for p in &task.pieces {
             if !pieces.contains(p) {
                 pieces.push(p.clone());
@@ -101,10 +138,21 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
         }
         tasks.insert(d.name.name.clone(), task);
     }
-    let tokenizer_json = Tok::json(&pieces);
     let tok_path = opts.out.join("tokenizer.json");
-    std::fs::write(&tok_path, &tokenizer_json).map_err(io)?;
-    let tok = Tok::from_file(&tok_path).map_err(|e| run_error(whole, e))?;
+    let (tok, tokenizer_json) = match pretrained_tokenizer(checked)? {
+        Some((dir, chat, span)) => {
+            let fail = |e: String| run_error(span, e);
+            let json = std::fs::read_to_string(dir.join("tokenizer.json"))
+                .map_err(|e| fail(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
+            std::fs::write(&tok_path, &json).map_err(io)?;
+            (crate::tokenizer::from_hf_dir(&dir, chat).map_err(fail)?, json)
+        }
+        None => {
+            let json = Tok::json(&pieces);
+            std::fs::write(&tok_path, &json).map_err(io)?;
+            (Tok::from_file(&tok_path).map_err(|e| run_error(whole, e))?, json)
+        }
+    };
     std::fs::write(opts.out.join("recipe.resolved.rlx"), resolved).map_err(io)?;
     let seed = resumed.as_ref().map_or(opts.seed, |(s, _)| s.seed);
     let setup = models::Setup {
@@ -166,6 +214,14 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
     let mut resume_state = resume_state;
     for index in first_stage..checked.program.stages.len() {
         run.stage(index, resume_state.take())?;
+    }
+    // Pretrained models go back out in their own format, for other tools to load.
+    for (name, slot) in &run.slots {
+        let dir = opts.out.join("models").join(name);
+        let saved = slot.save_hf(&dir).map_err(|e| run_error(whole, e))?;
+        if saved && !opts.quiet {
+            eprintln!("saved `{name}` as a Hugging Face checkpoint in {}", dir.display());
+        }
     }
     run.summary.seconds = run.started.elapsed().as_secs_f64();
     Ok(run.summary)
@@ -318,8 +374,8 @@ impl Run<'_> {
         if !self.opts.quiet {
             eprintln!("stage `{}`: {steps} steps", stage.name.name);
         }
-        let ref_model = Transformer::from_tensors(&self.slots[&trained].cfg, &reference)
-            .map_err(|e| fail(e.to_string()))?;
+        let ref_model =
+            self.slots[&trained].with_values(&reference).map_err(|e| fail(e.to_string()))?;
         // Held-out generations before and after: RL stages, and preference stages (DPO) that
         // train a language model (not a reward model) on a task with prompts.
         let evaluated = match kw {
@@ -468,7 +524,7 @@ impl Run<'_> {
     ) -> Result<Vec<(String, f64)>, String> {
         let n = self.opts.eval_prompts.min(task.eval.len());
         let prompts: Vec<Vec<u32>> =
-            task.eval[..n].iter().map(|p| [vec![BOS], self.tok.encode(&p.text)].concat()).collect();
+            task.eval[..n].iter().map(|p| self.tok.prompt(&p.text)).collect();
         let mut rng = Rng::new(0xE7A1);
         let mut responses = Vec::new();
         for chunk in prompts.chunks(64) {
@@ -518,7 +574,7 @@ impl Run<'_> {
         let perm = permutation(n, self.opts.seed, epoch as u64);
         let from = (step % per_epoch) * settings.batch;
         let idx: Vec<usize> = perm[from..(from + settings.batch).min(n)].to_vec();
-        let enc = |s: &str| self.tok.encode(s);
+        let tok = &self.tok;
         let mut rows = Rows::default();
         let mut put = |name: &str, ctx: Vec<u32>, toks: Vec<u32>| {
             let e = rows.texts.entry(name.to_string()).or_insert_with(TextRows::default);
@@ -530,25 +586,26 @@ impl Run<'_> {
             match member {
                 MemberKind::Pairs => {
                     let p = &task.pairs[i];
-                    let ctx = [vec![BOS], enc(&p.prompt)].concat();
-                    put("chosen", ctx.clone(), [enc(&p.chosen), vec![EOS]].concat());
-                    put("rejected", ctx, [enc(&p.rejected), vec![EOS]].concat());
+                    let ctx = tok.prompt(&p.prompt);
+                    put("chosen", ctx.clone(), tok.response(&p.chosen));
+                    put("rejected", ctx, tok.response(&p.rejected));
                     prompts.push(p.prompt.clone());
                 }
                 MemberKind::Corrections => {
                     let c = &task.corrections[i];
-                    let ctx = [vec![BOS], enc(&c.prompt)].concat();
-                    let wrong = [enc(&c.wrong), vec![EOS]].concat();
+                    let ctx = tok.prompt(&c.prompt);
+                    let wrong = tok.response(&c.wrong);
                     put(
                         "target",
-                        [ctx.clone(), wrong.clone(), vec![SEP]].concat(),
-                        [enc(&c.fixed), vec![EOS]].concat(),
+                        [ctx.clone(), wrong.clone(), vec![tok.sep]].concat(),
+                        tok.response(&c.fixed),
                     );
                     put("response", ctx, wrong);
                     prompts.push(c.prompt.clone());
                 }
                 _ => {
-                    put("target", vec![BOS], [enc(&task.texts[i]), vec![EOS]].concat());
+                    let (ctx, text) = tok.context_and_text(&task.texts[i]);
+                    put("target", ctx, text);
                     prompts.push(String::new());
                 }
             }
@@ -675,7 +732,7 @@ impl Run<'_> {
         let mut rows = Rows::default();
         for (g, &i) in chosen.iter().enumerate() {
             for _ in 0..n {
-                prompt_toks.push([vec![BOS], self.tok.encode(&task.train[i].text)].concat());
+                prompt_toks.push(self.tok.prompt(&task.train[i].text));
                 rows.prompts.push(task.train[i].text.clone());
                 rows.group.push(g as i64);
             }
@@ -720,7 +777,7 @@ impl Run<'_> {
                 let mut v = Vec::new();
                 for &i in &chosen {
                     for _ in 0..n {
-                        v.push([self.tok.encode(&task.train[i].demonstration), vec![EOS]].concat());
+                        v.push(self.tok.response(&task.train[i].demonstration));
                     }
                 }
                 v
@@ -742,7 +799,7 @@ impl Run<'_> {
                     .ctx
                     .iter()
                     .zip(&base.toks)
-                    .map(|(c, t)| [c.as_slice(), t.as_slice(), &[SEP]].concat())
+                    .map(|(c, t)| [c.as_slice(), t.as_slice(), &[self.tok.sep]].concat())
                     .collect();
                 let greedy = Sampling { greedy: true, stop: None, ..sampling.clone() };
                 let m = frozen.get(&model).ok_or_else(|| fail(format!("no model `{model}`")))?;

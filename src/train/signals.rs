@@ -12,7 +12,7 @@ use crate::check::{Checked, Ty, params};
 use crate::ir::graph::*;
 use crate::model::{Layout, Transformer};
 use crate::tasks::Task;
-use crate::tokenizer::{SEP, Tok};
+use crate::tokenizer::Tok;
 
 /// One text of a batch: each row's context (what the text follows) and tokens.
 #[derive(Debug, Clone, Default)]
@@ -333,7 +333,7 @@ fn layout_for(rows: &Rows, text: &str, keep: bool, cx: &SignalCx) -> Result<Layo
         t.ctx
             .iter()
             .zip(&t.toks)
-            .map(|(c, x)| [c.as_slice(), x.as_slice(), &[SEP]].concat())
+            .map(|(c, x)| [c.as_slice(), x.as_slice(), &[cx.tok.sep]].concat())
             .collect()
     } else {
         t.ctx.clone()

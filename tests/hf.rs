@@ -1,0 +1,295 @@
+//! Hugging Face checkpoints: rlx's Llama-family implementation against candle-transformers'
+//! llama, qwen2 and qwen3 on the same tiny random checkpoints (written in HF's layout to a
+//! temporary directory), its training path against finite differences, and saved policies
+//! loading back into candle-transformers with the same logits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use candle_nn::VarBuilder;
+use rlx::model::hf_tiny;
+use rlx::model::{Layout, LlamaSpec, LoraSpec, ModelConfig, Transformer, hf};
+
+const IDS: [u32; 9] = [259, 72, 101, 108, 108, 111, 32, 119, 33];
+
+fn rlx_model(dir: &Path, lora: Option<LoraSpec>, bf16: bool) -> (Transformer, hf::Checkpoint) {
+    let ck = hf::load(dir, &Device::Cpu).unwrap();
+    let cfg = ModelConfig::llama(LlamaSpec { hf: ck.cfg.clone(), lora, bf16 });
+    (Transformer::from_tensors(&cfg, &ck.weights).unwrap(), ck)
+}
+
+/// rlx's logits `[L, V]` for `ids` as one row, left-padded by `pad` columns in a batch with a
+/// second, longer row (so padding, positions and masks are exercised).
+fn rlx_logits(model: &Transformer, ids: &[u32], pad: usize, grad: bool) -> Tensor {
+    let longer: Vec<u32> = std::iter::repeat_n(65u32, pad).chain(ids.iter().copied()).collect();
+    let (ctx_a, text_a) = ids.split_at(1);
+    let (ctx_b, text_b) = longer.split_at(1 + pad);
+    let layout = Layout::new(&[ctx_a, ctx_b], &[text_a, text_b], &Device::Cpu).unwrap();
+    let hidden = model.hidden_of(&layout, grad).unwrap();
+    let logits = model.logits(&hidden).unwrap();
+    // Row 0: its prompt token sits at column `prompt_len - 1`, text follows.
+    logits.i(0).unwrap().narrow(0, layout.prompt_len - 1, ids.len()).unwrap()
+}
+
+/// candle-transformers' logits `[L, V]`, one token at a time through its KV cache.
+fn oracle_logits(dir: &Path, family: &str) -> Tensor {
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut tensors = HashMap::new();
+    for f in hf::weight_files(dir).unwrap() {
+        tensors.extend(candle_core::safetensors::load(&f, &Device::Cpu).unwrap());
+    }
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let dev = &Device::Cpu;
+    let mut rows = Vec::new();
+    match family {
+        "qwen2" => {
+            use candle_transformers::models::qwen2;
+            let cfg: qwen2::Config = serde_json::from_str(&text).unwrap();
+            let mut m = qwen2::ModelForCausalLM::new(&cfg, vb).unwrap();
+            for (i, &t) in IDS.iter().enumerate() {
+                let x = Tensor::new(&[[t]], dev).unwrap();
+                rows.push(m.forward(&x, i).unwrap().flatten_all().unwrap());
+            }
+        }
+        "qwen3" => {
+            use candle_transformers::models::qwen3;
+            let cfg: qwen3::Config = serde_json::from_str(&text).unwrap();
+            let mut m = qwen3::ModelForCausalLM::new(&cfg, vb).unwrap();
+            for (i, &t) in IDS.iter().enumerate() {
+                let x = Tensor::new(&[[t]], dev).unwrap();
+                rows.push(m.forward(&x, i).unwrap().flatten_all().unwrap());
+            }
+        }
+        _ => {
+            // Llama, SmolLM and Mistral (Llama's computation below the sliding window).
+            use candle_transformers::models::llama;
+            let cfg: llama::LlamaConfig = serde_json::from_str(&text).unwrap();
+            let cfg = cfg.into_config(false);
+            let m = llama::Llama::load(vb, &cfg).unwrap();
+            let mut cache = llama::Cache::new(true, DType::F32, &cfg, dev).unwrap();
+            for (i, &t) in IDS.iter().enumerate() {
+                let x = Tensor::new(&[[t]], dev).unwrap();
+                rows.push(m.forward(&x, i, &mut cache).unwrap().flatten_all().unwrap());
+            }
+        }
+    }
+    Tensor::stack(&rows, 0).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+#[test]
+fn logits_match_candle_transformers_for_every_family() {
+    for family in hf_tiny::TINY_FAMILIES {
+        let dir = tempfile::tempdir().unwrap();
+        // Llama is written in three shards with an index, as large checkpoints are.
+        let shards = if *family == "llama" { 3 } else { 1 };
+        hf_tiny::write(dir.path(), family, shards, 7).unwrap();
+        let oracle = oracle_logits(dir.path(), family);
+        let (model, _) = rlx_model(dir.path(), None, false);
+        for (grad, pad) in [(false, 0), (true, 0), (false, 3), (true, 2)] {
+            let ours = rlx_logits(&model, &IDS, pad, grad);
+            let d = max_diff(&ours, &oracle);
+            assert!(d < 2e-5, "{family} (grad {grad}, pad {pad}): max |Δlogit| = {d}");
+        }
+        let scale: f32 = oracle.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(
+            scale > 0.1,
+            "{family}: logits too small ({scale}) for the comparison to mean much"
+        );
+    }
+}
+
+#[test]
+fn bf16_compute_stays_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    hf_tiny::write(dir.path(), "qwen2", 1, 3).unwrap();
+    let (f32_model, _) = rlx_model(dir.path(), None, false);
+    let (bf16_model, _) = rlx_model(dir.path(), None, true);
+    let a = rlx_logits(&f32_model, &IDS, 1, true);
+    let b = rlx_logits(&bf16_model, &IDS, 1, true);
+    assert_eq!(b.dtype(), DType::F32);
+    let d = max_diff(&a, &b);
+    assert!(d < 0.05, "bf16 vs f32: max |Δlogit| = {d}");
+}
+
+/// Loss `Σ logits · w` for a fixed random `w`, through the training path.
+fn loss_of(model: &Transformer, w: &Tensor) -> Tensor {
+    (rlx_logits(model, &IDS, 1, true) * w).unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn training_path_gradients_match_finite_differences() {
+    let dir = tempfile::tempdir().unwrap();
+    hf_tiny::write(dir.path(), "qwen3", 1, 11).unwrap();
+    let ck = hf::load(dir.path(), &Device::Cpu).unwrap();
+    let lora = LoraSpec { rank: 2, alpha: 4.0, targets: vec!["q_proj".into(), "v_proj".into()] };
+    let cfg = ModelConfig::llama(LlamaSpec { hf: ck.cfg.clone(), lora: Some(lora), bf16: false });
+    let mut vars: BTreeMap<String, Var> = BTreeMap::new();
+    for (k, v) in &ck.weights {
+        vars.insert(k.clone(), Var::from_tensor(v).unwrap());
+    }
+    let mut rng = rlx::rng::Rng::new(5);
+    for (name, shape) in [
+        ("model.layers.0.self_attn.q_proj.lora_A.weight", [2, 32]),
+        ("model.layers.0.self_attn.q_proj.lora_B.weight", [64, 2]),
+    ] {
+        let data: Vec<f32> = (0..shape[0] * shape[1]).map(|_| 0.1 * rng.normal() as f32).collect();
+        vars.insert(
+            name.into(),
+            Var::from_tensor(&Tensor::from_vec(data, &shape, &Device::Cpu).unwrap()).unwrap(),
+        );
+    }
+    let w = Tensor::randn(0f32, 1.0, (IDS.len(), 272), &Device::Cpu).unwrap();
+    let build = |vars: &BTreeMap<String, Var>| {
+        let map: BTreeMap<String, Tensor> =
+            vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        Transformer::from_tensors(&cfg, &map).unwrap()
+    };
+    let grads = loss_of(&build(&vars), &w).backward().unwrap();
+    // One entry of each kind of weight: embedding, q-norm (Qwen3), attention, MLP, final norm,
+    // and both LoRA factors.
+    for (name, index) in [
+        ("model.embed_tokens.weight", 72 * 32 + 5),
+        ("model.layers.0.self_attn.q_norm.weight", 3),
+        ("model.layers.0.self_attn.k_proj.weight", 17),
+        ("model.layers.1.mlp.gate_proj.weight", 40),
+        ("model.layers.1.input_layernorm.weight", 9),
+        ("model.norm.weight", 30),
+        ("model.layers.0.self_attn.q_proj.lora_A.weight", 11),
+        ("model.layers.0.self_attn.q_proj.lora_B.weight", 21),
+    ] {
+        let var = &vars[name];
+        let analytic: f32 = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"))
+            .flatten_all()
+            .unwrap()
+            .get(index)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let original = var.as_tensor().copy().unwrap();
+        let shift = |h: f32| {
+            let mut flat = original.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            flat[index] += h;
+            var.set(&Tensor::from_vec(flat, original.shape(), &Device::Cpu).unwrap()).unwrap();
+            let l: f32 = loss_of(&build(&vars), &w).to_scalar().unwrap();
+            l
+        };
+        let h = 1e-2;
+        let numeric = (shift(h) - shift(-h)) / (2.0 * h);
+        var.set(&original).unwrap();
+        let tol = 2e-2 * analytic.abs().max(1.0);
+        assert!(
+            (analytic - numeric).abs() < tol,
+            "{name}[{index}]: analytic {analytic}, numeric {numeric}"
+        );
+    }
+}
+
+#[test]
+fn saved_checkpoints_load_into_candle_transformers_with_the_same_logits() {
+    for family in ["qwen2", "llama"] {
+        let src = tempfile::tempdir().unwrap();
+        hf_tiny::write(src.path(), family, 1, 21).unwrap();
+        let ck = hf::load(src.path(), &Device::Cpu).unwrap();
+        // A LoRA update: saved merged into the weights, and as a PEFT adapter.
+        let lora =
+            LoraSpec { rank: 2, alpha: 8.0, targets: vec!["v_proj".into(), "down_proj".into()] };
+        let mut weights = ck.weights.clone();
+        for (module, a, b) in hf::lora_names(&ck.cfg, &lora) {
+            let w = &weights[&format!("{module}.weight")];
+            let (o, i) = w.dims2().unwrap();
+            weights.insert(a, Tensor::randn(0f32, 0.3, (2, i), &Device::Cpu).unwrap());
+            weights.insert(b, Tensor::randn(0f32, 0.3, (o, 2), &Device::Cpu).unwrap());
+        }
+        let cfg = ModelConfig::llama(LlamaSpec {
+            hf: ck.cfg.clone(),
+            lora: Some(lora.clone()),
+            bf16: false,
+        });
+        let adapted = Transformer::from_tensors(&cfg, &weights).unwrap();
+        let ours = rlx_logits(&adapted, &IDS, 0, false);
+        let out = tempfile::tempdir().unwrap();
+        hf::save(out.path(), src.path(), &ck.raw_config, &ck.cfg, &weights, Some(&lora)).unwrap();
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "adapter_model.safetensors",
+            "adapter_config.json",
+        ] {
+            assert!(out.path().join(f).exists(), "{family}: no {f}");
+        }
+        let theirs = oracle_logits(out.path(), family);
+        let d = max_diff(&ours, &theirs);
+        assert!(d < 1e-4, "{family}: saved model's logits differ by {d}");
+        let before = oracle_logits(src.path(), family);
+        assert!(max_diff(&before, &theirs) > 1e-3, "{family}: the adapter changed nothing");
+        let adapter = candle_core::safetensors::load(
+            out.path().join("adapter_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(adapter.len(), 2 * 2 * ck.cfg.num_hidden_layers);
+        assert!(
+            adapter.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_A.weight")
+        );
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(2), Some(8.0)));
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = hf::load(&dir.path().join("nope"), &Device::Cpu).err().unwrap();
+    assert!(err.contains("does not exist"), "{err}");
+    hf_tiny::write(dir.path(), "llama", 1, 1).unwrap();
+    // A weight missing.
+    let path = dir.path().join("model.safetensors");
+    let mut w = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    w.remove("model.layers.1.mlp.up_proj.weight");
+    candle_core::safetensors::save(&w, &path).unwrap();
+    let err = hf::load(dir.path(), &Device::Cpu).err().unwrap();
+    assert!(err.contains("no weight `model.layers.1.mlp.up_proj.weight`"), "{err}");
+    // A shape that disagrees with config.json.
+    w.insert(
+        "model.layers.1.mlp.up_proj.weight".into(),
+        Tensor::zeros((64, 16), DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&w, &path).unwrap();
+    let err = hf::load(dir.path(), &Device::Cpu).err().unwrap();
+    assert!(err.contains("has shape [64, 16], config.json implies [64, 32]"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+    let err = hf::load(dir.path(), &Device::Cpu).err().unwrap();
+    assert!(err.contains("no model.safetensors"), "{err}");
+}
+
+#[test]
+fn hf_tokenizers_give_their_special_ids_and_chat_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    hf_tiny::write(dir.path(), "llama", 1, 1).unwrap();
+    let tok = rlx::tokenizer::from_hf_dir(dir.path(), false).unwrap();
+    assert_eq!((tok.bos, tok.eos), (Some(259), 256));
+    assert_eq!(tok.prompt("Hi"), vec![259, 72, 105]);
+    assert_eq!(tok.response("Hi\n"), vec![72, 105, 10, 256]);
+    assert_eq!(tok.piece(10), "\n"); // byte-level `Ċ` read as text
+    let qwen = tempfile::tempdir().unwrap();
+    hf_tiny::write(qwen.path(), "qwen2", 1, 1).unwrap();
+    let tok = rlx::tokenizer::from_hf_dir(qwen.path(), true).unwrap();
+    assert_eq!(tok.bos, None);
+    let chat = tok.decode(&tok.prompt("Hi"));
+    assert_eq!(chat, "user\nHi\nassistant\n"); // specials dropped by decode
+    let ids = tok.prompt("Hi");
+    assert_eq!(ids[0], 257); // <|im_start|>
+    assert_eq!(tok.context_and_text("ab"), (vec![97], vec![98, 256]));
+}
