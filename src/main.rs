@@ -164,6 +164,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a tiny random Hugging Face checkpoint (config.json, safetensors, tokenizer.json,
+    /// chat template) of a supported family: try `pretrained(...)` recipes without a download.
+    TinyCheckpoint {
+        /// The directory to create.
+        dir: PathBuf,
+        /// llama, mistral, qwen2, qwen3 or smollm.
+        #[arg(long, default_value = "qwen2")]
+        family: String,
+        /// Safetensors files to split the weights into (more than one writes an index).
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Evaluate and differentiate a stage's objective on a batch of tensors (no model, no sampling).
     Eval {
         recipe: PathBuf,
@@ -295,6 +309,12 @@ fn main() -> ExitCode {
             };
             bench(&cfg, &which, &device, json)
         })(),
+        Command::TinyCheckpoint { dir, family, shards, seed } => {
+            rlx::model::hf_tiny::write(&dir, &family, shards, seed).map(|()| {
+                println!("wrote a tiny random {family} checkpoint to {}", dir.display());
+                ExitCode::SUCCESS
+            })
+        }
         Command::Eval { recipe, stage, batch, synthetic, seed, out, inputs, device, profile } => {
             eval(
                 &recipe,

@@ -37,6 +37,13 @@ fn tiny(recipe: &Path) -> Vec<String> {
                     sets.push(format!("{name}.warm_steps=3"));
                 }
             }
+            ["model", name, "=", init, ..] if init.starts_with("pretrained") => {
+                // A tiny random checkpoint of the same layout stands in for the user's model.
+                let dir = std::env::temp_dir()
+                    .join(format!("rlx-run-test-checkpoint-{}", std::process::id()));
+                rlx::model::hf_tiny::write(&dir, "qwen2", 1, 0).unwrap();
+                sets.push(format!("{name}.path={}", dir.display()));
+            }
             ["data", "arith", ..] => sets.push("arith.problems=64".into()),
             ["data", "reviews", ..] => sets.push("reviews.prompts=64".into()),
             _ => {}
