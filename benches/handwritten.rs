@@ -14,7 +14,8 @@ pub type Batch = HashMap<String, Tensor>;
 pub fn objective(recipe: &str, b: &Batch) -> Result<Tensor> {
     match recipe {
         "ppo" => ppo(b),
-        "grpo" => grpo(b),
+        "grpo" => grpo(b, "arith.correct(response)"),
+        "gsm8k_grpo" => grpo(b, "gsm8k.correct(response)"),
         "rloo" => rloo(b),
         "reinforce" => reinforce(b),
         "remax" => remax(b),
@@ -148,10 +149,11 @@ fn ppo(b: &Batch) -> Result<Tensor> {
     pg + (vl * 0.5)?
 }
 
-fn grpo(b: &Batch) -> Result<Tensor> {
+/// GRPO with the verifier's reward under `reward`.
+fn grpo(b: &Batch, reward: &str) -> Result<Tensor> {
     let m = g(b, "mask");
     let groups = g(b, "group").to_vec1::<i64>()?;
-    let adv = zscore_groups(&vec(g(b, "arith.correct(response)"))?, &groups, 1e-6);
+    let adv = zscore_groups(&vec(g(b, reward))?, &groups, 1e-6);
     let adv = Tensor::new(adv, m.device())?.unsqueeze(1)?.broadcast_mul(m)?;
     let per_token = (ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?
         + (k3(g(b, "policy.logp"), g(b, "ref.logp"))? * 0.04)?)?;

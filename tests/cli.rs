@@ -24,7 +24,9 @@ fn stderr(o: &Output) -> String {
 fn lint_exit_codes() {
     let all: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes"))
         .unwrap()
-        .map(|e| e.unwrap().path().display().to_string())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rlx"))
+        .map(|p| p.display().to_string())
         .collect();
     let mut args = vec!["lint"];
     args.extend(all.iter().map(String::as_str));

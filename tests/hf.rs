@@ -333,7 +333,7 @@ fn a_run_on_a_local_checkpoint_saves_a_policy_candle_transformers_loads() {
     let (model, run) = (tmp.path().join("model"), tmp.path().join("run"));
     hf_tiny::write(&model, "qwen2", 2, 5).unwrap();
     let recipe = tmp.path().join("local.rlx");
-    let data = Path::new("recipes/data/gsm8k-sample.jsonl").canonicalize().unwrap();
+    let data = Path::new("data/gsm8k-sample.jsonl").canonicalize().unwrap();
     std::fs::write(&recipe, recipe_text(&model, &data)).unwrap();
     let o = rlx_cli()
         .args(["run", "--quiet", "--eval-prompts", "2", "--out"])
@@ -395,7 +395,7 @@ fn a_malformed_data_line_stops_the_run_with_its_file_and_line() {
     // A model directory that is not there is named too.
     std::fs::write(
         &recipe,
-        recipe_text(&tmp.path().join("nowhere"), Path::new("recipes/data/gsm8k-sample.jsonl")),
+        recipe_text(&tmp.path().join("nowhere"), Path::new("data/gsm8k-sample.jsonl")),
     )
     .unwrap();
     let o = rlx_cli()

@@ -274,13 +274,13 @@ fn pretrained(
     }
     let trained: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
     log(&format!(
-        "model `{name}`: {} ({}, {:.1} M weights) from {} in {:.1}s; training {:.2} M{}",
+        "model `{name}`: {} ({}, {} weights) from {} in {:.1}s; training {}{}",
         ck.cfg.model_type,
         if bf16 { "bf16" } else { "f32" },
-        total as f64 / 1e6,
+        count(total),
         dir.display(),
         started.elapsed().as_secs_f64(),
-        trained as f64 / 1e6,
+        count(trained),
         lora.as_ref().map_or(String::new(), |l| format!(
             " (LoRA rank {} on {})",
             l.rank,
@@ -288,6 +288,15 @@ fn pretrained(
         ))
     ));
     Ok(Slot { cfg, params, base: Arc::new(base), source: Some((dir, ck.raw_config)) })
+}
+
+/// `494.0 M`, `25.6 K`.
+fn count(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 => format!("{:.1} M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
 }
 
 /// `"q_proj,v_proj"` or `"all"` → module names, each checked.
