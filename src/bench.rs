@@ -78,12 +78,41 @@ pub struct Report {
     pub measurements: Vec<Measurement>,
 }
 
-/// Runs the benchmarks `which` (`sampling`, `training`).
+/// Runs the benchmarks `which` (`sampling`, `training`) on random weights of `cfg.model`'s shape.
 pub fn run(cfg: &BenchConfig, which: &[&str], device: &Device) -> Result<Report> {
     check_shape(cfg)?;
     let mut rng = Rng::new(cfg.seed);
     let heads = Heads { lm: true, value: false, score: false };
     let params = init_params(&cfg.model, heads, &mut rng, device)?;
+    run_on(cfg, params, which, device)
+}
+
+/// Runs the benchmarks on a Hugging Face checkpoint (every weight trained); `cfg.model` is
+/// replaced by the checkpoint's shape.
+pub fn run_checkpoint(
+    cfg: &BenchConfig,
+    dir: &std::path::Path,
+    bf16: bool,
+    which: &[&str],
+    device: &Device,
+) -> Result<Report> {
+    let ck = crate::model::hf::load(dir, device).map_err(candle_core::Error::Msg)?;
+    let model = ModelConfig::llama(crate::model::LlamaSpec { hf: ck.cfg, lora: None, bf16 });
+    let cfg = BenchConfig { model, ..cfg.clone() };
+    check_shape(&cfg)?;
+    let mut params = crate::model::Params::new();
+    for (k, v) in &ck.weights {
+        params.insert(k, Var::from_tensor(v)?);
+    }
+    run_on(&cfg, params, which, device)
+}
+
+fn run_on(
+    cfg: &BenchConfig,
+    params: crate::model::Params,
+    which: &[&str],
+    device: &Device,
+) -> Result<Report> {
     let parameters = params.iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
     let mut measurements = Vec::new();
     for name in which {
@@ -109,7 +138,8 @@ pub fn run(cfg: &BenchConfig, which: &[&str], device: &Device) -> Result<Report>
 
 fn check_shape(cfg: &BenchConfig) -> Result<()> {
     let m = &cfg.model;
-    if m.heads == 0 || !m.width.is_multiple_of(m.heads) {
+    let gpt = matches!(m.family, crate::model::Family::Gpt);
+    if m.heads == 0 || (gpt && !m.width.is_multiple_of(m.heads)) {
         candle_core::bail!("width {} is not a multiple of heads {}", m.width, m.heads)
     }
     if m.vocab <= FIRST_ORDINARY_ID as usize {

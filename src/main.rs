@@ -163,6 +163,12 @@ enum Command {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Benchmark a Hugging Face checkpoint directory instead of a built-in shape.
+        #[arg(long = "model")]
+        checkpoint: Option<PathBuf>,
+        /// With `--model`: compute in bfloat16 (GPU).
+        #[arg(long, requires = "checkpoint")]
+        bf16: bool,
     },
     /// Write a tiny random Hugging Face checkpoint (config.json, safetensors, tokenizer.json,
     /// chat template) of a supported family: try `pretrained(...)` recipes without a download.
@@ -175,6 +181,9 @@ enum Command {
         /// Safetensors files to split the weights into (more than one writes an index).
         #[arg(long, default_value_t = 1)]
         shards: usize,
+        /// `tiny`, or `0.5b` for Qwen2.5-0.5B's shape (benchmarks; about 2 GB).
+        #[arg(long, default_value = "tiny")]
+        size: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -280,6 +289,8 @@ fn main() -> ExitCode {
             device,
             seed,
             json,
+            checkpoint,
+            bf16,
         } => (|| {
             let base = ModelConfig::preset(&preset, vocab)
                 .ok_or_else(|| format!("unknown preset `{preset}`: use tiny, small or base"))?;
@@ -307,11 +318,11 @@ fn main() -> ExitCode {
             } else {
                 only.iter().map(String::as_str).collect()
             };
-            bench(&cfg, &which, &device, json)
+            bench(&cfg, checkpoint.as_deref().map(|m| (m, bf16)), &which, &device, json)
         })(),
-        Command::TinyCheckpoint { dir, family, shards, seed } => {
-            rlx::model::hf_tiny::write(&dir, &family, shards, seed).map(|()| {
-                println!("wrote a tiny random {family} checkpoint to {}", dir.display());
+        Command::TinyCheckpoint { dir, family, shards, size, seed } => {
+            rlx::model::hf_tiny::write_sized(&dir, &family, &size, shards, seed).map(|()| {
+                println!("wrote a random {size} {family} checkpoint to {}", dir.display());
                 ExitCode::SUCCESS
             })
         }
@@ -562,9 +573,19 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench(cfg: &BenchConfig, which: &[&str], device: &str, json: bool) -> Result<ExitCode, String> {
+fn bench(
+    cfg: &BenchConfig,
+    checkpoint: Option<(&Path, bool)>,
+    which: &[&str],
+    device: &str,
+    json: bool,
+) -> Result<ExitCode, String> {
     let device = rlx::exec::device::device(device)?;
-    let report = rlx::bench::run(cfg, which, &device).map_err(|e| e.to_string())?;
+    let report = match checkpoint {
+        Some((dir, bf16)) => rlx::bench::run_checkpoint(cfg, dir, bf16, which, &device),
+        None => rlx::bench::run(cfg, which, &device),
+    }
+    .map_err(|e| e.to_string())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
         return Ok(ExitCode::SUCCESS);

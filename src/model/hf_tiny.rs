@@ -157,7 +157,43 @@ pub fn random_weights(cfg: &HfConfig, seed: u64) -> Result<BTreeMap<String, Tens
 
 /// Writes a tiny random checkpoint of `family` into `dir`, in `shards` safetensors files.
 pub fn write(dir: &Path, family: &str, shards: usize, seed: u64) -> Result<(), String> {
-    let config = config(family)?;
+    write_sized(dir, family, "tiny", shards, seed)
+}
+
+/// Sizes besides `tiny`: `0.5b` has Qwen2.5-0.5B's shape (24 layers, width 896, 14 heads over
+/// 2 key/value heads, MLP 4864, vocabulary 151 936, tied embeddings), for benchmarks.
+pub const SIZES: &[&str] = &["tiny", "0.5b"];
+
+/// Writes a random checkpoint of `family` at `size`.
+pub fn write_sized(
+    dir: &Path,
+    family: &str,
+    size: &str,
+    shards: usize,
+    seed: u64,
+) -> Result<(), String> {
+    let mut config = config(family)?;
+    match size {
+        "tiny" => {}
+        "0.5b" => {
+            for (k, v) in [
+                ("hidden_size", json!(896)),
+                ("intermediate_size", json!(4864)),
+                ("num_hidden_layers", json!(24)),
+                ("num_attention_heads", json!(14)),
+                ("num_key_value_heads", json!(2)),
+                ("vocab_size", json!(151_936)),
+                ("max_position_embeddings", json!(32768)),
+                ("tie_word_embeddings", json!(true)),
+            ] {
+                config[k] = v;
+            }
+            if family == "qwen3" {
+                config["head_dim"] = json!(64);
+            }
+        }
+        other => return Err(format!("unknown size `{other}`; use {}", SIZES.join(", "))),
+    }
     let cfg = HfConfig::parse(&config.to_string())?;
     let weights = random_weights(&cfg, seed)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
