@@ -138,7 +138,6 @@ fn decode(
 ) -> Result<Vec<Vec<u32>>> {
     let b = budgets.len();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut texts: Vec<String> = vec![String::new(); b];
     let mut done: Vec<bool> = budgets.iter().map(|&n| n == 0).collect();
     // Never run past the model's context.
     let room = model
@@ -162,11 +161,9 @@ fn decode(
             let t = pick(&rows[r], s, rng, tok.eos);
             next[r] = t;
             out[r].push(t);
-            let stopped = s.stop.as_ref().is_some_and(|st| {
-                // Decoded whole: byte-level tokens need their neighbours to form text.
-                texts[r] = tok.decode(&out[r]);
-                texts[r].ends_with(st.as_str())
-            });
+            // Decoded whole: byte-level tokens need their neighbours to form text.
+            let stopped =
+                s.stop.as_ref().is_some_and(|st| tok.decode(&out[r]).ends_with(st.as_str()));
             if tok.is_stop(t) || stopped || out[r].len() >= budgets[r] || out[r].len() >= room {
                 done[r] = true;
             }

@@ -34,7 +34,7 @@ pub struct Tok {
     /// Separates a text from its rewrite (RLMEC's rewriter).
     pub sep: u32,
     /// A chat template to render prompts with (`tokenizer_config.json`'s `chat_template`).
-    pub chat_template: Option<String>,
+    pub chat_template: Option<crate::chat::ChatTemplate>,
 }
 
 impl Tok {
@@ -102,12 +102,10 @@ impl Tok {
     /// The tokens of a prompt: BOS (where the model uses one) and the text, or the text
     /// rendered as a user message through the chat template (which writes its own BOS).
     pub fn prompt(&self, text: &str) -> Vec<u32> {
-        if let Some(template) = &self.chat_template {
-            let bos = self.bos.map(|b| self.piece(b).to_string()).unwrap_or_default();
-            let eos = self.piece(self.eos).to_string();
-            if let Ok(rendered) = crate::chat::render_user(template, text, &bos, &eos) {
-                return self.encode(&rendered);
-            }
+        if let Some(template) = &self.chat_template
+            && let Ok(rendered) = template.render_user(text)
+        {
+            return self.encode(&rendered);
         }
         let mut ids: Vec<u32> = self.bos.into_iter().collect();
         ids.extend(self.encode(text));
@@ -192,14 +190,10 @@ pub fn from_hf_dir(dir: &Path, chat: bool) -> Result<Tok, String> {
     tok.pieces = (0..tok.pieces.len() as u32)
         .map(|i| tok.inner.decode(&[i], false).unwrap_or_else(|_| tok.pieces[i as usize].clone()))
         .collect();
+    // Each file is optional; one that is there must parse.
     let read = |name: &str| -> Result<Option<serde_json::Value>, String> {
         let path = dir.join(name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
-            Err(_) => Ok(None),
-        }
+        path.exists().then(|| crate::model::hf::read_json(&path)).transpose()
     };
     let config = read("config.json")?.unwrap_or_default();
     let generation = read("generation_config.json")?.unwrap_or_default();
@@ -244,8 +238,11 @@ pub fn from_hf_dir(dir: &Path, chat: bool) -> Result<Tok, String> {
                 dir.display()
             )
         })?;
-        crate::chat::check(template).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Some(template.to_string())
+        let bos = tok.bos.map(|b| tok.piece(b).to_string()).unwrap_or_default();
+        let eos = tok.piece(eos).to_string();
+        let template = crate::chat::ChatTemplate::new(template.to_string(), bos, eos)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        Some(template)
     } else {
         None
     };

@@ -22,7 +22,8 @@ pub struct Checkpoint {
     pub weights: BTreeMap<String, Tensor>,
 }
 
-fn read_json(path: &Path) -> Result<Value, String> {
+/// A JSON file, with errors that name it.
+pub(crate) fn read_json(path: &Path) -> Result<Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }

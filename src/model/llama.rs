@@ -163,7 +163,8 @@ impl LlamaTrunk {
             .collect::<Result<Vec<_>>>()?;
         let embed = get("model.embed_tokens.weight")?;
         let inv_freq = cfg.inv_freq();
-        let inv_freq = Tensor::from_vec(inv_freq.clone(), inv_freq.len(), embed.device())?;
+        let half = inv_freq.len();
+        let inv_freq = Tensor::from_vec(inv_freq, half, embed.device())?;
         Ok(LlamaTrunk {
             embed,
             blocks,
@@ -215,11 +216,7 @@ impl LlamaTrunk {
             let mut k = rope(&heads_of(blk.k.forward(&a)?, kv, &blk.k_norm)?, &cos, &sin)?;
             let mut v = heads_of(blk.v.forward(&a)?, kv, &None)?;
             if let Some(c) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &c.layers[li] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
-                }
-                c.layers[li] = Some((k.clone(), v.clone()));
+                (k, v) = c.append(li, k, v)?;
             }
             let (k, v) = (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?);
             let att = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(bias)?;

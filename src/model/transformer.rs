@@ -14,7 +14,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::config::{Family, ModelConfig};
 use super::layout::Layout;
-use super::llama::LlamaTrunk;
+use super::llama::{Linear, LlamaTrunk};
 use super::params::{Init, Params};
 use crate::rng::Rng;
 
@@ -151,6 +151,17 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(layers: usize, rows: usize) -> KvCache {
         KvCache { layers: vec![None; layers], valid: vec![vec![]; rows], next_pos: vec![0; rows] }
+    }
+
+    /// Appends a layer's new keys and values `[B, H, L, Dh]` to the cached ones; returns all
+    /// of them.
+    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match &self.layers[layer] {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            None => (k, v),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        Ok((k, v))
     }
 
     pub fn columns(&self) -> usize {
@@ -341,14 +352,8 @@ impl Transformer {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let logits = match &self.lm_head {
             Some(LmHead::InOut(w)) => Dense { weight: w.clone(), bias: None }.forward(hidden)?,
-            Some(LmHead::OutIn(w)) => {
-                let (dims, d) = (hidden.dims().to_vec(), w.dim(1)?);
-                let rows = hidden.elem_count() / d;
-                let y = hidden.to_dtype(w.dtype())?.reshape((rows, d))?.matmul(&w.t()?)?;
-                let mut out = dims;
-                *out.last_mut().expect("rank ≥ 1") = w.dim(0)?;
-                y.reshape(out)?
-            }
+            Some(LmHead::OutIn(w)) => Linear { weight: w.clone(), bias: None, lora: None }
+                .forward(&hidden.to_dtype(w.dtype())?)?,
             None => candle_core::bail!("the model has no language-model head"),
         };
         logits.to_dtype(DType::F32)
@@ -453,11 +458,7 @@ impl GptTrunk {
             };
             let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
             if let Some(c) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &c.layers[li] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
-                }
-                c.layers[li] = Some((k.clone(), v.clone()));
+                (k, v) = c.append(li, k, v)?;
             }
             let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
             let att = if grad {

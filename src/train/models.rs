@@ -39,11 +39,16 @@ impl Slot {
         Slot { cfg, params, base: Arc::default(), source: None }
     }
 
-    /// The model over the frozen base and `values` for the trained weights.
-    fn over(&self, values: impl Iterator<Item = (String, Tensor)>) -> Result<Transformer> {
+    /// Every weight: the frozen base and `values` for the trained ones.
+    fn weights(&self, values: impl Iterator<Item = (String, Tensor)>) -> BTreeMap<String, Tensor> {
         let mut w = (*self.base).clone();
         w.extend(values);
-        Transformer::from_tensors(&self.cfg, &w)
+        w
+    }
+
+    /// The model over the frozen base and `values` for the trained weights.
+    fn over(&self, values: impl Iterator<Item = (String, Tensor)>) -> Result<Transformer> {
+        Transformer::from_tensors(&self.cfg, &self.weights(values))
     }
 
     pub fn live(&self) -> Result<Transformer> {
@@ -66,8 +71,7 @@ impl Slot {
         else {
             return Ok(false);
         };
-        let mut w = (*self.base).clone();
-        w.extend(self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())));
+        let w = self.weights(self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())));
         hf::save(out, dir, raw, &spec.hf, &w, spec.lora.as_ref())?;
         Ok(true)
     }
@@ -384,15 +388,16 @@ fn supervised_warm_start(
     )
     .map_err(err)?;
     let model = slot.live().map_err(err)?;
-    let encoded: Vec<Vec<u32>> = task.texts.iter().map(|t| setup.tok.response(t)).collect();
+    // (context, text) per text: BOS and the text, or for tokenizers without BOS its first token.
+    let encoded: Vec<(Vec<u32>, Vec<u32>)> =
+        task.texts.iter().map(|t| setup.tok.context_and_text(t)).collect();
     let batch = 32.min(encoded.len().max(1));
     let mut progress = Progress::new(&format!("warm start {name}"), steps as u64, setup.quiet);
     let mut last = f64::NAN;
     for step in 0..steps {
         let idx: Vec<usize> = (0..batch).map(|_| rng.below(encoded.len())).collect();
-        let bos: Vec<u32> = setup.tok.bos.into_iter().collect();
-        let ctx: Vec<&[u32]> = idx.iter().map(|_| &bos[..]).collect();
-        let toks: Vec<&[u32]> = idx.iter().map(|&i| encoded[i].as_slice()).collect();
+        let ctx: Vec<&[u32]> = idx.iter().map(|&i| encoded[i].0.as_slice()).collect();
+        let toks: Vec<&[u32]> = idx.iter().map(|&i| encoded[i].1.as_slice()).collect();
         let layout = Layout::new(&ctx, &toks, setup.device).map_err(err)?;
         let hidden = model.hidden_of(&layout, true).map_err(err)?;
         let logp = model.token_logp(&hidden, &layout, 1.0).map_err(err)?;
