@@ -13,6 +13,7 @@ pub mod diag;
 pub mod diff;
 pub mod exec;
 pub mod graph_view;
+pub mod inspect;
 pub mod ir;
 pub mod model;
 pub mod render;

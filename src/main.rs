@@ -170,6 +170,54 @@ enum Command {
         #[arg(long, requires = "checkpoint")]
         bf16: bool,
     },
+    /// Per-token log-probabilities and the summed NLL of a text under a model: the numbers to
+    /// compare with transformers' for the same ids.
+    Score {
+        /// A model directory (HF checkpoint, PEFT adapter, RUN/models/NAME) or a run directory.
+        model: PathBuf,
+        /// The text to score.
+        #[arg(long, conflicts_with = "jsonl", required_unless_present = "jsonl")]
+        text: Option<String>,
+        /// Score one field of every line of a JSON-lines file.
+        #[arg(long)]
+        jsonl: Option<PathBuf>,
+        /// The field of each line (with --jsonl).
+        #[arg(long, default_value = "text", requires = "jsonl")]
+        field: String,
+        /// Score the text as a `chat = true` recipe feeds a prompt: one user message through the
+        /// chat template, generation prompt included.
+        #[arg(long)]
+        chat: bool,
+        /// One JSON object per text instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Sample from a model: what a trained run's policy writes.
+    Generate {
+        /// A model directory or a run directory (its `models/policy`).
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Samples to draw.
+        #[arg(long, default_value_t = 1)]
+        n: usize,
+        /// 0 decodes greedily.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// Render the prompt through the chat template.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Write a tiny random Hugging Face checkpoint (config.json, safetensors, tokenizer.json,
     /// chat template) of a supported family: try `pretrained(...)` recipes without a download.
     TinyCheckpoint {
@@ -186,6 +234,13 @@ enum Command {
         size: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Whose file layout: transformers `5` (rope_parameters, dtype, chat_template.jinja) or
+        /// `4` (rope_theta/rope_scaling, torch_dtype, the template in tokenizer_config.json).
+        #[arg(long, default_value = "5", value_parser = ["4", "5"])]
+        transformers: String,
+        /// Store the weights in bfloat16, as most released models are.
+        #[arg(long)]
+        bf16: bool,
     },
     /// Evaluate and differentiate a stage's objective on a batch of tensors (no model, no sampling).
     Eval {
@@ -320,12 +375,62 @@ fn main() -> ExitCode {
             };
             bench(&cfg, checkpoint.as_deref().map(|m| (m, bf16)), &which, &device, json)
         })(),
-        Command::TinyCheckpoint { dir, family, shards, size, seed } => {
-            rlx::model::hf_tiny::write_sized(&dir, &family, &size, shards, seed).map(|()| {
-                println!("wrote a random {size} {family} checkpoint to {}", dir.display());
+        Command::TinyCheckpoint { dir, family, shards, size, seed, transformers, bf16 } => {
+            use rlx::model::hf_tiny::{self, ConfigStyle, TinySpec};
+            let style = if transformers == "4" { ConfigStyle::V4 } else { ConfigStyle::V5 };
+            let spec =
+                TinySpec { family: family.clone(), size: size.clone(), shards, seed, style, bf16 };
+            hf_tiny::write_tiny(&dir, &spec).map(|()| {
+                println!(
+                    "wrote a random {size} {family} checkpoint (transformers {transformers} layout) to {}",
+                    dir.display()
+                );
                 ExitCode::SUCCESS
             })
         }
+        Command::Score { model, text, jsonl, field, chat, json, device } => {
+            score(&model, text.as_deref(), jsonl.as_deref(), &field, chat, json, &device)
+        }
+        Command::Generate {
+            model,
+            prompt,
+            n,
+            temperature,
+            top_p,
+            max_tokens,
+            chat,
+            seed,
+            device,
+        } => (|| {
+            if !(temperature >= 0.0 && temperature.is_finite()) {
+                return Err(format!("--temperature {temperature}: use a finite value ≥ 0"));
+            }
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return Err(format!("--top-p {top_p}: use a value in (0, 1]"));
+            }
+            if n == 0 || max_tokens == 0 {
+                return Err("--n and --max-tokens must be at least 1".into());
+            }
+            let device = rlx::exec::device::device(&device)?;
+            let loaded = rlx::inspect::load(&model, chat, &device)?;
+            let sampling = rlx::sample::Sampling {
+                temperature: temperature.max(1e-6),
+                top_p,
+                max_tokens,
+                min_tokens: 0,
+                stop: None,
+                greedy: temperature == 0.0,
+            };
+            let texts = rlx::inspect::generate(&loaded, &prompt, n, &sampling, seed, &device)?;
+            eprintln!("model: {}", loaded.dir.display());
+            for (i, t) in texts.iter().enumerate() {
+                if n > 1 {
+                    println!("--- sample {}", i + 1);
+                }
+                println!("{prompt}{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        })(),
         Command::Eval { recipe, stage, batch, synthetic, seed, out, inputs, device, profile } => {
             eval(
                 &recipe,
@@ -616,6 +721,68 @@ fn bench(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `rlx score`: one text, or a field of every line of a JSON-lines file.
+fn score(
+    model: &Path,
+    text: Option<&str>,
+    jsonl: Option<&Path>,
+    field: &str,
+    chat: bool,
+    json: bool,
+    device: &str,
+) -> Result<ExitCode, String> {
+    let device = rlx::exec::device::device(device)?;
+    let loaded = rlx::inspect::load(model, chat, &device)?;
+    let texts: Vec<String> = match (text, jsonl) {
+        (Some(t), _) => vec![t.to_string()],
+        (None, Some(path)) => {
+            let body =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut out = Vec::new();
+            for (i, line) in body.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let at = || format!("{}:{}", path.display(), i + 1);
+                let doc: serde_json::Value =
+                    serde_json::from_str(line.trim_start_matches('\u{feff}'))
+                        .map_err(|e| format!("{}: {e}", at()))?;
+                let t = doc[field]
+                    .as_str()
+                    .ok_or_else(|| format!("{}: no text field `{field}`", at()))?;
+                out.push(t.to_string());
+            }
+            out
+        }
+        (None, None) => return Err("give --text or --jsonl".into()),
+    };
+    if !json {
+        eprintln!("model: {}", loaded.dir.display());
+    }
+    let (mut total, mut predicted) = (0.0, 0);
+    for (i, t) in texts.iter().enumerate() {
+        let ids = rlx::inspect::ids_of(&loaded.tok, t, chat)?;
+        let s = rlx::inspect::score_ids(&loaded, &ids, &device)?;
+        total += s.nll;
+        predicted += s.predicted;
+        if json {
+            println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+            continue;
+        }
+        if texts.len() > 1 {
+            println!("text {}: {} tokens, NLL {:.6}", i + 1, s.tokens.len(), s.nll);
+            continue;
+        }
+        println!("{:>5}  {:>8}  {:>12}  piece", "pos", "id", "log-prob");
+        for (pos, tok) in s.tokens.iter().enumerate() {
+            let lp = tok.logp.map_or("-".to_string(), |l| format!("{l:.6}"));
+            println!("{pos:>5}  {:>8}  {lp:>12}  {:?}", tok.id, tok.piece);
+        }
+    }
+    if !json {
+        let per = if predicted > 0 { total / predicted as f64 } else { 0.0 };
+        println!("summed NLL {total:.6} over {predicted} predicted tokens ({per:.6} per token)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 struct RunArgs {
     recipe: Option<PathBuf>,
     out: Option<PathBuf>,
@@ -704,11 +871,14 @@ fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
         }
         Err(d) => {
             eprint!("{}", render::human(&d, &src, style));
-            eprintln!(
-                "the last checkpoint in {} is intact; continue with `rlx run --resume {}`",
-                out.display(),
-                out.display()
-            );
+            // Only when there is a checkpoint to continue from.
+            if out.join("state.json").exists() {
+                eprintln!(
+                    "the last checkpoint in {} is intact; continue with `rlx run --resume {}`",
+                    out.display(),
+                    out.display()
+                );
+            }
             Ok(ExitCode::from(1))
         }
     }

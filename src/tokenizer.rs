@@ -164,6 +164,30 @@ impl Tok {
     }
 }
 
+/// A `tokenizer.json` text with a post-processor that prepends `piece` (id `id`) when special
+/// tokens are added, as Llama's tokenizers do with their BOS.
+pub fn with_bos(json: &str, piece: &str, id: u32) -> Result<String, String> {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("tokenizer.json: {e}"))?;
+    let special = |seq: &str, type_id: u32| json!({"Sequence": {"id": seq, "type_id": type_id}});
+    doc["post_processor"] = json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": piece, "type_id": 0}}, special("A", 0)],
+        "pair": [{"SpecialToken": {"id": piece, "type_id": 0}}, special("A", 0), special("B", 1)],
+        "special_tokens": {piece: {"id": piece, "ids": [id], "tokens": [piece]}},
+    });
+    Ok(serde_json::to_string_pretty(&doc).expect("JSON"))
+}
+
+/// The directory whose tokenizer files serve a model directory: an adapter's own when it has
+/// them, else its base's.
+pub fn tokenizer_dir(dir: &Path) -> Result<std::path::PathBuf, String> {
+    if crate::model::hf::is_adapter_dir(dir) && !dir.join("tokenizer.json").exists() {
+        return crate::model::hf::adapter_base(dir);
+    }
+    Ok(dir.to_path_buf())
+}
+
 /// The pieces of a word list: each word with and without a leading space.
 pub fn pieces_of<'a>(words: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut out = Vec::new();
@@ -178,6 +202,34 @@ pub fn pieces_of<'a>(words: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         out.push(s.to_string());
     }
     out
+}
+
+/// A directory's default chat template, where transformers looks for it, first match wins:
+/// `chat_template.jinja` (transformers 5 and late 4.x), `tokenizer_config.json`'s
+/// `chat_template` (a string, or a list of named templates of which `default` is taken), then
+/// the older processors' `chat_template.json`.
+pub fn chat_template(dir: &Path, tok_config: &serde_json::Value) -> Result<Option<String>, String> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", jinja.display()));
+    }
+    match &tok_config["chat_template"] {
+        serde_json::Value::String(t) => return Ok(Some(t.clone())),
+        serde_json::Value::Array(named) => {
+            let default =
+                named.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str());
+            return Ok(default.map(str::to_string));
+        }
+        _ => {}
+    }
+    let legacy = dir.join("chat_template.json");
+    if legacy.exists() {
+        let doc = crate::model::hf::read_json(&legacy)?;
+        return Ok(doc["chat_template"].as_str().map(str::to_string));
+    }
+    Ok(None)
 }
 
 /// Reads a Hugging Face model directory's tokenizer: `tokenizer.json`, with special ids from
@@ -232,15 +284,15 @@ pub fn from_hf_dir(dir: &Path, chat: bool) -> Result<Tok, String> {
     tok.pad = named("pad_token").unwrap_or(eos);
     tok.sep = eos;
     tok.chat_template = if chat {
-        let template = tok_config["chat_template"].as_str().ok_or_else(|| {
+        let template = chat_template(dir, &tok_config)?.ok_or_else(|| {
             format!(
-                "{}: `chat = true` but tokenizer_config.json has no `chat_template`",
+                "{}: `chat = true` but the directory has no chat template (chat_template.jinja, or `chat_template` in tokenizer_config.json)",
                 dir.display()
             )
         })?;
         let bos = tok.bos.map(|b| tok.piece(b).to_string()).unwrap_or_default();
         let eos = tok.piece(eos).to_string();
-        let template = crate::chat::ChatTemplate::new(template.to_string(), bos, eos)
+        let template = crate::chat::ChatTemplate::new(template, bos, eos)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         Some(template)
     } else {

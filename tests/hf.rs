@@ -103,6 +103,91 @@ fn logits_match_candle_transformers_for_every_family() {
     }
 }
 
+/// A checkpoint in transformers 5's layout (`rope_parameters`, `dtype`, chat_template.jinja)
+/// gives exactly the logits of the same weights in the 4.x layout, which candle-transformers
+/// reads: the rotary base (1e6 for Qwen, 5e5 with llama3 scaling for Llama) is not lost.
+#[test]
+fn transformers_5_layout_gives_the_same_logits() {
+    use hf_tiny::{ConfigStyle, TinySpec};
+    for family in hf_tiny::TINY_FAMILIES {
+        let (v4, v5) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let spec = TinySpec { seed: 9, ..TinySpec::new(family) };
+        hf_tiny::write_tiny(v4.path(), &spec).unwrap();
+        hf_tiny::write_tiny(v5.path(), &TinySpec { style: ConfigStyle::V5, ..spec }).unwrap();
+        let config = std::fs::read_to_string(v5.path().join("config.json")).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert!(doc.get("rope_parameters").is_some() && doc.get("rope_theta").is_none());
+        let oracle = oracle_logits(v4.path(), family);
+        let (model, _) = rlx_model(v5.path(), None, false);
+        let d = max_diff(&rlx_logits(&model, &IDS, 2, false), &oracle);
+        assert!(d < 2e-5, "{family}: transformers 5 layout differs by {d}");
+        // Reading the rotary base wrongly is not a small error: the check can see it.
+        if *family != "smollm" {
+            let mut cfg: serde_json::Value = serde_json::from_str(&config).unwrap();
+            cfg["rope_parameters"]["rope_theta"] = 10000.0.into();
+            std::fs::write(v5.path().join("config.json"), cfg.to_string()).unwrap();
+            let (wrong, _) = rlx_model(v5.path(), None, false);
+            let d = max_diff(&rlx_logits(&wrong, &IDS, 2, false), &oracle);
+            assert!(d > 1e-3, "{family}: theta 10000 gives the same logits ({d})");
+        }
+    }
+}
+
+/// transformers looks for the chat template in chat_template.jinja first, then in
+/// tokenizer_config.json (a string, or named templates), then in chat_template.json.
+#[test]
+fn chat_templates_are_read_from_every_place_transformers_writes_them() {
+    use hf_tiny::{CHATML, ConfigStyle, TinySpec};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec { style: ConfigStyle::V5, ..TinySpec::new("qwen2") };
+    hf_tiny::write_tiny(dir.path(), &spec).unwrap();
+    let prompt = |d: &Path| {
+        let tok = rlx::tokenizer::from_hf_dir(d, true).unwrap();
+        tok.decode(&tok.prompt("Hi"))
+    };
+    assert_eq!(prompt(dir.path()), "user\nHi\nassistant\n");
+    let jinja = dir.path().join("chat_template.jinja");
+    std::fs::remove_file(&jinja).unwrap();
+    let err = rlx::tokenizer::from_hf_dir(dir.path(), true).err().unwrap();
+    assert!(err.contains("no chat template"), "{err}");
+    // Named templates, as transformers 4 saved several.
+    let config = dir.path().join("tokenizer_config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["chat_template"] = serde_json::json!([{"name": "tool_use", "template": "x"},
+        {"name": "default", "template": CHATML}]);
+    std::fs::write(&config, c.to_string()).unwrap();
+    assert_eq!(prompt(dir.path()), "user\nHi\nassistant\n");
+    // The .jinja file wins over the config.
+    std::fs::write(&jinja, "{{ messages[0].content }}!").unwrap();
+    assert_eq!(prompt(dir.path()), "Hi!");
+}
+
+/// The config decides the architecture, as in transformers: a weight it does not account for
+/// (here a bias transformers would ignore) is an error, not silently used or dropped.
+#[test]
+fn weights_the_config_does_not_use_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    hf_tiny::write(dir.path(), "llama", 1, 1).unwrap();
+    let path = dir.path().join("model.safetensors");
+    let mut w = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    w.insert(
+        "model.layers.0.self_attn.o_proj.bias".into(),
+        Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&w, &path).unwrap();
+    let err = hf::load(dir.path(), &Device::Cpu).err().unwrap();
+    assert!(err.contains("o_proj.bias") && err.contains("attention_bias"), "{err}");
+    // With `attention_bias`, q/k/v/o biases are all required, and used.
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["attention_bias"] = true.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let err = hf::load(dir.path(), &Device::Cpu).err().unwrap();
+    assert!(err.contains("no weight `model.layers.0.self_attn.q_proj.bias`"), "{err}");
+}
+
 #[test]
 fn bf16_compute_stays_close_to_f32() {
     let dir = tempfile::tempdir().unwrap();
@@ -215,24 +300,30 @@ fn saved_checkpoints_load_into_candle_transformers_with_the_same_logits() {
         let adapted = Transformer::from_tensors(&cfg, &weights).unwrap();
         let ours = rlx_logits(&adapted, &IDS, 0, false);
         let out = tempfile::tempdir().unwrap();
-        hf::save(out.path(), src.path(), &ck.raw_config, &ck.cfg, &weights, Some(&lora)).unwrap();
-        for f in [
-            "config.json",
-            "model.safetensors",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "adapter_model.safetensors",
-            "adapter_config.json",
-        ] {
+        let adapter_dir = tempfile::tempdir().unwrap();
+        hf::save(
+            out.path(),
+            src.path(),
+            &ck.raw_config,
+            &ck.cfg,
+            &weights,
+            Some(&lora),
+            DType::F32,
+        )
+        .unwrap();
+        hf::save_adapter(adapter_dir.path(), src.path(), &ck.cfg, &weights, &lora).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
             assert!(out.path().join(f).exists(), "{family}: no {f}");
         }
+        // The adapter lives alone: beside merged weights PEFT would apply it a second time.
+        assert!(!out.path().join("adapter_config.json").exists());
         let theirs = oracle_logits(out.path(), family);
         let d = max_diff(&ours, &theirs);
         assert!(d < 1e-4, "{family}: saved model's logits differ by {d}");
         let before = oracle_logits(src.path(), family);
         assert!(max_diff(&before, &theirs) > 1e-3, "{family}: the adapter changed nothing");
         let adapter = candle_core::safetensors::load(
-            out.path().join("adapter_model.safetensors"),
+            adapter_dir.path().join("adapter_model.safetensors"),
             &Device::Cpu,
         )
         .unwrap();
@@ -241,10 +332,16 @@ fn saved_checkpoints_load_into_candle_transformers_with_the_same_logits() {
             adapter.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_A.weight")
         );
         let config: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap(),
+            &std::fs::read_to_string(adapter_dir.path().join("adapter_config.json")).unwrap(),
         )
         .unwrap();
         assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(2), Some(8.0)));
+        let base = std::path::PathBuf::from(config["base_model_name_or_path"].as_str().unwrap());
+        assert!(base.is_absolute() && base.join("config.json").exists(), "{base:?}");
+        // rlx reads the adapter back over its base: the same model as the merged directory.
+        let loaded = rlx::inspect::load(adapter_dir.path(), false, &Device::Cpu).unwrap();
+        let d = max_diff(&rlx_logits(&loaded.model, &IDS, 0, false), &ours);
+        assert!(d < 2e-5, "{family}: adapter read back differs by {d}");
     }
 }
 
@@ -370,7 +467,99 @@ fn a_run_on_a_local_checkpoint_saves_a_policy_candle_transformers_loads() {
     let theirs = oracle_logits(&saved, "qwen2");
     assert!(max_diff(&trained, &theirs) < 2e-5, "{}", max_diff(&trained, &theirs));
     assert!(max_diff(&oracle_logits(&model, "qwen2"), &theirs) > 1e-3, "training changed nothing");
-    assert!(saved.join("adapter_model.safetensors").exists());
+    // The adapter alone, in its own directory, reads back over its base to the same model.
+    assert!(!saved.join("adapter_model.safetensors").exists());
+    let adapter = run.join("adapters/policy");
+    let loaded = rlx::inspect::load(&adapter, false, &Device::Cpu).unwrap();
+    let d = max_diff(&rlx_logits(&loaded.model, &IDS, 0, false), &trained);
+    assert!(d < 2e-5, "adapter read back differs by {d}");
+    // And `rlx score` of the run directory reads its policy.
+    let o = rlx_cli().args(["score", "--json", "--text", "Hello!"]).arg(&run).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let scored: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(scored["predicted"], 5);
+    assert!(scored["nll"].as_f64().unwrap() > 0.0);
+}
+
+/// A bf16 checkpoint in transformers 5's layout (chat template in chat_template.jinja) trains
+/// with `chat = true`; `save_dtype = source` writes bf16 with one consistent dtype in the config
+/// and keeps the template; `pretrained(ADAPTER_DIR)` continues from a saved adapter.
+#[test]
+fn transformers_5_bf16_checkpoints_train_save_in_their_dtype_and_continue_from_adapters() {
+    use hf_tiny::{ConfigStyle, TinySpec};
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, run) = (tmp.path().join("model"), tmp.path().join("run"));
+    let spec = TinySpec { seed: 4, style: ConfigStyle::V5, bf16: true, ..TinySpec::new("qwen2") };
+    hf_tiny::write_tiny(&model, &spec).unwrap();
+    let data = Path::new("data/gsm8k-sample.jsonl").canonicalize().unwrap();
+    let recipe = |model: &Path, extra: &str, lr: &str| {
+        format!(
+            r#"data  gsm   = jsonl("{data}", prompt = "question", answer = "answer", eval = 2)
+model policy = pretrained("{model}", lora_rank = 4, lora_alpha = 8, chat = true{extra})
+stage sft {{
+    train policy
+    data  gsm.texts
+    loss  = token_mean(nll(policy.logp))
+    optim {{ lr = {lr}, steps = 2, batch = 4 }}
+}}
+"#,
+            data = data.display(),
+            model = model.display()
+        )
+    };
+    let run_recipe = |text: String, out: &Path| {
+        let path = out.with_extension("rlx");
+        std::fs::write(&path, text).unwrap();
+        let o = rlx_cli().args(["run", "--quiet", "--out"]).arg(out).arg(&path).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run_recipe(recipe(&model, ", save_dtype = source", "1e-2"), &run);
+    let saved = run.join("models/policy");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (config["dtype"].as_str(), config["torch_dtype"].as_str()),
+        (Some("bfloat16"), Some("bfloat16"))
+    );
+    assert!(config.get("rope_parameters").is_some());
+    let tensors =
+        candle_core::safetensors::load(saved.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(tensors.values().all(|t| t.dtype() == DType::BF16));
+    assert_eq!(
+        std::fs::read_to_string(saved.join("chat_template.jinja")).unwrap(),
+        hf_tiny::CHATML
+    );
+    // Continue from the saved adapter with a learning rate too small to move it: the model
+    // saved at the end is the one the first run trained.
+    let first = rlx::inspect::load(&run.join("adapters/policy"), false, &Device::Cpu).unwrap();
+    let again = tmp.path().join("again");
+    run_recipe(recipe(&run.join("adapters/policy"), "", "1e-12"), &again);
+    let second = rlx::inspect::load(&again.join("adapters/policy"), false, &Device::Cpu).unwrap();
+    let d = max_diff(
+        &rlx_logits(&first.model, &IDS, 0, false),
+        &rlx_logits(&second.model, &IDS, 0, false),
+    );
+    assert!(d < 1e-5, "continued adapter differs by {d}");
+    let base = rlx::inspect::load(&model, false, &Device::Cpu).unwrap();
+    let moved = max_diff(
+        &rlx_logits(&base.model, &IDS, 0, false),
+        &rlx_logits(&second.model, &IDS, 0, false),
+    );
+    assert!(moved > 1e-3, "the continued adapter is the base ({moved})");
+    // An adapter whose settings disagree with the recipe is refused, naming both.
+    let bad = tmp.path().join("bad");
+    let text =
+        recipe(&run.join("adapters/policy"), "", "1e-3").replace("lora_rank = 4", "lora_rank = 8");
+    std::fs::write(bad.with_extension("rlx"), text).unwrap();
+    let o = rlx_cli()
+        .args(["run", "--quiet", "--out"])
+        .arg(&bad)
+        .arg(bad.with_extension("rlx"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("lora_rank 8 vs r = 4"), "{err}");
+    assert!(!err.contains("--resume"), "advice to resume without a checkpoint: {err}");
 }
 
 #[test]
@@ -406,4 +595,6 @@ fn a_malformed_data_line_stops_the_run_with_its_file_and_line() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("nowhere"), "{err}");
+    assert!(err.contains("does not exist") && err.contains("pretrained("), "{err}");
+    assert!(!err.contains("--resume"), "advice to resume without a checkpoint: {err}");
 }

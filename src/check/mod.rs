@@ -1,6 +1,7 @@
 //! The checker: settings and parameters, levels and gradient flow, stage references, and lints.
 //! It accumulates every diagnostic it finds; nothing here creates a tensor.
 
+mod files;
 pub mod lints;
 pub mod params;
 pub mod plan;
@@ -174,6 +175,7 @@ pub fn check(program: Program) -> (Checked, Vec<Diagnostic>) {
     }
     let checked = Checked { program, stages, decl_params };
     lints::program_lints(&checked, &mut diags);
+    files::check_models(&checked, &mut diags);
     (checked, diags)
 }
 

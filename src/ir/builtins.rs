@@ -252,6 +252,12 @@ pub static PRETRAINED_PARAMS: &[ParamSpec] = &[
         range: Range::Any,
         doc: "render prompts through the tokenizer's chat template as a user message",
     },
+    choice(
+        "save_dtype",
+        &["f32", "source", "bf16", "f16"],
+        "f32",
+        "dtype of the saved RUN/models/NAME/model.safetensors; `source` keeps the checkpoint's (half the size for bf16 models, LoRA updates rounded)",
+    ),
 ];
 
 /// Texts a stage can read, by the kind of its data.

@@ -1,13 +1,15 @@
 //! Tiny random Hugging Face checkpoints of each supported family, written exactly as HF writes
 //! them (config.json, safetensors — sharded with an index when asked — tokenizer.json with a
-//! byte-level BPE, tokenizer_config.json with a ChatML template). Tests check rlx against
+//! byte-level BPE, a ChatML chat template), in either of transformers' layouts: 4.x
+//! (`rope_theta`/`rope_scaling`, `torch_dtype`, the template in tokenizer_config.json) or 5.x
+//! (`rope_parameters`, `dtype`, the template in chat_template.jinja). Tests check rlx against
 //! independent implementations on them, and `rlx tiny-checkpoint` lets a user try the
 //! pretrained-model path without downloading anything.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde_json::{Value, json};
 
 use super::hf::expected_shapes;
@@ -144,7 +146,7 @@ pub fn config(family: &str) -> Result<Value, String> {
 pub fn random_weights(cfg: &HfConfig, seed: u64) -> Result<BTreeMap<String, Tensor>, String> {
     let mut rng = Rng::new(seed);
     let mut out = BTreeMap::new();
-    for (name, shape) in expected_shapes(cfg, &BTreeMap::new()) {
+    for (name, shape) in expected_shapes(cfg) {
         let n: usize = shape.iter().product();
         let offset = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
         let data: Vec<f32> = (0..n).map(|_| (offset + 0.1 * rng.normal()) as f32).collect();
@@ -155,25 +157,79 @@ pub fn random_weights(cfg: &HfConfig, seed: u64) -> Result<BTreeMap<String, Tens
     Ok(out)
 }
 
-/// Writes a tiny random checkpoint of `family` into `dir`, in `shards` safetensors files.
+/// Which transformers release's file layout a checkpoint is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigStyle {
+    /// transformers 4.x: top-level `rope_theta` / `rope_scaling`, `torch_dtype`, the chat
+    /// template inside tokenizer_config.json.
+    V4,
+    /// transformers 5.x: `rope_parameters`, `dtype`, the chat template in chat_template.jinja.
+    V5,
+}
+
+/// What `write_tiny` writes.
+#[derive(Debug, Clone)]
+pub struct TinySpec {
+    pub family: String,
+    /// `tiny`, or `0.5b`.
+    pub size: String,
+    pub shards: usize,
+    pub seed: u64,
+    pub style: ConfigStyle,
+    /// Store the weights in bfloat16 (config `dtype: bfloat16`), as most released models are.
+    pub bf16: bool,
+}
+
+impl TinySpec {
+    pub fn new(family: &str) -> TinySpec {
+        TinySpec {
+            family: family.into(),
+            size: "tiny".into(),
+            shards: 1,
+            seed: 0,
+            style: ConfigStyle::V4,
+            bf16: false,
+        }
+    }
+}
+
+/// Writes a tiny random checkpoint of `family` into `dir`, in `shards` safetensors files, in
+/// transformers 4's layout.
 pub fn write(dir: &Path, family: &str, shards: usize, seed: u64) -> Result<(), String> {
-    write_sized(dir, family, "tiny", shards, seed)
+    write_tiny(dir, &TinySpec { shards, seed, ..TinySpec::new(family) })
+}
+
+/// A 4.x-layout config rewritten as transformers 5 saves it: the rotary settings moved into
+/// `rope_parameters` and `torch_dtype` renamed `dtype`.
+pub fn to_v5(config: &Value) -> Value {
+    let mut c = config.clone();
+    let obj = c.as_object_mut().expect("a config is an object");
+    let mut rope = match obj.remove("rope_scaling") {
+        Some(Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    if let Some(kind) = rope.remove("type") {
+        rope.entry("rope_type".to_string()).or_insert(kind);
+    }
+    rope.entry("rope_type".to_string()).or_insert("default".into());
+    rope.insert("rope_theta".into(), obj.remove("rope_theta").unwrap_or(json!(10000.0)));
+    obj.insert("rope_parameters".into(), Value::Object(rope));
+    if let Some(dtype) = obj.remove("torch_dtype") {
+        obj.insert("dtype".into(), dtype);
+    }
+    obj.insert("transformers_version".into(), json!("5.0.0"));
+    c
 }
 
 /// Sizes besides `tiny`: `0.5b` has Qwen2.5-0.5B's shape (24 layers, width 896, 14 heads over
 /// 2 key/value heads, MLP 4864, vocabulary 151 936, tied embeddings), for benchmarks.
 pub const SIZES: &[&str] = &["tiny", "0.5b"];
 
-/// Writes a random checkpoint of `family` at `size`.
-pub fn write_sized(
-    dir: &Path,
-    family: &str,
-    size: &str,
-    shards: usize,
-    seed: u64,
-) -> Result<(), String> {
+/// Writes a random checkpoint as `spec` says.
+pub fn write_tiny(dir: &Path, spec: &TinySpec) -> Result<(), String> {
+    let family = spec.family.as_str();
     let mut config = config(family)?;
-    match size {
+    match spec.size.as_str() {
         "tiny" => {}
         "0.5b" => {
             for (k, v) in [
@@ -194,8 +250,19 @@ pub fn write_sized(
         }
         other => return Err(format!("unknown size `{other}`; use {}", SIZES.join(", "))),
     }
+    if spec.bf16 {
+        config["torch_dtype"] = json!("bfloat16");
+    }
     let cfg = HfConfig::parse(&config.to_string())?;
-    let weights = random_weights(&cfg, seed)?;
+    let mut weights = random_weights(&cfg, spec.seed)?;
+    if spec.bf16 {
+        for t in weights.values_mut() {
+            *t = t.to_dtype(DType::BF16).map_err(|e| e.to_string())?;
+        }
+    }
+    if spec.style == ConfigStyle::V5 {
+        config = to_v5(&config);
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let write = |name: &str, text: String| {
         std::fs::write(dir.join(name), text).map_err(|e| format!("{}: {e}", dir.display()))
@@ -203,17 +270,17 @@ pub fn write_sized(
     write("config.json", serde_json::to_string_pretty(&config).expect("JSON"))?;
     let bos = config.get("bos_token_id").is_some();
     write("tokenizer.json", tokenizer_json(bos))?;
-    write(
-        "tokenizer_config.json",
-        serde_json::to_string_pretty(&json!({
-            "chat_template": CHATML,
-            "eos_token": SPECIALS[0],
-            "bos_token": if bos { Value::from(SPECIALS[3]) } else { Value::Null },
-        }))
-        .expect("JSON"),
-    )?;
+    let mut tok_config = json!({
+        "eos_token": SPECIALS[0],
+        "bos_token": if bos { Value::from(SPECIALS[3]) } else { Value::Null },
+    });
+    match spec.style {
+        ConfigStyle::V4 => tok_config["chat_template"] = json!(CHATML),
+        ConfigStyle::V5 => write("chat_template.jinja", CHATML.to_string())?,
+    }
+    write("tokenizer_config.json", serde_json::to_string_pretty(&tok_config).expect("JSON"))?;
     let names: Vec<&String> = weights.keys().collect();
-    let shards = shards.clamp(1, names.len());
+    let shards = spec.shards.clamp(1, names.len());
     if shards == 1 {
         let map: HashMap<String, Tensor> = weights.clone().into_iter().collect();
         return candle_core::safetensors::save(&map, dir.join("model.safetensors"))

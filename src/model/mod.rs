@@ -3,6 +3,8 @@
 //! the sampler and the trainer share.
 
 pub mod config;
+pub mod dir;
+pub mod gpt2;
 pub mod hf;
 pub mod hf_config;
 pub mod hf_tiny;

@@ -29,9 +29,24 @@ pub struct Slot {
     pub params: Params,
     /// Weights that stay frozen (the base model under LoRA), shared by copies.
     pub base: Arc<BTreeMap<String, Tensor>>,
-    /// The checkpoint directory a pretrained model came from and its `config.json`, for
-    /// saving it back in the same format.
-    pub source: Option<(PathBuf, serde_json::Value)>,
+    /// Where a pretrained model came from, for saving it back in the same format.
+    pub source: Option<Arc<Source>>,
+}
+
+/// The checkpoint a pretrained model was read from.
+pub struct Source {
+    /// The checkpoint directory (an adapter's base).
+    pub dir: PathBuf,
+    /// Its `config.json`, so a saved model carries every field.
+    pub raw_config: serde_json::Value,
+    /// The dtype `model.safetensors` is written in (`pretrained(save_dtype = ...)`).
+    pub save_dtype: DType,
+}
+
+/// Where `Slot::save` wrote a model.
+pub struct Saved {
+    pub layout: &'static str,
+    pub adapter: bool,
 }
 
 impl Slot {
@@ -64,16 +79,45 @@ impl Slot {
         self.over(values.iter().map(|(k, v)| (k.clone(), v.clone())))
     }
 
-    /// Writes a pretrained model as a Hugging Face checkpoint directory.
-    pub fn save_hf(&self, out: &Path) -> std::result::Result<bool, String> {
-        let (Some((dir, raw)), crate::model::Family::Llama(spec)) =
-            (&self.source, &self.cfg.family)
-        else {
-            return Ok(false);
-        };
+    /// Writes the model to `out` as a Hugging Face checkpoint: a Llama-family model in its
+    /// source's layout (LoRA merged) with its adapter alone in `adapter_out`, a built-in model
+    /// in GPT-2's layout with the run's tokenizer.
+    pub fn save(
+        &self,
+        out: &Path,
+        adapter_out: &Path,
+        tok: &Tok,
+        tokenizer_json: &str,
+    ) -> std::result::Result<Saved, String> {
         let w = self.weights(self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())));
-        hf::save(out, dir, raw, &spec.hf, &w, spec.lora.as_ref())?;
-        Ok(true)
+        match (&self.cfg.family, &self.source) {
+            (crate::model::Family::Llama(spec), Some(src)) => {
+                hf::save(
+                    out,
+                    &src.dir,
+                    &src.raw_config,
+                    &spec.hf,
+                    &w,
+                    spec.lora.as_ref(),
+                    src.save_dtype,
+                )?;
+                if let Some(lora) = &spec.lora {
+                    hf::save_adapter(adapter_out, &src.dir, &spec.hf, &w, lora)?;
+                }
+                Ok(Saved { layout: "Hugging Face", adapter: spec.lora.is_some() })
+            }
+            (crate::model::Family::Llama(_), None) => {
+                Err("a Llama-family model without its source checkpoint".into())
+            }
+            (crate::model::Family::Gpt, source) => {
+                let tokenizer = match source {
+                    Some(src) => GptTokenizer::CopyFrom(&src.dir),
+                    None => GptTokenizer::Run { tok, json: tokenizer_json },
+                };
+                save_gpt2(out, &self.cfg, &w, tokenizer)?;
+                Ok(Saved { layout: "GPT-2 (Hugging Face)", adapter: false })
+            }
+        }
     }
 
     pub fn add_value_head(&mut self, rng: &mut Rng, device: &Device) -> Result<()> {
@@ -124,109 +168,122 @@ pub struct Setup<'a> {
     pub quiet: bool,
 }
 
-/// Builds every declared model, in declaration order.
+/// Builds every declared model, in declaration order. An error carries the span of the
+/// declaration that failed.
 pub fn build(
     setup: &Setup,
     log: &mut dyn FnMut(&str),
-) -> std::result::Result<BTreeMap<String, Slot>, String> {
+) -> std::result::Result<BTreeMap<String, Slot>, (crate::diag::Span, String)> {
     let program = &setup.checked.program;
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
     let rng = Rng::new(setup.seed);
     for decl in &program.models {
-        let name = &decl.name.name;
-        let resolved = setup.checked.decl_params.get(name).cloned().unwrap_or_default();
-        let cfg = config_of(&resolved, setup.tok.vocab_size())?;
-        let mut mrng = rng.fork(fnv(name));
-        let slot = match &decl.init {
-            ModelInit::Builtin { warm_start } => {
-                let params = init_params(
-                    &cfg,
-                    Heads { lm: true, ..Default::default() },
-                    &mut mrng,
-                    setup.device,
-                )
-                .map_err(|e| e.to_string())?;
-                let slot = Slot::builtin(cfg, params);
-                if let Some(ws) = warm_start {
-                    let task = setup
-                        .tasks
-                        .get(&ws.data)
-                        .ok_or_else(|| format!("no data set `{}`", ws.data))?;
-                    let steps = params::get_num(&resolved, "warm_steps").unwrap_or(400.0) as usize;
-                    let lr = params::get_num(&resolved, "warm_lr").unwrap_or(1e-3);
-                    // The key is the content trained on, not the settings that generated it,
-                    // so a changed task generator never reuses a stale warm start. The `v2`
-                    // names the warm-start procedure itself.
-                    let texts = fnv(&task.texts.join("\u{1e}"));
-                    let key = format!(
-                        "rlx-warm-v2|{}|{}|{texts:016x}|{steps}|{lr}|{}",
-                        setup.tokenizer_json,
-                        serde_json::to_string(&slot.cfg).unwrap_or_default(),
-                        setup.seed
-                    );
-                    let path = cache_dir().join(format!("warm-{:016x}.safetensors", fnv(&key)));
-                    if path.exists() && slot.params.load(&path, "", setup.device).is_ok() {
-                        log(&format!("warm start of `{name}`: cached ({})", path.display()));
-                    } else {
-                        let started = std::time::Instant::now();
-                        let loss =
-                            supervised_warm_start(&slot, task, setup, steps, lr, &mut mrng, name)?;
-                        log(&format!(
-                            "warm start of `{name}`: {steps} steps on {}.{} in {:.1}s, final loss {loss:.3}",
-                            ws.data,
-                            ws.member,
-                            started.elapsed().as_secs_f64()
-                        ));
-                        save_cache(&path, &slot.params);
-                    }
-                }
-                slot
-            }
-            ModelInit::Copy(of) => {
-                let src = slots
-                    .get(&of.name)
-                    .ok_or_else(|| format!("`{name}` copies `{}`, which is not built", of.name))?;
-                let snap = src.params.snapshot().map_err(|e| e.to_string())?;
-                Slot {
-                    cfg: src.cfg.clone(),
-                    params: params_from(&snap).map_err(|e| e.to_string())?,
-                    base: src.base.clone(),
-                    source: src.source.clone(),
-                }
-            }
-            ModelInit::RewardModel => {
-                // Like InstructGPT's, the reward model starts from a warm-started language model
-                // of the same shape where the recipe has one; its score head is fresh.
-                let trunk = slots
-                    .values()
-                    .find(|s| s.cfg == cfg && s.params.get("lm_head.weight").is_some());
-                let mut params = init_params(
-                    &cfg,
-                    Heads { score: true, ..Default::default() },
-                    &mut mrng,
-                    setup.device,
-                )
-                .map_err(|e| e.to_string())?;
-                if let Some(t) = trunk {
-                    let mut snap = t.params.snapshot().map_err(|e| e.to_string())?;
-                    snap.retain(|k, _| !k.starts_with("lm_head") && !k.starts_with("value"));
-                    for (k, v) in params.iter() {
-                        if let Some(s) = snap.get(k) {
-                            v.set(s).map_err(|e| e.to_string())?;
-                        }
-                    }
-                }
-                params.retain(|k| !k.starts_with("lm_head"));
-                Slot::builtin(cfg, params)
-            }
-            ModelInit::Pretrained => pretrained(&resolved, setup.device, &mut mrng, name, log)?,
-        };
-        slots.insert(name.clone(), slot);
+        let slot = build_one(setup, decl, &slots, &rng, log).map_err(|e| (decl.span, e))?;
+        slots.insert(decl.name.name.clone(), slot);
     }
     Ok(slots)
 }
 
-/// A Hugging Face checkpoint: every weight trained, or LoRA adapters over a frozen base.
+/// One declared model, given those declared before it.
+fn build_one(
+    setup: &Setup,
+    decl: &crate::ir::graph::ModelDecl,
+    slots: &BTreeMap<String, Slot>,
+    rng: &Rng,
+    log: &mut dyn FnMut(&str),
+) -> std::result::Result<Slot, String> {
+    let name = &decl.name.name;
+    let resolved = setup.checked.decl_params.get(name).cloned().unwrap_or_default();
+    let cfg = config_of(&resolved, setup.tok.vocab_size())?;
+    let mut mrng = rng.fork(fnv(name));
+    let slot = match &decl.init {
+        ModelInit::Builtin { warm_start } => {
+            let params = init_params(
+                &cfg,
+                Heads { lm: true, ..Default::default() },
+                &mut mrng,
+                setup.device,
+            )
+            .map_err(|e| e.to_string())?;
+            let slot = Slot::builtin(cfg, params);
+            if let Some(ws) = warm_start {
+                let task = setup
+                    .tasks
+                    .get(&ws.data)
+                    .ok_or_else(|| format!("no data set `{}`", ws.data))?;
+                let steps = params::get_num(&resolved, "warm_steps").unwrap_or(400.0) as usize;
+                let lr = params::get_num(&resolved, "warm_lr").unwrap_or(1e-3);
+                // The key is the content trained on, not the settings that generated it,
+                // so a changed task generator never reuses a stale warm start. The `v2`
+                // names the warm-start procedure itself.
+                let texts = fnv(&task.texts.join("\u{1e}"));
+                let key = format!(
+                    "rlx-warm-v2|{}|{}|{texts:016x}|{steps}|{lr}|{}",
+                    setup.tokenizer_json,
+                    serde_json::to_string(&slot.cfg).unwrap_or_default(),
+                    setup.seed
+                );
+                let path = cache_dir().join(format!("warm-{:016x}.safetensors", fnv(&key)));
+                if path.exists() && slot.params.load(&path, "", setup.device).is_ok() {
+                    log(&format!("warm start of `{name}`: cached ({})", path.display()));
+                } else {
+                    let started = std::time::Instant::now();
+                    let loss =
+                        supervised_warm_start(&slot, task, setup, steps, lr, &mut mrng, name)?;
+                    log(&format!(
+                        "warm start of `{name}`: {steps} steps on {}.{} in {:.1}s, final loss {loss:.3}",
+                        ws.data,
+                        ws.member,
+                        started.elapsed().as_secs_f64()
+                    ));
+                    save_cache(&path, &slot.params);
+                }
+            }
+            slot
+        }
+        ModelInit::Copy(of) => {
+            let src = slots
+                .get(&of.name)
+                .ok_or_else(|| format!("`{name}` copies `{}`, which is not built", of.name))?;
+            let snap = src.params.snapshot().map_err(|e| e.to_string())?;
+            Slot {
+                cfg: src.cfg.clone(),
+                params: params_from(&snap).map_err(|e| e.to_string())?,
+                base: src.base.clone(),
+                source: src.source.clone(),
+            }
+        }
+        ModelInit::RewardModel => {
+            // Like InstructGPT's, the reward model starts from a warm-started language model
+            // of the same shape where the recipe has one; its score head is fresh.
+            let trunk =
+                slots.values().find(|s| s.cfg == cfg && s.params.get("lm_head.weight").is_some());
+            let mut params = init_params(
+                &cfg,
+                Heads { score: true, ..Default::default() },
+                &mut mrng,
+                setup.device,
+            )
+            .map_err(|e| e.to_string())?;
+            if let Some(t) = trunk {
+                let mut snap = t.params.snapshot().map_err(|e| e.to_string())?;
+                snap.retain(|k, _| !k.starts_with("lm_head") && !k.starts_with("value"));
+                for (k, v) in params.iter() {
+                    if let Some(s) = snap.get(k) {
+                        v.set(s).map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            params.retain(|k| !k.starts_with("lm_head"));
+            Slot::builtin(cfg, params)
+        }
+        ModelInit::Pretrained => pretrained(&resolved, setup.device, &mut mrng, name, log)?,
+    };
+    Ok(slot)
+}
+
+/// A model directory (`crate::model::dir`): every weight trained, or LoRA adapters over a
+/// frozen base — fresh, or continued from an adapter directory.
 fn pretrained(
     resolved: &[params::Resolved],
     device: &Device,
@@ -236,11 +293,18 @@ fn pretrained(
 ) -> std::result::Result<Slot, String> {
     let err = |e: candle_core::Error| e.to_string();
     let text = |k: &str| params::get(resolved, k).and_then(|v| v.str()).unwrap_or("").to_string();
-    let dir = PathBuf::from(text("path"));
+    let explicit = |k: &str| resolved.iter().any(|r| r.name == k && r.explicit);
+    let path = PathBuf::from(text("path"));
     let started = std::time::Instant::now();
-    let ck = hf::load(&dir, device)?;
+    let md = crate::model::dir::open(&path, device)?;
     let bf16 = text("dtype") == "bf16";
-    let lora = match params::get_num(resolved, "lora_rank") {
+    let save_dtype = match text("save_dtype").as_str() {
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        "source" => md.dtype,
+        _ => DType::F32,
+    };
+    let asked = match params::get_num(resolved, "lora_rank") {
         Some(rank) => Some(LoraSpec {
             rank: rank as usize,
             alpha: params::get_num(resolved, "lora_alpha").unwrap_or(16.0),
@@ -248,26 +312,73 @@ fn pretrained(
         }),
         None => None,
     };
-    let spec = LlamaSpec { hf: ck.cfg.clone(), lora: lora.clone(), bf16 };
-    let cfg = ModelConfig::llama(spec);
+    // An adapter directory continues its adapter; settings the recipe writes must agree.
+    let lora = match (&md.adapter, asked) {
+        (Some(a), asked) => {
+            let mut mismatch = Vec::new();
+            if let Some(asked) = &asked {
+                if explicit("lora_rank") && asked.rank != a.spec.rank {
+                    mismatch.push(format!("lora_rank {} vs r = {}", asked.rank, a.spec.rank));
+                }
+                if explicit("lora_alpha") && asked.alpha != a.spec.alpha {
+                    mismatch.push(format!("lora_alpha {} vs {}", asked.alpha, a.spec.alpha));
+                }
+                if explicit("lora_targets") && asked.targets != a.spec.targets {
+                    mismatch.push(format!(
+                        "lora_targets {} vs {}",
+                        asked.targets.join(","),
+                        a.spec.targets.join(",")
+                    ));
+                }
+            }
+            if !mismatch.is_empty() {
+                return Err(format!(
+                    "{} is a LoRA adapter whose adapter_config.json disagrees with the recipe: {}",
+                    path.display(),
+                    mismatch.join("; ")
+                ));
+            }
+            Some(a.spec.clone())
+        }
+        (None, asked) => asked,
+    };
+    let cfg = match md.cfg.family {
+        crate::model::Family::Llama(spec) => {
+            ModelConfig::llama(LlamaSpec { hf: spec.hf, lora: lora.clone(), bf16 })
+        }
+        crate::model::Family::Gpt => {
+            if lora.is_some() || bf16 {
+                return Err(format!(
+                    "{} is a GPT-2 checkpoint: LoRA and bf16 compute are implemented for Llama-family models",
+                    path.display()
+                ));
+            }
+            md.cfg.clone()
+        }
+    };
+    let hf_cfg = match &cfg.family {
+        crate::model::Family::Llama(spec) => Some(spec.hf.clone()),
+        crate::model::Family::Gpt => None,
+    };
     let mut params = Params::new();
     let mut base = BTreeMap::new();
-    let total: usize = ck.weights.values().map(Tensor::elem_count).sum();
-    match &lora {
-        None => {
-            for (k, v) in &ck.weights {
-                params.insert(k, Var::from_tensor(v).map_err(err)?);
-            }
-        }
-        Some(l) => {
+    let total: usize = md.weights.values().map(Tensor::elem_count).sum();
+    match (&lora, hf_cfg) {
+        (Some(l), Some(hf_cfg)) => {
             // The frozen base is held in the compute dtype (half the memory under bf16).
             let dtype = if bf16 { DType::BF16 } else { DType::F32 };
-            for (k, v) in ck.weights {
+            for (k, v) in md.weights {
                 base.insert(k, v.to_dtype(dtype).map_err(err)?);
             }
-            // PEFT's initialisation: A random with the variance of U(±1/√in), B zero, so the
-            // adapted model starts equal to the base.
-            for (module, a, b) in lora_names(&ck.cfg, l) {
+            for (module, a, b) in lora_names(&hf_cfg, l) {
+                if let Some(adapter) = &md.adapter {
+                    for n in [&a, &b] {
+                        params.insert(n, Var::from_tensor(&adapter.tensors[n]).map_err(err)?);
+                    }
+                    continue;
+                }
+                // PEFT's initialisation: A random with the variance of U(±1/√in), B zero, so
+                // the adapted model starts equal to the base.
                 let w = &base[&format!("{module}.weight")];
                 let (out_dim, in_dim) = w.dims2().map_err(err)?;
                 let std = 1.0 / (3.0 * in_dim as f64).sqrt();
@@ -275,23 +386,99 @@ fn pretrained(
                 params.init(&b, &[out_dim, l.rank], Init::Zeros, rng, device).map_err(err)?;
             }
         }
+        _ => {
+            for (k, v) in &md.weights {
+                params.insert(k, Var::from_tensor(v).map_err(err)?);
+            }
+        }
     }
     let trained: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
+    let kind = match &cfg.family {
+        crate::model::Family::Llama(spec) => spec.hf.model_type.clone(),
+        crate::model::Family::Gpt => "gpt2".into(),
+    };
     log(&format!(
-        "model `{name}`: {} ({}, {} weights) from {} in {:.1}s; training {}{}",
-        ck.cfg.model_type,
+        "model `{name}`: {kind} ({}, {} weights) from {} in {:.1}s; training {}{}",
         if bf16 { "bf16" } else { "f32" },
         count(total),
-        dir.display(),
+        path.display(),
         started.elapsed().as_secs_f64(),
         count(trained),
         lora.as_ref().map_or(String::new(), |l| format!(
-            " (LoRA rank {} on {})",
+            " (LoRA rank {} on {}{})",
             l.rank,
-            l.targets.join(", ")
+            l.targets.join(", "),
+            if md.adapter.is_some() { ", continued from the adapter" } else { "" }
         ))
     ));
-    Ok(Slot { cfg, params, base: Arc::new(base), source: Some((dir, ck.raw_config)) })
+    let source = Source { dir: md.dir, raw_config: md.raw_config, save_dtype };
+    Ok(Slot { cfg, params, base: Arc::new(base), source: Some(Arc::new(source)) })
+}
+
+/// Where a saved GPT-2 checkpoint's tokenizer comes from.
+enum GptTokenizer<'a> {
+    /// The run's built-in tokenizer.
+    Run { tok: &'a Tok, json: &'a str },
+    /// The files of the checkpoint the model was read from.
+    CopyFrom(&'a Path),
+}
+
+/// Writes a built-in model in GPT-2's Hugging Face layout.
+fn save_gpt2(
+    out: &Path,
+    cfg: &ModelConfig,
+    w: &BTreeMap<String, Tensor>,
+    tokenizer: GptTokenizer,
+) -> std::result::Result<(), String> {
+    use crate::model::gpt2;
+    let io = |e: std::io::Error| format!("{}: {e}", out.display());
+    std::fs::create_dir_all(out).map_err(io)?;
+    let (weights, extra) = gpt2::to_hf(cfg, w)?;
+    candle_core::safetensors::save(&weights, out.join("model.safetensors"))
+        .map_err(|e| e.to_string())?;
+    if !extra.is_empty() {
+        candle_core::safetensors::save(&extra, out.join(gpt2::EXTRA_HEADS))
+            .map_err(|e| e.to_string())?;
+    }
+    let reward_model = !w.contains_key("lm_head.weight") && w.contains_key("score.weight");
+    let write = |name: &str, v: &serde_json::Value| {
+        let text = serde_json::to_string_pretty(v).expect("JSON") + "\n";
+        std::fs::write(out.join(name), text).map_err(io)
+    };
+    match tokenizer {
+        GptTokenizer::Run { tok, json } => {
+            let specials = gpt2::Specials { bos: tok.bos, eos: tok.eos, pad: tok.pad };
+            write("config.json", &gpt2::config_json(cfg, specials, reward_model))?;
+            // The run prepends BOS to prompts itself; the saved tokenizer does it on
+            // `add_special_tokens`, so transformers' `tokenizer(text)` gives the same ids.
+            let json = match tok.bos {
+                Some(b) => crate::tokenizer::with_bos(json, tok.piece(b), b)?,
+                None => json.to_string(),
+            };
+            std::fs::write(out.join("tokenizer.json"), json).map_err(io)?;
+            let piece = |id: u32| serde_json::Value::from(tok.piece(id));
+            write(
+                "tokenizer_config.json",
+                &serde_json::json!({
+                    "tokenizer_class": "PreTrainedTokenizerFast",
+                    "bos_token": tok.bos.map(piece),
+                    "eos_token": piece(tok.eos),
+                    "pad_token": piece(tok.pad),
+                    "model_max_length": cfg.context,
+                }),
+            )?;
+        }
+        GptTokenizer::CopyFrom(dir) => {
+            let mut raw = hf::read_json(&dir.join("config.json"))?;
+            for k in ["dtype", "torch_dtype"] {
+                raw[k] = "float32".into();
+            }
+            raw["tie_word_embeddings"] = false.into();
+            write("config.json", &raw)?;
+            hf::copy_tokenizer_files(dir, out)?;
+        }
+    }
+    Ok(())
 }
 
 /// `494.0 M`, `25.6 K`.

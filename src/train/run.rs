@@ -66,7 +66,10 @@ fn pretrained_tokenizer(
         }
         let resolved = checked.decl_params.get(&m.name.name).cloned().unwrap_or_default();
         let dir = crate::check::params::get(&resolved, "path").and_then(|v| v.str()).unwrap_or("");
-        let dir = std::path::PathBuf::from(dir);
+        let dir = std::path::Path::new(dir);
+        // What `rlx lint` checks, again: the directory may have changed since.
+        crate::model::dir::check(dir).map_err(|e| run_error(m.span, e))?;
+        let dir = crate::tokenizer::tokenizer_dir(dir).map_err(|e| run_error(m.span, e))?;
         let chat = matches!(
             crate::check::params::get(&resolved, "chat"),
             Some(crate::check::params::Value::Bool(true))
@@ -102,6 +105,7 @@ struct Run<'a> {
     opts: &'a RunOptions,
     tasks: HashMap<String, Task>,
     tok: Tok,
+    tokenizer_json: String,
     slots: BTreeMap<String, Slot>,
     metrics: MetricsLog,
     started: Instant,
@@ -170,7 +174,7 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
             eprintln!("{m}")
         }
     })
-    .map_err(|e| run_error(whole, e))?;
+    .map_err(|(span, e)| run_error(span, e))?;
     let metrics = match &resumed {
         Some((s, _)) => MetricsLog::resume(&opts.out, s.stage, s.step),
         None => MetricsLog::create(&opts.out),
@@ -205,6 +209,7 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
         opts,
         tasks,
         tok,
+        tokenizer_json,
         slots,
         metrics,
         started,
@@ -215,12 +220,19 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
     for index in first_stage..checked.program.stages.len() {
         run.stage(index, resume_state.take())?;
     }
-    // Pretrained models go back out in their own format, for other tools to load.
+    // Every model goes out as a Hugging Face checkpoint, for other tools (and `rlx score`,
+    // `rlx generate`) to load; LoRA adapters also alone, in PEFT's layout.
     for (name, slot) in &run.slots {
         let dir = opts.out.join("models").join(name);
-        let saved = slot.save_hf(&dir).map_err(|e| run_error(whole, e))?;
-        if saved && !opts.quiet {
-            eprintln!("saved `{name}` as a Hugging Face checkpoint in {}", dir.display());
+        let adapter = opts.out.join("adapters").join(name);
+        let saved = slot
+            .save(&dir, &adapter, &run.tok, &run.tokenizer_json)
+            .map_err(|e| run_error(whole, format!("saving `{name}`: {e}")))?;
+        if !opts.quiet {
+            eprintln!("saved `{name}` in {} layout to {}", saved.layout, dir.display());
+            if saved.adapter {
+                eprintln!("  its LoRA adapter alone (PEFT layout) to {}", adapter.display());
+            }
         }
     }
     run.summary.seconds = run.started.elapsed().as_secs_f64();
