@@ -359,17 +359,36 @@ fn group_estimators_and_singleton_profiles() {
         &[0.0, 0.0, 0.7],
         0.0,
     );
-    // REINFORCE++-baseline: [1, 0 | 1, 1] − group means = [0.5, −0.5, 0, 0]; unbiased std
-    // √(1/6) = 0.408248: [1.224745, −1.224745, 0, 0].
+    // REINFORCE++-baseline (verl): [1, 0 | 1, 1] − group means = c = [0.5, −0.5, 0, 0], spread
+    // over ragged responses of 3, 1, 2, 2 tokens and whitened over those 8 tokens:
+    // μ = (3·0.5 − 0.5)/8 = 0.125; Σ L(c − μ)² = 3·0.375² + 0.625² + 4·0.125² = 0.875;
+    // unbiased v = 0.875/7 = 0.125, scale 1/√0.125 = 2√2.
     let gp = t1(&[0.0, 0.0, 1.0, 1.0]).to_dtype(DType::I64).unwrap();
-    let k = 0.5 / (1.0f64 / 6.0).sqrt();
+    let lens = t2(&[&[1.0, 1.0, 1.0], &[1.0, 0.0, 0.0], &[1.0, 1.0, 0.0], &[1.0, 1.0, 0.0]]);
+    let s = 2.0 * 2f64.sqrt();
+    let (a, b, c) = (0.375 * s, -0.625 * s, -0.125 * s);
     close(
         &run_groups(
             "reinforce_pp_baseline",
             &[seq(t1(&[1.0, 0.0, 1.0, 1.0]))],
             &[("eps", num(0.0))],
-            Level::Seq,
-            None,
+            Level::Token,
+            Some(&lens),
+            Some(&gp),
+        ),
+        &[a, a, a, b, 0.0, 0.0, c, c, 0.0, c, c, 0.0],
+        1e-9,
+    );
+    // Equal lengths: token weighting equals sequence weighting, [1.224745, −1.224745, 0, 0].
+    let k = 0.5 / (1.0f64 / 6.0).sqrt();
+    let one = t2(&[&[1.0], &[1.0], &[1.0], &[1.0]]);
+    close(
+        &run_groups(
+            "reinforce_pp_baseline",
+            &[seq(t1(&[1.0, 0.0, 1.0, 1.0]))],
+            &[("eps", num(0.0))],
+            Level::Token,
+            Some(&one),
             Some(&gp),
         ),
         &[k, -k, 0.0, 0.0],
@@ -972,4 +991,140 @@ fn every_differentiable_block_matches_finite_differences() {
     ] {
         assert!(checked.iter().any(|c| c == must), "{must} not checked; checked: {checked:?}");
     }
+}
+
+fn f32s(rows: &[&[f64]]) -> Tensor {
+    t2(rows).to_dtype(DType::F32).unwrap()
+}
+
+/// The gradient of `Σ out` with respect to input `i`, in f32 (where exp overflows at 88.7).
+fn grad_f32(
+    block: &str,
+    mut ins: Vec<In>,
+    i: usize,
+    given: &[(&str, Const)],
+    mask: &Tensor,
+) -> Vec<f32> {
+    let Value::Tensor(x) = ins[i].value.clone() else { panic!() };
+    let var = Var::from_tensor(&x).unwrap();
+    ins[i].value = Value::Tensor(var.as_tensor().clone());
+    let Value::Tensor(out) = run_full(block, &ins, given, Level::Token, Some(mask), None) else {
+        panic!()
+    };
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Log-ratios far below −88 (e^{100} overflows f32), at real and at padded positions: every
+/// exp inside a block is guarded, so no finite input gives NaN or inf (verl clamps log-ratios to
+/// ±20 before exp).
+#[test]
+fn extreme_finite_log_ratios_give_finite_values_and_gradients() {
+    let m = f32s(&[&[1.0, 1.0, 0.0]]);
+    let logp = || f32s(&[&[-100.0, -0.5, -100.0]]);
+    let zero = || f32s(&[&[0.0, 0.0, 0.0]]);
+    let adv = || f32s(&[&[1.0, -1.0, 0.0]]);
+    let finite = |v: &[f32], what: &str| assert!(v.iter().all(|x| x.is_finite()), "{what}: {v:?}");
+    // k3 with verl's clamp: at d = −100 the value is clamp(e^{20} − 21, ±10) = 10, gradient 0.
+    let kl = || vec![tok(logp(), &m), tok(zero(), &m)];
+    let given = [("estimator", word("k3")), ("clamp", num(10.0))];
+    let Value::Tensor(v) = run_full("kl", &kl(), &given, Level::Token, Some(&m), None) else {
+        panic!()
+    };
+    let v = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!((v[0], v[2]), (10.0, 10.0));
+    assert!((v[1] - ((0.5f32).exp() - 1.5)).abs() < 1e-6);
+    let g = grad_f32("kl", kl(), 0, &given, &m);
+    finite(&g, "kl k3");
+    assert_eq!((g[0], g[2]), (0.0, 0.0));
+    // Without the estimate's clamp, the guarded value e^{20} − 21 stays finite.
+    finite(&grad_f32("kl", kl(), 0, &[("estimator", word("k3"))], &m), "kl k3 unclamped");
+    // Policy losses with ratios e^{±100}.
+    let three = || vec![tok(logp(), &m), tok(zero(), &m), tok(adv(), &m)];
+    let flipped = || vec![tok(zero(), &m), tok(logp(), &m), tok(adv(), &m)];
+    for (block, given) in [
+        ("ppo_clip", vec![]),
+        ("ppo_clip", vec![("max_log_ratio", Const::Word("none".into()))]),
+        ("reverse_ppo", vec![]),
+        ("rlmec_pg", vec![]),
+    ] {
+        for ins in [three(), flipped()] {
+            let Value::Tensor(v) = run_full(block, &ins, &given, Level::Token, Some(&m), None)
+            else {
+                panic!()
+            };
+            finite(&v.flatten_all().unwrap().to_vec1::<f32>().unwrap(), block);
+            finite(&grad_f32(block, ins, 0, &given, &m), block);
+        }
+    }
+}
+
+/// Aggregations read padding as 0 whatever it holds: an inf or NaN at a padded position (the
+/// log-probability of a padded token, say) neither poisons the loss nor its gradient.
+#[test]
+fn non_finite_values_at_padding_do_not_reach_the_loss() {
+    let m = f32s(&[&[1.0, 1.0, 0.0], &[1.0, 0.0, 0.0]]);
+    let x = f32s(&[&[1.0, 2.0, f64::NEG_INFINITY], &[3.0, f64::NAN, f64::INFINITY]]);
+    for (block, expected) in [
+        ("token_mean", 2.0),
+        ("token_sum", 6.0),
+        ("seq_mean_token_sum", 3.0),
+        ("seq_mean_token_mean", 2.25),
+        ("mean", 2.0),
+        ("sum", 6.0),
+    ] {
+        let var = Var::from_tensor(&x).unwrap();
+        let ins = vec![tok(var.as_tensor().clone(), &m)];
+        let Value::Tensor(out) = run_full(block, &ins, &[], Level::Scalar, None, None) else {
+            panic!()
+        };
+        let v = out.to_scalar::<f32>().unwrap();
+        assert_eq!(v, expected as f32, "{block}");
+        let g = out.backward().unwrap();
+        let g = g.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(g.iter().all(|x| x.is_finite()), "{block}: {g:?}");
+        assert_eq!((g[2], g[4], g[5]), (0.0, 0.0, 0.0), "{block}");
+    }
+}
+
+/// `whiten(mask = none)` counts padding as zeros whatever the tensor holds there, as its
+/// documentation says; with the mask, padding is ignored and stays 0. (Whitening computes in
+/// f32, as its peers do.)
+#[test]
+fn whiten_without_mask_reads_padding_as_zero() {
+    let m = t2(&[&[1.0, 1.0], &[1.0, 0.0]]);
+    // Real entries 1, 2, 3 and padding holding 100: statistics over [1, 2, 3, 0]: mean 1.5,
+    // unbiased var 5/3.
+    let x = t2(&[&[1.0, 2.0], &[3.0, 100.0]]);
+    let s = 1.0 / (5.0f64 / 3.0).sqrt();
+    close(
+        &run(
+            "whiten",
+            &[tok(x.clone(), &m)],
+            &[("eps", num(0.0)), ("mask", word("none"))],
+            Level::Token,
+            Some(&m),
+        ),
+        &[-0.5 * s, 0.5 * s, 1.5 * s, -1.5 * s],
+        1e-6,
+    );
+    // The same tensor with 0 at the padding gives the same result.
+    let zeroed = t2(&[&[1.0, 2.0], &[3.0, 0.0]]);
+    close(
+        &run(
+            "whiten",
+            &[tok(zeroed, &m)],
+            &[("eps", num(0.0)), ("mask", word("none"))],
+            Level::Token,
+            Some(&m),
+        ),
+        &[-0.5 * s, 0.5 * s, 1.5 * s, -1.5 * s],
+        1e-6,
+    );
+    // Masked: statistics over [1, 2, 3] (mean 2, var 1); padding out as 0.
+    close(
+        &run("whiten", &[tok(x, &m)], &[("eps", num(0.0))], Level::Token, Some(&m)),
+        &[-1.0, 0.0, 1.0, 0.0],
+        1e-6,
+    );
 }

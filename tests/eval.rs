@@ -263,6 +263,39 @@ fn a_non_finite_value_names_its_node() {
         .unwrap_err();
     assert_eq!(d.code, "non-finite-value");
     assert!(d.message.starts_with("`arith.correct`"), "{}", d.message);
+    // An inf on a real token of a batch input stops evaluation; at padding it is read as 0.
+    let c = recipe("ppo.rlx");
+    let base = synthetic::batch(&c, 0, 4, 6, 2, &Device::Cpu).unwrap();
+    let mask = base["mask"].to_vec2::<f32>().unwrap();
+    let (row, pad) = (0..4)
+        .find_map(|r| mask[r].iter().position(|m| *m == 0.0).map(|t| (r, t)))
+        .expect("a padded position");
+    for (col, ok) in [(pad, true), (0, false)] {
+        let mut batch = base.clone();
+        let mut logp = batch["policy.logp"].to_vec2::<f32>().unwrap();
+        logp[row][col] = f32::NEG_INFINITY;
+        batch.insert("policy.logp".into(), Tensor::new(logp, &Device::Cpu).unwrap());
+        let r =
+            exec::evaluate(&c, 0, &batch, &Device::Cpu, Options { grads: true, profile: false });
+        match (r, ok) {
+            (Ok(e), true) => {
+                let loss: f32 = e.loss.to_scalar().unwrap();
+                assert!(loss.is_finite());
+                assert!(e.grads.iter().all(|(_, g)| {
+                    g.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite())
+                }));
+            }
+            (Err(d), false) => {
+                assert_eq!(d.code, "non-finite-value");
+                assert!(
+                    d.message.contains("policy.logp") && d.message.contains("inf"),
+                    "{}",
+                    d.message
+                );
+            }
+            (r, _) => panic!("inf at column {col}: {:?}", r.map(|e| e.loss)),
+        }
+    }
 }
 
 #[test]

@@ -143,9 +143,11 @@ pub static COUNT_NONZERO: BlockSpec = BlockSpec {
     ..AGG
 };
 
-/// `x · mask` (padding contributes 0) and the mask that counts entries: the response mask, or
+/// `x` with padding replaced by 0, and the mask that counts entries: the response mask, or
 /// with `mask = none` every position, padding included (torchrl's `_kl_to_ref`, TRL `bnpo`-style
-/// denominators).
+/// denominators). Padding is *replaced*, not multiplied by 0, as verl's `masked_mean` does: a
+/// non-finite value there (the log of a padded probability) must not turn the sum into NaN
+/// (inf · 0), and its gradient is an exact 0.
 fn masked(ctx: &Ctx) -> Result<(Tensor, Tensor)> {
     let x = ctx.tensor(0)?;
     let m = ctx.input_mask(0)?.to_dtype(x.dtype())?;
@@ -154,7 +156,8 @@ fn masked(ctx: &Ctx) -> Result<(Tensor, Tensor)> {
     } else {
         m.clone()
     };
-    Ok((x.mul(&m)?, counted))
+    let kept = m.ne(0.0)?.where_cond(x, &x.zeros_like()?)?;
+    Ok((kept, counted))
 }
 
 /// Rows with at least one token, at least 1 (empty rows do not count, as in verl).

@@ -246,8 +246,9 @@ pub mod host {
         if s.is_finite() { s } else { 0.0 }
     }
 
-    /// Mean and variance of `xs` weighted by `ws` (0/1). `unbiased` applies Bessel's correction;
-    /// with one entry or none the variance is 0.
+    /// Mean and variance of `xs` weighted by `ws` (a 0/1 mask, or counts: an entry of weight L
+    /// counts L times). `unbiased` applies Bessel's correction to the total weight; with a
+    /// total weight of 1 or less the variance is 0.
     pub fn mean_var(xs: &[f64], ws: &[f64], unbiased: bool) -> (f64, f64, f64) {
         let n: f64 = ws.iter().sum();
         if n <= 0.0 {

@@ -291,6 +291,7 @@ impl<'a> Compiled<'a> {
                     let t = batch.get(name).ok_or_else(|| {
                         internal(node.span, &format!("`{name}` was validated but is absent"))
                     })?;
+                    check_input_finite(node, name, t, mask_of(&n))?;
                     if options.grads && cs.types.get(&n).is_some_and(Ty::has_grad) {
                         let var = Var::from_tensor(t).map_err(fail)?;
                         let t = var.as_tensor().clone();
@@ -472,6 +473,36 @@ fn non_finite(t: &Tensor) -> Option<&'static str> {
         Some("inf")
     } else {
         Some("values too large to sum")
+    }
+}
+
+/// A batch input must be finite on the tokens (or steps) it has; padding may hold anything,
+/// since every reduction reads it as 0. One reduction when the input is finite.
+fn check_input_finite(
+    node: &crate::ir::graph::Node,
+    name: &str,
+    t: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<(), Diagnostic> {
+    let span = node.span;
+    if non_finite(t).is_none() {
+        return Ok(());
+    }
+    let real = match mask {
+        Some(m) => m
+            .ne(0.0)
+            .and_then(|keep| keep.where_cond(t, &t.zeros_like()?))
+            .map_err(|e| internal(span, &e.to_string()))?,
+        None => t.clone(),
+    };
+    match non_finite(&real) {
+        None => Ok(()),
+        Some(what) => Err(Diagnostic::error(
+            "non-finite-value",
+            format!("`{}` holds {what} on a real token (batch input `{name}`)", node.op.label()),
+        )
+        .primary(span, "this batch input is not finite")
+        .help("the batch itself holds a non-finite value here (padding may hold anything: it is read as 0)")),
     }
 }
 

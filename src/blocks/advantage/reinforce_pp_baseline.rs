@@ -1,4 +1,5 @@
-//! `reinforce_pp_baseline`: REINFORCE++ with a group-mean baseline, then batch whitening.
+//! `reinforce_pp_baseline`: REINFORCE++ with a group-mean baseline, then batch whitening over
+//! every response token.
 
 use candle_core::Result;
 
@@ -7,13 +8,21 @@ use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
     name: "reinforce_pp_baseline",
-    summary: "REINFORCE++-baseline: subtract the group mean, then whiten over the batch",
-    source: "REINFORCE++ (Hu 2025); verl `reinforce_plus_plus_baseline`, OpenRLHF `reinforce_baseline`",
+    summary: "REINFORCE++-baseline: subtract the group mean, spread over the response, whiten over every response token of the batch",
+    source: "REINFORCE++ (Hu 2025); verl `compute_reinforce_plus_plus_baseline_outcome_advantage` (token-weighted `masked_whiten`), OpenRLHF `reinforce_baseline`",
     family: Family::Advantage,
-    formula: "A = whiten_batch(r − mean_g(r))",
+    formula: "c_b = r_b − mean_g(r) (a lone sample keeps r_b);  A[b,t] = m[b,t]·(c_b − μ)/sqrt(v + eps), μ and v over every response token (a sequence of L tokens counts L times)",
     inputs: &[detached("rewards", Level::Seq, "one reward per sample")],
-    params: &[num("eps", 1e-8, Range::NonNegative, "added to the variance")],
-    output: OutputKind::Tensor(Level::Seq),
+    params: &[
+        num("eps", 1e-8, Range::NonNegative, "added to the variance"),
+        choice(
+            "var",
+            &["unbiased", "biased"],
+            "unbiased",
+            "variance over tokens: `unbiased` (verl `masked_whiten`) or `biased` (OpenRLHF)",
+        ),
+    ],
+    output: OutputKind::Tensor(Level::Token),
     demand: Demand::Groups,
     grad: OutputGrad::Never,
     forward: Some(forward),
@@ -33,7 +42,14 @@ fn forward(ctx: &Ctx) -> Result<Value> {
             }
         }
     }
-    let (mean, var, _) = host::mean_var(&centred, &vec![1.0; centred.len()], true);
+    // Token weights: each sequence's value counts once per response token.
+    let mask = ctx.out_mask()?;
+    let cols = mask.dim(1)?.max(1);
+    let m = host::flat(mask)?;
+    let lengths: Vec<f64> = m.chunks(cols).map(|row| row.iter().sum()).collect();
+    let (mean, var, _) = host::mean_var(&centred, &lengths, ctx.choice("var")? == "unbiased");
     let scale = host::inverse_std(var, ctx.num("eps")?, false);
-    Ok(Value::Tensor(host::from_vec(centred.iter().map(|x| (x - mean) * scale).collect(), r)?))
+    let out: Vec<f64> =
+        m.iter().enumerate().map(|(i, w)| w * (centred[i / cols] - mean) * scale).collect();
+    Ok(Value::Tensor(host::from_flat(out, mask.dims(), r)?))
 }

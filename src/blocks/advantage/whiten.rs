@@ -10,7 +10,7 @@ pub static SPEC: BlockSpec = BlockSpec {
     summary: "normalise to zero mean and unit variance over a batch, group or minibatch",
     source: "PPO practice; scopes per VinePPO (minibatch), RTO (buffer = batch), RCfD (batch)",
     family: Family::Advantage,
-    formula: "(x − μ) / sqrt(σ² + eps), statistics over the unmasked entries of the scope",
+    formula: "(x − μ) / sqrt(σ² + eps), statistics over the unmasked entries of the scope (`mask = none`: over every position, padding read as 0)",
     inputs: &[InputSpec {
         name: "x",
         kind: InputKind::Tensor(LevelRule::Generic, GradRule::Detached),
@@ -56,9 +56,22 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         (ctx.choice("var")? == "unbiased", ctx.num("eps")?, ctx.flag("shift_mean")?);
     let floor_max = ctx.choice("floor")? == "max";
     let cols = if x.rank() == 2 { x.dim(1)?.max(1) } else { 1 };
-    let xs = host::flat(x)?;
-    let ms =
-        if x.rank() == 2 && masked { host::flat(ctx.out_mask()?)? } else { vec![1.0; xs.len()] };
+    let mut xs = host::flat(x)?;
+    let mut ms = vec![1.0; xs.len()];
+    if x.rank() == 2 {
+        let response = host::flat(ctx.out_mask()?)?;
+        if masked {
+            ms = response;
+        } else {
+            // `mask = none`: every position counts, padding as a zero (whatever it holds), as
+            // when a peer whitens a zero-padded tensor without its mask.
+            for (x, m) in xs.iter_mut().zip(&response) {
+                if *m == 0.0 {
+                    *x = 0.0;
+                }
+            }
+        }
+    }
     let n_rows = xs.len() / cols;
     // Which rows share statistics: all of them, or each group.
     let parts: Vec<Vec<usize>> = if ctx.choice("scope")? == "group" {

@@ -37,7 +37,7 @@ pub static SPEC: BlockSpec = BlockSpec {
             ty: ParamTy::OptFloat,
             default: DefaultRule::Num(20.0),
             range: Range::Positive,
-            doc: "clamp logp − old into ±this before exp, as verl and OpenRLHF do; `none` as in TRL",
+            doc: "clamp logp − old into ±this before exp, as verl and OpenRLHF do; `none` as in TRL (still clamped at ±80, where f32's exp would overflow)",
         },
     ],
     output: OutputKind::Tensor(Level::Token),
@@ -47,10 +47,10 @@ pub static SPEC: BlockSpec = BlockSpec {
 
 fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
-    let mut delta = logp.sub(old)?;
-    if let Some(m) = ctx.opt_num("max_log_ratio") {
-        delta = delta.clamp(-m, m)?;
-    }
+    // `none` (TRL) still stops short of f32's exp overflow (e^88.7): a finite log-ratio never
+    // becomes an inf ratio, whose zero-gradient clip branch would give NaN.
+    let m = ctx.opt_num("max_log_ratio").unwrap_or(80.0).min(80.0);
+    let delta = logp.sub(old)?.clamp(-m, m)?;
     let ratio = delta.exp()?;
     let (lo, hi) = (1.0 - ctx.num("eps")?, 1.0 + ctx.num("eps_high")?);
     let unclipped = adv.mul(&ratio)?.neg()?;

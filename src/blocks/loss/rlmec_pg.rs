@@ -10,7 +10,7 @@ pub static SPEC: BlockSpec = BlockSpec {
     summary: "policy gradient with a detached, clipped importance weight (clipped tokens keep gradient)",
     source: "RLMEC (Chen et al. 2024), `LlamaForRLMEC.forward`",
     family: Family::Loss,
-    formula: "ρ = e^{logp − ref};  ℓ = −sg(min(ρr, clamp(ρ, 1 − eps, 1 + eps)·r)) · logp",
+    formula: "ρ = e^{clamp(logp − ref, ±20)};  ℓ = −sg(min(ρr, clamp(ρ, 1 − eps, 1 + eps)·r)) · logp",
     inputs: &[
         tensor("logp", Level::Token, "current log-probabilities, `policy.logp`"),
         detached("ref", Level::Token, "log-probabilities of the fixed sampling model"),
@@ -26,7 +26,8 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, reference, reward) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
     let eps = ctx.num("eps")?;
-    let ratio = logp.sub(reference)?.exp()?;
+    // Log-ratio clamped to ±20 before exp (verl's safety bound): e^{Δ} must not overflow.
+    let ratio = logp.sub(reference)?.clamp(-20.0, 20.0)?.exp()?;
     // The weight is detached: clipped tokens keep the gradient (1 ± eps)·r·∇logp, unlike PPO.
     let weight =
         ratio.mul(reward)?.minimum(&ratio.clamp(1.0 - eps, 1.0 + eps)?.mul(reward)?)?.detach();

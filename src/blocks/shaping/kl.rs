@@ -10,7 +10,7 @@ pub static SPEC: BlockSpec = BlockSpec {
     summary: "per-token KL estimate between two log-probabilities of the same tokens",
     source: "Schulman 2020 (k1, k2, k3); verl `kl_penalty`, TRL, OpenRLHF",
     family: Family::Shaping,
-    formula: "d = logp − ref;  k1 = d,  k2 = mse = d²/2,  k3 = e^{−d} + d − 1,  abs = |d|",
+    formula: "d = logp − ref;  k1 = d,  k2 = mse = d²/2,  k3 = e^{x} − x − 1 with x = clamp(−d, ±20),  abs = |d|",
     inputs: &[
         tensor(
             "logp",
@@ -40,8 +40,13 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let k = match ctx.choice("estimator")? {
         "k1" => d,
         "k2" | "mse" => (d.sqr()? * 0.5)?,
-        // k3 = (r − 1) − log r with r = π_ref/π = e^{−d}: e^{−d} + d − 1 ≥ 0.
-        "k3" => ((d.neg()?.exp()? + d)? - 1.0)?,
+        // k3 = (r − 1) − log r with r = π_ref/π = e^{−d}: e^{−d} + d − 1 ≥ 0. The log-ratio is
+        // clamped to ±20 before exp, as verl does: e^{−d} overflows f32 below d ≈ −88, and the
+        // estimate's own clamp would then multiply a zero gradient by inf (NaN), even at padding.
+        "k3" => {
+            let x = d.neg()?.clamp(-20.0, 20.0)?;
+            ((x.exp()? - x)? - 1.0)?
+        }
         _ => d.abs()?,
     };
     let k = match ctx.opt_num("clamp") {
