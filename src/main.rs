@@ -98,20 +98,26 @@ enum Command {
         /// Cap every stage at this many steps.
         #[arg(long)]
         steps: Option<usize>,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        /// The run's seed (default 0).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Override a recipe value, e.g. `rl.optim.lr=1e-5`, `policy.layers=1`, `arith.problems=200`.
         #[arg(long = "set", value_name = "PATH=VALUE")]
         set: Vec<String>,
-        /// Continue the run in this directory from its last checkpoint.
-        #[arg(long, value_name = "DIR")]
+        /// Continue the run in this directory from its last checkpoint, with the recipe,
+        /// overrides, steps and seed it was started with.
+        #[arg(long, value_name = "DIR", conflicts_with = "out")]
         resume: Option<PathBuf>,
+        /// Clear the run directory first if it holds an earlier run (without it, a non-empty
+        /// directory is refused).
+        #[arg(long, conflicts_with = "resume")]
+        force: bool,
         /// cpu, cuda, cuda:N or auto.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Held-out prompts for the before/after task metric.
-        #[arg(long, default_value_t = 128)]
-        eval_prompts: usize,
+        /// Held-out prompts for the before/after task metric (default 128).
+        #[arg(long)]
+        eval_prompts: Option<usize>,
         /// No progress output.
         #[arg(long)]
         quiet: bool,
@@ -322,8 +328,19 @@ fn main() -> ExitCode {
         Command::Diff { old, new } => diff(&old, &new, style),
         Command::Fmt { files, check } => fmt(&files, check, style),
         Command::Blocks { name } => blocks(name.as_deref()),
-        Command::Run { recipe, out, steps, seed, set, resume, device, eval_prompts, quiet } => run(
-            RunArgs { recipe, out, steps, seed, set, resume, device, eval_prompts, quiet },
+        Command::Run {
+            recipe,
+            out,
+            steps,
+            seed,
+            set,
+            resume,
+            force,
+            device,
+            eval_prompts,
+            quiet,
+        } => run(
+            RunArgs { recipe, out, steps, seed, set, resume, force, device, eval_prompts, quiet },
             style,
         ),
         Command::Bench {
@@ -357,6 +374,28 @@ fn main() -> ExitCode {
                 vocab,
                 family: Default::default(),
             };
+            let sizes = [
+                ("--layers", model.layers),
+                ("--width", model.width),
+                ("--heads", model.heads),
+                ("--vocab", model.vocab),
+                ("--context", model.context),
+                ("--batch", batch),
+                ("--prompt", prompt),
+                ("--new-tokens", new_tokens),
+                ("--train-batch", train_batch),
+                ("--train-len", train_len),
+                ("--repeats", repeats),
+            ];
+            if let Some((flag, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+                return Err(format!("`{flag} 0`: must be at least 1"));
+            }
+            if !model.width.is_multiple_of(model.heads) {
+                return Err(format!(
+                    "--width {} is not a multiple of --heads {}",
+                    model.width, model.heads
+                ));
+            }
             let cfg = BenchConfig {
                 model,
                 batch,
@@ -629,6 +668,21 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
                 .split_once('x')
                 .and_then(|(b, t)| Some((b.parse::<usize>().ok()?, t.parse::<usize>().ok()?)))
                 .ok_or_else(|| format!("`--synthetic {spec}`: expected BxT, e.g. 8x32"))?;
+            if b == 0 || t == 0 {
+                return Err(format!("`--synthetic {spec}`: B and T must be at least 1"));
+            }
+            // Every node holds a B × T tensor (and its gradient): refuse what cannot fit.
+            let nodes = checked.program.stages[index].graph.node_count().max(1) as u128;
+            let need = 8 * nodes * b as u128 * t as u128;
+            if let Some(free) = rlx::train::memory::available()
+                && need > free as u128 / 10 * 9
+            {
+                return Err(format!(
+                    "`--synthetic {spec}`: {nodes} nodes of {b} × {t} values need about {}; {} is free",
+                    rlx::train::memory::gib(need.min(u64::MAX as u128) as u64),
+                    rlx::train::memory::gib(free)
+                ));
+            }
             rlx::exec::synthetic::batch(checked, index, b, t, args.seed, &device)
                 .map_err(|e| e.to_string())?
         }
@@ -787,12 +841,80 @@ struct RunArgs {
     recipe: Option<PathBuf>,
     out: Option<PathBuf>,
     steps: Option<usize>,
-    seed: u64,
+    seed: Option<u64>,
     set: Vec<String>,
     resume: Option<PathBuf>,
+    force: bool,
     device: String,
-    eval_prompts: usize,
+    eval_prompts: Option<usize>,
     quiet: bool,
+}
+
+/// `--resume` continues a run exactly as it was started: a recipe, `--set`, `--steps` or
+/// `--seed` given with it must be what run.json recorded.
+fn check_resume_args(
+    dir: &Path,
+    config: &RunConfig,
+    stored: &[u8],
+    recipe: Option<&Path>,
+    args: &RunArgs,
+) -> Result<(), String> {
+    let mut differ = Vec::new();
+    if let Some(path) = recipe {
+        let given =
+            std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        if given != stored {
+            differ
+                .push(format!("the recipe {} is not the one the run started with", path.display()));
+        }
+    }
+    if !args.set.is_empty() && args.set != config.set {
+        differ.push(format!("--set {:?} vs {:?}", args.set, config.set));
+    }
+    if args.steps.is_some() && args.steps != config.steps {
+        differ.push(format!("--steps {:?} vs {:?}", args.steps, config.steps));
+    }
+    if let Some(seed) = args.seed.filter(|s| *s != config.seed) {
+        differ.push(format!("--seed {seed} vs {}", config.seed));
+    }
+    if let Some(n) = args.eval_prompts.filter(|n| *n != config.eval_prompts) {
+        differ.push(format!("--eval-prompts {n} vs {}", config.eval_prompts));
+    }
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "`--resume {}` continues the run as it was started; these differ: {}. Start a new run with another `--out` instead",
+        dir.display(),
+        differ.join("; ")
+    ))
+}
+
+/// A new run needs an empty (or absent) directory; `--force` clears one that holds an earlier
+/// rlx run, and only such a one.
+fn prepare_run_dir(out: &Path, force: bool) -> Result<(), String> {
+    if out.exists() && !out.is_dir() {
+        return Err(format!("`--out {}` is a file, not a directory", out.display()));
+    }
+    let Ok(entries) = std::fs::read_dir(out) else { return Ok(()) };
+    if entries.count() == 0 {
+        return Ok(());
+    }
+    let is_run = ["run.json", "metrics.jsonl", "state.json", "recipe.rlx"]
+        .iter()
+        .any(|f| out.join(f).exists());
+    match (is_run, force) {
+        (true, true) => std::fs::remove_dir_all(out).map_err(|e| format!("{}: {e}", out.display())),
+        (true, false) => Err(format!(
+            "{} already holds a run: continue it with `rlx run --resume {}`, clear it with `--force`, or choose another `--out`",
+            out.display(),
+            out.display()
+        )),
+        (false, _) => Err(format!(
+            "{} is not empty and holds no rlx run: choose another `--out`",
+            out.display()
+        )),
+    }
 }
 
 /// What a run directory remembers about how it was started, for `--resume`.
@@ -802,18 +924,31 @@ struct RunConfig {
     set: Vec<String>,
     steps: Option<usize>,
     seed: u64,
+    #[serde(default = "default_eval_prompts")]
+    eval_prompts: usize,
+}
+
+fn default_eval_prompts() -> usize {
+    128
 }
 
 fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
+    if args.steps == Some(0) {
+        return Err("`--steps 0`: a stage needs at least one step".into());
+    }
+    if args.eval_prompts == Some(0) {
+        return Err("`--eval-prompts 0`: evaluate on at least one prompt".into());
+    }
     let (src, config) = match (&args.resume, &args.recipe) {
-        (Some(dir), _) => {
+        (Some(dir), recipe) => {
             let text = std::fs::read_to_string(dir.join("run.json"))
                 .map_err(|e| format!("cannot resume `{}`: {e}", dir.display()))?;
             let config: RunConfig =
                 serde_json::from_str(&text).map_err(|e| format!("run.json: {e}"))?;
-            let recipe =
+            let stored =
                 std::fs::read(dir.join("recipe.rlx")).map_err(|e| format!("recipe.rlx: {e}"))?;
-            let (src, _) = SourceFile::from_bytes(config.recipe.clone(), &recipe);
+            check_resume_args(dir, &config, &stored, recipe.as_deref(), &args)?;
+            let (src, _) = SourceFile::from_bytes(config.recipe.clone(), &stored);
             (src, config)
         }
         (None, Some(path)) => {
@@ -822,7 +957,8 @@ fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
                 recipe: path.display().to_string(),
                 set: args.set.clone(),
                 steps: args.steps,
-                seed: args.seed,
+                seed: args.seed.unwrap_or(0),
+                eval_prompts: args.eval_prompts.unwrap_or_else(default_eval_prompts),
             };
             (src, config)
         }
@@ -841,6 +977,9 @@ fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
         .clone()
         .or(args.out.clone())
         .unwrap_or_else(|| PathBuf::from("runs").join(&name));
+    if args.resume.is_none() {
+        prepare_run_dir(&out, args.force)?;
+    }
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     if args.resume.is_none() {
         std::fs::write(out.join("recipe.rlx"), &src.text).map_err(|e| e.to_string())?;
@@ -856,7 +995,7 @@ fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
         resume: args.resume.is_some(),
         device: rlx::exec::device::device(&args.device)?,
         quiet: args.quiet,
-        eval_prompts: args.eval_prompts,
+        eval_prompts: config.eval_prompts,
     };
     match rlx::train::run::run(checked, &resolved, &options) {
         Ok(summary) => {

@@ -77,16 +77,59 @@ impl miette::Diagnostic for Report<'_> {
     }
 }
 
+/// Longest source line shown in a report; longer lines are cut (a minified or binary file must
+/// not flood the terminal).
+const MAX_SHOWN_LINE: usize = 200;
+
+/// The source as a report shows it: lines cut at `MAX_SHOWN_LINE` bytes (marked `…`) and control
+/// characters as `?`, with a map from original byte offsets to shown ones.
+fn shown(text: &str) -> (String, Vec<(usize, usize, usize)>) {
+    let (mut out, mut lines) = (String::with_capacity(text.len().min(1 << 16)), Vec::new());
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let body = line.strip_suffix('\n').unwrap_or(line);
+        let mut keep = body.len().min(MAX_SHOWN_LINE);
+        while !body.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        lines.push((start, out.len(), keep));
+        out.extend(
+            body[..keep]
+                .chars()
+                .map(|c| if c.is_control() && c != '\t' && c != '\r' { '?' } else { c }),
+        );
+        if keep < body.len() {
+            out.push('…');
+        }
+        if line.ends_with('\n') {
+            out.push('\n');
+        }
+        start += line.len();
+    }
+    (out, lines)
+}
+
+/// Where an original byte offset lands in the shown text.
+fn remap(lines: &[(usize, usize, usize)], offset: usize) -> usize {
+    let i = lines.partition_point(|(start, _, _)| *start <= offset).saturating_sub(1);
+    match lines.get(i) {
+        Some((start, shown_start, keep)) => shown_start + (offset - start).min(*keep),
+        None => 0,
+    }
+}
+
 /// A graphical report of one diagnostic against its source.
 pub fn human(diag: &Diagnostic, source: &SourceFile, style: Style) -> String {
     let theme =
         if style.color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
     let handler = GraphicalReportHandler::new_themed(theme).with_width(style.width);
-    let report = Report {
-        diag,
-        source: NamedSource::new(source.name.clone(), source.text.clone()),
-        len: source.text.len(),
-    };
+    let (text, lines) = shown(&source.text);
+    let mut diag = diag.clone();
+    for l in &mut diag.labels {
+        l.span = Span::new(remap(&lines, l.span.start), remap(&lines, l.span.end));
+    }
+    let len = text.len();
+    let report = Report { diag: &diag, source: NamedSource::new(source.name.clone(), text), len };
     let mut out = String::new();
     if handler.render_report(&mut out, &report).is_err() {
         out = format!("{}: {}\n", diag.code, diag.message);

@@ -66,11 +66,22 @@ pub fn analyze_with(
         Err(d) => return Ok(Analysis { recipe: None, checked: None, diagnostics: vec![d] }),
     };
     let (mut program, mut diags) = crate::ir::lower(&recipe);
+    let mut applied = Vec::new();
     for o in overrides {
-        crate::ir::overrides::apply(&mut program, o)?;
+        applied.push((crate::ir::overrides::apply(&mut program, o)?, o));
     }
     let (checked, more) = check::check(program);
     diags.extend(more);
+    // A diagnostic about an overridden value names the flag: the recipe text under its span is
+    // no longer the value.
+    for d in &mut diags {
+        if let Some((_, flag)) = applied.iter().rev().find(|(span, _)| *span == d.primary_span()) {
+            d.message = format!("{} (set by `--set {flag}`)", d.message);
+            for l in d.labels.iter_mut().filter(|l| l.primary) {
+                l.message = format!("`--set {flag}` replaces the value here: {}", l.message);
+            }
+        }
+    }
     let mut diags = lints::configure(diags, config, &suppressions(&source.text, &recipe));
     dedup(&mut diags);
     diag::sort(&mut diags);

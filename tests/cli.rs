@@ -187,3 +187,29 @@ fn bench_reports_both_workloads() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("not a multiple"), "{}", stderr(&bad));
 }
+
+/// Sizes are checked before work starts: zero-sized benchmarks and batches are refused, and a
+/// synthetic batch that cannot fit in memory is refused instead of being allocated.
+#[test]
+fn sizes_are_checked_before_work_starts() {
+    let o = rlx(&["bench", "--layers", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("`--layers 0`: must be at least 1"), "{}", stderr(&o));
+    let o = rlx(&["eval", "recipes/ppo.rlx", "--synthetic", "0x8"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("at least 1"), "{}", stderr(&o));
+    let o = rlx(&["eval", "recipes/ppo.rlx", "--synthetic", "100000x100000"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is free"), "{}", stderr(&o));
+}
+
+/// A huge one-line file is reported without echoing its line; the report stays short.
+#[test]
+fn a_huge_recipe_is_not_echoed() {
+    let text = format!("recipe a \"{}\"\n", "x".repeat(2 << 20));
+    let (src, _) = rlx::source::SourceFile::from_bytes("big.rlx", text.as_bytes());
+    let analysis = rlx::source::analyze(&src, &rlx::check::lints::LintConfig::defaults());
+    assert_eq!(analysis.diagnostics[0].code, "file-too-large");
+    let shown = rlx::render::human(&analysis.diagnostics[0], &src, rlx::render::Style::plain());
+    assert!(shown.len() < 2000, "{} bytes of report", shown.len());
+}

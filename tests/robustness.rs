@@ -195,3 +195,102 @@ fn pathological_shapes_are_diagnostics() {
     big.extend_from_slice(b"\xff");
     exercise(&big);
 }
+
+/// JSON values a corrupted or hand-edited config might hold.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    prop_oneof![
+        Just(json!(null)),
+        Just(json!(0)),
+        Just(json!(-3)),
+        Just(json!(1e300)),
+        Just(json!(18446744073709551615u64)),
+        Just(json!(2.5)),
+        Just(json!("yarn")),
+        Just(json!("gpt2")),
+        Just(json!([1, 2])),
+        Just(json!({"rope_type": "llama3", "factor": 0})),
+        Just(json!({"full_attention": {"rope_type": "default"}})),
+        (1u64..5000).prop_map(|v| json!(v)),
+    ]
+}
+
+const CONFIG_KEYS: &[&str] = &[
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "partial_rotary_factor",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_positions",
+    "n_inner",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A Hugging Face config with fields replaced by odd values: a named error or a config
+    /// whose shapes are bounded; never a panic, an overflow or an allocation beyond reason.
+    #[test]
+    fn corrupted_hf_configs_are_errors_not_panics(
+        family in 0usize..5,
+        edits in proptest::collection::vec((0..CONFIG_KEYS.len(), json_value()), 1..6),
+    ) {
+        let family = rlx::model::hf_tiny::TINY_FAMILIES[family];
+        let mut cfg = rlx::model::hf_tiny::config(family).unwrap();
+        for (k, v) in &edits {
+            cfg[CONFIG_KEYS[*k]] = v.clone();
+        }
+        let text = cfg.to_string();
+        if let Ok(c) = rlx::model::hf_config::HfConfig::parse(&text) {
+            let shapes = rlx::model::hf::expected_shapes(&c);
+            prop_assert!(shapes.len() < 100_000);
+            prop_assert!(c.inv_freq().iter().all(|f| f.is_finite()));
+        }
+        let _ = rlx::model::gpt2::parse_config(&cfg);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), &text).unwrap();
+        let _ = rlx::model::dir::check(dir.path());
+    }
+
+    /// Any bytes as a `--batch` file: an error, or a batch the executor validates.
+    #[test]
+    fn arbitrary_batch_files_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(batch) = candle_core::safetensors::load(&path, &candle_core::Device::Cpu) {
+            let (src, _) = SourceFile::from_bytes("ppo.rlx", &fs::read("recipes/ppo.rlx").unwrap());
+            let checked = analyze(&src, &LintConfig::defaults()).checked.unwrap();
+            let batch = batch.into_iter().collect();
+            let options = rlx::exec::Options { grads: true, profile: false };
+            let _ = rlx::exec::evaluate(&checked, 0, &batch, &candle_core::Device::Cpu, options);
+        }
+    }
+}
+
+/// A safetensors header that claims more data than the file holds is an error, read without
+/// allocating what it claims.
+#[test]
+fn a_batch_file_claiming_huge_tensors_is_refused() {
+    let header =
+        r#"{"policy.logp":{"dtype":"F32","shape":[100000,100000],"data_offsets":[0,40000000000]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[0u8; 64]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(candle_core::safetensors::load(&path, &candle_core::Device::Cpu).is_err());
+}

@@ -275,3 +275,168 @@ fn built_in_models_are_saved_in_gpt2_layout_and_read_back() {
     assert!(text.lines().filter(|l| l.starts_with("the food")).count() == 2, "{text}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Crash safety: a two-stage run (reward model, then RL) is killed — `abort()`, as `kill -9`
+/// leaves a process — at 24 points spread over every fault point it passes (between the steps
+/// of each checkpoint write, after each metrics line, while saving models), then resumed. Every
+/// time the resumed run ends with the weights, saved models and metrics of an uninterrupted
+/// run: no line lost or duplicated.
+#[test]
+fn runs_killed_anywhere_resume_to_the_uninterrupted_result() {
+    let recipe = Path::new("recipes/rcfd.rlx");
+    let start = |out: &Path, extra: &[&str]| {
+        let mut c = rlx();
+        c.arg("run").arg(recipe).arg("--out").arg(out);
+        c.args(["--steps", "4", "--eval-prompts", "4", "--quiet"]).args(extra);
+        for s in tiny(recipe) {
+            c.args(["--set", &s]);
+        }
+        c
+    };
+    let strip = |mut v: Vec<serde_json::Value>| {
+        for r in &mut v {
+            let o = r.as_object_mut().unwrap();
+            o.retain(|k, _| !k.contains("seconds") && !k.contains("per_s") && k != "wall");
+        }
+        v
+    };
+    let finals = |dir: &Path| {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap())
+                .unwrap();
+        let ckpt = std::fs::read(dir.join(state["file"].as_str().unwrap())).unwrap();
+        let policy = std::fs::read(dir.join("models/policy/model.safetensors")).unwrap();
+        let rm = std::fs::read(dir.join("models/rm/model.safetensors")).unwrap();
+        (state["stage"].clone(), ckpt, policy, rm, strip(records(dir)))
+    };
+    let reference = scratch("fault-reference");
+    let count = reference.with_extension("count");
+    let o = start(&reference, &[]).env("RLX_FAULT_COUNT", &count).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let points: u64 = std::fs::read_to_string(&count).unwrap().parse().unwrap();
+    assert!(points >= 40, "only {points} fault points");
+    let expected = finals(&reference);
+    let kills: Vec<u64> = (0..24u64).map(|i| 1 + (i * (points - 1)) / 23).collect();
+    for at in kills {
+        let out = scratch(&format!("fault-{at}"));
+        let o = start(&out, &[]).env("RLX_FAULT_AT", at.to_string()).output().unwrap();
+        assert!(!o.status.success(), "point {at}: the run was not killed");
+        // With a checkpoint the run resumes; killed before its first one it starts again.
+        let o = if out.join("state.json").exists() {
+            rlx().arg("run").arg("--resume").arg(&out).arg("--quiet").output().unwrap()
+        } else {
+            start(&out, &["--force"]).output().unwrap()
+        };
+        assert!(o.status.success(), "point {at}: {}", String::from_utf8_lossy(&o.stderr));
+        let got = finals(&out);
+        assert_eq!(got.0, expected.0, "point {at}: final stage");
+        assert!(got.1 == expected.1, "point {at}: the final checkpoint differs");
+        assert!(got.2 == expected.2 && got.3 == expected.3, "point {at}: saved models differ");
+        assert_eq!(got.4, expected.4, "point {at}: metrics differ");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let _ = std::fs::remove_dir_all(&reference);
+    let _ = std::fs::remove_file(&count);
+}
+
+/// A run directory that holds a run is never silently reused: a new run into it is refused
+/// unless `--force`; `--resume` refuses settings other than the run's; a failed run without a
+/// checkpoint does not advise resuming.
+#[test]
+fn run_directories_are_not_overwritten_and_resume_is_strict() {
+    let recipe = Path::new("recipes/grpo.rlx");
+    let out = scratch("dir-rules");
+    assert!(run_tiny(recipe, &out, 2).status.success());
+    let again = run_tiny(recipe, &out, 2);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && err.contains("already holds a run"), "{err}");
+    let o = rlx()
+        .args(["run", "--quiet", "--resume"])
+        .arg(&out)
+        .args(["--seed", "7"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--seed 7 vs 0"), "{err}");
+    let o =
+        rlx().args(["run", "--quiet", "recipes/ppo.rlx", "--resume"]).arg(&out).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("not the one the run started with"), "{err}");
+    // The finished run resumes to "nothing left to do", printing the before → after summary.
+    let o = rlx().args(["run", "--resume"]).arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("before → after") && stdout.contains("accuracy"), "{stdout}");
+    let evals = records(&out).iter().filter(|r| r.get("eval").is_some()).count();
+    assert_eq!(evals, 2, "no evaluation line duplicated");
+    // --force clears it.
+    let mut c = rlx();
+    c.arg("run").arg(recipe).arg("--out").arg(&out).args(["--steps", "1", "--quiet", "--force"]);
+    for s in tiny(recipe) {
+        c.args(["--set", &s]);
+    }
+    assert!(c.output().unwrap().status.success());
+    assert_eq!(records(&out).iter().filter(|r| r.get("eval").is_none()).count(), 1);
+    // `--out` naming a file, a directory of something else, and `--steps 0`.
+    let file = out.join("metrics.jsonl");
+    let o = rlx().arg("run").arg(recipe).arg("--out").arg(&file).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a file, not a directory"));
+    let o = rlx().arg("run").arg(recipe).arg("--out").arg("src").output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("holds no rlx run"));
+    let o = rlx().arg("run").arg(recipe).args(["--steps", "0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at least one step"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// An absurd learning rate is caught before any weight is saved: the update is refused, the
+/// message names the weights (not the batch), and the checkpoint on disk stays finite.
+#[test]
+fn a_diverging_update_never_reaches_a_checkpoint() {
+    let recipe = Path::new("recipes/dpo.rlx");
+    let out = scratch("diverge");
+    let mut c = rlx();
+    c.arg("run").arg(recipe).arg("--out").arg(&out);
+    c.args(["--steps", "3", "--eval-prompts", "4", "--quiet", "--set", "dpo.optim.lr=1e30"]);
+    for s in tiny(recipe) {
+        c.args(["--set", &s]);
+    }
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    // After one update of 1e30 the weights are finite but huge: the next forward pass
+    // overflows, and the message blames the model, not the batch.
+    assert!(err.contains("the model `policy` produced non-finite"), "{err}");
+    assert!(!err.contains("batch input"), "{err}");
+    // The checkpoint on disk (if one was written before the failure) is finite and verified.
+    if out.join("state.json").exists() {
+        let o = rlx().arg("run").arg("--resume").arg(&out).arg("--quiet").output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("cannot resume"), "{err}");
+    }
+    // An update to inf (lr 1e38 × a gradient-scale step) is refused before it is used.
+    let o = {
+        let mut c = rlx();
+        c.arg("run").arg(recipe).arg("--out").arg(out.with_extension("huge"));
+        c.args(["--steps", "3", "--eval-prompts", "4", "--quiet", "--set", "dpo.optim.lr=3e38"]);
+        for s in tiny(recipe) {
+            c.args(["--set", &s]);
+        }
+        c.output().unwrap()
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("non-finite-weights") && err.contains("lr 3e38"), "{err}");
+    let _ = std::fs::remove_dir_all(out.with_extension("huge"));
+    // `lr = inf` is refused by the checker, naming the flag.
+    let o = rlx().arg("lint").arg(recipe).output().unwrap();
+    assert!(o.status.success());
+    let o = rlx()
+        .arg("run")
+        .arg(recipe)
+        .args(["--set", "dpo.optim.lr=inf", "--out"])
+        .arg(out.with_extension("inf"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("finite number") && err.contains("--set dpo.optim.lr=inf"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}

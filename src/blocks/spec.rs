@@ -131,9 +131,15 @@ pub enum Range {
     UnitExclusiveZero,
     /// `> x`.
     Above(f64),
-    /// `≥ 1`, for integer counts.
+    /// `≥ 1`, for integer counts, at most a billion (beyond, casts to machine integers
+    /// saturate and a setting is a typo, not a plan).
     Count,
+    /// `1 ≤ v ≤ max`: counts whose size bounds memory (batch sizes, samples per prompt).
+    CountAtMost(f64),
 }
+
+/// The largest `Range::Count`.
+pub const MAX_COUNT: f64 = 1e9;
 
 impl Range {
     pub fn contains(self, v: f64) -> bool {
@@ -146,7 +152,8 @@ impl Range {
             Range::OpenUnit => v > 0.0 && v < 1.0,
             Range::UnitExclusiveZero => v > 0.0 && v <= 1.0,
             Range::Above(x) => v > x,
-            Range::Count => v >= 1.0,
+            Range::Count => (1.0..=MAX_COUNT).contains(&v),
+            Range::CountAtMost(max) => (1.0..=max).contains(&v),
         }
     }
 
@@ -161,7 +168,8 @@ impl Range {
             Range::OpenUnit => "in (0, 1)".into(),
             Range::UnitExclusiveZero => "in (0, 1]".into(),
             Range::Above(x) => format!("> {x}"),
-            Range::Count => "≥ 1".into(),
+            Range::Count => "an integer in [1, 1e9]".into(),
+            Range::CountAtMost(max) => format!("an integer in [1, {}]", format_number(max)),
         }
     }
 }
@@ -350,6 +358,22 @@ pub const fn text(name: &'static str, doc: &'static str) -> InputSpec {
 
 pub const fn num(name: &'static str, default: f64, range: Range, doc: &'static str) -> ParamSpec {
     ParamSpec { name, ty: ParamTy::Float, default: DefaultRule::Num(default), range, doc }
+}
+
+/// An integer count at most `max`.
+pub const fn int_at_most(
+    name: &'static str,
+    default: f64,
+    max: f64,
+    doc: &'static str,
+) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty: ParamTy::Int,
+        default: DefaultRule::Num(default),
+        range: Range::CountAtMost(max),
+        doc,
+    }
 }
 
 pub const fn int(name: &'static str, default: f64, doc: &'static str) -> ParamSpec {

@@ -171,6 +171,19 @@ fn convert(
         }
     };
     if let Value::Num(v) = value
+        && !v.is_finite()
+    {
+        diags.push(
+            Diagnostic::error(
+                "value-out-of-range",
+                format!("`{}` of {owner} must be a finite number, found {v}", spec.name),
+            )
+            .primary(span, "not a finite number")
+            .help(format!("`{}`: {}", spec.name, spec.doc)),
+        );
+        return None;
+    }
+    if let Value::Num(v) = value
         && !spec.range.contains(v)
     {
         let default = match spec.default {

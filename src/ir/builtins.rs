@@ -191,21 +191,21 @@ pub static MODEL_PARAMS: &[ParamSpec] = &[
         name: "layers",
         ty: ParamTy::Int,
         default: DefaultRule::Off,
-        range: Range::Count,
+        range: Range::CountAtMost(1024.0),
         doc: "override the preset's layer count",
     },
     ParamSpec {
         name: "width",
         ty: ParamTy::Int,
         default: DefaultRule::Off,
-        range: Range::Count,
+        range: Range::CountAtMost(65536.0),
         doc: "override the preset's width",
     },
     ParamSpec {
         name: "heads",
         ty: ParamTy::Int,
         default: DefaultRule::Off,
-        range: Range::Count,
+        range: Range::CountAtMost(1024.0),
         doc: "override the preset's head count",
     },
     int("warm_steps", 800.0, "optimiser steps of the supervised warm start (`warm_start = ...`)"),
@@ -272,8 +272,8 @@ pub static TEXTS: &[(&str, &str)] = &[
 
 /// `sample { }` settings.
 pub static SAMPLE: &[ParamSpec] = &[
-    int("n", 1.0, "samples per prompt; they form one group"),
-    int("max_tokens", 64.0, "most new tokens per response"),
+    int_at_most("n", 1.0, 4096.0, "samples per prompt; they form one group"),
+    int_at_most("max_tokens", 64.0, 1e6, "most new tokens per response"),
     int("min_tokens", 0.0, "fewest new tokens: EOS is not sampled before this many"),
     num(
         "temperature",
@@ -303,12 +303,12 @@ pub static OPTIM: &[ParamSpec] = &[
     num("lr", 1e-5, Range::Positive, "AdamW learning rate"),
     int("steps", 100.0, "rollout-and-update iterations (RL) or optimiser steps"),
     int("epochs", 1.0, "passes over each rollout batch (PPO epochs) or over the data"),
-    int("batch", 32.0, "sequences per rollout batch"),
+    int_at_most("batch", 32.0, 1e6, "sequences per rollout batch"),
     ParamSpec {
         name: "minibatch",
         ty: ParamTy::Int,
         default: DefaultRule::SameAs("batch"),
-        range: Range::Count,
+        range: Range::CountAtMost(1e6),
         doc: "sequences per optimiser step",
     },
     ParamSpec {

@@ -21,7 +21,9 @@ pub fn parse_value(text: &str) -> Const {
     }
 }
 
-pub fn apply(program: &mut Program, text: &str) -> Result<(), String> {
+/// Applies one override; returns the span its value now carries, so diagnostics about the value
+/// can name the flag rather than the recipe text it replaced.
+pub fn apply(program: &mut Program, text: &str) -> Result<crate::diag::Span, String> {
     let (path, value) =
         text.split_once('=').ok_or_else(|| format!("`--set {text}`: expected PATH=VALUE"))?;
     let value = parse_value(value);
@@ -40,14 +42,19 @@ pub fn apply(program: &mut Program, text: &str) -> Result<(), String> {
             let settings = if *block == "optim" { &mut st.optim } else { &mut st.sample };
             let settings = settings.get_or_insert_with(|| SettingsIr { entries: vec![], span });
             match settings.entries.iter_mut().find(|e| e.key.name == *key) {
-                Some(e) => e.value = value,
-                None => settings.entries.push(SettingIr {
-                    key: Ident { name: key.to_string(), span: settings.span },
-                    value,
-                    span: settings.span,
-                }),
+                Some(e) => {
+                    e.value = value;
+                    Ok(e.span)
+                }
+                None => {
+                    settings.entries.push(SettingIr {
+                        key: Ident { name: key.to_string(), span: settings.span },
+                        value,
+                        span: settings.span,
+                    });
+                    Ok(settings.span)
+                }
             }
-            Ok(())
         }
         [owner, key] => {
             let params = if let Some(m) = program.models.iter_mut().find(|m| m.name.name == *owner)
@@ -62,10 +69,15 @@ pub fn apply(program: &mut Program, text: &str) -> Result<(), String> {
             };
             let (list, span) = params;
             match list.iter_mut().find(|(k, _, _)| k.name == *key) {
-                Some(entry) => entry.1 = value,
-                None => list.push((Ident { name: key.to_string(), span }, value, span)),
+                Some(entry) => {
+                    entry.1 = value;
+                    Ok(entry.2)
+                }
+                None => {
+                    list.push((Ident { name: key.to_string(), span }, value, span));
+                    Ok(span)
+                }
             }
-            Ok(())
         }
         _ => Err(format!(
             "`--set {path}`: paths are STAGE.optim.KEY, STAGE.sample.KEY, MODEL.KEY or DATA.KEY"

@@ -138,6 +138,17 @@ pub fn parse_config(raw: &Value) -> Result<ModelConfig, String> {
         context: int("n_positions")?,
         family: Family::Gpt,
     };
+    for (name, value, max) in [
+        ("vocab_size", cfg.vocab, 1 << 24),
+        ("n_embd", cfg.width, 1 << 18),
+        ("n_layer", cfg.layers, 1 << 12),
+        ("n_head", cfg.heads, 1 << 12),
+        ("n_positions", cfg.context, 1 << 24),
+    ] {
+        if value > max {
+            return Err(format!("config.json: {name} {value} is out of range (1 to {max})"));
+        }
+    }
     if !cfg.width.is_multiple_of(cfg.heads) {
         return Err(format!(
             "config.json: n_embd {} is not a multiple of n_head {}",

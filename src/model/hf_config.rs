@@ -127,6 +127,21 @@ impl HfConfig {
         if cfg.num_attention_heads == 0 || cfg.kv_heads() == 0 || cfg.num_hidden_layers == 0 {
             return Err("config.json: heads, key/value heads and layers must be positive".into());
         }
+        // Far above any released model; beyond, a size is a corrupt file, and shapes computed
+        // from it would overflow or exhaust memory before a weight is read.
+        for (name, value, max) in [
+            ("vocab_size", cfg.vocab_size, 1 << 24),
+            ("hidden_size", cfg.hidden_size, 1 << 18),
+            ("intermediate_size", cfg.intermediate_size, 1 << 20),
+            ("num_hidden_layers", cfg.num_hidden_layers, 1 << 12),
+            ("num_attention_heads", cfg.num_attention_heads, 1 << 12),
+            ("head_dim", cfg.head_dim(), 1 << 14),
+            ("max_position_embeddings", cfg.max_position_embeddings, 1 << 24),
+        ] {
+            if value == 0 || value > max {
+                return Err(format!("config.json: {name} {value} is out of range (1 to {max})"));
+            }
+        }
         if !cfg.num_attention_heads.is_multiple_of(cfg.kv_heads()) {
             return Err(format!(
                 "config.json: {} attention heads are not a multiple of {} key/value heads",

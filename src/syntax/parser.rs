@@ -43,6 +43,17 @@ fn precheck(text: &str) -> Result<(), Diagnostic> {
             .primary(Span::new(0, 0), "this file")
             .help("recipes are short; check that this is the file you meant"));
     }
+    if let Some((i, c)) =
+        text.char_indices().find(|(_, c)| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        let name = if c == '\0' { " (NUL)".to_string() } else { String::new() };
+        return Err(Diagnostic::error(
+            "invalid-character",
+            format!("the recipe contains the control character U+{:04X}{name}", c as u32),
+        )
+        .primary(Span::new(i, i + c.len_utf8()), "here (shown as `?`)")
+        .help("recipes are plain text: remove it (was the file saved by a binary tool?)"));
+    }
     let (mut depth, mut minus_run) = (0usize, 0usize);
     let (mut in_string, mut in_comment, mut escaped) = (false, false, false);
     for (i, c) in text.char_indices() {

@@ -38,6 +38,8 @@ pub fn load(
 ) -> Result<Task, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read data file {}: {e}", path.display()))?;
+    // Editors on Windows save UTF-8 with a byte-order mark; it is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut records = Vec::new();
     let mut pairs_file: Option<bool> = None;
     for (i, line) in text.lines().enumerate() {
@@ -51,10 +53,11 @@ pub fn load(
         }
         // The first line decides the kind of the file: pairs when it has a `chosen` field.
         let pairs = *pairs_file.get_or_insert(v.get(&fields.chosen).is_some());
+        // Texts must be strings; an answer may be a number (`"answer": 42`), read as its text.
         let field = |name: &str| -> Result<String, String> {
             match v.get(name) {
                 Some(Value::String(s)) => Ok(s.clone()),
-                Some(Value::Number(n)) => Ok(n.to_string()),
+                Some(Value::Number(n)) if name == fields.answer => Ok(n.to_string()),
                 Some(other) => Err(at(format!("field `{name}` is {other}, expected a string"))),
                 None => Err(at(format!("missing field `{name}` (the line has {})", keys(&v)))),
             }
@@ -209,5 +212,46 @@ mod tests {
                 .unwrap()
                 .contains(":1: field `question` is [\"q1\"]")
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_only_answers_may_be_numbers() {
+        let (_d, path) = write(&["\u{feff}{\"question\": \"q1\", \"answer\": 42}"]);
+        let t = load(&path, &fields(), AnswerFormat::Exact, 0).unwrap();
+        assert_eq!(t.train[0].text, "q1");
+        assert_eq!(t.train[0].demonstration, "42");
+        let (_d, path) = write(&[r#"{"question": 42, "answer": "a"}"#]);
+        let err = load(&path, &fields(), AnswerFormat::Exact, 0).err().unwrap();
+        assert!(err.ends_with(":1: field `question` is 42, expected a string"), "{err}");
+    }
+
+    proptest::proptest! {
+        /// Any bytes: an error naming the file, or a task; never a panic.
+        #[test]
+        fn arbitrary_files_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("data.jsonl");
+            std::fs::write(&path, &bytes).unwrap();
+            if let Err(e) = load(&path, &fields(), AnswerFormat::Gsm8k, 4) {
+                proptest::prop_assert!(e.contains("data.jsonl"), "{}", e);
+            }
+        }
+
+        /// Lines made of JSON-ish pieces reach the field checks.
+        #[test]
+        fn json_like_lines_never_panic(lines in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "{\"question\": \"q\", \"answer\": \"#### 1\"}", "{\"question\": \"q\"}",
+                "{\"question\": 1, \"answer\": 2}",
+                "{\"question\": \"q\", \"chosen\": \"a\", \"rejected\": \"b\"}",
+                "[]", "null", "{", "\u{feff}{}", "{\"question\": {\"a\": 1}, \"answer\": [1]}", "",
+            ]),
+            0..12,
+        )) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("data.jsonl");
+            std::fs::write(&path, lines.join("\n")).unwrap();
+            let _ = load(&path, &fields(), AnswerFormat::Gsm8k, 4);
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! `rlx run`: stages in order — warm start, reward model, DPO, RL — on the built-in tasks.
 
 pub mod checkpoint;
+pub mod fault;
+pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod optim;

@@ -195,6 +195,11 @@ fn build_one(
     let name = &decl.name.name;
     let resolved = setup.checked.decl_params.get(name).cloned().unwrap_or_default();
     let cfg = config_of(&resolved, setup.tok.vocab_size())?;
+    if matches!(decl.init, ModelInit::Builtin { .. } | ModelInit::RewardModel)
+        && setup.device.is_cpu()
+    {
+        super::memory::check_parameters(name, super::memory::builtin_parameters(&cfg))?;
+    }
     let mut mrng = rng.fork(fnv(name));
     let slot = match &decl.init {
         ModelInit::Builtin { warm_start } => {
@@ -591,7 +596,12 @@ fn supervised_warm_start(
         let loss = (logp.sum_all().map_err(err)?.neg().map_err(err)? / layout.text_tokens() as f64)
             .map_err(err)?;
         let grads = loss.backward().map_err(err)?;
-        opt.step(&grads).map_err(err)?;
+        let info = opt.step(&grads).map_err(err)?;
+        if let Some(var) = info.non_finite {
+            return Err(format!(
+                "the warm start of `{name}` made the weights of `{var}` non-finite at step {step} (warm_lr {lr})"
+            ));
+        }
         last = loss.to_scalar::<f32>().map_err(err)? as f64;
         if !last.is_finite() {
             return Err(format!(

@@ -29,11 +29,14 @@ pub struct AdamW {
 }
 
 /// What one optimiser step saw.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StepInfo {
     pub grad_norm: f64,
     pub lr: f64,
     pub clipped: bool,
+    /// The first variable the update left non-finite (NaN, inf, or too large to sum), if any:
+    /// the caller must stop before these weights are used or saved.
+    pub non_finite: Option<String>,
 }
 
 impl AdamW {
@@ -86,6 +89,8 @@ impl AdamW {
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let c1 = 1.0 - b1.powi(self.steps as i32);
         let c2 = 1.0 - b2.powi(self.steps as i32);
+        // Σ of every updated weight, summed on the device: one read tells whether all are finite.
+        let mut total: Option<Tensor> = None;
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             // Detached: otherwise each step's moments keep that step's whole autograd graph alive.
@@ -97,9 +102,31 @@ impl AdamW {
             if self.cfg.weight_decay > 0.0 {
                 w = (&w * (1.0 - lr * self.cfg.weight_decay))?;
             }
-            var.set(&(w - (update * lr)?)?.detach())?;
+            let w = (w - (update * lr)?)?.detach();
+            let sum = w.to_dtype(candle_core::DType::F32)?.sum_all()?;
+            total = Some(match total {
+                Some(t) => (t + sum)?,
+                None => sum,
+            });
+            var.set(&w)?;
         }
-        Ok(StepInfo { grad_norm: norm, lr, clipped: scale < 1.0 })
+        let finite = match total {
+            Some(t) => t.to_scalar::<f32>()?.is_finite(),
+            None => true,
+        };
+        let non_finite = if finite { None } else { self.first_non_finite()? };
+        Ok(StepInfo { grad_norm: norm, lr, clipped: scale < 1.0, non_finite })
+    }
+
+    /// The first variable whose weights are not finite (read only after a failed step).
+    fn first_non_finite(&self) -> Result<Option<String>> {
+        for (name, var) in &self.vars {
+            let s = var.as_tensor().to_dtype(candle_core::DType::F32)?.sum_all()?;
+            if !s.to_scalar::<f32>()?.is_finite() {
+                return Ok(Some(name.clone()));
+            }
+        }
+        Ok(Some("a variable".into()))
     }
 
     /// Moments by name, for checkpoints.

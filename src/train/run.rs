@@ -109,6 +109,8 @@ struct Run<'a> {
     slots: BTreeMap<String, Slot>,
     metrics: MetricsLog,
     started: Instant,
+    /// Seconds of the run before this process (a resumed run's wall time stays cumulative).
+    wall_before: f64,
     rng: Rng,
     summary: Summary,
 }
@@ -200,10 +202,22 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
                     .map_err(|e| run_error(whole, format!("cannot resume: {e}")))?;
             }
             rng = Rng::from_state(state.rng);
+            if !opts.quiet {
+                let name = checked
+                    .program
+                    .stages
+                    .get(state.stage)
+                    .map_or("(none)", |s| s.name.name.as_str());
+                eprintln!(
+                    "resuming stage `{name}` at step {} (checkpoint {}, {:.1}s of training so far)",
+                    state.step, state.file, state.wall
+                );
+            }
             (state.stage, Some((state, tensors)))
         }
         None => (0, None),
     };
+    let wall_before = resume_state.as_ref().map_or(0.0, |(s, _)| s.wall);
     let mut run = Run {
         checked,
         opts,
@@ -213,9 +227,17 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
         slots,
         metrics,
         started,
+        wall_before,
         rng,
         summary: Summary::default(),
     };
+    // Stages a resumed run finished before: their evaluations are in the log.
+    for index in 0..first_stage {
+        if let Some((before, after)) = run.recorded_evals(index) {
+            let name = checked.program.stages[index].name.name.clone();
+            run.summary.evals.push((name, before, after));
+        }
+    }
     let mut resume_state = resume_state;
     for index in first_stage..checked.program.stages.len() {
         run.stage(index, resume_state.take())?;
@@ -228,6 +250,7 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
         let saved = slot
             .save(&dir, &adapter, &run.tok, &run.tokenizer_json)
             .map_err(|e| run_error(whole, format!("saving `{name}`: {e}")))?;
+        super::fault::point();
         if !opts.quiet {
             eprintln!("saved `{name}` in {} layout to {}", saved.layout, dir.display());
             if saved.adapter {
@@ -235,7 +258,8 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
             }
         }
     }
-    run.summary.seconds = run.started.elapsed().as_secs_f64();
+    run.summary.seconds = run.wall();
+    super::fault::report();
     Ok(run.summary)
 }
 
@@ -329,7 +353,7 @@ impl Run<'_> {
         let stage = &checked.program.stages[index];
         let span = stage.name.span;
         let fail = |e: String| run_error(span, e);
-        let settings = loop_settings(checked, index, self.opts.steps);
+        let mut settings = loop_settings(checked, index, self.opts.steps);
         // Value heads the stage trains.
         for t in &stage.train {
             if t.value_head {
@@ -342,13 +366,14 @@ impl Run<'_> {
             }
         }
         let trained = stage.trained().unwrap_or("policy").to_string();
-        // `ref`: the trained model as the stage starts (from the checkpoint when resuming).
+        // `ref`: the trained model as the stage starts (from the checkpoint when resuming
+        // mid-stage; a checkpoint at a stage's start holds no `ref`, the models are it).
         let reference: BTreeMap<String, Tensor> = match &resume {
-            Some((_, tensors)) => tensors
+            Some((state, tensors)) if state.step > 0 => tensors
                 .iter()
                 .filter_map(|(k, v)| k.strip_prefix("ref.").map(|k| (k.to_string(), v.clone())))
                 .collect(),
-            None => self.slots[&trained].params.snapshot().map_err(|e| fail(e.to_string()))?,
+            _ => self.slots[&trained].params.snapshot().map_err(|e| fail(e.to_string()))?,
         };
         let vars: Vec<(String, Var)> = stage
             .train
@@ -376,6 +401,7 @@ impl Run<'_> {
             .get(&data.data)
             .cloned()
             .ok_or_else(|| fail(format!("no data set `{}`", data.data)))?;
+        self.fit_batches(index, kw, data.kind, &task, &mut settings)?;
         let steps = match kw {
             DataKw::Prompts => settings.steps,
             _ => {
@@ -397,9 +423,21 @@ impl Run<'_> {
             }
             _ => false,
         };
+        if evaluated && self.opts.eval_prompts > task.eval.len() && !self.opts.quiet {
+            eprintln!(
+                "note: stage `{}`: the task holds {} held-out prompts; evaluating on those, not {}",
+                stage.name.name,
+                task.eval.len(),
+                self.opts.eval_prompts
+            );
+        }
         if evaluated && start == 0 {
             let before = self.evaluate(index, &task, &ref_model).map_err(fail)?;
             self.record_eval(index, 0, "before", &before)?;
+            self.summary.evals.push((stage.name.name.clone(), before, vec![]));
+        } else if evaluated {
+            // Resumed mid-stage: the `before` evaluation is in the log.
+            let before = self.recorded_evals(index).map(|(b, _)| b).unwrap_or_default();
             self.summary.evals.push((stage.name.name.clone(), before, vec![]));
         }
         let plan = StagePlan {
@@ -427,7 +465,7 @@ impl Run<'_> {
             }
             let secs = t0.elapsed().as_secs_f64();
             record.insert("seconds".into(), json!(secs));
-            record.insert("wall".into(), json!(self.started.elapsed().as_secs_f64()));
+            record.insert("wall".into(), json!(self.wall()));
             if let Some(t) = record.get("tokens").and_then(Json::as_f64) {
                 record.insert("tokens_per_s".into(), json!(t / secs.max(1e-9)));
             }
@@ -484,6 +522,8 @@ impl Run<'_> {
             rng: self.rng.state(),
             file: String::new(),
             seed: self.opts.seed,
+            checksum: None,
+            wall: self.wall(),
         };
         let span = self
             .checked
@@ -493,6 +533,121 @@ impl Run<'_> {
             .map_or(Span::new(0, 0), |s| s.name.span);
         checkpoint::save(&self.opts.out, &state, &tensors)
             .map_err(|e| run_error(span, format!("cannot write a checkpoint: {e}")))
+    }
+
+    /// Batches that the data or the memory cannot hold: a batch larger than the data set is
+    /// capped at it (with a warning); a minibatch whose estimated activations exceed the free
+    /// memory is refused, saying how many sequences fit.
+    fn fit_batches(
+        &self,
+        index: usize,
+        kw: DataKw,
+        member: MemberKind,
+        task: &Task,
+        settings: &mut Loop,
+    ) -> Result<(), Diagnostic> {
+        let stage = &self.checked.program.stages[index];
+        let n = params::get_num(&self.checked.stages[index].sample, "n").unwrap_or(1.0) as usize;
+        let (available, what) = match kw {
+            DataKw::Prompts => (task.train.len() * n.max(1), "prompts × samples"),
+            _ => (data_len(task, member), "examples"),
+        };
+        if available > 0 && settings.batch > available {
+            if !self.opts.quiet {
+                eprintln!(
+                    "warning: stage `{}`: optim.batch {} exceeds the data set's {available} {what}; using {available}",
+                    stage.name.name, settings.batch
+                );
+            }
+            settings.batch = available;
+            settings.minibatch = settings.minibatch.min(available);
+        }
+        if !self.opts.device.is_cpu() {
+            return Ok(());
+        }
+        let Some(free) = super::memory::available() else { return Ok(()) };
+        let trained = stage.trained().unwrap_or("policy");
+        let Some(slot) = self.slots.get(trained) else { return Ok(()) };
+        // The longest sequence of the first examples: prompt and response, or the whole text.
+        let longest = match kw {
+            DataKw::Prompts => {
+                let prompt = task.train.iter().take(256).map(|p| self.tok.prompt(&p.text).len());
+                let new = self.sampling(index).max_tokens;
+                prompt.max().unwrap_or(1) + new
+            }
+            _ => {
+                task.texts.iter().take(256).map(|t| self.tok.encode(t).len() + 2).max().unwrap_or(1)
+            }
+        };
+        let budget = free / 10 * 9;
+        // RL stages update on minibatches; supervised ones on whole batches.
+        let rows = if kw == DataKw::Prompts { settings.minibatch } else { settings.batch };
+        let need = super::memory::step_bytes(&slot.cfg, rows, longest, true);
+        if need > budget {
+            let fit = super::memory::rows_that_fit(&slot.cfg, longest, true, budget);
+            return Err(Diagnostic::error(
+                "out-of-memory",
+                format!(
+                    "a minibatch of {rows} sequences of up to {longest} tokens needs about {} to train `{trained}`; {} is free",
+                    super::memory::gib(need),
+                    super::memory::gib(free)
+                ),
+            )
+            .primary(stage.name.span, "in this stage")
+            .help(if fit == 0 {
+                "not even one sequence fits: use a smaller model, shorter `max_tokens`, or a machine with more memory".to_string()
+            } else {
+                format!("about {fit} sequences fit: set `optim.minibatch` (or `optim.batch`) to at most {fit}")
+            }));
+        }
+        Ok(())
+    }
+
+    /// Seconds the run has been going, across resumptions.
+    fn wall(&self) -> f64 {
+        self.wall_before + self.started.elapsed().as_secs_f64()
+    }
+
+    /// A stage's `before` and `after` evaluations from the metrics log, in the task's metric
+    /// order; `None` when the stage has none.
+    fn recorded_evals(&self, index: usize) -> Option<(Metrics, Metrics)> {
+        let (before, after) = super::metrics::evals(&self.opts.out, index);
+        if before.is_empty() && after.is_empty() {
+            return None;
+        }
+        let task = self.checked.program.stages[index]
+            .source
+            .as_ref()
+            .and_then(|(_, d)| self.tasks.get(&d.data));
+        let mut order: Vec<String> = task
+            .map(|t| t.metrics(&[], &[]).into_iter().map(|(k, _)| k).collect())
+            .unwrap_or_default();
+        for k in before.keys().chain(after.keys()) {
+            let k = k.trim_start_matches("eval/").to_string();
+            if !order.contains(&k) {
+                order.push(k);
+            }
+        }
+        let pick = |m: &Map<String, Json>| -> Metrics {
+            order
+                .iter()
+                .filter_map(|k| {
+                    m.get(&format!("eval/{k}")).and_then(Json::as_f64).map(|v| (k.clone(), v))
+                })
+                .collect()
+        };
+        Some((pick(&before), pick(&after)))
+    }
+
+    /// `advice`, and where the run has a checkpoint, that it is intact and how to resume.
+    fn resume_hint(&self, advice: &str) -> String {
+        match checkpoint::load_state(&self.opts.out) {
+            Ok(s) => format!(
+                "{advice}; the last checkpoint (stage {}, step {}) is intact and holds no non-finite value",
+                s.stage, s.step
+            ),
+            Err(_) => format!("{advice}; no checkpoint was written yet"),
+        }
     }
 
     fn record_eval(
@@ -705,9 +860,22 @@ impl Run<'_> {
                 .map_or("a parameter".to_string(), |(n, _)| format!("`{n}`"));
             return Err(Diagnostic::error("non-finite-gradient", format!("the gradient of the loss with respect to {bad} is not finite"))
                 .primary(stage.loss_span, "back-propagated from this loss")
-                .help("the last checkpoint is intact; lower the learning rate, clamp log-ratios, or look for log/sqrt/division of values that reach 0"));
+                .help(self.resume_hint("lower the learning rate, clamp log-ratios, or look for log/sqrt/division of values that reach 0")));
         }
         let info = opt.step(&grads).map_err(|e| run_error(stage.loss_span, e.to_string()))?;
+        if let Some(var) = &info.non_finite {
+            // The weights in memory are spoiled; nothing is saved from them.
+            return Err(Diagnostic::error(
+                "non-finite-weights",
+                format!(
+                    "the optimiser step made the weights of `{var}` non-finite (lr {}, gradient norm {:.3e})",
+                    crate::blocks::spec::format_number(info.lr),
+                    info.grad_norm
+                ),
+            )
+            .primary(stage.loss_span, "the update of this loss")
+            .help(self.resume_hint("lower `optim.lr` (or set `clip_grad`)")));
+        }
         let n = record.get("optim_steps").and_then(Json::as_f64).unwrap_or(0.0);
         let g = record.get("grad_norm").and_then(Json::as_f64).unwrap_or(0.0);
         record.insert("grad_norm".into(), json!((g * n + info.grad_norm) / (n + 1.0)));

@@ -286,7 +286,7 @@ pub fn compute(
                 }
                 let (layout, hidden) = &forwards[&key];
                 let m = cx.models.get(&name, live)?;
-                match signal {
+                let value = match signal {
                     Signal::Logp => m.token_logp(hidden, layout, cx.temperature),
                     Signal::Entropy => m.token_entropy(hidden, layout, cx.temperature),
                     Signal::Values => m.token_values(hidden, layout),
@@ -295,7 +295,15 @@ pub fn compute(
                         .and_then(|l| l.exp())
                         .and_then(|p| p.mul(&layout.text_mask)),
                 }
-                .map_err(err)?
+                .map_err(err)?;
+                let what = match signal {
+                    Signal::Logp => "log-probabilities",
+                    Signal::Entropy => "entropies",
+                    Signal::Values => "values",
+                    Signal::KeepProb => "keep-probabilities",
+                };
+                model_output_finite(&value, &layout.text_mask, &name, what, text)?;
+                value
             }
             SourceKind::Score { scorer: ScorerRef::Model(m), text } => {
                 let key = (m.clone(), grad, text.clone(), false);
@@ -306,7 +314,9 @@ pub fn compute(
                     forwards.insert(key.clone(), (layout, hidden));
                 }
                 let (layout, hidden) = &forwards[&key];
-                cx.models.get(m, grad)?.score(hidden, layout).map_err(err)?
+                let value = cx.models.get(m, grad)?.score(hidden, layout).map_err(err)?;
+                model_output_finite(&value, &value.ones_like().map_err(err)?, m, "score", text)?;
+                value
             }
             SourceKind::Score { scorer: ScorerRef::Verifier { data, member }, text } => {
                 let task = cx.tasks.get(data).ok_or_else(|| format!("no data set `{data}`"))?;
@@ -324,6 +334,30 @@ pub fn compute(
         out.insert(s.name.clone(), if grad { value } else { value.detach() });
     }
     Ok(out)
+}
+
+/// A model's output must be finite on real tokens: when it is not, the model (not the batch)
+/// is what went wrong, and the message says so.
+fn model_output_finite(
+    value: &Tensor,
+    mask: &Tensor,
+    model: &str,
+    what: &str,
+    text: &str,
+) -> Result<(), String> {
+    let real = mask
+        .ne(0.0)
+        .and_then(|keep| keep.where_cond(value, &value.zeros_like()?))
+        .and_then(|t| t.to_dtype(candle_core::DType::F32))
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.to_scalar::<f32>())
+        .map_err(err)?;
+    if real.is_finite() {
+        return Ok(());
+    }
+    Err(format!(
+        "the model `{model}` produced non-finite {what} on `{text}`: its forward pass overflowed (weights grown too large by the updates? lower the learning rate)"
+    ))
 }
 
 /// The layout of a text after its context; for keep-probabilities, after `context text <sep>`.
