@@ -131,3 +131,53 @@ pub fn load(dir: &Path, device: &Device) -> Result<(State, BTreeMap<String, Tens
     }
     Ok((state, tensors))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+
+    fn state() -> State {
+        State {
+            stage: 0,
+            step: 1,
+            optim_steps: 1,
+            rng: 7,
+            file: String::new(),
+            seed: 0,
+            checksum: None,
+            wall: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_with_a_non_finite_value_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        save(dir.path(), &state(), &[("w".into(), good)]).unwrap();
+        let before = std::fs::read(dir.path().join("state.json")).unwrap();
+        let bad = Tensor::new(&[1f32, f32::NAN], &Device::Cpu).unwrap();
+        let next = State { step: 2, ..state() };
+        let err = save(dir.path(), &next, &[("w".into(), bad)]).unwrap_err();
+        assert!(err.contains("`w` is not finite"), "{err}");
+        assert_eq!(std::fs::read(dir.path().join("state.json")).unwrap(), before);
+        assert!(!dir.path().join("checkpoint-0-2.safetensors").exists());
+        assert_eq!(load(dir.path(), &Device::Cpu).unwrap().0.step, 1);
+    }
+
+    #[test]
+    fn a_changed_byte_is_caught_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
+        save(dir.path(), &state(), &[("w".into(), t)]).unwrap();
+        let (s, _) = load(dir.path(), &Device::Cpu).unwrap();
+        assert!(s.checksum.as_deref().is_some_and(|c| c.starts_with("crc32:")));
+        let path = dir.path().join(&s.file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+        let err = load(dir.path(), &Device::Cpu).unwrap_err();
+        assert!(err.contains("is corrupt"), "{err}");
+    }
+}
