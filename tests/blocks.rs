@@ -904,15 +904,27 @@ fn every_differentiable_block_matches_finite_differences() {
     for spec in rlx::blocks::ALL {
         // `rlmec_pg` detaches its weight on purpose, so its gradient is not the derivative of its
         // value; `policy_and_value_losses` checks it by hand.
-        if spec.grad == OutputGrad::Never || matches!(spec.name, "vine_values" | "rlmec_pg") {
+        // Score-function losses detach their weight on purpose (`cispo`, `dppo`), and GSPO-token
+        // gives each token the sequence ratio's gradient: their gradients are not the derivative
+        // of their per-token values. `new_policy_losses` checks them by hand.
+        if spec.grad == OutputGrad::Never
+            || matches!(spec.name, "vine_values" | "rlmec_pg" | "cispo" | "dppo" | "gspo")
+        {
             continue;
         }
         let mut rng = rlx::exec::synthetic::Rng::new(spec.name.len() as u64);
         let (ins, level, out_mask) = generic_inputs(spec.name, &mut rng);
+        // Parameters without a default (`dro`'s beta) get 1.
+        let required: Vec<(&str, Const)> = spec
+            .params
+            .iter()
+            .filter(|p| p.default == rlx::blocks::spec::DefaultRule::Required)
+            .map(|p| (p.name, num(1.0)))
+            .collect();
         let weights: Option<Tensor> = None;
         let objective = |ins: &[In]| -> f64 {
             let Value::Tensor(out) =
-                run_full(spec.name, ins, &[], level, out_mask.as_ref(), Some(&groups))
+                run_full(spec.name, ins, &required, level, out_mask.as_ref(), Some(&groups))
             else {
                 panic!()
             };
@@ -936,7 +948,7 @@ fn every_differentiable_block_matches_finite_differences() {
                 .collect();
             with_var[i].value = Value::Tensor(var.as_tensor().clone());
             let Value::Tensor(out) =
-                run_full(spec.name, &with_var, &[], level, out_mask.as_ref(), Some(&groups))
+                run_full(spec.name, &with_var, &required, level, out_mask.as_ref(), Some(&groups))
             else {
                 panic!()
             };
@@ -1127,4 +1139,112 @@ fn whiten_without_mask_reads_padding_as_zero() {
         &[-1.0, 0.0, 1.0, 0.0],
         1e-6,
     );
+}
+
+/// GSPO, GMPO, CISPO, SAPO, DPPO, DRO, KL-Cov and Clip-Cov against hand-computed values and
+/// the gradients their papers define.
+#[test]
+fn new_policy_losses() {
+    let m = t2(&[&[1.0, 1.0], &[1.0, 0.0]]);
+    let logp = || t2(&[&[-0.2, -0.6], &[-1.0, -3.0]]);
+    let old = || t2(&[&[-0.4, -0.5], &[-1.2, 0.0]]);
+    let adv = || t2(&[&[1.0, 1.0], &[-2.0, -2.0]]);
+    let ins = || vec![tok(logp(), &m), tok(old(), &m), tok(adv(), &m)];
+    let wide = [("eps", num(0.9)), ("eps_high", num(9.0))];
+    // GSPO: s_0 = ((−0.2+0.4) + (−0.6+0.5))/2 = 0.05, s_1 = 0.2 (padding ignored); inside the
+    // clip every token of row b carries −A_b·e^{s_b}.
+    let (e0, e1) = (0.05f64.exp(), 0.2f64.exp());
+    close(
+        &run("gspo", &ins(), &wide, Level::Token, Some(&m)),
+        &[-e0, -e0, 2.0 * e1, 2.0 * e1],
+        1e-12,
+    );
+    // Its gradient after seq_mean_token_mean is GSPO's: d/dlogp_bt (−A_b e^{s_b}) = −A_b e^{s_b}/L_b,
+    // here halved again by the mean over the two sequences.
+    let var = Var::from_tensor(&logp()).unwrap();
+    let mut vin = ins();
+    vin[0] = tok(var.as_tensor().clone(), &m);
+    let Value::Tensor(per_token) = run_full("gspo", &vin, &wide, Level::Token, Some(&m), None)
+    else {
+        panic!()
+    };
+    let loss =
+        run_full("seq_mean_token_mean", &[tok(per_token, &m)], &[], Level::Scalar, None, None);
+    let Value::Tensor(loss) = loss else { panic!() };
+    let g: Vec<f64> = loss
+        .backward()
+        .unwrap()
+        .get(var.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    close(&g, &[-e0 / 4.0, -e0 / 4.0, 2.0 * e1 / 2.0, 0.0], 1e-12);
+    // Default clip (3e-4, 4e-4): e^{0.05} and e^{0.2} are far outside; A>0 takes the clipped
+    // −(1 + 4e-4); A<0 the unclipped 2e^{0.2}.
+    close(
+        &run("gspo", &ins(), &[], Level::Token, Some(&m)),
+        &[-1.0004, -1.0004, 2.0 * e1, 2.0 * e1],
+        1e-12,
+    );
+    // GMPO (eps 0.4): row 0, A>0: Δ = [0.2, −0.1] (inside), ρ = e^{0.05}, Ā = 1 → −e^{0.05};
+    // row 1, A<0: Δ = [0.2], ρ = e^{0.2}, Ā = −2 → 2e^{0.2}.
+    close(&run("gmpo", &ins(), &[], Level::Seq, None), &[-e0, 2.0 * e1], 1e-12);
+    // With eps 0.1: row 0's 0.2 is capped at 0.1 → ρ = e^{(0.1 − 0.1)/2} = 1; row 1 (A<0) keeps
+    // its 0.2 (only the lower side is clipped): 2e^{0.2}.
+    close(&run("gmpo", &ins(), &[("eps", num(0.1))], Level::Seq, None), &[-1.0, 2.0 * e1], 1e-12);
+    // CISPO: ρ = [e^{0.2}, e^{−0.1}, e^{0.2}, ·], clipped into [0.8, 1.2]: [1.2, e^{−0.1}, 1.2];
+    // ℓ = −w·A·logp; gradient −w·A (the weight is detached).
+    let w = [1.2, (-0.1f64).exp(), 1.2];
+    close(
+        &run("cispo", &ins(), &[], Level::Token, Some(&m)),
+        &[-w[0] * -0.2, -w[1] * -0.6, -w[2] * -2.0 * -1.0, -0.8 * -2.0 * -3.0],
+        1e-12,
+    );
+    close(
+        &grad_of("cispo", ins(), 0, &[], Level::Token, Some(&m))[..3],
+        &[-w[0], -w[1], 2.0 * w[2]],
+        1e-12,
+    );
+    // TRL's absolute cap of 1.1: w = min(ρ, 1.1).
+    let abs = [("bound", word("absolute")), ("eps_high", num(1.1))];
+    close(
+        &grad_of("cispo", ins(), 0, &abs, Level::Token, Some(&m))[..3],
+        &[-1.1, -(-0.1f64).exp(), 2.0 * 1.1],
+        1e-12,
+    );
+    // SAPO: on-policy (logp = old) its gradient is the plain policy gradient −A, since f′(1) = 1.
+    let on = vec![tok(logp(), &m), tok(logp(), &m), tok(adv(), &m)];
+    close(&grad_of("sapo", on, 0, &[], Level::Token, Some(&m))[..3], &[-1.0, -1.0, 2.0], 1e-9);
+    // Its value at ρ = 1: −A·(4/τ)·σ(0) = −2A/τ.
+    let on = vec![tok(logp(), &m), tok(logp(), &m), tok(adv(), &m)];
+    close(&run("sapo", &on, &[], Level::Token, Some(&m))[..3], &[-2.0, -2.0, 4.0 / 1.05], 1e-12);
+    // DPPO (tv, 0.2): p − p₀ = [e^{−0.2} − e^{−0.4}, e^{−0.6} − e^{−0.5}, e^{−1} − e^{−1.2}]
+    // = [0.148, −0.058, 0.067]; A>0 rows need ≤ 0.2 (both valid); A<0 needs ≥ −0.2 (valid).
+    // Gradient −A·min(ρ, 20): [−e^{0.2}, −e^{−0.1}, 2e^{0.2}].
+    let g = grad_of("dppo", ins(), 0, &[], Level::Token, Some(&m));
+    close(&g[..3], &[-(0.2f64.exp()), -((-0.1f64).exp()), 2.0 * 0.2f64.exp()], 1e-12);
+    // A tighter threshold (0.1) masks the first token: p rose by 0.148 > 0.1.
+    let g = grad_of("dppo", ins(), 0, &[("eps", num(0.1))], Level::Token, Some(&m));
+    close(&g[..3], &[0.0, -((-0.1f64).exp()), 2.0 * 0.2f64.exp()], 1e-12);
+    // DRO: −(logp·A − ½β(logp − old)²), β = 2: [0.2 + 0.04, 0.6 + 0.01, −2 + 0.04].
+    close(
+        &run("dro", &ins(), &[("beta", num(2.0))], Level::Token, Some(&m))[..3],
+        &[0.24, 0.61, -1.96],
+        1e-12,
+    );
+    // KL-Cov: over the 3 response tokens mean A = 0, mean logp = −0.6; cov = A(logp + 0.6) =
+    // [0.4, 0, 0.8]: the top token (ratio 0.4 → k = 1) is row 1's, which gets coef·|Δ| = 0.2.
+    let kc = run("kl_cov", &ins(), &[("ratio", num(0.4))], Level::Token, Some(&m));
+    close(&kc[..3], &[-(0.2f64.exp()), -((-0.1f64).exp()), 2.0 * 0.2f64.exp() + 0.2], 1e-12);
+    // Clip-Cov: band (0.3, 0.5) admits only token 0 (cov 0.4, unclipped at eps 0.9): it gets 0.
+    let cc = run(
+        "clip_cov",
+        &ins(),
+        &[("eps", num(0.9)), ("ratio", num(0.4)), ("lb", num(0.3)), ("ub", num(0.5))],
+        Level::Token,
+        Some(&m),
+    );
+    close(&cc[..3], &[0.0, -((-0.1f64).exp()), 2.0 * 0.2f64.exp()], 1e-12);
 }

@@ -20,13 +20,21 @@ mod advantage {
     pub mod whiten;
 }
 mod loss {
+    pub mod cispo;
+    pub mod clip_cov;
+    pub mod dppo;
+    pub mod dro;
     pub mod edit_weights;
+    pub mod gmpo;
+    pub mod gspo;
+    pub mod kl_cov;
     pub mod nll;
     pub mod pg;
     pub mod ppo_clip;
     pub mod reverse_pg;
     pub mod reverse_ppo;
     pub mod rlmec_pg;
+    pub mod sapo;
     pub mod value_loss;
     pub mod weighted_nll;
 }
@@ -61,17 +69,24 @@ pub static ALL: &[&BlockSpec] = &[
     &shaping::at_end::SPEC,
     &shaping::at_step_ends::SPEC,
     &shaping::calibrate::SPEC,
+    &loss::cispo::SPEC,
     &maths::CLAMP,
+    &loss::clip_cov::SPEC,
     &aggregate::COUNT_NONZERO,
     &maths::DIV,
     &preference::dpo::SPEC,
     &shaping::dpo_token_reward::SPEC,
+    &loss::dppo::SPEC,
+    &loss::dro::SPEC,
     &loss::edit_weights::SPEC,
     &maths::EXP,
     &advantage::gae::SPEC,
+    &loss::gmpo::SPEC,
     &shaping::grm_token_reward::SPEC,
     &advantage::group_zscore::SPEC,
+    &loss::gspo::SPEC,
     &shaping::kl::SPEC,
+    &loss::kl_cov::SPEC,
     &shaping::length::SPEC,
     &maths::LOG,
     &maths::MAX,
@@ -95,6 +110,7 @@ pub static ALL: &[&BlockSpec] = &[
     &shaping::reward_clip::SPEC,
     &loss::rlmec_pg::SPEC,
     &advantage::rloo::SPEC,
+    &loss::sapo::SPEC,
     &aggregate::SEQ_MEAN,
     &aggregate::SEQ_MEAN_TOKEN_MEAN,
     &aggregate::SEQ_MEAN_TOKEN_SUM,

@@ -1,0 +1,48 @@
+//! `gmpo`: Geometric-Mean Policy Optimization — the geometric mean of clipped token ratios.
+
+use candle_core::{D, Result};
+
+use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::spec::*;
+
+pub static SPEC: BlockSpec = BlockSpec {
+    name: "gmpo",
+    summary: "GMPO: the sequence's geometric-mean ratio of token ratios clipped in log space, times the mean advantage",
+    source: "GMPO (Zhao et al. 2025, arXiv 2507.20673); verl `geo_mean` (a plain batch mean: aggregate with `seq_mean`)",
+    family: Family::Loss,
+    formula: "σ = sign(A);  Δ* = σ·min(σ(logp − old), σ·clamp(logp − old, −eps, eps_high));  ρ_b = e^{Σ_t Δ*·m / L_b};  ℓ_b = −ρ_b · Σ_t A·m / L_b",
+    inputs: &[
+        tensor("logp", Level::Token, "current log-probabilities, `policy.logp`"),
+        detached("old", Level::Token, "log-probabilities at sampling time, `old.logp`"),
+        detached("adv", Level::Token, "advantages"),
+    ],
+    params: &[
+        num("eps", 0.4, Range::Positive, "lower clip of each token's log-ratio (paper: 0.4)"),
+        ParamSpec {
+            name: "eps_high",
+            ty: ParamTy::Float,
+            default: DefaultRule::SameAs("eps"),
+            range: Range::Positive,
+            doc: "upper clip of each token's log-ratio",
+        },
+    ],
+    output: OutputKind::Tensor(Level::Seq),
+    forward: Some(forward),
+    ..BASE
+};
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
+    let keep = ctx.input_mask(0)?.ne(0.0)?;
+    let zero = logp.zeros_like()?;
+    let delta = keep.where_cond(&logp.sub(old)?, &zero)?;
+    let (lo, hi) = (ctx.num("eps")?, ctx.num("eps_high")?);
+    let sign = adv.ge(0.0)?.where_cond(&zero.ones_like()?, &zero.ones_like()?.neg()?)?;
+    // For A ≥ 0 the ratio is capped above, for A < 0 below (the pessimistic side, as PPO).
+    let clipped = delta.clamp(-lo, hi)?;
+    let star = sign.mul(&sign.mul(&delta)?.minimum(&sign.mul(&clipped)?)?)?;
+    let lengths = keep.to_dtype(logp.dtype())?.sum(D::Minus1)?.maximum(1.0)?;
+    let log_ratio = star.sum(D::Minus1)?.div(&lengths)?.clamp(-20.0, 20.0)?;
+    let mean_adv = keep.where_cond(adv, &zero)?.sum(D::Minus1)?.div(&lengths)?;
+    Ok(Value::Tensor(log_ratio.exp()?.mul(&mean_adv)?.neg()?))
+}

@@ -1,0 +1,65 @@
+//! `kl_cov`: KL-Cov — a KL penalty on the few tokens whose log-probability covaries most with
+//! the advantage (the ones that collapse entropy).
+
+use candle_core::{Result, Tensor};
+
+use crate::blocks::ctx::{Ctx, Value, host};
+use crate::blocks::spec::*;
+
+pub static SPEC: BlockSpec = BlockSpec {
+    name: "kl_cov",
+    summary: "KL-Cov: unclipped policy gradient, plus |logp − old| on the top fraction of tokens by advantage–log-probability covariance",
+    source: "The Entropy Mechanism of RL for Reasoning LMs (Cui et al. 2025, arXiv 2505.22617); verl `kl_cov` (`kl_cov_ratio` 2e-4, `ppo_kl_coef`: 1 in the paper's scripts, 0.1 in verl's yaml)",
+    family: Family::Loss,
+    formula: "cov = (A − mean A)(logp − mean logp) over response tokens (detached);  top k = max(1, ⌊ratio·N⌋) tokens by cov: ℓ = −A·ρ + coef·|logp − old|;  others ℓ = −A·ρ,  ρ = e^{clamp(logp − old, ±20)}",
+    inputs: &[
+        tensor("logp", Level::Token, "current log-probabilities, `policy.logp`"),
+        detached("old", Level::Token, "log-probabilities at sampling time, `old.logp`"),
+        detached("adv", Level::Token, "advantages"),
+    ],
+    params: &[
+        num("ratio", 2e-4, Range::OpenUnit, "fraction of response tokens penalised"),
+        num("coef", 1.0, Range::NonNegative, "weight of the |log-ratio| penalty"),
+    ],
+    output: OutputKind::Tensor(Level::Token),
+    regularizer: true,
+    forward: Some(forward),
+    ..BASE
+};
+
+/// Response-token positions by descending advantage–log-probability covariance.
+pub(crate) fn covariance_order(
+    logp: &Tensor,
+    adv: &Tensor,
+    mask: &Tensor,
+) -> Result<(Vec<f64>, Vec<usize>)> {
+    let (lp, a, m) = (host::flat(&logp.detach())?, host::flat(adv)?, host::flat(mask)?);
+    let real: Vec<usize> = (0..m.len()).filter(|&i| m[i] != 0.0).collect();
+    let n = real.len().max(1) as f64;
+    let mean_a = real.iter().map(|&i| a[i]).sum::<f64>() / n;
+    let mean_lp = real.iter().map(|&i| lp[i]).sum::<f64>() / n;
+    let mut cov = vec![0.0; m.len()];
+    for &i in &real {
+        cov[i] = (a[i] - mean_a) * (lp[i] - mean_lp);
+    }
+    let mut order = real;
+    // Stable: ties keep token order, so the choice is deterministic.
+    order.sort_by(|&x, &y| cov[y].total_cmp(&cov[x]));
+    Ok((cov, order))
+}
+
+fn forward(ctx: &Ctx) -> Result<Value> {
+    let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
+    let mask = ctx.input_mask(0)?;
+    let delta = logp.sub(old)?;
+    let pg = delta.clamp(-20.0, 20.0)?.exp()?.mul(adv)?.neg()?;
+    let (_, order) = covariance_order(logp, adv, mask)?;
+    let k = ((ctx.num("ratio")? * order.len() as f64).floor() as usize).max(1).min(order.len());
+    let mut picked = vec![0f32; logp.elem_count()];
+    for &i in &order[..k] {
+        picked[i] = 1.0;
+    }
+    let picked = host::from_flat32(picked, logp.dims(), logp)?;
+    let penalty = (delta.abs()?.mul(&picked)? * ctx.num("coef")?)?;
+    Ok(Value::Tensor((pg + penalty)?))
+}
