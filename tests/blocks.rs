@@ -230,6 +230,27 @@ fn kl_estimators() {
     close(&g("k1"), &[1.0, 1.0], 1e-12);
     close(&g("k2"), &[0.5, -0.2], 1e-12);
     close(&g("k3"), &[1.0 - (-0.5f64).exp(), 1.0 - 0.2f64.exp()], 1e-12);
+    // Straight-through (verl's `k3+`): k3's value, k2's gradient d·∇logp.
+    let st = [("estimator", word("k3")), ("gradient", word("k2"))];
+    close(&run("kl", &ins(), &st, Level::Token, Some(&m)), &k("k3"), 1e-12);
+    close(&grad_of("kl", ins(), 0, &st, Level::Token, Some(&m)), &[0.5, -0.2], 1e-12);
+    // IS-corrected k3 (TRL): r·k3 with r = e^{logp − old}; ∇ = r·(k3 + 1 − e^{−d}).
+    let old = t2(&[&[0.3, 0.0]]);
+    let three =
+        || vec![tok(t2(&[&[0.5, -0.2]]), &m), tok(t2(&[&[0.0, 0.0]]), &m), tok(old.clone(), &m)];
+    let r = [0.2f64.exp(), (-0.2f64).exp()];
+    let k3 = [(-0.5f64).exp() - 0.5, 0.2f64.exp() - 1.2];
+    close(
+        &run("kl_unbiased", &three(), &[], Level::Token, Some(&m)),
+        &[r[0] * k3[0], r[1] * k3[1]],
+        1e-12,
+    );
+    let g = grad_of("kl_unbiased", three(), 0, &[], Level::Token, Some(&m));
+    close(
+        &g,
+        &[r[0] * (k3[0] + 1.0 - (-0.5f64).exp()), r[1] * (k3[1] + 1.0 - 0.2f64.exp())],
+        1e-12,
+    );
     // k3 ≥ 0 everywhere.
     let mut rng = rlx::exec::synthetic::Rng::new(7);
     let d: Vec<f64> = (0..200).map(|_| 6.0 * rng.normal()).collect();
@@ -1247,4 +1268,48 @@ fn new_policy_losses() {
         Some(&m),
     );
     close(&cc[..3], &[0.0, -((-0.1f64).exp()), 2.0 * 0.2f64.exp()], 1e-12);
+}
+
+/// OPO, GPG and pass@k GRPO against hand-computed values.
+#[test]
+fn new_advantage_estimators() {
+    let g = t1(&[0.0, 0.0, 1.0, 1.0]).to_dtype(DType::I64).unwrap();
+    let r = || vec![seq(t1(&[1.0, 0.0, 1.0, 1.0]))];
+    // OPO: lengths [3, 1 | 2, 2]; group 0: b = (3·1 + 1·0)/4 = 0.75 → [0.25, −0.75];
+    // group 1: b = 1 → 0. Spread over each response's tokens.
+    let lens = t2(&[&[1.0, 1.0, 1.0], &[1.0, 0.0, 0.0], &[1.0, 1.0, 0.0], &[1.0, 1.0, 0.0]]);
+    close(
+        &run_groups("opo", &r(), &[], Level::Token, Some(&lens), Some(&g)),
+        &[0.25, 0.25, 0.25, -0.75, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        1e-12,
+    );
+    // GPG: 3 of 4 rewards non-zero: α = 4/3; centred [0.5, −0.5, 0, 0].
+    close(
+        &run_groups("gpg", &r(), &[], Level::Seq, None, Some(&g)),
+        &[2.0 / 3.0, -2.0 / 3.0, 0.0, 0.0],
+        1e-12,
+    );
+    // pass@k: group [0.2, 0.9, 0.5]: the best (0.9) gets 0.9 − 0.5 over the std (unbiased
+    // √0.1225·… computed below); the others 0.
+    let g3 = t1(&[0.0, 0.0, 0.0]).to_dtype(DType::I64).unwrap();
+    let xs = [0.2f64, 0.9, 0.5];
+    let mean = xs.iter().sum::<f64>() / 3.0;
+    let std = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    close(
+        &run_groups("grpo_passk", &[seq(t1(&xs))], &[], Level::Seq, None, Some(&g3)),
+        &[0.0, 0.4 / (std + 1e-6), 0.0],
+        1e-12,
+    );
+    close(
+        &run_groups(
+            "grpo_passk",
+            &[seq(t1(&xs))],
+            &[("scale", word("none"))],
+            Level::Seq,
+            None,
+            Some(&g3),
+        ),
+        &[0.0, 0.4, 0.0],
+        1e-12,
+    );
 }

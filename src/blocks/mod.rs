@@ -10,7 +10,10 @@ mod aggregate;
 mod maths;
 mod advantage {
     pub mod gae;
+    pub mod gpg;
     pub mod group_zscore;
+    pub mod grpo_passk;
+    pub mod opo;
     pub mod reinforce_pp;
     pub mod reinforce_pp_baseline;
     pub mod remax;
@@ -49,6 +52,7 @@ mod shaping {
     pub mod dpo_token_reward;
     pub mod grm_token_reward;
     pub mod kl;
+    pub mod kl_unbiased;
     pub mod length;
     pub mod normalize;
     pub mod reward_clip;
@@ -82,11 +86,14 @@ pub static ALL: &[&BlockSpec] = &[
     &maths::EXP,
     &advantage::gae::SPEC,
     &loss::gmpo::SPEC,
+    &advantage::gpg::SPEC,
     &shaping::grm_token_reward::SPEC,
     &advantage::group_zscore::SPEC,
+    &advantage::grpo_passk::SPEC,
     &loss::gspo::SPEC,
     &shaping::kl::SPEC,
     &loss::kl_cov::SPEC,
+    &shaping::kl_unbiased::SPEC,
     &shaping::length::SPEC,
     &maths::LOG,
     &maths::MAX,
@@ -97,6 +104,7 @@ pub static ALL: &[&BlockSpec] = &[
     &maths::NEG,
     &loss::nll::SPEC,
     &shaping::normalize::SPEC,
+    &advantage::opo::SPEC,
     &preference::pairwise_rm::SPEC,
     &loss::pg::SPEC,
     &maths::POW,

@@ -34,6 +34,12 @@ pub static LINTS: &[LintSpec] = &[
         example: "let adv = gae(r, policy.values)   # should be old.values",
     },
     LintSpec {
+        name: "biased-kl-gradient",
+        default: Severity::Warning,
+        summary: "a KL estimator whose gradient is zero in expectation (k1) or biased (k3, abs) is minimised in the loss",
+        example: "loss = ... + 0.04 * token_mean(kl(policy.logp, ref.logp, estimator = k3))",
+    },
+    LintSpec {
         name: "kl-in-reward-and-loss",
         default: Severity::Warning,
         summary: "a KL penalty is both folded into the reward and added to the loss",
@@ -202,6 +208,42 @@ pub(super) fn stage_lints(cx: &StageCx, out: &CheckedStage, diags: &mut Vec<Diag
             }
         }
     }
+    // biased-kl-gradient: only the gradient of a KL minimised in the loss matters.
+    for &node in &in_loss {
+        let Op::Block { spec, .. } = &g[node].op else { continue };
+        if spec.name != "kl" || !kl_placement(g, node, loss).1 {
+            continue;
+        }
+        let Some(params) = out.params.get(&node) else { continue };
+        if super::typing::param_is(params, "gradient", "k2") {
+            continue;
+        }
+        let logp_has_grad = g.edges_directed(node, Direction::Incoming).any(|e| {
+            e.weight().port == 0 && out.types.get(&e.source()).is_some_and(|t| t.has_grad())
+        });
+        let why = match params::get(params, "estimator") {
+            Some(params::Value::Str(e)) if e == "k1" => {
+                "k1's gradient ∇logp is zero in expectation on-policy: it does not pull towards the reference"
+            }
+            Some(params::Value::Str(e)) if e == "k3" => {
+                "k3's gradient (1 − e^{−d})·∇logp is a biased estimate of ∇KL (verl PR #2953)"
+            }
+            Some(params::Value::Str(e)) if e == "abs" => {
+                "|d|'s gradient sign(d)·∇logp is a biased estimate of ∇KL"
+            }
+            _ => continue,
+        };
+        if logp_has_grad {
+            push(
+                diags,
+                "biased-kl-gradient",
+                Diagnostic::warning("", format!("this KL is minimised through its gradient, and {why}"))
+                    .primary(g[node].span, "KL in the loss")
+                    .help("keep the estimate but take k2's gradient with `gradient = k2` (verl's `k3+`), use `estimator = k2`, or `kl_unbiased(...)`; where a paper prescribes this estimator, allow the lint with a comment"),
+            );
+        }
+    }
+
     if let (Some(r), Some(l)) = (in_reward, in_loss_kl) {
         push(
             diags,

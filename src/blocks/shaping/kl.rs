@@ -10,7 +10,7 @@ pub static SPEC: BlockSpec = BlockSpec {
     summary: "per-token KL estimate between two log-probabilities of the same tokens",
     source: "Schulman 2020 (k1, k2, k3); verl `kl_penalty`, TRL, OpenRLHF",
     family: Family::Shaping,
-    formula: "d = logp − ref;  k1 = d,  k2 = mse = d²/2,  k3 = e^{x} − x − 1 with x = clamp(−d, ±20),  abs = |d|",
+    formula: "d = logp − ref;  k1 = d,  k2 = mse = d²/2,  k3 = e^{x} − x − 1 with x = clamp(−d, ±20),  abs = |d|;  gradient = k2: k2 − sg(k2) + sg(k)",
     inputs: &[
         tensor(
             "logp",
@@ -28,6 +28,12 @@ pub static SPEC: BlockSpec = BlockSpec {
             range: Range::Positive,
             doc: "clamp the estimate into [-clamp, clamp] (verl, OpenRLHF: 10); `none` as in TRL",
         },
+        choice(
+            "gradient",
+            &["estimator", "k2"],
+            "estimator",
+            "the gradient in a loss: the estimator's own, or k2's with the estimator's value (verl's straight-through `k1+`, `k3+`: unbiased on-policy)",
+        ),
     ],
     output: OutputKind::Tensor(Level::Token),
     regularizer: true,
@@ -53,5 +59,11 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         Some(c) => k.clamp(-c, c)?,
         None => k,
     };
+    if ctx.choice("gradient")? == "k2" {
+        // The value of k, the gradient of k2 = d²/2 (d·∇logp: unbiased for ∇KL on-policy).
+        let d = ctx.tensor(0)?.sub(ctx.tensor(1)?)?;
+        let k2 = (d.sqr()? * 0.5)?;
+        return Ok(Value::Tensor((k2.sub(&k2.detach())? + k.detach())?));
+    }
     Ok(Value::Tensor(k))
 }
