@@ -26,6 +26,21 @@ pub fn objective(recipe: &str, b: &Batch) -> Result<Tensor> {
         "sppo" => sppo(b),
         "sa2c" => sa2c(b),
         "rto" => rto(b),
+        "dapo" => dapo(b),
+        "dr_grpo" => dr_grpo(b),
+        "gspo" => gspo(b),
+        "gmpo" => gmpo(b),
+        "cispo" => cispo(b),
+        "sapo" => sapo(b),
+        "opo" => opo(b),
+        "gpg" => gpg(b),
+        "grpo_passk" => grpo_passk(b),
+        "kl_cov" => kl_cov(b),
+        "clip_cov" => clip_cov(b),
+        "dppo" => dppo(b),
+        "grpo_tis" => grpo_tis(b),
+        "gdpo" => gdpo(b),
+        "opd" => opd(b),
         other => candle_core::bail!("no hand-written objective for {other}"),
     }
 }
@@ -390,4 +405,233 @@ fn rto(b: &Batch) -> Result<Tensor> {
         m,
     )?;
     pg + (vl * 0.5)?
+}
+
+fn ppo_clip2(logp: &Tensor, old: &Tensor, adv: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
+    let ratio = logp.sub(old)?.clamp(-20.0, 20.0)?.exp()?;
+    adv.mul(&ratio)?.neg()?.maximum(&adv.mul(&ratio.clamp(1.0 - lo, 1.0 + hi)?)?.neg()?)
+}
+
+/// Sequence values on every response token.
+fn spread(x: Vec<f32>, m: &Tensor) -> Result<Tensor> {
+    Tensor::new(x, m.device())?.unsqueeze(1)?.broadcast_mul(m)
+}
+
+fn correct(b: &Batch) -> Result<Vec<f32>> {
+    vec(g(b, "arith.correct(response)"))
+}
+
+fn groups(b: &Batch) -> Result<Vec<i64>> {
+    g(b, "group").to_vec1::<i64>()
+}
+
+/// GRPO's advantage on every token.
+fn grpo_adv(b: &Batch) -> Result<Tensor> {
+    spread(zscore_groups(&correct(b)?, &groups(b)?, 1e-6), g(b, "mask"))
+}
+
+fn dapo(b: &Batch) -> Result<Tensor> {
+    let l = ppo_clip2(g(b, "policy.logp"), g(b, "old.logp"), &grpo_adv(b)?, 0.2, 0.28)?;
+    masked_mean(&l, g(b, "mask"))
+}
+
+fn dr_grpo(b: &Batch) -> Result<Tensor> {
+    let (m, r, grp) = (g(b, "mask"), correct(b)?, groups(b)?);
+    let centred: Vec<f32> = (0..r.len())
+        .map(|i| {
+            let same: Vec<f32> = (0..r.len()).filter(|&j| grp[j] == grp[i]).map(|j| r[j]).collect();
+            if same.len() < 2 { 0.0 } else { r[i] - same.iter().sum::<f32>() / same.len() as f32 }
+        })
+        .collect();
+    let l = ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &spread(centred, m)?, 0.2)?;
+    let rows_with_tokens = m.sum(1)?.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?;
+    l.mul(m)?.sum_all()?.div(&rows_with_tokens)? / 64.0
+}
+
+fn gspo(b: &Batch) -> Result<Tensor> {
+    let (m, logp, old) = (g(b, "mask"), g(b, "policy.logp"), g(b, "old.logp"));
+    let s = logp.sub(old)?.mul(m)?.sum(1)?.div(&m.sum(1)?)?.detach();
+    let lambda = logp.sub(&logp.detach())?.broadcast_add(&s.unsqueeze(1)?)?.minimum(10.0)?;
+    let ratio = lambda.exp()?;
+    let adv = grpo_adv(b)?;
+    let l =
+        adv.mul(&ratio)?.neg()?.maximum(&adv.mul(&ratio.clamp(1.0 - 3e-4, 1.0 + 4e-4)?)?.neg()?)?;
+    seq_mean_token_mean(&l, m)
+}
+
+fn gmpo(b: &Batch) -> Result<Tensor> {
+    let (m, logp, old) = (g(b, "mask"), g(b, "policy.logp"), g(b, "old.logp"));
+    let adv = grpo_adv(b)?;
+    let d = logp.sub(old)?.mul(m)?;
+    // σ·min(σΔ, σ·clip(Δ)): a cap above for A ≥ 0, below for A < 0.
+    let capped_above = d.minimum(&d.clamp(-0.4, 0.4)?)?;
+    let capped_below = d.maximum(&d.clamp(-0.4, 0.4)?)?;
+    let star = adv.ge(0.0)?.where_cond(&capped_above, &capped_below)?.mul(m)?;
+    let len = m.sum(1)?;
+    let ratio = star.sum(1)?.div(&len)?.exp()?;
+    let mean_adv = adv.mul(m)?.sum(1)?.div(&len)?;
+    ratio.mul(&mean_adv)?.neg()?.mean_all()
+}
+
+fn cispo(b: &Batch) -> Result<Tensor> {
+    let (logp, old) = (g(b, "policy.logp"), g(b, "old.logp"));
+    let w = logp.sub(old)?.exp()?.clamp(0.8, 1.28)?.detach();
+    masked_mean(&w.mul(&grpo_adv(b)?)?.mul(logp)?.neg()?, g(b, "mask"))
+}
+
+fn sapo(b: &Batch) -> Result<Tensor> {
+    let (logp, old) = (g(b, "policy.logp"), g(b, "old.logp"));
+    let ratio = logp.sub(old)?.exp()?;
+    let adv = grpo_adv(b)?;
+    let gate = |tau: f64| -> Result<Tensor> {
+        let x = ((&ratio - 1.0)? * tau)?;
+        // σ(x) = 1 / (1 + e^{−x})
+        ((x.neg()?.exp()? + 1.0)?.recip()? * (4.0 / tau))?.mul(&adv)?.neg()
+    };
+    let l = adv.gt(0.0)?.where_cond(&gate(1.0)?, &gate(1.05)?)?;
+    seq_mean_token_mean(&l, g(b, "mask"))
+}
+
+fn opo(b: &Batch) -> Result<Tensor> {
+    let (m, r, grp) = (g(b, "mask"), correct(b)?, groups(b)?);
+    let len = vec(&m.sum(1)?)?;
+    let adv: Vec<f32> = (0..r.len())
+        .map(|i| {
+            let same: Vec<usize> = (0..r.len()).filter(|&j| grp[j] == grp[i]).collect();
+            let total: f32 = same.iter().map(|&j| len[j]).sum();
+            if same.len() < 2 || total == 0.0 {
+                return r[i];
+            }
+            r[i] - same.iter().map(|&j| len[j] * r[j]).sum::<f32>() / total
+        })
+        .collect();
+    masked_mean(&spread(adv, m)?.mul(g(b, "policy.logp"))?.neg()?, m)
+}
+
+fn gpg(b: &Batch) -> Result<Tensor> {
+    let (m, r, grp) = (g(b, "mask"), correct(b)?, groups(b)?);
+    let alpha = r.len() as f32 / r.iter().filter(|x| **x != 0.0).count().max(1) as f32;
+    let adv: Vec<f32> = (0..r.len())
+        .map(|i| {
+            let same: Vec<f32> = (0..r.len()).filter(|&j| grp[j] == grp[i]).map(|j| r[j]).collect();
+            let mean =
+                if same.len() < 2 { 0.0 } else { same.iter().sum::<f32>() / same.len() as f32 };
+            alpha * (r[i] - mean)
+        })
+        .collect();
+    masked_mean(&spread(adv, m)?.mul(g(b, "policy.logp"))?.neg()?, m)
+}
+
+fn grpo_passk(b: &Batch) -> Result<Tensor> {
+    let (m, r, grp) = (g(b, "mask"), correct(b)?, groups(b)?);
+    let mut adv = vec![0.0f32; r.len()];
+    for gi in grp.iter().copied().collect::<std::collections::BTreeSet<_>>() {
+        let idx: Vec<usize> = (0..r.len()).filter(|&j| grp[j] == gi).collect();
+        let mut best = idx[0];
+        for &j in &idx {
+            if r[j] > r[best] {
+                best = j;
+            }
+        }
+        let second = idx.iter().filter(|&&j| j != best).map(|&j| r[j]).fold(f32::MIN, f32::max);
+        let n = idx.len() as f32;
+        let mean = idx.iter().map(|&j| r[j]).sum::<f32>() / n;
+        let std = (idx.iter().map(|&j| (r[j] - mean).powi(2)).sum::<f32>() / (n - 1.0)).sqrt();
+        adv[best] = (r[best] - second) / (std + 1e-6);
+    }
+    seq_mean_token_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &spread(adv, m)?, 0.2)?, m)
+}
+
+/// Flat positions of response tokens, by descending (A − mean A)(logp − mean logp).
+fn by_covariance(logp: &Tensor, adv: &Tensor, m: &Tensor) -> Result<(Vec<f32>, Vec<usize>)> {
+    let (lp, a, mm) = (
+        logp.flatten_all()?.to_vec1::<f32>()?,
+        adv.flatten_all()?.to_vec1::<f32>()?,
+        m.flatten_all()?.to_vec1::<f32>()?,
+    );
+    let real: Vec<usize> = (0..mm.len()).filter(|&i| mm[i] != 0.0).collect();
+    let n = real.len() as f32;
+    let (ma, ml) =
+        (real.iter().map(|&i| a[i]).sum::<f32>() / n, real.iter().map(|&i| lp[i]).sum::<f32>() / n);
+    let mut cov = vec![0.0; mm.len()];
+    for &i in &real {
+        cov[i] = (a[i] - ma) * (lp[i] - ml);
+    }
+    let mut order = real;
+    order.sort_by(|&x, &y| cov[y].total_cmp(&cov[x]));
+    Ok((cov, order))
+}
+
+fn kl_cov(b: &Batch) -> Result<Tensor> {
+    let (m, logp, old) = (g(b, "mask"), g(b, "policy.logp"), g(b, "old.logp"));
+    let adv = grpo_adv(b)?;
+    let (_, order) = by_covariance(logp, &adv, m)?;
+    let k = ((2e-3 * order.len() as f64).floor() as usize).max(1);
+    let mut pick = vec![0.0f32; logp.elem_count()];
+    order[..k].iter().for_each(|&i| pick[i] = 1.0);
+    let pick = Tensor::from_vec(pick, logp.shape(), logp.device())?;
+    let d = logp.sub(old)?;
+    masked_mean(&(d.exp()?.mul(&adv)?.neg()? + d.abs()?.mul(&pick)?)?, m)
+}
+
+fn clip_cov(b: &Batch) -> Result<Tensor> {
+    let (m, logp, old) = (g(b, "mask"), g(b, "policy.logp"), g(b, "old.logp"));
+    let adv = grpo_adv(b)?;
+    let ratio = logp.sub(old)?.exp()?;
+    let (l1, l2) = (adv.mul(&ratio)?.neg()?, adv.mul(&ratio.clamp(0.8, 1.2)?)?.neg()?);
+    let clipped = l2.gt(&l1)?.flatten_all()?.to_vec1::<u8>()?;
+    let (cov, order) = by_covariance(logp, &adv, m)?;
+    let mut pool: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| clipped[i] == 0 && cov[i] > 1.0 && cov[i] < 5.0)
+        .collect();
+    let k = ((2e-4 * order.len() as f64).floor() as usize).max(1).min(pool.len());
+    // rlx draws with its own generator, seeded by the response tokens' advantages.
+    let mm = m.flatten_all()?.to_vec1::<f32>()?;
+    let advs = adv.flatten_all()?.to_vec1::<f32>()?;
+    let bits = advs.iter().zip(&mm).filter(|(_, m)| **m != 0.0).fold(0u64, |h, (a, _)| {
+        (h ^ (*a as f64 * 1e4).round() as i64 as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut rng = rlx::rng::Rng::new(bits);
+    let mut keep = vec![1.0f32; logp.elem_count()];
+    for _ in 0..k {
+        let j = rng.below(pool.len());
+        keep[pool.swap_remove(j)] = 0.0;
+    }
+    let keep = Tensor::from_vec(keep, logp.shape(), logp.device())?;
+    masked_mean(&l1.maximum(&l2)?.mul(&keep)?, m)
+}
+
+fn dppo(b: &Batch) -> Result<Tensor> {
+    let (logp, old) = (g(b, "policy.logp"), g(b, "old.logp"));
+    let adv = grpo_adv(b)?;
+    let diff = logp.exp()?.sub(&old.exp()?)?;
+    let valid = adv.gt(0.0)?.where_cond(&diff.le(0.2)?, &diff.ge(-0.2)?)?.to_dtype(DType::F32)?;
+    let r = logp.sub(old)?.exp()?.minimum(20.0)?;
+    let w = adv.mul(&r)?.mul(&valid)?.detach();
+    masked_mean(&w.mul(logp)?.neg()?, g(b, "mask"))
+}
+
+fn grpo_tis(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let w = g(b, "old.logp").sub(g(b, "rollout.logp"))?.exp()?.minimum(2.0)?.mul(m)?;
+    let l = ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &grpo_adv(b)?, 0.2)?;
+    seq_mean_token_mean(&w.mul(&l)?, m)
+}
+
+fn gdpo(b: &Batch) -> Result<Tensor> {
+    let (m, grp) = (g(b, "mask"), groups(b)?);
+    let correct = zscore_groups(&correct(b)?, &grp, 1e-6);
+    let neg_len: Vec<f32> = vec(&m.sum(1)?)?.iter().map(|l| -l).collect();
+    let short = zscore_groups(&neg_len, &grp, 1e-6);
+    let total: Vec<f32> = correct.iter().zip(&short).map(|(c, s)| c + 0.5 * s).collect();
+    let adv = whiten_tokens(&spread(total, m)?, m)?;
+    seq_mean_token_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?, m)
+}
+
+fn opd(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let adv = g(b, "teacher.logp").sub(g(b, "old.logp"))?.mul(m)?;
+    masked_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?, m)
 }

@@ -27,6 +27,9 @@ pub struct Sampling {
 pub struct Generation {
     /// New tokens per row, EOS included where the row ended with it.
     pub tokens: Vec<Vec<u32>>,
+    /// The sampler's log-probability of each new token, at the sampling temperature, before
+    /// top-p and `min_tokens` (what inference engines return as logprobs).
+    pub logps: Vec<Vec<f32>>,
     pub cache: KvCache,
     /// Columns of the left-padded prompts.
     pub prompt_cols: usize,
@@ -63,8 +66,8 @@ pub fn generate(
         &mut cache,
     )?;
     let budgets = vec![s.max_tokens; b];
-    let tokens = decode(model, tok, &mut cache, logits, &budgets, s, rng, device)?;
-    Ok(Generation { tokens, cache, prompt_cols: p })
+    let (tokens, logps) = decode(model, tok, &mut cache, logits, &budgets, s, rng, device)?;
+    Ok(Generation { tokens, logps, cache, prompt_cols: p })
 }
 
 /// Continues rows of an existing cache: row `i` extends `rows[i]` after its first `cuts[i]`
@@ -88,7 +91,7 @@ pub fn continue_from(
     let first: Vec<u32> = rows.iter().zip(cuts).map(|(&r, &c)| column_ids[r][c - 1]).collect();
     let active = vec![true; rows.len()];
     let logits = feed(model, &mut fork, &first, &active, device)?;
-    decode(model, tok, &mut fork, logits, budgets, s, rng, device)
+    Ok(decode(model, tok, &mut fork, logits, budgets, s, rng, device)?.0)
 }
 
 /// Feeds one token per row (inactive rows feed padding nobody reads) and returns the logits.
@@ -124,7 +127,10 @@ fn feed(
     )
 }
 
-/// The decode loop: pick, append, stop, feed.
+/// Per row, the log-probability of each new token.
+type LogProbs = Vec<Vec<f32>>;
+
+/// The decode loop: pick, append, stop, feed. Returns the tokens and their log-probabilities.
 #[allow(clippy::too_many_arguments)]
 fn decode(
     model: &Transformer,
@@ -135,9 +141,10 @@ fn decode(
     s: &Sampling,
     rng: &mut Rng,
     device: &Device,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<(Vec<Vec<u32>>, LogProbs)> {
     let b = budgets.len();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut logps: Vec<Vec<f32>> = vec![Vec::new(); b];
     let mut done: Vec<bool> = budgets.iter().map(|&n| n == 0).collect();
     // Never run past the model's context.
     let room = model
@@ -151,6 +158,7 @@ fn decode(
             if done[r] {
                 continue;
             }
+            let norm = Normaliser::of(&rows[r], s.temperature);
             if out[r].len() < s.min_tokens {
                 for &e in &tok.stops {
                     if let Some(l) = rows[r].get_mut(e as usize) {
@@ -161,6 +169,8 @@ fn decode(
             let t = pick(&rows[r], s, rng, tok.eos);
             next[r] = t;
             out[r].push(t);
+            // The picked token's logit is never one `min_tokens` masked.
+            logps[r].push(norm.log_prob(rows[r][t as usize]));
             // Decoded whole: byte-level tokens need their neighbours to form text.
             let stopped =
                 s.stop.as_ref().is_some_and(|st| tok.decode(&out[r]).ends_with(st.as_str()));
@@ -174,7 +184,27 @@ fn decode(
         let active: Vec<bool> = done.iter().map(|d| !d).collect();
         logits = feed(model, cache, &next, &active, device)?;
     }
-    Ok(out)
+    Ok((out, logps))
+}
+
+/// The normaliser of `log softmax(logits / temperature)` over one row of raw logits.
+struct Normaliser {
+    max: f32,
+    t: f32,
+    log_z: f32,
+}
+
+impl Normaliser {
+    fn of(logits: &[f32], temperature: f64) -> Normaliser {
+        let t = temperature.max(1e-6) as f32;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = logits.iter().map(|&l| ((l - max) / t).exp()).sum();
+        Normaliser { max, t, log_z: z.ln() }
+    }
+
+    fn log_prob(&self, logit: f32) -> f32 {
+        (logit - self.max) / self.t - self.log_z
+    }
 }
 
 /// One token from logits: greedy, or temperature + nucleus sampling.
@@ -281,5 +311,53 @@ mod tests {
         let b = model.token_logp(&h2, &layout, 1.0).unwrap();
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-4, "{diff}");
+    }
+
+    /// The log-probabilities the sampler records are the trainer's `old.logp` of the same
+    /// tokens at the same temperature (up to KV-cache float order): `rollout.logp` ≈ `old.logp`
+    /// when the sampler is the trainer.
+    #[test]
+    fn recorded_log_probs_match_the_full_forward() {
+        let dev = Device::Cpu;
+        let cfg = ModelConfig {
+            vocab: 24,
+            layers: 2,
+            width: 16,
+            heads: 2,
+            context: 32,
+            family: Default::default(),
+        };
+        let heads = Heads { lm: true, ..Default::default() };
+        let params = init_params(&cfg, heads, &mut Rng::new(5), &dev).unwrap();
+        for (_, v) in params.iter() {
+            v.set(&(v.as_tensor() * 10.0).unwrap()).unwrap();
+        }
+        let model = Transformer::frozen(&cfg, &params).unwrap();
+        let tok = Tok::from_json(&Tok::json(&[])).unwrap();
+        let prompts = vec![vec![BOS, 7, 9], vec![BOS, 8]];
+        let s = Sampling {
+            temperature: 0.7,
+            top_p: 0.9,
+            max_tokens: 6,
+            min_tokens: 2,
+            stop: None,
+            greedy: false,
+        };
+        let g = generate(&model, &tok, &prompts, &s, &mut Rng::new(1), &dev).unwrap();
+        let ctx: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let texts: Vec<&[u32]> = g.tokens.iter().map(Vec::as_slice).collect();
+        let layout = Layout::new(&ctx, &texts, &dev).unwrap();
+        let hidden = model.hidden_of(&layout, false).unwrap();
+        let full = model.token_logp(&hidden, &layout, 0.7).unwrap().to_vec2::<f32>().unwrap();
+        for (r, lps) in g.logps.iter().enumerate() {
+            assert_eq!(lps.len(), g.tokens[r].len());
+            for (t, lp) in lps.iter().enumerate() {
+                assert!(
+                    (lp - full[r][t]).abs() < 1e-4,
+                    "row {r} token {t}: {lp} vs {}",
+                    full[r][t]
+                );
+            }
+        }
     }
 }

@@ -1313,3 +1313,58 @@ fn new_advantage_estimators() {
         1e-12,
     );
 }
+
+/// Off-policy corrections from the trainer's and the sampler's log-probabilities.
+#[test]
+fn sampler_corrections() {
+    let m = t2(&[&[1.0, 1.0, 1.0], &[1.0, 1.0, 0.0]]);
+    // Δ = old − rollout: [0.5, −1, 2 | 0.1, 0.2, ·].
+    let old = || t2(&[&[0.0, -1.0, 0.0], &[-0.2, 0.0, 5.0]]);
+    let rollout = || t2(&[&[-0.5, 0.0, -2.0], &[-0.3, -0.2, 0.0]]);
+    let ins = || vec![tok(old(), &m), tok(rollout(), &m)];
+    let e = |x: f64| x.exp();
+    // TIS per token, cap 2: [e^0.5, e^−1, 2 | e^0.1, e^0.2, 0 (padding)].
+    close(
+        &run("tis", &ins(), &[], Level::Token, Some(&m)),
+        &[e(0.5), e(-1.0), 2.0, e(0.1), e(0.2), 0.0],
+        1e-12,
+    );
+    // Per sequence: Σ Δ = 1.5 → e^1.5 capped at 2; 0.3 → e^0.3.
+    close(
+        &run("tis", &ins(), &[("level", word("sequence"))], Level::Token, Some(&m)),
+        &[2.0, 2.0, 2.0, e(0.3), e(0.3), 0.0],
+        1e-12,
+    );
+    // MIS / IcePop in [0.5, 5]: e^−1 ≈ 0.37 is dropped, e² ≈ 7.4 too.
+    close(
+        &run("mis", &ins(), &[], Level::Token, Some(&m)),
+        &[e(0.5), 0.0, 0.0, e(0.1), e(0.2), 0.0],
+        1e-12,
+    );
+    // Per sequence with [0.5, 4]: e^1.5 ≈ 4.48 is out, e^0.3 in.
+    close(
+        &run(
+            "mis",
+            &ins(),
+            &[("level", word("sequence")), ("hi", num(4.0))],
+            Level::Token,
+            Some(&m),
+        ),
+        &[0.0, 0.0, 0.0, e(0.3), e(0.3), 0.0],
+        1e-12,
+    );
+    // Rejection on k3 = e^Δ − 1 − Δ ≤ 1: [0.149, 0.368, 4.39 | 0.005, 0.021]: token 2 rejected;
+    // seq_max rejects all of row 0; seq_mean (1.635 vs 0.013) too.
+    let rr = |over: &str| {
+        run(
+            "rollout_reject",
+            &ins(),
+            &[("over", word(over)), ("hi", num(1.0))],
+            Level::Token,
+            Some(&m),
+        )
+    };
+    close(&rr("token"), &[1.0, 1.0, 0.0, 1.0, 1.0, 0.0], 0.0);
+    close(&rr("seq_max"), &[0.0, 0.0, 0.0, 1.0, 1.0, 0.0], 0.0);
+    close(&rr("seq_mean"), &[0.0, 0.0, 0.0, 1.0, 1.0, 0.0], 0.0);
+}

@@ -7,6 +7,7 @@ pub mod docs;
 pub mod spec;
 
 mod aggregate;
+mod correction;
 mod maths;
 mod advantage {
     pub mod gae;
@@ -100,6 +101,7 @@ pub static ALL: &[&BlockSpec] = &[
     &aggregate::MEAN,
     &aggregate::MEAN_TOKENS,
     &maths::MIN,
+    &correction::mis::SPEC,
     &maths::MUL,
     &maths::NEG,
     &loss::nll::SPEC,
@@ -118,6 +120,7 @@ pub static ALL: &[&BlockSpec] = &[
     &shaping::reward_clip::SPEC,
     &loss::rlmec_pg::SPEC,
     &advantage::rloo::SPEC,
+    &correction::rollout_reject::SPEC,
     &loss::sapo::SPEC,
     &aggregate::SEQ_MEAN,
     &aggregate::SEQ_MEAN_TOKEN_MEAN,
@@ -132,6 +135,7 @@ pub static ALL: &[&BlockSpec] = &[
     &maths::SUB,
     &aggregate::SUM,
     &aggregate::SUM_TOKENS,
+    &correction::tis::SPEC,
     &steps::to_tokens::SPEC,
     &aggregate::TOKEN_MEAN,
     &aggregate::TOKEN_SUM,

@@ -82,6 +82,7 @@ pub(super) fn plan(cx: &StageCx, out: &CheckedStage) -> Plan {
                     ModelRef::Ref => {
                         format!("ref (frozen copy of {})", stage.trained().unwrap_or("policy"))
                     }
+                    ModelRef::Rollout => "the sampler (recorded while sampling)".into(),
                 };
                 let grad = out.types.get(&n).is_some_and(|t| t.has_grad());
                 let text =

@@ -221,6 +221,19 @@ fn signal_ty(
             false
         }
         ModelRef::Ref => false,
+        ModelRef::Rollout => {
+            if stage.source_kind() != Some(SourceKind::Prompts) || text != "response" {
+                diags.push(
+                    Diagnostic::error(
+                        "unavailable-signal",
+                        "`rollout.logp` exists only for the sampled `response` of a stage with `prompts`",
+                    )
+                    .primary(span, "the sampler's own log-probabilities")
+                    .help("read `old.logp` for other texts, or sample in this stage"),
+                );
+            }
+            false
+        }
     };
     if signal == Signal::Values {
         let owner = match model {

@@ -95,6 +95,8 @@ pub fn batch(
                             rng.uniform()
                         } else if name.starts_with("old.") {
                             lp + noise(&mut rng, 0.1)
+                        } else if name.starts_with("rollout.") {
+                            lp + noise(&mut rng, 0.15)
                         } else if name.starts_with("ref.") {
                             lp + noise(&mut rng, 0.2)
                         } else if name.starts_with("policy.") {

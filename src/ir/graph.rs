@@ -35,6 +35,9 @@ pub enum ModelRef {
     Old,
     /// A frozen copy of the trained model as the stage starts.
     Ref,
+    /// The sampler itself: the log-probabilities it computed while generating the response
+    /// (an inference engine's, where they differ from the trainer's: bf16, stale weights).
+    Rollout,
 }
 
 impl ModelRef {
@@ -43,6 +46,7 @@ impl ModelRef {
             ModelRef::Named(n) => n,
             ModelRef::Old => "old",
             ModelRef::Ref => "ref",
+            ModelRef::Rollout => "rollout",
         }
     }
 }

@@ -810,6 +810,7 @@ impl<'a> StageCx<'a> {
         match n {
             "old" => return Val::Pseudo(ModelRef::Old),
             "ref" => return Val::Pseudo(ModelRef::Ref),
+            "rollout" => return Val::Pseudo(ModelRef::Rollout),
             _ => {}
         }
         match self.cx.kind_of(n) {
@@ -834,7 +835,7 @@ impl<'a> StageCx<'a> {
         let mut candidates: Vec<&str> = self.lets.keys().map(|k| k.as_str()).collect();
         candidates.extend(builtins::TEXTS.iter().map(|(t, _)| *t));
         candidates.extend(self.cx.declared.keys().map(|k| k.as_str()));
-        candidates.extend(["old", "ref"]);
+        candidates.extend(["old", "ref", "rollout"]);
         candidates.sort();
         // The binding it probably meant is not reported as unused as well.
         if let Some(meant) =
@@ -874,6 +875,7 @@ impl<'a> StageCx<'a> {
                     ModelRef::Named(_) => MODEL_MEMBERS,
                     ModelRef::Old => &["logp", "values", "entropy"],
                     ModelRef::Ref => &["logp", "entropy"],
+                    ModelRef::Rollout => &["logp"],
                 };
                 match allowed.iter().find(|a| **a == m.name) {
                     Some(member) => Val::Method(model, member),

@@ -929,6 +929,7 @@ impl Run<'_> {
             "response".into(),
             TextRows { ctx: prompt_toks.clone(), toks: generation.tokens.clone() },
         );
+        rows.rollout_logp = generation.logps.clone();
         // Other texts the graph reads.
         let needed: Vec<String> = compiled
             .requirements()

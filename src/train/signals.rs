@@ -28,6 +28,8 @@ pub struct Rows {
     pub prompts: Vec<String>,
     pub texts: BTreeMap<String, TextRows>,
     pub group: Vec<i64>,
+    /// The sampler's log-probability of each response token (`rollout.logp`).
+    pub rollout_logp: Vec<Vec<f32>>,
 }
 
 impl Rows {
@@ -50,6 +52,7 @@ impl Rows {
                 .map(|(k, t)| (k.clone(), TextRows { ctx: pick(&t.ctx), toks: pick(&t.toks) }))
                 .collect(),
             group: idx.iter().map(|&i| self.group.get(i).copied().unwrap_or(i as i64)).collect(),
+            rollout_logp: idx.iter().filter_map(|&i| self.rollout_logp.get(i).cloned()).collect(),
         }
     }
 
@@ -270,9 +273,21 @@ pub fn compute(
                 ModelRef::Named(n) => n.clone(),
                 ModelRef::Old => "old".into(),
                 ModelRef::Ref => "ref".into(),
+                ModelRef::Rollout => "rollout".into(),
             }
         };
         let value = match &s.kind {
+            SourceKind::Signal { model: ModelRef::Rollout, .. } => {
+                // Recorded by the sampler, padded to the response's width.
+                let width = cx.widths.get("response").copied().unwrap_or(1);
+                let mut flat = vec![0f32; rows.len() * width];
+                for (r, lps) in rows.rollout_logp.iter().enumerate() {
+                    for (t, lp) in lps.iter().take(width).enumerate() {
+                        flat[r * width + t] = *lp;
+                    }
+                }
+                Tensor::from_vec(flat, (rows.len(), width), cx.device).map_err(err)?
+            }
             SourceKind::Signal { model, signal, text } => {
                 let name = model_name(model);
                 let live = grad;

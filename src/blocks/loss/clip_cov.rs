@@ -66,10 +66,16 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         .collect();
     let n = order.len();
     let k = ((ctx.num("ratio")? * n as f64).floor() as usize).max(1).min(candidates.len());
-    // Reproducible randomness: the seed and the batch's advantages pick the tokens.
+    // Reproducible randomness: the seed and the advantages of the response tokens, to four
+    // decimals (so float rounding in how they were computed does not change the draw).
+    let m = host::flat(mask)?;
     let bits = host::flat(adv)?
         .iter()
-        .fold(ctx.num("seed")? as u64, |h, a| (h ^ a.to_bits()).wrapping_mul(0x0100_0000_01b3));
+        .zip(&m)
+        .filter(|(_, m)| **m != 0.0)
+        .fold(ctx.num("seed")? as u64, |h, (a, _)| {
+            (h ^ (a * 1e4).round() as i64 as u64).wrapping_mul(0x0100_0000_01b3)
+        });
     let mut rng = Rng::new(bits);
     let mut pool = candidates;
     let mut keep = vec![1f32; logp.elem_count()];

@@ -43,7 +43,8 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
     let (lo, hi) = (ctx.num("eps")?, ctx.num("eps_high")?);
     let lp = logp.detach();
-    let (p, p0) = (lp.clamp(-80.0, 0.0)?.exp()?, old.clamp(-80.0, 0.0)?.exp()?);
+    // Clamped only against overflow: log-probabilities are ≤ 0.
+    let (p, p0) = (lp.clamp(-80.0, 20.0)?.exp()?, old.clamp(-80.0, 20.0)?.exp()?);
     let positive = adv.gt(0.0)?;
     let dtype = logp.dtype();
     let valid = match ctx.choice("divergence")? {

@@ -1,0 +1,24 @@
+//! Corrections for a sampler that is not the trainer (an inference engine, bf16 sampling, stale
+//! weights): importance weights and rejection masks from `old.logp` and `rollout.logp`.
+
+pub mod mis;
+pub mod rollout_reject;
+pub mod tis;
+
+use candle_core::{D, Result, Tensor};
+
+use crate::blocks::ctx::Ctx;
+
+/// The trainer/sampler ratio e^{old − rollout} per token, or per sequence on every token
+/// (`level`), with log-ratios clamped to ±20; padding holds 1.
+pub(crate) fn weights(ctx: &Ctx) -> Result<Tensor> {
+    let mask = ctx.out_mask()?;
+    let keep = mask.ne(0.0)?;
+    let delta = ctx.tensor(0)?.sub(ctx.tensor(1)?)?;
+    let delta = keep.where_cond(&delta, &delta.zeros_like()?)?;
+    let log_w = match ctx.choice("level")? {
+        "sequence" => delta.sum_keepdim(D::Minus1)?.broadcast_as(delta.shape())?.contiguous()?,
+        _ => delta,
+    };
+    log_w.clamp(-20.0, 20.0)?.exp()
+}
