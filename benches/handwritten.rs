@@ -41,6 +41,21 @@ pub fn objective(recipe: &str, b: &Batch) -> Result<Tensor> {
         "grpo_tis" => grpo_tis(b),
         "gdpo" => gdpo(b),
         "opd" => opd(b),
+        "grpo_verl" => grpo_verl(b),
+        "grpo_trl" => grpo_trl(b),
+        "grpo_openrlhf" => grpo_openrlhf(b),
+        "grpo_nemorl" => grpo_nemorl(b),
+        "ppo_verl" => ppo_verl(b),
+        "ppo_trl" => ppo_trl(b),
+        "ppo_openrlhf" => ppo_openrlhf(b),
+        "dpo_trl" => dpo_variant(b, "sigmoid", 0.0),
+        "dpo_cdpo" => dpo_variant(b, "sigmoid", 0.1),
+        "dpo_robust" => dpo_variant(b, "robust", 0.1),
+        "dpo_ipo" => dpo_variant(b, "ipo", 0.0),
+        "dpo_hinge" => dpo_variant(b, "hinge", 0.0),
+        "simpo" => simpo(b),
+        "orpo" => orpo(b),
+        "kto" => kto(b),
         other => candle_core::bail!("no hand-written objective for {other}"),
     }
 }
@@ -634,4 +649,195 @@ fn opd(b: &Batch) -> Result<Tensor> {
     let m = g(b, "mask");
     let adv = g(b, "teacher.logp").sub(g(b, "old.logp"))?.mul(m)?;
     masked_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?, m)
+}
+
+/// PPO's clipped loss with verl's dual clip for negative advantages.
+fn dual_clipped(logp: &Tensor, old: &Tensor, adv: &Tensor, c: f64) -> Result<Tensor> {
+    let l = ppo_clip(logp, old, adv, 0.2)?;
+    adv.lt(0.0)?.where_cond(&l.minimum(&(adv * -c)?)?, &l)
+}
+
+/// verl's `low_var_kl`: k3 of the clamped log-ratio, itself clamped to ±10.
+fn low_var_kl(logp: &Tensor, reference: &Tensor) -> Result<Tensor> {
+    let x = reference.sub(logp)?.clamp(-20.0, 20.0)?;
+    ((x.exp()? - &x)? - 1.0)?.clamp(-10.0, 10.0)
+}
+
+fn grpo_verl(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let pg = dual_clipped(g(b, "policy.logp"), g(b, "old.logp"), &grpo_adv(b)?, 3.0)?;
+    masked_mean(&pg, m)?
+        + (masked_mean(&low_var_kl(g(b, "policy.logp"), g(b, "ref.logp"))?, m)? * 0.001)?
+}
+
+fn grpo_trl(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let adv = spread(zscore_groups(&correct(b)?, &groups(b)?, 1e-4), m)?;
+    masked_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?, m)
+}
+
+/// Σ_{t' ≥ t} x over each row's response tokens.
+fn reverse_cumsum(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let (rows_x, rows_m) = (rows(x)?, rows(m)?);
+    let out: Vec<Vec<f32>> = rows_x
+        .iter()
+        .zip(&rows_m)
+        .map(|(r, mr)| {
+            let mut acc = 0.0;
+            let mut o = vec![0.0; r.len()];
+            for t in (0..r.len()).rev() {
+                if mr[t] != 0.0 {
+                    acc += r[t];
+                    o[t] = acc;
+                }
+            }
+            o
+        })
+        .collect();
+    tensor2(out, m)
+}
+
+fn grpo_openrlhf(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let a: Vec<f32> = zscore_groups(&correct(b)?, &groups(b)?, 1e-9)
+        .iter()
+        .map(|x| x.clamp(-10.0, 10.0))
+        .collect();
+    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.clamp(-10.0, 10.0)?.mul(m)?;
+    let a = Tensor::new(a, m.device())?;
+    let r = (last_token(m, &a)? - (kl * 0.01)?)?;
+    let adv = reverse_cumsum(&r, m)?;
+    masked_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?, m)
+}
+
+fn grpo_nemorl(b: &Batch) -> Result<Tensor> {
+    let (m, r, grp) = (g(b, "mask"), correct(b)?, groups(b)?);
+    let adv: Vec<f32> = (0..r.len())
+        .map(|i| {
+            let others: Vec<f32> =
+                (0..r.len()).filter(|&j| j != i && grp[j] == grp[i]).map(|j| r[j]).collect();
+            let n = others.len() as f32;
+            let mean = others.iter().sum::<f32>() / n;
+            let sq = others.iter().map(|x| x * x).sum::<f32>() / n;
+            let std = (sq - mean * mean).max(0.0).sqrt();
+            if std > 0.0 { (r[i] - mean) / std } else { r[i] - mean }
+        })
+        .collect();
+    let pg = ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &spread(adv, m)?, 0.2)?;
+    masked_mean(&pg, m)? + (masked_mean(&k3(g(b, "policy.logp"), g(b, "ref.logp"))?, m)? * 0.01)?
+}
+
+fn value_term(b: &Batch, adv: &Tensor, clip: f64) -> Result<Tensor> {
+    let target = (adv + g(b, "old.values"))?;
+    masked_mean(
+        &value_loss(g(b, "policy.values"), g(b, "old.values"), &target, Some(clip))?,
+        g(b, "mask"),
+    )
+}
+
+/// Whitening over the response tokens: biased variance and max(v, 1e-8)^-½ (OpenRLHF).
+fn whiten_tokens_biased(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let n = m.sum_all()?.to_scalar::<f32>()? as f64;
+    let mean = x.mul(m)?.sum_all()?.to_scalar::<f32>()? as f64 / n;
+    let var = (x - mean)?.sqr()?.mul(m)?.sum_all()?.to_scalar::<f32>()? as f64 / n;
+    ((x - mean)? / var.max(1e-8).sqrt())?.mul(m)
+}
+
+fn ppo_verl(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let r = last_token(m, g(b, "arith.correct(response)"))?;
+    let adv = gae(&r, g(b, "old.values"), m, 1.0, 1.0)?;
+    let pg = dual_clipped(g(b, "policy.logp"), g(b, "old.logp"), &whiten_tokens(&adv, m)?, 3.0)?;
+    masked_mean(&pg, m)? + value_term(b, &adv, 0.5)?
+}
+
+fn ppo_trl(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?;
+    let r = (last_token(m, g(b, "arith.correct(response)"))? - (kl * 0.05)?)?;
+    let adv = gae(&r, g(b, "old.values"), m, 1.0, 0.95)?;
+    let pg = ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &whiten_tokens(&adv, m)?, 0.2)?;
+    masked_mean(&pg, m)? + (value_term(b, &adv, 0.2)? * 0.1)?
+}
+
+fn ppo_openrlhf(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.clamp(-10.0, 10.0)?.mul(m)?;
+    let score = g(b, "arith.correct(response)").clamp(-10.0, 10.0)?;
+    let r = (last_token(m, &score)? - (kl * 0.01)?)?;
+    let adv = gae(&r, g(b, "old.values"), m, 1.0, 1.0)?;
+    let pg = ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &whiten_tokens_biased(&adv, m)?, 0.2)?;
+    masked_mean(&pg, m)? + value_term(b, &adv, 0.5)?
+}
+
+/// Σ and mean of a text's per-token values over its mask.
+fn seq_sum(b: &Batch, k: &str, mask: &str) -> Result<Tensor> {
+    g(b, k).mul(g(b, mask))?.sum(1)
+}
+
+fn seq_avg(b: &Batch, k: &str, mask: &str) -> Result<Tensor> {
+    seq_sum(b, k, mask)?.div(&g(b, mask).sum(1)?)
+}
+
+fn dpo_variant(b: &Batch, loss: &str, s: f64) -> Result<Tensor> {
+    let rho = |text: &str| -> Result<Tensor> {
+        let mask = format!("mask({text})");
+        seq_sum(b, &format!("policy.logp({text})"), &mask)?.sub(&seq_sum(
+            b,
+            &format!("ref.logp({text})"),
+            &mask,
+        )?)
+    };
+    let (rc, rr) = (rho("chosen")?, rho("rejected")?);
+    let h = (rc.sub(&rr)? * 0.1)?;
+    let per_pair = match loss {
+        "robust" => {
+            (((log_sigmoid(&h)? * -(1.0 - s))? + (log_sigmoid(&h.neg()?)? * s)?)?
+                / (1.0 - 2.0 * s))?
+        }
+        "hinge" => (1.0 - h)?.relu()?,
+        "ipo" => {
+            let avg = |text: &str| -> Result<Tensor> {
+                let len = g(b, &format!("mask({text})")).sum(1)?;
+                let r = if text == "chosen" { &rc } else { &rr };
+                r.div(&len)
+            };
+            (avg("chosen")?.sub(&avg("rejected")?)? - 1.0 / (2.0 * 0.1))?.sqr()?
+        }
+        _ => ((log_sigmoid(&h)? * -(1.0 - s))? - (log_sigmoid(&h.neg()?)? * s)?)?,
+    };
+    per_pair.mean_all()
+}
+
+fn simpo(b: &Batch) -> Result<Tensor> {
+    let c = seq_avg(b, "policy.logp(chosen)", "mask(chosen)")?;
+    let r = seq_avg(b, "policy.logp(rejected)", "mask(rejected)")?;
+    let h = ((c.sub(&r)? * 2.0)? - 1.0)?;
+    log_sigmoid(&h)?.neg()?.mean_all()
+}
+
+fn orpo(b: &Batch) -> Result<Tensor> {
+    let c = seq_avg(b, "policy.logp(chosen)", "mask(chosen)")?;
+    let r = seq_avg(b, "policy.logp(rejected)", "mask(rejected)")?;
+    // ln(1 − e^x), for the synthetic batch's averages well below 0.
+    let l1m = |x: &Tensor| -> Result<Tensor> { (1.0 - x.exp()?)?.log() };
+    let odds = c.sub(&r)?.sub(&l1m(&c)?.sub(&l1m(&r)?)?)?;
+    let nll = masked_mean(&g(b, "policy.logp(chosen)").neg()?, g(b, "mask(chosen)"))?;
+    nll + (log_sigmoid(&odds)?.neg()? * 0.1)?.mean_all()?
+}
+
+fn kto(b: &Batch) -> Result<Tensor> {
+    let rho = |text: &str| -> Result<Tensor> {
+        let mask = format!("mask({text})");
+        seq_sum(b, &format!("policy.logp({text})"), &mask)?.sub(&seq_sum(
+            b,
+            &format!("ref.logp({text})"),
+            &mask,
+        )?)
+    };
+    let z = rho("mismatched")?.mean_all()?.maximum(0.0)?.detach();
+    let sig = |x: &Tensor| -> Result<Tensor> { (x.neg()?.exp()? + 1.0)?.recip() };
+    let d = (1.0 - sig(&(rho("chosen")?.broadcast_sub(&z)? * 0.1)?)?)?;
+    let u = (1.0 - sig(&(rho("rejected")?.broadcast_sub(&z)?.neg()? * 0.1)?)?)?;
+    ((d + u)? * 0.5)?.mean_all()
 }

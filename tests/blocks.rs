@@ -1368,3 +1368,81 @@ fn sampler_corrections() {
     close(&rr("seq_max"), &[0.0, 0.0, 0.0, 1.0, 1.0, 0.0], 0.0);
     close(&rr("seq_mean"), &[0.0, 0.0, 0.0, 1.0, 1.0, 0.0], 0.0);
 }
+
+/// NeMo-RL's leave-one-out GRPO: mean and biased std of the other samples.
+#[test]
+fn leave_one_out_group_zscore() {
+    let g = t1(&[0.0, 0.0, 0.0]).to_dtype(DType::I64).unwrap();
+    // r = [1, 0, 0]: for 0, others [0, 0]: mean 0, std 0 → unscaled 1; for 1, others [1, 0]:
+    // mean 0.5, biased std 0.5 → (0 − 0.5)/0.5 = −1; the same for 2.
+    close(
+        &run_groups(
+            "group_zscore",
+            &[seq(t1(&[1.0, 0.0, 0.0]))],
+            &[("baseline", word("leave_one_out"))],
+            Level::Seq,
+            None,
+            Some(&g),
+        ),
+        &[1.0, -1.0, -1.0],
+        1e-12,
+    );
+}
+
+/// Robust DPO, SimPO, ORPO and KTO against hand-computed values.
+#[test]
+fn new_preference_losses() {
+    let m = t2(&[&[1.0, 1.0], &[1.0, 0.0]]);
+    // Sums: chosen [−1, −0.5], rejected [−2, −1]; refs: chosen [−1.2, −0.4], rejected [−1.5, −1].
+    let c = || tok(t2(&[&[-0.4, -0.6], &[-0.5, 9.0]]), &m);
+    let r = || tok(t2(&[&[-1.5, -0.5], &[-1.0, 9.0]]), &m);
+    let rc = || tok(t2(&[&[-0.6, -0.6], &[-0.4, 9.0]]), &m);
+    let rr = || tok(t2(&[&[-1.0, -0.5], &[-1.0, 9.0]]), &m);
+    let ls = |x: f64| -(1.0 + (-x).exp()).ln();
+    // h = β·((ρ_c) − (ρ_r)): ρ_c = [0.2, −0.1], ρ_r = [−0.5, 0]: margins [0.7, −0.1].
+    let h = [0.1 * 0.7, 0.1 * -0.1];
+    let robust = |x: f64| (-(0.9) * ls(x) + 0.1 * ls(-x)) / 0.8;
+    close(
+        &run(
+            "dpo",
+            &[c(), r(), rc(), rr()],
+            &[("loss", word("robust")), ("label_smoothing", num(0.1))],
+            Level::Seq,
+            None,
+        ),
+        &[robust(h[0]), robust(h[1])],
+        1e-12,
+    );
+    // SimPO: means chosen [−0.5, −0.5], rejected [−1, −1]: h = 2·0.5 − 1 = 0 → −logσ(0) = ln 2.
+    close(&run("simpo", &[c(), r()], &[], Level::Seq, None), &[2f64.ln(), 2f64.ln()], 1e-12);
+    // ORPO: log odds = (p̄_c − p̄_r) − (ln(1 − e^{p̄_c}) − ln(1 − e^{p̄_r})) with p̄_c = −0.5, p̄_r = −1.
+    let l1m = |x: f64| (1.0 - x.exp()).ln();
+    let odds = 0.5 - (l1m(-0.5) - l1m(-1.0));
+    close(
+        &run("orpo", &[c(), r()], &[], Level::Seq, None),
+        &[-0.1 * ls(odds), -0.1 * ls(odds)],
+        1e-9,
+    );
+    // Its gradient, by central differences in f64, on the chosen token 0.
+    let g = grad_of("orpo", vec![c(), r()], 0, &[], Level::Seq, None);
+    let at = |d: f64| {
+        let cd = tok(t2(&[&[-0.4 + d, -0.6], &[-0.5, 9.0]]), &m);
+        run("orpo", &[cd, r()], &[], Level::Seq, None)[0]
+    };
+    close(&[g[0]], &[(at(1e-6) - at(-1e-6)) / 2e-6], 1e-6);
+    // Near p̄ = 0 the odds stay finite (the series branch).
+    let near =
+        run("orpo", &[tok(t2(&[&[-1e-4, -1e-4], &[-1e-4, 0.0]]), &m), r()], &[], Level::Seq, None);
+    assert!(near.iter().all(|x| x.is_finite()), "{near:?}");
+    // KTO: mismatched ρ = [0.3, −0.1] → z = max(0, 0.1) = 0.1; ρ_c = [0.2, −0.1], ρ_r = [−0.5, 0].
+    let mm = || tok(t2(&[&[-0.2, -0.2], &[-0.6, 9.0]]), &m);
+    let rm = || tok(t2(&[&[-0.3, -0.4], &[-0.5, 9.0]]), &m);
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let kto =
+        |rc: f64, rr: f64| 0.5 * ((1.0 - sig(0.1 * (rc - 0.1))) + (1.0 - sig(0.1 * (0.1 - rr))));
+    close(
+        &run("kto", &[c(), r(), rc(), rr(), mm(), rm()], &[], Level::Seq, None),
+        &[kto(0.2, -0.5), kto(-0.1, 0.0)],
+        1e-12,
+    );
+}

@@ -2,6 +2,8 @@
 //! batch built from the documented input names; bad batches and non-finite values become
 //! diagnostics that name the input or the node; `rlx eval` writes what it computed.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -18,8 +20,12 @@ fn check_text(name: &str, text: &str) -> Checked {
 }
 
 fn recipe(name: &str) -> Checked {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes").join(name);
-    check_text(name, &std::fs::read_to_string(path).unwrap())
+    recipe_at(&Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes").join(name))
+}
+
+fn recipe_at(path: &Path) -> Checked {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    check_text(&name, &std::fs::read_to_string(path).unwrap())
 }
 
 fn scalar(t: &Tensor) -> f32 {
@@ -39,14 +45,9 @@ fn all_finite(t: &Tensor) -> bool {
 
 #[test]
 fn every_recipe_stage_evaluates_and_differentiates() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    for name in names {
-        let c = recipe(&name);
+    for path in common::recipe_paths() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let c = recipe_at(&path);
         for index in 0..c.program.stages.len() {
             let stage = &c.program.stages[index].name.name;
             let batch = synthetic::batch(&c, index, 8, 12, 1, &Device::Cpu).unwrap();

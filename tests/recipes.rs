@@ -1,6 +1,8 @@
 //! Every recipe in `recipes/` lints clean, is canonically formatted, stays short, names its
 //! paper, and demands exactly the runtime signals its method needs.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -9,14 +11,7 @@ use rlx::check::lints::LintConfig;
 use rlx::source::{SourceFile, analyze};
 
 fn recipes() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "rlx"))
-        .collect();
-    files.sort();
-    files
+    common::recipe_paths()
 }
 
 fn checked(name: &str) -> Checked {

@@ -2,18 +2,16 @@
 //! pathological shapes all end in a diagnostic or a success. Formatting is idempotent and never
 //! changes what a recipe means.
 
+mod common;
+
 use std::fs;
-use std::path::Path;
 
 use proptest::prelude::*;
 use rlx::check::lints::LintConfig;
 use rlx::source::{SourceFile, analyze};
 
 fn recipe_texts() -> Vec<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
-    let mut paths: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    paths.sort();
-    paths.into_iter().map(|p| fs::read_to_string(p).unwrap()).collect()
+    common::recipe_paths().into_iter().map(|p| fs::read_to_string(p).unwrap()).collect()
 }
 
 /// Runs the whole front half and, where the text parses, the formatter and its properties.

@@ -1,6 +1,8 @@
 //! `rlx run` end to end: every recipe trains a few steps on a tiny configuration, writes its run
 //! directory, and a run killed with SIGKILL continues with `--resume` from its last checkpoint.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -51,7 +53,8 @@ fn tiny(recipe: &Path) -> Vec<String> {
     }
     let mut stage = None;
     let mut n = 1;
-    for line in text.lines() {
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
         if let Some(rest) = line.strip_prefix("stage ") {
             stage = rest.split_whitespace().next().map(String::from);
             n = 1;
@@ -68,7 +71,9 @@ fn tiny(recipe: &Path) -> Vec<String> {
             let s = stage.clone().unwrap();
             let batch = 2 * n.max(2);
             sets.push(format!("{s}.optim.batch={batch}"));
-            if line.contains("minibatch") {
+            // The optim block may span lines once formatted.
+            let block = lines[i..].iter().take_while(|l| !l.trim_start().starts_with('}'));
+            if line.contains("minibatch") || block.clone().any(|l| l.contains("minibatch")) {
                 sets.push(format!("{s}.optim.minibatch={}", batch / 2));
             }
         }
@@ -101,12 +106,7 @@ fn records(dir: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn every_recipe_trains_a_few_steps() {
-    let mut recipes: Vec<PathBuf> = std::fs::read_dir("recipes")
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "rlx"))
-        .collect();
-    recipes.sort();
+    let recipes = common::recipe_paths();
     assert!(recipes.len() >= 12);
     for recipe in &recipes {
         let name = recipe.file_stem().unwrap().to_string_lossy().to_string();
@@ -131,11 +131,12 @@ fn every_recipe_trains_a_few_steps() {
                 "{name}: no gradient norm in {r}"
             );
         }
-        // Every RL stage, and every preference stage training a policy (DPO, not a reward
-        // model), reports its task metric before and after.
+        // Every RL stage, and every preference stage training a policy (DPO, KTO, …, not a
+        // reward model), reports its task metric before and after.
         let evals = recs.iter().filter(|r| r.get("eval").is_some()).count();
         let text = std::fs::read_to_string(recipe).unwrap();
-        let policy_pairs = text.matches("dpo(").count().min(text.matches("pairs ").count());
+        let pair_stages = text.lines().filter(|l| l.trim_start().starts_with("pairs ")).count();
+        let policy_pairs = pair_stages - text.matches("pairwise_rm(").count();
         let evaluated = text.matches("prompts ").count() + policy_pairs;
         assert_eq!(evals, 2 * evaluated, "{name}");
         let _ = std::fs::remove_dir_all(&out);

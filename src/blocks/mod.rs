@@ -44,7 +44,10 @@ mod loss {
 }
 mod preference {
     pub mod dpo;
+    pub mod kto;
+    pub mod orpo;
     pub mod pairwise_rm;
+    pub mod simpo;
 }
 mod shaping {
     pub mod at_end;
@@ -95,6 +98,7 @@ pub static ALL: &[&BlockSpec] = &[
     &shaping::kl::SPEC,
     &loss::kl_cov::SPEC,
     &shaping::kl_unbiased::SPEC,
+    &preference::kto::SPEC,
     &shaping::length::SPEC,
     &maths::LOG,
     &maths::MAX,
@@ -107,6 +111,7 @@ pub static ALL: &[&BlockSpec] = &[
     &loss::nll::SPEC,
     &shaping::normalize::SPEC,
     &advantage::opo::SPEC,
+    &preference::orpo::SPEC,
     &preference::pairwise_rm::SPEC,
     &loss::pg::SPEC,
     &maths::POW,
@@ -126,6 +131,7 @@ pub static ALL: &[&BlockSpec] = &[
     &aggregate::SEQ_MEAN_TOKEN_MEAN,
     &aggregate::SEQ_MEAN_TOKEN_SUM,
     &aggregate::SEQ_MEAN_TOKEN_SUM_NORM,
+    &preference::simpo::SPEC,
     &steps::split_steps::SPEC,
     &shaping::spread::SPEC,
     &maths::SQRT,

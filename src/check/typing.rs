@@ -134,7 +134,7 @@ fn check_text_available(cx: &StageCx, text: &str, span: Span, diags: &mut Vec<Di
             );
             (has, "stages whose prompts come with demonstrations")
         }
-        "chosen" | "rejected" => {
+        "chosen" | "rejected" | "mismatched" => {
             (kind == Some(SourceKind::Pairs), "stages with preference `pairs`")
         }
         _ => (kind == Some(SourceKind::Data), "stages with `data`"),

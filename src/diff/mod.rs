@@ -332,7 +332,12 @@ fn graph_diff(a: Side, b: Side, out: &mut Vec<Change>) {
             if x_unpaired && y_unpaired && replaced_a.insert(*x) && replaced_b.insert(*y) {
                 replaced.push((*x, *y, at));
             } else {
-                rewired.push(format!("{at}: {} → {}", expr(a, *x, false), expr(b, *y, false)));
+                // By binding name, unless the name is all the two share: then by expression.
+                let (mut old, mut new) = (expr(a, *x, false), expr(b, *y, false));
+                if old == new {
+                    (old, new) = (expr(a, *x, true), expr(b, *y, true));
+                }
+                rewired.push(format!("{at}: {old} → {new}"));
                 // A new or dropped computation at this input is described by the rewiring.
                 if y_unpaired {
                     replaced_b.insert(*y);

@@ -267,6 +267,10 @@ pub static TEXTS: &[(&str, &str)] = &[
     ("greedy", "a greedy response to the same prompt (stages with `prompts`; ReMax's baseline)"),
     ("chosen", "the preferred response (stages with `pairs`)"),
     ("rejected", "the other response (stages with `pairs`)"),
+    (
+        "mismatched",
+        "the next pair's chosen response after this pair's prompt (stages with `pairs`; KTO's KL reference point)",
+    ),
     ("target", "the text to imitate (stages with `data`)"),
 ];
 

@@ -777,6 +777,14 @@ impl Run<'_> {
                 }
             }
         }
+        // KTO's reference point: each prompt followed by the next pair's chosen response (the
+        // batch rotated by one, as TRL shifts completions within the batch).
+        if let Some(chosen) = rows.texts.get("chosen") {
+            let n = chosen.toks.len();
+            let toks = (0..n).map(|k| chosen.toks[(k + 1) % n].clone()).collect();
+            let mismatched = TextRows { ctx: chosen.ctx.clone(), toks };
+            rows.texts.insert("mismatched".into(), mismatched);
+        }
         rows.prompts = prompts;
         rows.group = (0..idx.len() as i64).collect();
         let widths = rows.widths();

@@ -10,7 +10,7 @@ pub static SPEC: BlockSpec = BlockSpec {
     summary: "group-relative advantage: reward minus its group mean, over the group std",
     source: "GRPO (Shao et al. 2024); Dr.GRPO (Liu et al. 2025) with `scale = none`; verl `grpo`, TRL",
     family: Family::Advantage,
-    formula: "A_i = (r_i − mean_g(r)) / (std_g(r) + eps); singleton groups: see `singleton`",
+    formula: "A_i = (r_i − mean_g(r)) / (std_g(r) + eps); singleton groups: see `singleton`;  leave_one_out: A_i = (r_i − mean_{g∖i}) / std_{g∖i} (biased; unscaled where 0)",
     inputs: &[detached("rewards", Level::Seq, "one reward per sample")],
     params: &[
         choice("scale", &["std", "none"], "std", "`none` only centres (Dr.GRPO)"),
@@ -31,6 +31,12 @@ pub static SPEC: BlockSpec = BlockSpec {
             &["zero", "raw"],
             "zero",
             "a group of one sample: advantage 0 (TRL) or its raw reward (verl)",
+        ),
+        choice(
+            "baseline",
+            &["mean", "leave_one_out"],
+            "mean",
+            "`leave_one_out` (NeMo-RL `use_leave_one_out_baseline`): the mean and the (biased) std of the group's other samples; a zero std leaves the advantage unscaled",
         ),
     ],
     output: OutputKind::Tensor(Level::Seq),
@@ -54,6 +60,17 @@ fn forward(ctx: &Ctx) -> Result<Value> {
             // verl treats a lone sample as mean 0, std 1; TRL gives it advantage 0.
             let i = members[0];
             out[i] = if raw { if by_std { xs[0] / (1.0 + eps) } else { xs[0] } } else { 0.0 };
+            continue;
+        }
+        if ctx.choice("baseline")? == "leave_one_out" {
+            for (k, &i) in members.iter().enumerate() {
+                let others: Vec<f64> =
+                    xs.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, x)| *x).collect();
+                let (mean, var, _) = host::mean_var(&others, &vec![1.0; others.len()], false);
+                let centred = rewards[i] - mean;
+                let std = var.sqrt();
+                out[i] = if by_std && std > 0.0 { centred / std } else { centred };
+            }
             continue;
         }
         let (mean, var, _) = host::mean_var(&xs, &vec![1.0; xs.len()], unbiased);

@@ -7,11 +7,11 @@ use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
     name: "dpo",
-    summary: "direct preference optimisation loss per pair (sigmoid, IPO or hinge)",
-    source: "DPO (Rafailov et al. 2023); IPO (Azar et al. 2023); SLiC hinge (Zhao et al. 2023); TRL `loss_type`",
+    summary: "direct preference optimisation loss per pair (sigmoid, conservative, robust, IPO or hinge)",
+    source: "DPO (Rafailov et al. 2023); cDPO (label smoothing); robust DPO (Chowdhury et al. 2024); IPO (Azar et al. 2023); SLiC hinge (Zhao et al. 2023); TRL `loss_type`",
     family: Family::Preference,
     formula: "h = β·((Σ logp_c − Σ ref_c) − (Σ logp_r − Σ ref_r));  sigmoid: −(1−s)·logσ(h) − s·logσ(−h);  \
-              ipo: (h/β − 1/(2β))²;  hinge: max(0, 1 − h)",
+              robust: (−(1−s)·logσ(h) + s·logσ(−h)) / (1 − 2s);  ipo: (h/β − 1/(2β))²;  hinge: max(0, 1 − h)",
     inputs: &[
         tensor(
             "chosen",
@@ -28,12 +28,12 @@ pub static SPEC: BlockSpec = BlockSpec {
     ],
     params: &[
         num("beta", 0.1, Range::Positive, "inverse temperature of the implicit reward"),
-        choice("loss", &["sigmoid", "ipo", "hinge"], "sigmoid", "the preference loss"),
+        choice("loss", &["sigmoid", "robust", "ipo", "hinge"], "sigmoid", "the preference loss"),
         num(
             "label_smoothing",
             0.0,
             Range::Probability,
-            "conservative DPO: assumed label-flip rate s",
+            "assumed label-flip rate s: conservative DPO with `sigmoid`, robust DPO (s < 0.5) with `robust`",
         ),
         ParamSpec {
             name: "length_norm",
@@ -68,6 +68,15 @@ fn forward(ctx: &Ctx) -> Result<Value> {
             (logits - 1.0 / (2.0 * beta))?.sqr()?
         }
         "hinge" => (1.0 - (rho_c.sub(&rho_r)? * beta)?)?.relu()?,
+        "robust" => {
+            let h = (rho_c.sub(&rho_r)? * beta)?;
+            let s = ctx.num("label_smoothing")?;
+            if s >= 0.5 {
+                candle_core::bail!("robust DPO needs label_smoothing below 0.5, found {s}");
+            }
+            (((log_sigmoid(&h)? * -(1.0 - s))? + (log_sigmoid(&h.neg()?)? * s)?)?
+                / (1.0 - 2.0 * s))?
+        }
         _ => {
             let h = (rho_c.sub(&rho_r)? * beta)?;
             let s = ctx.num("label_smoothing")?;

@@ -1,0 +1,20 @@
+//! What several test files share.
+
+use std::path::{Path, PathBuf};
+
+/// Every recipe file: `recipes/*.rlx` and the peer profiles in `recipes/peers/*.rlx`, sorted.
+#[allow(dead_code)]
+pub fn recipe_paths() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    let mut out = Vec::new();
+    for dir in [root.clone(), root.join("peers")] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "rlx") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
