@@ -275,6 +275,9 @@ enum Command {
         /// Print the time spent on every node.
         #[arg(long)]
         profile: bool,
+        /// Float precision of the evaluation: f64 compares long sums with a float64 reference.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f64"])]
+        dtype: String,
     },
 }
 
@@ -470,13 +473,22 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         })(),
-        Command::Eval { recipe, stage, batch, synthetic, seed, out, inputs, device, profile } => {
-            eval(
-                &recipe,
-                EvalArgs { stage, batch, synthetic, seed, out, inputs, device, profile },
-                style,
-            )
-        }
+        Command::Eval {
+            recipe,
+            stage,
+            batch,
+            synthetic,
+            seed,
+            out,
+            inputs,
+            device,
+            profile,
+            dtype,
+        } => eval(
+            &recipe,
+            EvalArgs { stage, batch, synthetic, seed, out, inputs, device, profile, dtype },
+            style,
+        ),
     };
     match result {
         Ok(code) => code,
@@ -637,10 +649,29 @@ struct EvalArgs {
     inputs: bool,
     device: String,
     profile: bool,
+    dtype: String,
 }
 
+/// Diagnostics about the training loop's batch sizes (groups of `sample.n`, minibatches), which
+/// `rlx eval` does not run: there the batch's own `group` ids say what a group is.
+const LOOP_ONLY: &[&str] =
+    &["singleton-group", "batch-not-multiple-of-group", "minibatch-mismatch"];
+
 fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
-    let Some((src, analysis)) = analyze_clean(path, style)? else { return Ok(ExitCode::from(1)) };
+    let (src, mut analysis) = analyze(path, &LintConfig::defaults())?;
+    for d in analysis.diagnostics.iter_mut().filter(|d| LOOP_ONLY.contains(&d.code)) {
+        d.severity = rlx::diag::Severity::Warning;
+        d.help = Some(format!(
+            "{} (rlx eval reads the groups from the batch's `group`, so it evaluates anyway)",
+            d.help.clone().unwrap_or_default()
+        ));
+    }
+    if analysis.has_errors() {
+        print_diagnostics(&src, &analysis, style);
+        eprintln!("{}: {}", src.name, render::summary(&analysis.diagnostics));
+        return Ok(ExitCode::from(1));
+    }
+    print_diagnostics(&src, &analysis, style);
     let checked = analysis.checked.as_ref().ok_or("internal: no checked graph")?;
     let names: Vec<&str> = checked.program.stages.iter().map(|s| s.name.name.as_str()).collect();
     let index = rlx::exec::stage_index(checked, args.stage.as_deref()).ok_or_else(|| {
@@ -656,6 +687,17 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
         for r in rlx::exec::requirements(checked, index) {
             let grad = if r.grad { "  (gradient written as grad.NAME)" } else { "" };
             println!("  {:<28} {} {:<14} {}{grad}", r.name, r.dtype_text(), r.shape_text(), r.doc);
+        }
+        let bindings: Vec<String> = checked.program.stages[index]
+            .bindings
+            .iter()
+            .map(|b| format!("`{}`", b.name.name))
+            .collect();
+        if !bindings.is_empty() {
+            println!(
+                "any binding ({}) may be given by name instead: it is read, not computed, and what only it needed is not read",
+                bindings.join(", ")
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -688,9 +730,12 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
         }
         (None, None) => return Err("give `--batch FILE`, `--synthetic BxT` or `--inputs`".into()),
     };
-    let evaluation = match rlx::exec::evaluate(
-        checked,
-        index,
+    // A batch tensor named like a `let` binding is that binding's value.
+    let names: Vec<&str> = batch.keys().map(String::as_str).collect();
+    let dtype = if args.dtype == "f64" { candle_core::DType::F64 } else { candle_core::DType::F32 };
+    let compiled =
+        rlx::exec::Compiled::new(checked, index).with_given_bindings(&names).with_dtype(dtype);
+    let evaluation = match compiled.run(
         &batch,
         &device,
         rlx::exec::Options { grads: true, profile: args.profile },

@@ -386,3 +386,77 @@ fn rlx_eval_writes_bindings_loss_terms_and_gradients() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `rlx eval` as a conformance tool: advantages fed by name replace the computation (and what
+/// only they needed is not read), an alias writes both names, `--dtype f64` evaluates in
+/// float64, and a group block evaluates on the batch's own groups whatever `sample.n` says.
+#[test]
+fn rlx_eval_takes_bindings_aliases_f64_and_any_groups() {
+    let dir = std::env::temp_dir().join(format!("rlx-eval-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rlx"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap()
+    };
+    let recipe = dir.join("given.rlx");
+    std::fs::write(
+        &recipe,
+        r#"data  arith  = builtin("arith")
+model policy = builtin("tiny", warm_start = arith.solutions)
+stage rl {
+    train   policy
+    prompts arith.problems
+    sample  { n = 1 }
+    let adv   = group_zscore(arith.correct(response))
+    let alias = adv
+    loss      = token_mean(ppo_clip(policy.logp, old.logp, spread(alias), eps = 0.2))
+}
+"#,
+    )
+    .unwrap();
+    let r = recipe.to_str().unwrap();
+    // n = 1 makes `singleton-group` an error for training; eval reads groups from the batch.
+    let dev = Device::Cpu;
+    let logp = Tensor::new(&[[-1.0f64, -2.0], [-0.5, -3.0]], &dev).unwrap();
+    let old = Tensor::new(&[[-1.1f64, -2.0], [-0.5, -2.9]], &dev).unwrap();
+    let mask = Tensor::new(&[[1.0f32, 1.0], [1.0, 0.0]], &dev).unwrap();
+    let mut batch: HashMap<String, Tensor> = HashMap::new();
+    batch.insert("policy.logp".into(), logp.clone());
+    batch.insert("old.logp".into(), old.clone());
+    batch.insert("mask".into(), mask.clone());
+    batch.insert("adv".into(), Tensor::new(&[1.5f64, -0.5], &dev).unwrap());
+    let input = dir.join("in.safetensors");
+    candle_core::safetensors::save(&batch, &input).unwrap();
+    let output = dir.join("out.safetensors");
+    let o = run(&[
+        "eval",
+        r,
+        "--batch",
+        input.to_str().unwrap(),
+        "--out",
+        output.to_str().unwrap(),
+        "--dtype",
+        "f64",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("singleton-group"));
+    let out = candle_core::safetensors::load(&output, &dev).unwrap();
+    assert_eq!(out["loss"].dtype(), DType::F64);
+    // Both names of the aliased binding, with the value given for `adv`.
+    assert_eq!(out["alias"].to_vec1::<f64>().unwrap(), vec![1.5, -0.5]);
+    assert_eq!(out["adv"].to_vec1::<f64>().unwrap(), vec![1.5, -0.5]);
+    // The loss by hand, in f64: ρ = e^{logp − old}; A = [1.5, 1.5 | −0.5]; eps 0.2.
+    let rho = [0.1f64.exp(), 1.0, 1.0];
+    let adv = [1.5, 1.5, -0.5];
+    let per: Vec<f64> =
+        rho.iter().zip(adv).map(|(r, a)| (-a * r).max(-a * r.clamp(0.8, 1.2))).collect();
+    let want = per.iter().sum::<f64>() / 3.0;
+    let got: f64 = out["loss"].to_scalar().unwrap();
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    // The verifier's reward and the group ids were not needed, so not read.
+    let o = run(&["eval", r, "--inputs"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("may be given by name"));
+}

@@ -123,11 +123,20 @@ pub(crate) fn rewrite_text(stage: &StageIr, n: NodeIndex, model: &str) -> String
 
 /// Nodes the loss depends on.
 pub(crate) fn demanded(stage: &StageIr) -> Vec<NodeIndex> {
+    demanded_with(stage, &std::collections::HashSet::new())
+}
+
+/// Nodes the loss depends on when the nodes in `given` are supplied, not computed: their own
+/// inputs are not demanded through them.
+pub(crate) fn demanded_with(
+    stage: &StageIr,
+    given: &std::collections::HashSet<NodeIndex>,
+) -> Vec<NodeIndex> {
     let Some(loss) = stage.loss else { return vec![] };
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![loss];
     while let Some(n) = stack.pop() {
-        if seen.insert(n) {
+        if seen.insert(n) && !given.contains(&n) {
             stack.extend(stage.graph.neighbors_directed(n, petgraph::Direction::Incoming));
         }
     }
@@ -137,6 +146,16 @@ pub(crate) fn demanded(stage: &StageIr) -> Vec<NodeIndex> {
 
 /// Everything stage `index` reads from a batch, sorted by name.
 pub fn requirements(checked: &Checked, index: usize) -> Vec<Requirement> {
+    requirements_with(checked, index, &HashMap::new())
+}
+
+/// The requirements when the nodes in `given` (by binding name) are supplied by the batch:
+/// they are read at their own level, and what only they needed is not.
+pub(crate) fn requirements_with(
+    checked: &Checked,
+    index: usize,
+    given: &HashMap<NodeIndex, String>,
+) -> Vec<Requirement> {
     let stage = &checked.program.stages[index];
     let cs = &checked.stages[index];
     let g = &stage.graph;
@@ -144,8 +163,41 @@ pub fn requirements(checked: &Checked, index: usize) -> Vec<Requirement> {
     let mut add = |r: Requirement| {
         out.entry(r.name.clone()).or_insert(r);
     };
-    for n in demanded(stage) {
+    let cut = given.keys().copied().collect();
+    for n in demanded_with(stage, &cut) {
         let ty = cs.types.get(&n);
+        if let Some(name) = given.get(&n) {
+            let (shape, grad) = match ty {
+                Some(Ty::Tensor { level, text, grad, .. }) => {
+                    let t = text.clone().unwrap_or_else(|| "response".into());
+                    let shape = match level {
+                        Level::Token => vec![Dim::Batch, Dim::Tokens(t.clone())],
+                        Level::Step => vec![Dim::Batch, Dim::Steps(t.clone())],
+                        Level::Seq => vec![Dim::Batch],
+                        Level::Scalar => vec![],
+                    };
+                    if matches!(level, Level::Token | Level::Step) {
+                        add(Requirement {
+                            name: mask_name(&t),
+                            kind: Kind::Float,
+                            shape: vec![Dim::Batch, Dim::Tokens(t.clone())],
+                            grad: false,
+                            doc: format!("1 on the real tokens of `{t}`, 0 on padding"),
+                        });
+                    }
+                    (shape, *grad)
+                }
+                _ => continue,
+            };
+            add(Requirement {
+                name: name.clone(),
+                kind: Kind::Float,
+                shape,
+                grad,
+                doc: "the binding's value, given instead of computed".into(),
+            });
+            continue;
+        }
         // Every token or step axis needs its text's mask.
         if let Some(Ty::Tensor { level: Level::Token | Level::Step, text: Some(t), .. }) = ty {
             add(Requirement {
@@ -263,6 +315,7 @@ pub(crate) fn validate(
     index: usize,
     reqs: &[Requirement],
     batch: &HashMap<String, Tensor>,
+    float: DType,
 ) -> Result<HashMap<String, Tensor>, Diagnostic> {
     let mut sizes: HashMap<Dim, usize> = HashMap::new();
     let mut problems: HashMap<String, String> = HashMap::new();
@@ -276,9 +329,7 @@ pub(crate) fn validate(
             continue;
         };
         let converted = match (r.kind, t.dtype()) {
-            (Kind::Float, DType::F32 | DType::F64 | DType::F16 | DType::BF16) => {
-                t.to_dtype(DType::F32)
-            }
+            (Kind::Float, DType::F32 | DType::F64 | DType::F16 | DType::BF16) => t.to_dtype(float),
             (Kind::Int, DType::I64 | DType::U32 | DType::U8 | DType::I32 | DType::I16) => {
                 t.to_dtype(DType::I64)
             }

@@ -112,6 +112,10 @@ pub struct Compiled<'a> {
     wires: HashMap<NodeIndex, Vec<NodeIndex>>,
     /// Texts the graph reads (including rewrites), by name.
     texts: Vec<String>,
+    /// Bindings the batch supplies instead of the graph computing them, by node.
+    given: HashMap<NodeIndex, String>,
+    /// The float dtype of the evaluation (f32; f64 for conformance checks).
+    dtype: DType,
 }
 
 impl<'a> Compiled<'a> {
@@ -158,7 +162,33 @@ impl<'a> Compiled<'a> {
             axes,
             wires,
             texts,
+            given: HashMap::new(),
+            dtype: DType::F32,
         }
+    }
+
+    /// The stage with every `let` binding named in `names` read from the batch instead of
+    /// computed (a reward, an advantage: what a conformance check feeds in), and what only
+    /// those bindings needed no longer read.
+    pub fn with_given_bindings(mut self, names: &[&str]) -> Compiled<'a> {
+        let stage = &self.checked.program.stages[self.index];
+        self.given = stage
+            .bindings
+            .iter()
+            .filter(|b| names.contains(&b.name.name.as_str()))
+            .filter_map(|b| b.node.map(|n| (n, b.name.name.clone())))
+            .filter(|(n, _)| self.order.contains(n))
+            .collect();
+        let cut = self.given.keys().copied().collect();
+        self.order = inputs::demanded_with(stage, &cut);
+        self.requirements = inputs::requirements_with(self.checked, self.index, &self.given);
+        self
+    }
+
+    /// Evaluates in `dtype` (f64 to compare long sums with a float64 reference at 1e-10).
+    pub fn with_dtype(mut self, dtype: DType) -> Compiled<'a> {
+        self.dtype = dtype;
+        self
     }
 
     /// The inputs the stage reads.
@@ -227,7 +257,7 @@ impl<'a> Compiled<'a> {
         let (checked, index) = (self.checked, self.index);
         let stage = &checked.program.stages[index];
         let cs = &checked.stages[index];
-        let batch = inputs::validate(checked, index, &self.requirements, batch)?;
+        let batch = inputs::validate(checked, index, &self.requirements, batch, self.dtype)?;
         let batch: HashMap<String, Tensor> = batch
             .into_iter()
             .map(|(k, t)| t.to_device(device).map(|t| (k, t)))
@@ -273,7 +303,23 @@ impl<'a> Compiled<'a> {
             let fail = |e: candle_core::Error| node_error(stage, n, &e.to_string());
             let value = match &node.op {
                 _ if given.contains_key(&n) => Value::Tensor(given[&n].clone()),
-                Op::Const(v) => Value::Tensor(Tensor::new(*v as f32, device).map_err(fail)?),
+                _ if self.given.contains_key(&n) => {
+                    let name = &self.given[&n];
+                    let t = batch.get(name).ok_or_else(|| {
+                        internal(node.span, &format!("`{name}` was validated but is absent"))
+                    })?;
+                    if options.grads && cs.types.get(&n).is_some_and(Ty::has_grad) {
+                        let var = Var::from_tensor(t).map_err(fail)?;
+                        let t = var.as_tensor().clone();
+                        vars.push((name.clone(), var));
+                        Value::Tensor(t)
+                    } else {
+                        Value::Tensor(t.clone())
+                    }
+                }
+                Op::Const(v) => Value::Tensor(
+                    Tensor::new(*v, device).and_then(|t| t.to_dtype(self.dtype)).map_err(fail)?,
+                ),
                 Op::Text(t) => {
                     Value::Text(texts.get(*t).cloned().unwrap_or_else(|| text_data(&batch, t)))
                 }
@@ -375,12 +421,13 @@ impl<'a> Compiled<'a> {
             }
         }
         let terms = loss_terms(stage, cs, loss_node, &values);
+        // Every name a node has: `let a = b` writes both `a` and `b`.
         let mut bindings = Vec::new();
         for &n in &self.order {
-            if let (Some(name), Some(Value::Tensor(t))) =
-                (stage.graph[n].names.first(), values.get(&n))
-            {
-                bindings.push((name.clone(), t.clone()));
+            if let Some(Value::Tensor(t)) = values.get(&n) {
+                for name in &stage.graph[n].names {
+                    bindings.push((name.clone(), t.clone()));
+                }
             }
         }
         let tensors = values
