@@ -41,6 +41,7 @@ pub fn objective(recipe: &str, b: &Batch) -> Result<Tensor> {
         "grpo_tis" => grpo_tis(b),
         "gdpo" => gdpo(b),
         "opd" => opd(b),
+        "grpo_otb" => grpo_otb(b),
         "grpo_verl" => grpo_verl(b),
         "grpo_trl" => grpo_trl(b),
         "grpo_openrlhf" => grpo_openrlhf(b),
@@ -840,4 +841,47 @@ fn kto(b: &Batch) -> Result<Tensor> {
     let d = (1.0 - sig(&(rho("chosen")?.broadcast_sub(&z)? * 0.1)?)?)?;
     let u = (1.0 - sig(&(rho("rejected")?.broadcast_sub(&z)?.neg()? * 0.1)?)?)?;
     ((d + u)? * 0.5)?.mean_all()
+}
+
+fn grpo_otb(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let r = last_token(m, g(b, "arith.correct(response)"))?;
+    let (gt, mm) = (rows(&reverse_cumsum(&r, m)?)?, rows(m)?);
+    let (old, p2) = (rows(g(b, "old.logp"))?, rows(g(b, "old.sum_p2"))?);
+    let grp = groups(b)?;
+    let (nb, nt) = (mm.len(), mm[0].len());
+    let w: Vec<Vec<f32>> = (0..nb)
+        .map(|i| {
+            let mut cum = 0.0;
+            (0..nt)
+                .map(|k| {
+                    if mm[i][k] != 0.0 {
+                        cum += 1.0 - 2.0 * old[i][k].exp() + p2[i][k];
+                        cum
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let len: Vec<usize> = mm.iter().map(|r| r.iter().filter(|x| **x != 0.0).count()).collect();
+    let mut adv = vec![vec![0.0f32; nt]; nb];
+    for i in 0..nb {
+        let same: Vec<usize> = (0..nb).filter(|&j| grp[j] == grp[i]).collect();
+        let mut ls: Vec<usize> = same.iter().map(|&j| len[j]).collect();
+        ls.sort_unstable_by(|a, c| c.cmp(a));
+        let alone = (ls.len() > 1 && ls[0] > ls[1]).then_some(ls[1]);
+        for k in 0..nt {
+            if mm[i][k] == 0.0 {
+                continue;
+            }
+            let num: f32 = same.iter().map(|&j| gt[j][k] * w[j][k] * mm[j][k]).sum();
+            let den: f32 = same.iter().map(|&j| w[j][k] * mm[j][k]).sum();
+            let base = if alone.is_some_and(|s| k >= s) { 0.0 } else { num / (den + 1e-8) };
+            adv[i][k] = gt[i][k] - base;
+        }
+    }
+    let adv = tensor2(adv, m)?;
+    seq_mean_token_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?, m)
 }

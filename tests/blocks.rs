@@ -1446,3 +1446,23 @@ fn new_preference_losses() {
         1e-12,
     );
 }
+
+/// The optimal token baseline on a group of two responses of lengths 2 and 1.
+#[test]
+fn optimal_token_baseline() {
+    let m = t2(&[&[1.0, 1.0], &[1.0, 0.0]]);
+    let g = t1(&[0.0, 0.0]).to_dtype(DType::I64).unwrap();
+    // G = [2, 2 | 1]; w = 1 − 2π + Σπ²: row 0: 1 − 1 + 0.5 = 0.5 per token → W = [0.5, 1];
+    // row 1: 1 − 0.5 + 0.25 → W = [0.75]. Position 0: b = (2·0.5 + 1·0.75)/1.25 = 1.4;
+    // position 1 holds only the unique longest response: b = 0.
+    let ins = vec![
+        tok(t2(&[&[0.0, 2.0], &[1.0, 0.0]]), &m),
+        tok(t2(&[&[0.5f64.ln(), 0.5f64.ln()], &[0.25f64.ln(), 0.0]]), &m),
+        tok(t2(&[&[0.5, 0.5], &[0.25, 0.0]]), &m),
+    ];
+    close(
+        &run_groups("optimal_baseline", &ins, &[], Level::Token, Some(&m), Some(&g)),
+        &[2.0 - 1.75 / (1.25 + 1e-8), 2.0, 1.0 - 1.75 / (1.25 + 1e-8), 0.0],
+        1e-12,
+    );
+}

@@ -15,6 +15,7 @@ mod advantage {
     pub mod group_zscore;
     pub mod grpo_passk;
     pub mod opo;
+    pub mod optimal_baseline;
     pub mod reinforce_pp;
     pub mod reinforce_pp_baseline;
     pub mod remax;
@@ -111,6 +112,7 @@ pub static ALL: &[&BlockSpec] = &[
     &loss::nll::SPEC,
     &shaping::normalize::SPEC,
     &advantage::opo::SPEC,
+    &advantage::optimal_baseline::SPEC,
     &preference::orpo::SPEC,
     &preference::pairwise_rm::SPEC,
     &loss::pg::SPEC,

@@ -225,6 +225,11 @@ pub(crate) fn requirements_with(
                         Signal::KeepProb => {
                             format!("probability that the rewriter keeps each token of `{t}`")
                         }
+                        Signal::SumP2 => {
+                            format!(
+                                "Σ_v π(v)² of the next-token distribution at each token of `{t}`"
+                            )
+                        }
                     },
                 });
             }

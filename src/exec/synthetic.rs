@@ -91,7 +91,7 @@ pub fn batch(
                             noise(&mut rng, 1.0)
                         } else if name.contains(".entropy") {
                             3.0 * rng.uniform()
-                        } else if name.contains(".keep_prob") {
+                        } else if name.contains(".keep_prob") || name.contains(".sum_p2") {
                             rng.uniform()
                         } else if name.starts_with("old.") {
                             lp + noise(&mut rng, 0.1)

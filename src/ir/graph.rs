@@ -80,6 +80,8 @@ pub enum Signal {
     Entropy,
     /// Probability that the model, asked to rewrite the text, keeps each token (RLMEC).
     KeepProb,
+    /// Σ_v π(v)² of the next-token distribution at each token (the optimal token baseline).
+    SumP2,
 }
 
 impl Signal {
@@ -89,6 +91,7 @@ impl Signal {
             Signal::Values => "values",
             Signal::Entropy => "entropy",
             Signal::KeepProb => "keep_prob",
+            Signal::SumP2 => "sum_p2",
         }
     }
 }

@@ -455,7 +455,7 @@ struct StageCx<'a> {
     diags: Vec<Diagnostic>,
 }
 
-const MODEL_MEMBERS: &[&str] = &["logp", "values", "entropy", "keep_prob", "rewrite"];
+const MODEL_MEMBERS: &[&str] = &["logp", "values", "entropy", "sum_p2", "keep_prob", "rewrite"];
 const REWARD_MODEL_MEMBERS: &[&str] = &["score"];
 
 impl<'a> StageCx<'a> {
@@ -873,8 +873,8 @@ impl<'a> StageCx<'a> {
                 };
                 let allowed: &[&str] = match model {
                     ModelRef::Named(_) => MODEL_MEMBERS,
-                    ModelRef::Old => &["logp", "values", "entropy"],
-                    ModelRef::Ref => &["logp", "entropy"],
+                    ModelRef::Old => &["logp", "values", "entropy", "sum_p2"],
+                    ModelRef::Ref => &["logp", "entropy", "sum_p2"],
                     ModelRef::Rollout => &["logp"],
                 };
                 match allowed.iter().find(|a| **a == m.name) {
@@ -1232,6 +1232,7 @@ fn signal_of(member: &str) -> Signal {
         "values" => Signal::Values,
         "entropy" => Signal::Entropy,
         "keep_prob" => Signal::KeepProb,
+        "sum_p2" => Signal::SumP2,
         _ => Signal::Logp,
     }
 }

@@ -400,6 +400,20 @@ impl Transformer {
         ent.mul(&layout.text_mask)
     }
 
+    /// Σ_v π(v)² `[B, T]` of the next-token distribution at each text token (how peaked it is;
+    /// the optimal token baseline's variance proxy).
+    pub fn token_sum_p2(
+        &self,
+        hidden: &Tensor,
+        layout: &Layout,
+        temperature: f64,
+    ) -> Result<Tensor> {
+        let logits = self.logits(&Self::text_states(hidden, layout)?)?;
+        let logits = if temperature != 1.0 { (logits / temperature)? } else { logits };
+        let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        p.sqr()?.sum(D::Minus1)?.mul(&layout.text_mask)
+    }
+
     /// Value-head output `[B, T]` at each text token.
     pub fn token_values(&self, hidden: &Tensor, layout: &Layout) -> Result<Tensor> {
         let head = self

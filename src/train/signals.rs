@@ -304,6 +304,7 @@ pub fn compute(
                 let value = match signal {
                     Signal::Logp => m.token_logp(hidden, layout, cx.temperature),
                     Signal::Entropy => m.token_entropy(hidden, layout, cx.temperature),
+                    Signal::SumP2 => m.token_sum_p2(hidden, layout, cx.temperature),
                     Signal::Values => m.token_values(hidden, layout),
                     Signal::KeepProb => m
                         .token_logp(hidden, layout, 1.0)
@@ -314,6 +315,7 @@ pub fn compute(
                 let what = match signal {
                     Signal::Logp => "log-probabilities",
                     Signal::Entropy => "entropies",
+                    Signal::SumP2 => "squared-probability sums",
                     Signal::Values => "values",
                     Signal::KeepProb => "keep-probabilities",
                 };
