@@ -259,12 +259,9 @@ mod tests {
     use crate::model::{Layout, ModelConfig};
     use crate::tokenizer::{BOS, EOS};
 
-    /// Greedy decoding with the KV cache picks, at every step, the argmax of a full forward
-    /// over `[prompt | tokens so far]`: the cache, positions and padding masks agree with the
-    /// trainer's layout, so samples are on-policy for the log-probs the loss reads.
-    #[test]
-    fn cached_greedy_decoding_matches_the_full_forward() {
-        let dev = Device::Cpu;
+    /// A random model with weights scaled by `scale` (larger than the initial 0.02, so logits
+    /// are far from ties), and the built-in tokenizer.
+    fn test_model(seed: u64, scale: f64) -> (Transformer, Tok) {
         let cfg = ModelConfig {
             vocab: 24,
             layers: 2,
@@ -274,13 +271,21 @@ mod tests {
             family: Default::default(),
         };
         let heads = Heads { lm: true, ..Default::default() };
-        let params = init_params(&cfg, heads, &mut Rng::new(3), &dev).unwrap();
-        // Larger weights than the initial 0.02 so logits are far from ties.
+        let params = init_params(&cfg, heads, &mut Rng::new(seed), &Device::Cpu).unwrap();
         for (_, v) in params.iter() {
-            v.set(&(v.as_tensor() * 20.0).unwrap()).unwrap();
+            v.set(&(v.as_tensor() * scale).unwrap()).unwrap();
         }
         let model = Transformer::frozen(&cfg, &params).unwrap();
-        let tok = Tok::from_json(&Tok::json(&[])).unwrap();
+        (model, Tok::from_json(&Tok::json(&[])).unwrap())
+    }
+
+    /// Greedy decoding with the KV cache picks, at every step, the argmax of a full forward
+    /// over `[prompt | tokens so far]`: the cache, positions and padding masks agree with the
+    /// trainer's layout, so samples are on-policy for the log-probs the loss reads.
+    #[test]
+    fn cached_greedy_decoding_matches_the_full_forward() {
+        let dev = Device::Cpu;
+        let (model, tok) = test_model(3, 20.0);
         let prompts = vec![vec![BOS, 7, 9, 11], vec![BOS, 8], vec![BOS, 13, 6]];
         let s = Sampling {
             temperature: 1.0,
@@ -319,21 +324,7 @@ mod tests {
     #[test]
     fn recorded_log_probs_match_the_full_forward() {
         let dev = Device::Cpu;
-        let cfg = ModelConfig {
-            vocab: 24,
-            layers: 2,
-            width: 16,
-            heads: 2,
-            context: 32,
-            family: Default::default(),
-        };
-        let heads = Heads { lm: true, ..Default::default() };
-        let params = init_params(&cfg, heads, &mut Rng::new(5), &dev).unwrap();
-        for (_, v) in params.iter() {
-            v.set(&(v.as_tensor() * 10.0).unwrap()).unwrap();
-        }
-        let model = Transformer::frozen(&cfg, &params).unwrap();
-        let tok = Tok::from_json(&Tok::json(&[])).unwrap();
+        let (model, tok) = test_model(5, 10.0);
         let prompts = vec![vec![BOS, 7, 9], vec![BOS, 8]];
         let s = Sampling {
             temperature: 0.7,

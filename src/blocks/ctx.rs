@@ -224,6 +224,14 @@ pub mod host {
         Tensor::from_vec(flat, (rows.len(), width), ids.device())
     }
 
+    /// A mask's values flat, its row width, and each row's number of real entries.
+    pub fn row_lengths(mask: &Tensor) -> Result<(Vec<f64>, usize, Vec<f64>)> {
+        let cols = mask.dim(1)?.max(1);
+        let m = flat(mask)?;
+        let lengths = m.chunks(cols).map(|row| row.iter().sum()).collect();
+        Ok((m, cols, lengths))
+    }
+
     /// Indices of the sequences of each group, groups in order of first appearance.
     pub fn group_members(groups: &[i64]) -> Vec<Vec<usize>> {
         let mut order: Vec<i64> = Vec::new();

@@ -308,14 +308,8 @@ impl<'a> Compiled<'a> {
                     let t = batch.get(name).ok_or_else(|| {
                         internal(node.span, &format!("`{name}` was validated but is absent"))
                     })?;
-                    if options.grads && cs.types.get(&n).is_some_and(Ty::has_grad) {
-                        let var = Var::from_tensor(t).map_err(fail)?;
-                        let t = var.as_tensor().clone();
-                        vars.push((name.clone(), var));
-                        Value::Tensor(t)
-                    } else {
-                        Value::Tensor(t.clone())
-                    }
+                    let grad = options.grads && cs.types.get(&n).is_some_and(Ty::has_grad);
+                    Value::Tensor(input(t, name, grad, &mut vars).map_err(fail)?)
                 }
                 Op::Const(v) => Value::Tensor(
                     Tensor::new(*v, device).and_then(|t| t.to_dtype(self.dtype)).map_err(fail)?,
@@ -338,14 +332,8 @@ impl<'a> Compiled<'a> {
                         internal(node.span, &format!("`{name}` was validated but is absent"))
                     })?;
                     check_input_finite(node, name, t, mask_of(&n))?;
-                    if options.grads && cs.types.get(&n).is_some_and(Ty::has_grad) {
-                        let var = Var::from_tensor(t).map_err(fail)?;
-                        let t = var.as_tensor().clone();
-                        vars.push((name.clone(), var));
-                        Value::Tensor(t)
-                    } else {
-                        Value::Tensor(t.clone())
-                    }
+                    let grad = options.grads && cs.types.get(&n).is_some_and(Ty::has_grad);
+                    Value::Tensor(input(t, name, grad, &mut vars).map_err(fail)?)
                 }
                 Op::Signal { .. } | Op::Score(_) => {
                     return Err(internal(node.span, "a source without a batch name"));
@@ -521,6 +509,23 @@ fn non_finite(t: &Tensor) -> Option<&'static str> {
     } else {
         Some("values too large to sum")
     }
+}
+
+/// A batch tensor as the graph reads it: with `grad`, a variable whose gradient is returned as
+/// `grad.NAME`.
+fn input(
+    t: &Tensor,
+    name: &str,
+    grad: bool,
+    vars: &mut Vec<(String, Var)>,
+) -> candle_core::Result<Tensor> {
+    if !grad {
+        return Ok(t.clone());
+    }
+    let var = Var::from_tensor(t)?;
+    let out = var.as_tensor().clone();
+    vars.push((name.to_string(), var));
+    Ok(out)
 }
 
 /// A batch input must be finite on the tokens (or steps) it has; padding may hold anything,

@@ -373,8 +373,7 @@ impl Transformer {
     /// `temperature`. Computed as `logit[y] − logsumexp(logits)`, never materialising the
     /// log-softmax.
     pub fn token_logp(&self, hidden: &Tensor, layout: &Layout, temperature: f64) -> Result<Tensor> {
-        let logits = self.logits(&Self::text_states(hidden, layout)?)?;
-        let logits = if temperature != 1.0 { (logits / temperature)? } else { logits };
+        let logits = self.text_logits(hidden, layout, temperature)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let lse = logits
             .broadcast_sub(&max)?
@@ -386,6 +385,12 @@ impl Transformer {
         (picked - lse)?.squeeze(2)?.mul(&layout.text_mask)
     }
 
+    /// Logits `[B, T, V]` predicting each text token, divided by `temperature`.
+    fn text_logits(&self, hidden: &Tensor, layout: &Layout, temperature: f64) -> Result<Tensor> {
+        let logits = self.logits(&Self::text_states(hidden, layout)?)?;
+        if temperature != 1.0 { logits / temperature } else { Ok(logits) }
+    }
+
     /// Entropy `[B, T]` of the next-token distribution at each text token.
     pub fn token_entropy(
         &self,
@@ -393,8 +398,7 @@ impl Transformer {
         layout: &Layout,
         temperature: f64,
     ) -> Result<Tensor> {
-        let logits = self.logits(&Self::text_states(hidden, layout)?)?;
-        let logits = if temperature != 1.0 { (logits / temperature)? } else { logits };
+        let logits = self.text_logits(hidden, layout, temperature)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let ent = (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?;
         ent.mul(&layout.text_mask)
@@ -408,8 +412,7 @@ impl Transformer {
         layout: &Layout,
         temperature: f64,
     ) -> Result<Tensor> {
-        let logits = self.logits(&Self::text_states(hidden, layout)?)?;
-        let logits = if temperature != 1.0 { (logits / temperature)? } else { logits };
+        let logits = self.text_logits(hidden, layout, temperature)?;
         let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
         p.sqr()?.sum(D::Minus1)?.mul(&layout.text_mask)
     }

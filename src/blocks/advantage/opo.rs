@@ -24,9 +24,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let r = ctx.tensor(0)?;
     let rewards = host::vec(r)?;
     let mask = ctx.out_mask()?;
-    let cols = mask.dim(1)?.max(1);
-    let m = host::flat(mask)?;
-    let lengths: Vec<f64> = m.chunks(cols).map(|row| row.iter().sum()).collect();
+    let (m, cols, lengths) = host::row_lengths(mask)?;
     let mut baseline = vec![0.0; rewards.len()];
     for members in host::group_members(&ctx.group_ids()?) {
         let total: f64 = members.iter().map(|&i| lengths[i]).sum();

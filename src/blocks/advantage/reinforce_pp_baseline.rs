@@ -44,9 +44,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     }
     // Token weights: each sequence's value counts once per response token.
     let mask = ctx.out_mask()?;
-    let cols = mask.dim(1)?.max(1);
-    let m = host::flat(mask)?;
-    let lengths: Vec<f64> = m.chunks(cols).map(|row| row.iter().sum()).collect();
+    let (m, cols, lengths) = host::row_lengths(mask)?;
     let (mean, var, _) = host::mean_var(&centred, &lengths, ctx.choice("var")? == "unbiased");
     let scale = host::inverse_std(var, ctx.num("eps")?, false);
     let out: Vec<f64> =
