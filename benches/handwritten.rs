@@ -21,6 +21,14 @@ pub fn objective(recipe: &str, b: &Batch) -> Result<Tensor> {
         "remax" => remax(b),
         "dpo" => dpo(b),
         "rcfd" => rcfd(b),
+        "rm_max" => rm_max(b, 0.0),
+        "rm_max_kl" => rm_max(b, 0.05),
+        "rm_max_kl_strong" => rm_max(b, 0.2),
+        "ppo_reviews" => ppo_reviews(b),
+        "a2c_reviews" => a2c_reviews(b),
+        "ppo_critic" => ppo_critic(b),
+        "ppo_rm" => ppo_rm(b),
+        "rlmec_seq" => rlmec_seq(b),
         "vineppo" => vineppo(b),
         "rlmec" => rlmec(b),
         "sppo" => sppo(b),
@@ -265,6 +273,22 @@ fn rcfd(b: &Batch) -> Result<Tensor> {
     masked_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.3)?, m)
 }
 
+/// rcfd.rlx with the learned reward (minus β × each response's summed k1 KL) maximised.
+fn rm_max(b: &Batch, beta: f64) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let r = if beta == 0.0 {
+        g(b, "rm(response)").clone()
+    } else {
+        let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?.sum(1)?;
+        (g(b, "rm(response)") - (kl * beta)?)?
+    };
+    let n = r.dims1()? as f64;
+    let mean = r.mean_all()?.to_scalar::<f32>()? as f64;
+    let var = (&r - mean)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 / (n - 1.0);
+    let adv = ((&r - mean)? / (var + 1e-8).sqrt())?.unsqueeze(1)?.broadcast_mul(m)?;
+    masked_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.3)?, m)
+}
+
 fn vineppo(b: &Batch) -> Result<Tensor> {
     let m = g(b, "mask");
     let ids = g(b, "step_ids").to_vec2::<i64>()?;
@@ -292,6 +316,26 @@ fn vineppo(b: &Batch) -> Result<Tensor> {
     let kl = k3(g(b, "policy.logp"), g(b, "ref.logp"))?.clamp(0.0, 10.0)?.mul(m)?;
     let rows_with_tokens = m.sum(1)?.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?;
     pg + (kl.sum_all()?.div(&rows_with_tokens)? * 1e-4)?
+}
+
+/// vineppo.rlx with GAE (λ = γ = 1) on a learned critic in place of the Monte-Carlo values.
+fn ppo_critic(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let r = last_token(m, g(b, "arith.correct(response)"))?;
+    let adv = gae(&r, g(b, "old.values"), m, 1.0, 1.0)?;
+    let pg = masked_mean(
+        &ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &whiten_tokens(&adv, m)?, 0.2)?,
+        m,
+    )?;
+    let kl = k3(g(b, "policy.logp"), g(b, "ref.logp"))?.clamp(0.0, 10.0)?.mul(m)?;
+    let rows_with_tokens = m.sum(1)?.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?;
+    let vl = value_loss(
+        g(b, "policy.values"),
+        g(b, "old.values"),
+        &(&adv + g(b, "old.values"))?,
+        Some(0.2),
+    )?;
+    (pg + (kl.sum_all()?.div(&rows_with_tokens)? * 1e-4)?)? + (masked_mean(&vl, m)? * 0.5)?
 }
 
 fn rlmec(b: &Batch) -> Result<Tensor> {
@@ -323,9 +367,35 @@ fn rlmec(b: &Batch) -> Result<Tensor> {
         }
     }
     let w = tensor2(weights, fix_mask)?;
-    let imitation =
-        masked_mean(&w.mul(g(b, "policy.logp(grm.rewrite(response))"))?.neg()?, fix_mask)?;
+    // Only rewrites the verifier accepts, as a token mean over them.
+    let ok = g(b, "arith.correct(grm.rewrite(response))");
+    let nll = w.mul(g(b, "policy.logp(grm.rewrite(response))"))?.neg()?.mul(fix_mask)?.sum(1)?;
+    let tokens = fix_mask.sum(1)?.mul(ok)?.sum_all()?.clamp(1.0, 1e9)?;
+    let imitation = nll.mul(ok)?.sum_all()?.div(&tokens)?;
     pg + imitation
+}
+
+/// rlmec.rlx's policy gradient on a leave-one-out sequence advantage; no rewriter.
+fn rlmec_seq(b: &Batch) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let r = vec(g(b, "arith.correct(response)"))?;
+    let groups = g(b, "group").to_vec1::<i64>()?;
+    let adv: Vec<f32> = (0..r.len())
+        .map(|i| {
+            let others: Vec<f32> =
+                (0..r.len()).filter(|&j| j != i && groups[j] == groups[i]).map(|j| r[j]).collect();
+            if others.is_empty() {
+                0.0
+            } else {
+                r[i] - others.iter().sum::<f32>() / others.len() as f32
+            }
+        })
+        .collect();
+    let adv = Tensor::new(adv, m.device())?.unsqueeze(1)?.broadcast_mul(m)?;
+    let logp = g(b, "policy.logp");
+    let ratio = logp.sub(g(b, "ref.logp"))?.exp()?;
+    let w = ratio.mul(&adv)?.minimum(&ratio.clamp(0.7, 1.3)?.mul(&adv)?)?.detach();
+    masked_mean(&w.mul(logp)?.neg()?, m)
 }
 
 fn levenshtein_changed(xs: &[i64], ys: &[i64]) -> Vec<bool> {
@@ -391,6 +461,31 @@ fn symmetric(b: &Batch, reverse_ppo: bool) -> Result<Tensor> {
     masked_mean(&policy, m)? + (vl * 0.5)?
 }
 
+/// sppo.rlx and sa2c.rlx without the reverse-cross-entropy term.
+fn reviews_actor_critic(b: &Batch, ppo: bool) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?;
+    let r = (last_token(m, g(b, "rm(response)"))? - (kl * 0.001)?)?;
+    let adv = gae(&r, g(b, "old.values"), m, 0.99, 0.95)?;
+    let logp = g(b, "policy.logp");
+    let policy = if ppo {
+        ppo_clip(logp, g(b, "old.logp"), &whiten_tokens(&adv, m)?, 0.2)?
+    } else {
+        adv.mul(logp)?.neg()?
+    };
+    let target = (&adv + g(b, "old.values"))?;
+    let vl = value_loss(g(b, "policy.values"), g(b, "old.values"), &target, ppo.then_some(0.2))?;
+    masked_mean(&policy, m)? + (masked_mean(&vl, m)? * 0.5)?
+}
+
+fn ppo_reviews(b: &Batch) -> Result<Tensor> {
+    reviews_actor_critic(b, true)
+}
+
+fn a2c_reviews(b: &Batch) -> Result<Tensor> {
+    reviews_actor_critic(b, false)
+}
+
 fn sppo(b: &Batch) -> Result<Tensor> {
     symmetric(b, true)
 }
@@ -403,9 +498,23 @@ fn rto(b: &Batch) -> Result<Tensor> {
     let m = g(b, "mask");
     let dense =
         (g(b, "dpo_model.logp").sub(g(b, "ref.logp"))? * 0.05)?.clamp(-0.05, 0.05)?.mul(m)?;
+    rto_like(b, Some(dense))
+}
+
+/// rto.rlx without the DPO token reward.
+fn ppo_rm(b: &Batch) -> Result<Tensor> {
+    rto_like(b, None)
+}
+
+fn rto_like(b: &Batch, dense: Option<Tensor>) -> Result<Tensor> {
+    let m = g(b, "mask");
     let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?;
     let rm = g(b, "rm(response)").clamp(-10.0, 10.0)?;
-    let r = ((dense - (kl * 0.01)?)? + last_token(m, &rm)?)?;
+    let r = (last_token(m, &rm)? - (kl * 0.01)?)?;
+    let r = match dense {
+        Some(d) => (d + r)?,
+        None => r,
+    };
     let adv = gae(&r, g(b, "old.values"), m, 1.0, 0.95)?;
     let pg = seq_mean_token_mean(
         &ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &whiten_tokens(&adv, m)?, 0.2)?,

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod ir;
 pub mod model;
 pub mod render;
+pub mod report;
 pub mod rng;
 pub mod sample;
 pub mod source;

@@ -118,6 +118,9 @@ enum Command {
         /// Held-out prompts for the before/after task metric (default 128).
         #[arg(long)]
         eval_prompts: Option<usize>,
+        /// Samples per held-out prompt (default 4): metrics are means, `pass@k` uses them all.
+        #[arg(long)]
+        eval_samples: Option<usize>,
         /// No progress output.
         #[arg(long)]
         quiet: bool,
@@ -279,6 +282,48 @@ enum Command {
         #[arg(long, default_value = "f32", value_parser = ["f32", "f64"])]
         dtype: String,
     },
+    /// Run recipes over several seeds and report them side by side: held-out metrics before →
+    /// after (mean ± standard error), training metrics, wall time, the recipes' diff and curves.
+    Compare {
+        /// Recipes (the first is the one the others are diffed against).
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        /// Seeds 0..N for every recipe.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Directory for the runs and the report; finished runs in it are reused, stopped ones
+        /// resumed.
+        #[arg(long)]
+        out: PathBuf,
+        /// Cap every stage at this many steps (every recipe alike).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Override a value in every recipe, e.g. `arith.problems=200` (repeatable).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        /// Held-out prompts (default 128).
+        #[arg(long)]
+        eval_prompts: Option<usize>,
+        /// Samples per held-out prompt (default 4).
+        #[arg(long)]
+        eval_samples: Option<usize>,
+    },
+    /// Plot metrics.jsonl fields of runs against steps as an SVG: seeds of one recipe
+    /// (`NAME-sN` directories) as a mean with a ±1 standard-error band, evaluations as points.
+    Plot {
+        /// Run directories, or directories holding them (a compare's `runs/`).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Fields to plot, one panel each (default: reward).
+        #[arg(long = "metric", value_name = "FIELD")]
+        metrics: Vec<String>,
+        /// Trailing moving average over this many steps.
+        #[arg(long, default_value_t = 1)]
+        smooth: usize,
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Runtime settings measured to matter on CPU: candle asks for the thread count on every matmul,
@@ -341,9 +386,22 @@ fn main() -> ExitCode {
             force,
             device,
             eval_prompts,
+            eval_samples,
             quiet,
         } => run(
-            RunArgs { recipe, out, steps, seed, set, resume, force, device, eval_prompts, quiet },
+            RunArgs {
+                recipe,
+                out,
+                steps,
+                seed,
+                set,
+                resume,
+                force,
+                device,
+                eval_prompts,
+                eval_samples,
+                quiet,
+            },
             style,
         ),
         Command::Bench {
@@ -489,6 +547,10 @@ fn main() -> ExitCode {
             EvalArgs { stage, batch, synthetic, seed, out, inputs, device, profile, dtype },
             style,
         ),
+        Command::Compare { recipes, seeds, out, steps, set, eval_prompts, eval_samples } => {
+            compare(recipes, seeds, out, steps, set, eval_prompts, eval_samples, style)
+        }
+        Command::Plot { runs, metrics, smooth, out } => plot(&runs, metrics, smooth, &out),
     };
     match result {
         Ok(code) => code,
@@ -892,6 +954,7 @@ struct RunArgs {
     force: bool,
     device: String,
     eval_prompts: Option<usize>,
+    eval_samples: Option<usize>,
     quiet: bool,
 }
 
@@ -924,6 +987,9 @@ fn check_resume_args(
     }
     if let Some(n) = args.eval_prompts.filter(|n| *n != config.eval_prompts) {
         differ.push(format!("--eval-prompts {n} vs {}", config.eval_prompts));
+    }
+    if let Some(n) = args.eval_samples.filter(|n| *n != config.eval_samples) {
+        differ.push(format!("--eval-samples {n} vs {}", config.eval_samples));
     }
     if differ.is_empty() {
         return Ok(());
@@ -971,6 +1037,12 @@ struct RunConfig {
     seed: u64,
     #[serde(default = "default_eval_prompts")]
     eval_prompts: usize,
+    #[serde(default = "default_eval_samples")]
+    eval_samples: usize,
+}
+
+fn default_eval_samples() -> usize {
+    4
 }
 
 fn default_eval_prompts() -> usize {
@@ -981,8 +1053,8 @@ fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
     if args.steps == Some(0) {
         return Err("`--steps 0`: a stage needs at least one step".into());
     }
-    if args.eval_prompts == Some(0) {
-        return Err("`--eval-prompts 0`: evaluate on at least one prompt".into());
+    if args.eval_prompts == Some(0) || args.eval_samples == Some(0) {
+        return Err("`--eval-prompts` and `--eval-samples` must be at least 1".into());
     }
     let (src, config) = match (&args.resume, &args.recipe) {
         (Some(dir), recipe) => {
@@ -1004,6 +1076,7 @@ fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
                 steps: args.steps,
                 seed: args.seed.unwrap_or(0),
                 eval_prompts: args.eval_prompts.unwrap_or_else(default_eval_prompts),
+                eval_samples: args.eval_samples.unwrap_or_else(default_eval_samples),
             };
             (src, config)
         }
@@ -1041,14 +1114,31 @@ fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
         device: rlx::exec::device::device(&args.device)?,
         quiet: args.quiet,
         eval_prompts: config.eval_prompts,
+        eval_samples: config.eval_samples,
     };
     match rlx::train::run::run(checked, &resolved, &options) {
         Ok(summary) => {
             for (stage, before, after) in &summary.evals {
-                println!("stage `{stage}` on held-out prompts (before → after):");
-                for ((k, b), (_, a)) in before.iter().zip(after) {
-                    println!("  {k:<12} {b:>8.3} → {a:>8.3}");
+                println!("stage `{stage}` on held-out prompts (before → after, ± standard error):");
+                let se = |m: &[(String, f64)], k: &str| {
+                    m.iter().find(|(n, _)| *n == format!("{k}_se")).map_or(0.0, |(_, v)| *v)
+                };
+                for ((k, b), (_, a)) in
+                    before.iter().zip(after).filter(|((k, _), _)| !k.ends_with("_se"))
+                {
+                    println!(
+                        "  {k:<12} {b:>8.3} ± {:<6.3} → {a:>8.3} ± {:.3}",
+                        se(before, k),
+                        se(after, k)
+                    );
                 }
+            }
+            if let Some(line) = rlx::report::curves::read_run(&out)
+                .ok()
+                .as_ref()
+                .and_then(rlx::report::verdict::line)
+            {
+                println!("{line}");
             }
             println!("run finished in {:.1}s: {}", summary.seconds, out.display());
             Ok(ExitCode::SUCCESS)
@@ -1066,4 +1156,117 @@ fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    recipes: Vec<PathBuf>,
+    seeds: u64,
+    out: PathBuf,
+    steps: Option<usize>,
+    set: Vec<String>,
+    eval_prompts: Option<usize>,
+    eval_samples: Option<usize>,
+    style: Style,
+) -> Result<ExitCode, String> {
+    use rlx::report::compare;
+    if seeds == 0 {
+        return Err("`--seeds 0`: compare at least one seed".into());
+    }
+    // Every recipe is checked before any GPU-hour (or CPU-hour) is spent.
+    let mut checked = Vec::new();
+    for path in &recipes {
+        let Some((_, analysis)) = analyze_clean(path, style)? else { return Ok(ExitCode::from(1)) };
+        checked.push(analysis.checked.ok_or("internal: no checked graph")?);
+    }
+    let mut run_args = Vec::new();
+    if let Some(n) = steps {
+        run_args.extend(["--steps".to_string(), n.to_string()]);
+    }
+    for s in &set {
+        run_args.extend(["--set".to_string(), s.clone()]);
+    }
+    if let Some(n) = eval_prompts {
+        run_args.extend(["--eval-prompts".to_string(), n.to_string()]);
+    }
+    if let Some(n) = eval_samples {
+        run_args.extend(["--eval-samples".to_string(), n.to_string()]);
+    }
+    let plan = compare::Plan::new(recipes.clone(), seeds, run_args.clone(), out.clone());
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("finding the rlx executable: {e}"))?;
+    let outcomes = compare::execute(&exe, &plan, &mut |line| eprintln!("{line}"));
+    let collected = compare::collect(&plan, &outcomes);
+    let diffs: Vec<(String, String)> = (1..recipes.len())
+        .map(|i| {
+            let d = rlx::diff::diff(&checked[0], &checked[i]);
+            let text = if d.is_empty() {
+                "(equivalent)".to_string()
+            } else {
+                rlx::diff::render(
+                    &d,
+                    &recipes[0].display().to_string(),
+                    &recipes[i].display().to_string(),
+                )
+            };
+            (plan.labels[i].clone(), text)
+        })
+        .collect();
+    let metrics = compare::default_plot_metrics(&collected);
+    let runs: Vec<_> = collected.iter().flat_map(|r| r.runs.iter().cloned()).collect();
+    let plot = if runs.is_empty() || metrics.is_empty() {
+        None
+    } else {
+        let spec =
+            rlx::report::plot::PlotSpec { metrics: &metrics, smooth: 10, title: "rlx compare" };
+        rlx::report::plot::write(runs, &spec, &out.join("plot.svg"))?;
+        Some("plot.svg")
+    };
+    let mut command = format!(
+        "rlx compare {}",
+        recipes.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
+    );
+    command.push_str(&format!(" --seeds {seeds}"));
+    for a in &run_args {
+        command.push(' ');
+        command.push_str(a);
+    }
+    command.push_str(&format!(" --out {}", out.display()));
+    compare::write_report(&plan, &collected, &diffs, &command, plot)?;
+    for (label, m) in compare::headline(&collected) {
+        let parts: Vec<String> = m
+            .iter()
+            .filter(|(k, _)| !k.ends_with("_se"))
+            .map(|(k, (b, a))| format!("{k} {b:.3} → {a:.3}"))
+            .collect();
+        println!("{label:<16} {}", parts.join(", "));
+    }
+    println!("report: {}", out.join("report.md").display());
+    let failed = outcomes.iter().any(|(_, _, o)| matches!(o, compare::Outcome::Failed(_)));
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn plot(
+    runs: &[PathBuf],
+    metrics: Vec<String>,
+    smooth: usize,
+    out: &Path,
+) -> Result<ExitCode, String> {
+    if out.extension().and_then(|e| e.to_str()) != Some("svg") {
+        return Err(format!(
+            "`{}`: plots are written as SVG; name the file `.svg` (convert with e.g. `rsvg-convert -o plot.png plot.svg`)",
+            out.display()
+        ));
+    }
+    let dirs = rlx::report::curves::expand(runs);
+    if dirs.is_empty() {
+        return Err("no run directory (one holding metrics.jsonl) among the paths given".into());
+    }
+    let runs =
+        dirs.iter().map(|d| rlx::report::curves::read_run(d)).collect::<Result<Vec<_>, _>>()?;
+    let metrics = if metrics.is_empty() { vec!["reward".to_string()] } else { metrics };
+    let spec = rlx::report::plot::PlotSpec { metrics: &metrics, smooth: smooth.max(1), title: "" };
+    rlx::report::plot::write(runs, &spec, out)?;
+    println!("wrote {} ({} runs)", out.display(), dirs.len());
+    Ok(ExitCode::SUCCESS)
 }

@@ -441,3 +441,84 @@ fn a_diverging_update_never_reaches_a_checkpoint() {
     assert!(err.contains("finite number") && err.contains("--set dpo.optim.lr=inf"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn compare_runs_seeds_reuses_finished_runs_and_writes_a_report_and_a_plot() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    let (grpo, rloo) = (root.join("grpo.rlx"), root.join("rloo.rlx"));
+    let out = scratch("compare");
+    let compare = || {
+        let mut c = rlx();
+        c.arg("compare").arg(&grpo).arg(&rloo).arg("--out").arg(&out);
+        c.args(["--seeds", "2", "--steps", "3", "--eval-prompts", "4", "--eval-samples", "2"]);
+        // Both recipes have `policy` and stage `rl`: one set of overrides shrinks both alike.
+        for s in tiny(&grpo) {
+            c.args(["--set", &s]);
+        }
+        c.output().unwrap()
+    };
+    let o = compare();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("[4/4] rloo seed 1"), "{err}");
+    for run in ["grpo-s0", "grpo-s1", "rloo-s0", "rloo-s1"] {
+        assert!(out.join("runs").join(run).join("metrics.jsonl").exists(), "{run}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Stage `rl`") && md.contains("| grpo |") && md.contains("| rloo |"),
+        "{md}"
+    );
+    assert!(md.contains("accuracy") && md.contains("pass@2") && md.contains(" → **"), "{md}");
+    assert!(md.contains("over seeds") && md.contains("### grpo → rloo"), "{md}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let after = &report["stages"][0]["rows"][1]["metrics"]["accuracy"]["after"];
+    assert!(after["mean"].as_f64().is_some_and(|m| (0.0..=1.0).contains(&m)), "{report:#}");
+    assert_eq!(report["training"][0]["runs"], 2);
+    let svg = std::fs::read_to_string(out.join("plot.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("reward") && svg.contains("grpo"),
+        "{svg:.300}"
+    );
+    // A mean line per recipe and panel, each with many points.
+    let long_paths = svg.matches("<polyline").filter(|_| true).count();
+    assert!(long_paths >= 2, "{long_paths} lines in\n{svg:.2000}");
+
+    // A second compare reuses every finished run and rewrites the same report.
+    let o = compare();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.matches("reused").count() == 4, "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), md);
+
+    // `rlx plot` overlays the runs from the compare's `runs/` directory.
+    let svg_path = out.join("curves.svg");
+    let o = rlx()
+        .arg("plot")
+        .arg(out.join("runs"))
+        .args(["--metric", "reward", "--metric", "accuracy", "--out"])
+        .arg(&svg_path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.contains("accuracy") && svg.contains("rloo"), "{svg:.300}");
+    let o = rlx()
+        .arg("plot")
+        .arg(out.join("runs"))
+        .arg("--out")
+        .arg(out.join("x.png"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("SVG"));
+    let o = rlx()
+        .arg("plot")
+        .arg(out.join("runs"))
+        .args(["--metric", "nope", "--out"])
+        .arg(&svg_path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no run has values of `nope`"));
+    let _ = std::fs::remove_dir_all(&out);
+}

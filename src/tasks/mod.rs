@@ -149,6 +149,50 @@ impl Task {
         }
     }
 
+    /// Metrics of `k` responses per prompt (each prompt's next to each other): every metric's
+    /// mean over prompts of its per-prompt value, with its standard error across prompts as
+    /// `NAME_se`; for tasks with a verifier, `pass@k` — the share of prompts with at least one
+    /// correct response among their k — and its standard error.
+    pub fn held_out_metrics(
+        &self,
+        prompts: &[&str],
+        responses: &[String],
+        k: usize,
+    ) -> Vec<(String, f64)> {
+        let per_prompt: Vec<Vec<(String, f64)>> = prompts
+            .iter()
+            .zip(responses.chunks(k.max(1)))
+            .map(|(p, rs)| {
+                let mut m = self.metrics(&vec![*p; rs.len()], rs);
+                if self.has_verifier() {
+                    let solved = rs.iter().any(|r| self.verify("correct", p, r) == 1.0);
+                    m.push((format!("pass@{k}"), f64::from(u8::from(solved))));
+                }
+                m
+            })
+            .collect();
+        let Some(first) = per_prompt.first() else { return Vec::new() };
+        let n = per_prompt.len() as f64;
+        let mut out = Vec::new();
+        for (i, (name, _)) in first.iter().enumerate() {
+            let xs: Vec<f64> = per_prompt.iter().map(|m| m[i].1).collect();
+            let mean = xs.iter().sum::<f64>() / n;
+            let var = if n > 1.0 {
+                xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+            } else {
+                0.0
+            };
+            out.push((name.clone(), mean));
+            out.push((format!("{name}_se"), (var / n).sqrt()));
+        }
+        out
+    }
+
+    /// Whether responses can be checked (`DATA.correct`).
+    pub fn has_verifier(&self) -> bool {
+        matches!(self.kind, Kind::Arith) || !self.answers.is_empty()
+    }
+
     /// The metric that says whether the task is being solved.
     pub fn headline(&self) -> &'static str {
         match self.kind {

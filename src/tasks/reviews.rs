@@ -104,6 +104,11 @@ fn sentiment_of(adj: &str) -> f64 {
 /// A review by a reviewer of random mood, opening with `the ASPECT was`.
 fn review(rng: &mut Rng, aspect: &str) -> String {
     let mood = mood(rng);
+    review_in(rng, aspect, mood)
+}
+
+/// A review in a given mood (−1 to 1).
+fn review_in(rng: &mut Rng, aspect: &str, mood: f64) -> String {
     let n = 2 + rng.below(2);
     let mut s = sentence(rng, mood, Some(aspect));
     for _ in 1..n {
@@ -124,10 +129,14 @@ pub fn build(rng: &mut Rng, prompts: usize, eval: usize, noise: f64) -> Task {
     for i in 0..prompts + eval {
         let aspect = ASPECTS[rng.below(ASPECTS.len())];
         let opening = format!("the {aspect} was");
-        let full = review(rng, aspect);
-        let rest = full[opening.len()..].to_string();
+        // The warm start imitates reviewers of every mood; the demonstrations are written by
+        // happy reviewers, so they score better than the initial policy, as the human
+        // demonstrations of the RCfD paper do.
+        let happy = [0.5, 1.0][rng.below(2)];
+        let demonstration = review_in(rng, aspect, happy);
+        let rest = demonstration[opening.len()..].to_string();
         if i < prompts {
-            texts.push(full.clone());
+            texts.push(review(rng, aspect));
             // A preference pair: two continuations of the same opening, ranked by gold, with noise.
             let (mut a, mut b);
             loop {

@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Held-out prompts for the before/after task metric.
     pub eval_prompts: usize,
+    /// Samples per held-out prompt: metrics are means over them, `pass@k` uses them all.
+    pub eval_samples: usize,
 }
 
 /// Task metrics by name.
@@ -690,8 +692,12 @@ impl Run<'_> {
         model: &Transformer,
     ) -> Result<Vec<(String, f64)>, String> {
         let n = self.opts.eval_prompts.min(task.eval.len());
-        let prompts: Vec<Vec<u32>> =
-            task.eval[..n].iter().map(|p| self.tok.prompt(&p.text)).collect();
+        let k = self.opts.eval_samples.max(1);
+        // Each prompt k times, its samples next to each other.
+        let prompts: Vec<Vec<u32>> = task.eval[..n]
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(self.tok.prompt(&p.text), k))
+            .collect();
         let mut rng = Rng::new(0xE7A1);
         let mut responses = Vec::new();
         for chunk in prompts.chunks(64) {
@@ -707,7 +713,7 @@ impl Run<'_> {
             responses.extend(g.tokens.iter().map(|t| self.tok.decode(t)));
         }
         let texts: Vec<&str> = task.eval[..n].iter().map(|p| p.text.as_str()).collect();
-        Ok(task.metrics(&texts, &responses))
+        Ok(task.held_out_metrics(&texts, &responses, k))
     }
 
     fn frozen_views(
@@ -1094,14 +1100,29 @@ impl Run<'_> {
         if rollouts > 0 {
             record.insert("vine_rollouts".into(), json!(rollouts));
         }
-        // Samples: a few per step.
+        // Samples: a few per step, with every text generated from them (a rewriter's rewrite,
+        // the greedy response), so what a method trains on can be read.
         if step.is_multiple_of(10) {
+            let generated: Vec<(&String, &TextRows)> = rows
+                .texts
+                .iter()
+                .filter(|(name, _)| *name == "greedy" || name.contains(".rewrite("))
+                .collect();
             let lines: Vec<Json> = rows
                 .prompts
                 .iter()
                 .zip(&responses)
+                .enumerate()
                 .take(4)
-                .map(|(p, r)| json!({"step": step + 1, "prompt": p, "response": r}))
+                .map(|(i, (p, r))| {
+                    let mut line = json!({"step": step + 1, "prompt": p, "response": r});
+                    for (name, text) in &generated {
+                        if let Some(t) = text.toks.get(i) {
+                            line[name.as_str()] = json!(self.tok.decode(t));
+                        }
+                    }
+                    line
+                })
                 .collect();
             let path = self.opts.out.join("samples.jsonl");
             let text: String = lines.iter().map(|l| format!("{l}\n")).collect();

@@ -1,0 +1,7 @@
+//! Reading finished runs back: metric curves (`curves`), plots of them (`plot`), and
+//! `rlx compare`, which runs recipes over seeds and reports them side by side (`compare`).
+
+pub mod compare;
+pub mod curves;
+pub mod plot;
+pub mod verdict;
