@@ -1123,8 +1123,10 @@ fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
                 let se = |m: &[(String, f64)], k: &str| {
                     m.iter().find(|(n, _)| *n == format!("{k}_se")).map_or(0.0, |(_, v)| *v)
                 };
-                for ((k, b), (_, a)) in
-                    before.iter().zip(after).filter(|((k, _), _)| !k.ends_with("_se"))
+                for ((k, b), (_, a)) in before
+                    .iter()
+                    .zip(after)
+                    .filter(|((k, _), _)| !k.ends_with("_se") && !k.starts_with("demo_"))
                 {
                     println!(
                         "  {k:<12} {b:>8.3} ± {:<6.3} → {a:>8.3} ± {:.3}",

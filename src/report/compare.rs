@@ -297,8 +297,14 @@ pub fn default_plot_metrics(recipes: &[RecipeRuns]) -> Vec<String> {
     let runs: Vec<&RunMetrics> = recipes.iter().flat_map(|r| &r.runs).collect();
     let logged = |k: &str| runs.iter().any(|m| m.steps.contains_key(k));
     let mut out: Vec<String> = Vec::new();
+    let first: Vec<String> = ["reward"]
+        .iter()
+        .chain(&super::verdict::HEADLINES)
+        .chain(&super::verdict::GUARDS)
+        .map(|s| s.to_string())
+        .collect();
     let task_metrics = runs.iter().flat_map(|m| m.stage_evals.iter().flat_map(|e| e.after.keys()));
-    for k in ["reward".to_string()].iter().chain(task_metrics).chain(&["kl".to_string()]) {
+    for k in first.iter().chain(task_metrics).chain(&["kl".to_string()]) {
         if !k.ends_with("_se") && logged(k) && !out.contains(k) && out.len() < 4 {
             out.push(k.clone());
         }

@@ -79,10 +79,10 @@ pub fn write(runs: Vec<RunMetrics>, spec: &PlotSpec, out: &Path) -> Result<(), S
         let span = (y1 - y0).abs().max(f64::MIN_POSITIVE);
         chart
             .configure_mesh()
-            .x_desc("step")
+            .x_desc("step (counted across stages)")
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| tick(*y, span))
-            .light_line_style(RGBColor(235, 235, 235))
+            .max_light_lines(0)
             .draw()
             .map_err(|e| err(&e))?;
         for (i, (label, curve)) in curves.iter().enumerate() {
@@ -144,7 +144,8 @@ fn eval_points(runs: &[RunMetrics], metric: &str) -> Vec<(f64, f64)> {
 
 /// A tick label with as many digits as the axis span needs: `0.25`, `1200`, `3.1e-5`.
 fn tick(y: f64, span: f64) -> String {
-    if y == 0.0 {
+    // A tick at zero may come out as −1e-17.
+    if y.abs() < span * 1e-9 {
         return "0".into();
     }
     let magnitude = span.log10().floor();
@@ -164,5 +165,6 @@ mod tests {
         assert_eq!(super::tick(1200.0, 3000.0), "1200");
         assert_eq!(super::tick(3.1e-5, 6e-5), "3.1e-5");
         assert_eq!(super::tick(0.0, 6e-5), "0");
+        assert_eq!(super::tick(-1e-17, 2.0), "0");
     }
 }

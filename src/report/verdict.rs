@@ -7,8 +7,8 @@ use super::curves::{RunMetrics, StageEval};
 
 /// Held-out metrics worth a verdict, most important first: what the task is solved by, then
 /// what over-optimisation destroys.
-const HEADLINES: [&str; 2] = ["accuracy", "gold"];
-const GUARDS: [&str; 1] = ["naturalness"];
+pub const HEADLINES: [&str; 2] = ["accuracy", "gold"];
+pub const GUARDS: [&str; 1] = ["naturalness"];
 
 /// `rose`, `fell` or `no clear change`: whether `after - before` exceeds two standard errors of
 /// the difference (the two evaluations' errors, taken as independent).
@@ -47,7 +47,7 @@ pub fn line(run: &RunMetrics) -> Option<String> {
         }
     }
     if parts.is_empty() {
-        let m = e.after.keys().find(|k| !k.ends_with("_se"))?;
+        let m = e.after.keys().find(|k| !k.ends_with("_se") && !k.starts_with("demo_"))?;
         let (b, a, word) = judge(e, m)?;
         parts.push(format!("{m} {b:.3} → {a:.3} ({word})"));
     }
@@ -56,6 +56,9 @@ pub fn line(run: &RunMetrics) -> Option<String> {
     }
     if let Some((_, last)) = run.steps.get("demo.mean").and_then(|s| tenth_means(s)) {
         parts.push(format!("demonstrations' reward {last:.3}"));
+    }
+    if let Some(g) = e.after.get("demo_gold") {
+        parts.push(format!("demonstrations' gold {g:.3}"));
     }
     Some(format!("stage `{}`: {}", e.stage, parts.join("; ")))
 }

@@ -188,6 +188,18 @@ impl Task {
         out
     }
 
+    /// The held-out demonstrations' own headline score, as `demo_NAME`: the level a method that
+    /// learns from them (RCfD) is measured against. Only `reviews`, whose demonstrations are
+    /// written to score better than the warm start.
+    pub fn demonstration_metrics(&self, n: usize) -> Vec<(String, f64)> {
+        if !matches!(self.kind, Kind::Reviews) || n == 0 {
+            return Vec::new();
+        }
+        let eval = &self.eval[..n.min(self.eval.len())];
+        let gold: f64 = eval.iter().map(|p| reviews::gold(&p.text, &p.demonstration)).sum();
+        vec![("demo_gold".into(), gold / eval.len().max(1) as f64)]
+    }
+
     /// Whether responses can be checked (`DATA.correct`).
     pub fn has_verifier(&self) -> bool {
         matches!(self.kind, Kind::Arith) || !self.answers.is_empty()

@@ -713,7 +713,9 @@ impl Run<'_> {
             responses.extend(g.tokens.iter().map(|t| self.tok.decode(t)));
         }
         let texts: Vec<&str> = task.eval[..n].iter().map(|p| p.text.as_str()).collect();
-        Ok(task.held_out_metrics(&texts, &responses, k))
+        let mut metrics = task.held_out_metrics(&texts, &responses, k);
+        metrics.extend(task.demonstration_metrics(n));
+        Ok(metrics)
     }
 
     fn frozen_views(
