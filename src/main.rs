@@ -89,42 +89,7 @@ enum Command {
     /// The block reference: every block, or one in full.
     Blocks { name: Option<String> },
     /// Train: run every stage of a recipe on the built-in model and tasks, writing a run directory.
-    Run {
-        /// The recipe (optional with --resume: the run directory has a copy).
-        recipe: Option<PathBuf>,
-        /// Run directory (default: runs/NAME).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Cap every stage at this many steps.
-        #[arg(long)]
-        steps: Option<usize>,
-        /// The run's seed (default 0).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Override a recipe value, e.g. `rl.optim.lr=1e-5`, `policy.layers=1`, `arith.problems=200`.
-        #[arg(long = "set", value_name = "PATH=VALUE")]
-        set: Vec<String>,
-        /// Continue the run in this directory from its last checkpoint, with the recipe,
-        /// overrides, steps and seed it was started with.
-        #[arg(long, value_name = "DIR", conflicts_with = "out")]
-        resume: Option<PathBuf>,
-        /// Clear the run directory first if it holds an earlier run (without it, a non-empty
-        /// directory is refused).
-        #[arg(long, conflicts_with = "resume")]
-        force: bool,
-        /// cpu, cuda, cuda:N or auto.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Held-out prompts for the before/after task metric (default 128).
-        #[arg(long)]
-        eval_prompts: Option<usize>,
-        /// Samples per held-out prompt (default 4): metrics are means, `pass@k` uses them all.
-        #[arg(long)]
-        eval_samples: Option<usize>,
-        /// No progress output.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Run(RunArgs),
     /// Throughput of the built-in transformer: sampling (new tokens/s) and training (tokens/s of
     /// forward + backward + AdamW), on random weights of the given shape.
     Bench {
@@ -376,34 +341,7 @@ fn main() -> ExitCode {
         Command::Diff { old, new } => diff(&old, &new, style),
         Command::Fmt { files, check } => fmt(&files, check, style),
         Command::Blocks { name } => blocks(name.as_deref()),
-        Command::Run {
-            recipe,
-            out,
-            steps,
-            seed,
-            set,
-            resume,
-            force,
-            device,
-            eval_prompts,
-            eval_samples,
-            quiet,
-        } => run(
-            RunArgs {
-                recipe,
-                out,
-                steps,
-                seed,
-                set,
-                resume,
-                force,
-                device,
-                eval_prompts,
-                eval_samples,
-                quiet,
-            },
-            style,
-        ),
+        Command::Run(args) => run(args, style),
         Command::Bench {
             preset,
             layers,
@@ -944,17 +882,41 @@ fn score(
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(clap::Args)]
 struct RunArgs {
+    /// The recipe (optional with --resume: the run directory has a copy).
     recipe: Option<PathBuf>,
+    /// Run directory (default: runs/NAME).
+    #[arg(long)]
     out: Option<PathBuf>,
+    /// Cap every stage at this many steps.
+    #[arg(long)]
     steps: Option<usize>,
+    /// The run's seed (default 0).
+    #[arg(long)]
     seed: Option<u64>,
+    /// Override a recipe value, e.g. `rl.optim.lr=1e-5`, `policy.layers=1`, `arith.problems=200`.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
     set: Vec<String>,
+    /// Continue the run in this directory from its last checkpoint, with the recipe,
+    /// overrides, steps and seed it was started with.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
     resume: Option<PathBuf>,
+    /// Clear the run directory first if it holds an earlier run (without it, a non-empty
+    /// directory is refused).
+    #[arg(long, conflicts_with = "resume")]
     force: bool,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
     device: String,
+    /// Held-out prompts for the before/after task metric (default 128).
+    #[arg(long)]
     eval_prompts: Option<usize>,
+    /// Samples per held-out prompt (default 4): metrics are means, `pass@k` uses them all.
+    #[arg(long)]
     eval_samples: Option<usize>,
+    /// No progress output.
+    #[arg(long)]
     quiet: bool,
 }
 
