@@ -285,6 +285,9 @@ enum Command {
         /// Trailing moving average over this many steps.
         #[arg(long, default_value_t = 1)]
         smooth: usize,
+        /// Wall-clock seconds on the x axis instead of steps (compare methods at equal time).
+        #[arg(long)]
+        wall: bool,
         /// The SVG file to write.
         #[arg(long)]
         out: PathBuf,
@@ -488,7 +491,9 @@ fn main() -> ExitCode {
         Command::Compare { recipes, seeds, out, steps, set, eval_prompts, eval_samples } => {
             compare(recipes, seeds, out, steps, set, eval_prompts, eval_samples, style)
         }
-        Command::Plot { runs, metrics, smooth, out } => plot(&runs, metrics, smooth, &out),
+        Command::Plot { runs, metrics, smooth, wall, out } => {
+            plot(&runs, metrics, smooth, wall, &out)
+        }
     };
     match result {
         Ok(code) => code,
@@ -1181,8 +1186,12 @@ fn compare(
     let plot = if runs.is_empty() || metrics.is_empty() {
         None
     } else {
-        let spec =
-            rlx::report::plot::PlotSpec { metrics: &metrics, smooth: 10, title: "rlx compare" };
+        let spec = rlx::report::plot::PlotSpec {
+            metrics: &metrics,
+            smooth: 10,
+            title: "rlx compare",
+            wall: false,
+        };
         rlx::report::plot::write(runs, &spec, &out.join("plot.svg"))?;
         Some("plot.svg")
     };
@@ -1214,6 +1223,7 @@ fn plot(
     runs: &[PathBuf],
     metrics: Vec<String>,
     smooth: usize,
+    wall: bool,
     out: &Path,
 ) -> Result<ExitCode, String> {
     if out.extension().and_then(|e| e.to_str()) != Some("svg") {
@@ -1229,7 +1239,8 @@ fn plot(
     let runs =
         dirs.iter().map(|d| rlx::report::curves::read_run(d)).collect::<Result<Vec<_>, _>>()?;
     let metrics = if metrics.is_empty() { vec!["reward".to_string()] } else { metrics };
-    let spec = rlx::report::plot::PlotSpec { metrics: &metrics, smooth: smooth.max(1), title: "" };
+    let spec =
+        rlx::report::plot::PlotSpec { metrics: &metrics, smooth: smooth.max(1), title: "", wall };
     rlx::report::plot::write(runs, &spec, out)?;
     println!("wrote {} ({} runs)", out.display(), dirs.len());
     Ok(ExitCode::SUCCESS)

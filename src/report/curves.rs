@@ -17,6 +17,28 @@ pub struct RunMetrics {
     pub wall: f64,
     /// Each stage's held-out evaluations, in stage order.
     pub stage_evals: Vec<StageEval>,
+    /// `(step, wall)`: seconds since the run began at each step.
+    pub walls: Vec<(f64, f64)>,
+}
+
+impl RunMetrics {
+    /// The same run against seconds instead of steps (an evaluation at the wall time of the
+    /// step before it; 0 before any step).
+    pub fn against_wall(&self) -> RunMetrics {
+        let wall_at = |x: f64| {
+            let i = self.walls.partition_point(|(s, _)| *s <= x);
+            if i == 0 { 0.0 } else { self.walls[i - 1].1 }
+        };
+        RunMetrics {
+            steps: self
+                .steps
+                .iter()
+                .map(|(k, s)| (k.clone(), s.iter().map(|(x, y)| (wall_at(*x), *y)).collect()))
+                .collect(),
+            evals: self.evals.iter().map(|(x, n, y)| (wall_at(*x), n.clone(), *y)).collect(),
+            ..self.clone()
+        }
+    }
 }
 
 /// A stage's held-out evaluation before and after its training, by metric name (`NAME_se`
@@ -62,6 +84,7 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics, String> {
         }
         if let Some(w) = obj.get("wall").and_then(Value::as_f64) {
             out.wall = w;
+            out.walls.push((x, w));
         }
     }
     Ok(out)
@@ -108,7 +131,9 @@ pub fn mean_curve(runs: &[RunMetrics], metric: &str, smooth: usize) -> Curve {
         .map(|i| {
             let ys: Vec<f64> = series.iter().map(|s| s[i].1).collect();
             let (mean, se) = mean_se(&ys);
-            (series[0][i].0, mean, se)
+            // Seeds share steps; on a wall-time axis their x differ, so take the mean.
+            let x = series.iter().map(|s| s[i].0).sum::<f64>() / series.len() as f64;
+            (x, mean, se)
         })
         .collect()
 }

@@ -13,6 +13,8 @@ pub struct PlotSpec<'a> {
     /// Trailing moving average over this many steps (1: raw).
     pub smooth: usize,
     pub title: &'a str,
+    /// Seconds since the run began on the x axis, instead of steps.
+    pub wall: bool,
 }
 
 const COLORS: [RGBColor; 8] = [
@@ -28,6 +30,7 @@ const COLORS: [RGBColor; 8] = [
 
 /// Writes the plot to `out` (SVG).
 pub fn write(runs: Vec<RunMetrics>, spec: &PlotSpec, out: &Path) -> Result<(), String> {
+    let runs = if spec.wall { runs.iter().map(RunMetrics::against_wall).collect() } else { runs };
     let groups = group(runs);
     if groups.is_empty() {
         return Err("no runs to plot".into());
@@ -79,7 +82,7 @@ pub fn write(runs: Vec<RunMetrics>, spec: &PlotSpec, out: &Path) -> Result<(), S
         let span = (y1 - y0).abs().max(f64::MIN_POSITIVE);
         chart
             .configure_mesh()
-            .x_desc("step (counted across stages)")
+            .x_desc(if spec.wall { "seconds" } else { "step (counted across stages)" })
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| tick(*y, span))
             .max_light_lines(0)
@@ -125,21 +128,20 @@ pub fn write(runs: Vec<RunMetrics>, spec: &PlotSpec, out: &Path) -> Result<(), S
     root.present().map_err(|e| err(&e))
 }
 
-/// The held-out evaluations of `metric`: at each evaluation step, the mean over the runs.
+/// The held-out evaluations of `metric`: the k-th evaluation of every run, as the mean of
+/// their positions (seeds share steps, not seconds) and values.
 fn eval_points(runs: &[RunMetrics], metric: &str) -> Vec<(f64, f64)> {
-    let mut at: Vec<(f64, Vec<f64>)> = Vec::new();
+    let mut at: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
     for r in runs {
-        for (x, name, y) in &r.evals {
-            if name != metric {
-                continue;
+        for (k, (x, _, y)) in r.evals.iter().filter(|(_, name, _)| name == metric).enumerate() {
+            if at.len() <= k {
+                at.push((Vec::new(), Vec::new()));
             }
-            match at.iter_mut().find(|(ax, _)| ax == x) {
-                Some((_, ys)) => ys.push(*y),
-                None => at.push((*x, vec![*y])),
-            }
+            at[k].0.push(*x);
+            at[k].1.push(*y);
         }
     }
-    at.into_iter().map(|(x, ys)| (x, mean_se(&ys).0)).collect()
+    at.into_iter().map(|(xs, ys)| (mean_se(&xs).0, mean_se(&ys).0)).collect()
 }
 
 /// A tick label with as many digits as the axis span needs: `0.25`, `1200`, `3.1e-5`.
