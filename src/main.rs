@@ -292,6 +292,37 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Score a finished run's value estimates on held-out prompts: the value head (if the run
+    /// trained one) and a K-rollout Monte-Carlo estimate, against the mean verifier reward of
+    /// many rollouts from every reasoning-step start (VinePPO's value-prediction check).
+    Values {
+        /// A run directory (it holds the recipe, the overrides and the trained model).
+        run: PathBuf,
+        /// The RL stage whose model and sampling to probe (default: the first that samples).
+        #[arg(long)]
+        stage: Option<String>,
+        /// Held-out prompts.
+        #[arg(long, default_value_t = 64)]
+        prompts: usize,
+        /// Responses per prompt.
+        #[arg(long, default_value_t = 2)]
+        samples: usize,
+        /// Rollouts per state for the Monte-Carlo estimate (default: the recipe's
+        /// `vine_values` k, else 9).
+        #[arg(long)]
+        k: Option<usize>,
+        /// Rollouts per state for the reference ("true") value.
+        #[arg(long, default_value_t = 64)]
+        truth: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 /// Runtime settings measured to matter on CPU: candle asks for the thread count on every matmul,
@@ -493,6 +524,11 @@ fn main() -> ExitCode {
         }
         Command::Plot { runs, metrics, smooth, wall, out } => {
             plot(&runs, metrics, smooth, wall, &out)
+        }
+        Command::Values { run, stage, prompts, samples, k, truth, seed, json, device } => {
+            let opts =
+                rlx::report::values::ProbeOptions { stage, prompts, samples, k, truth, seed };
+            values(&run, &opts, json, &device, style)
         }
     };
     match result {
@@ -1243,5 +1279,63 @@ fn plot(
         rlx::report::plot::PlotSpec { metrics: &metrics, smooth: smooth.max(1), title: "", wall };
     rlx::report::plot::write(runs, &spec, out)?;
     println!("wrote {} ({} runs)", out.display(), dirs.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rlx values RUN`: the run's recipe is checked again with its overrides, then probed.
+fn values(
+    run: &Path,
+    opts: &rlx::report::values::ProbeOptions,
+    json: bool,
+    device: &str,
+    style: Style,
+) -> Result<ExitCode, String> {
+    if opts.prompts == 0 || opts.samples == 0 || opts.k == Some(0) || opts.truth < 2 {
+        return Err(
+            "`--prompts`, `--samples` and `--k` must be at least 1, `--truth` at least 2".into()
+        );
+    }
+    let text = std::fs::read_to_string(run.join("run.json"))
+        .map_err(|e| format!("{} is not a run directory: {e}", run.display()))?;
+    let config: RunConfig = serde_json::from_str(&text).map_err(|e| format!("run.json: {e}"))?;
+    let stored = std::fs::read(run.join("recipe.rlx")).map_err(|e| format!("recipe.rlx: {e}"))?;
+    let (src, _) = SourceFile::from_bytes(config.recipe.clone(), &stored);
+    let analysis = source::analyze_with(&src, &LintConfig::defaults(), &config.set)?;
+    if analysis.has_errors() {
+        print_diagnostics(&src, &analysis, style);
+        return Ok(ExitCode::from(1));
+    }
+    let checked = analysis.checked.as_ref().ok_or("internal: no checked graph")?;
+    let device = rlx::exec::device::device(device)?;
+    let report = rlx::report::values::probe(run, checked, opts, &device)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "stage `{}`, model `{}`: {} held-out prompts × {} responses, {} step starts; mean value {:.3}",
+        report.stage,
+        report.model,
+        report.prompts,
+        report.samples,
+        report.states,
+        report.mean_value
+    );
+    println!(
+        "reference: the verifier's mean over {} rollouts per state (its own noise adds {:.4} to every MSE)",
+        report.truth_rollouts, report.truth_noise
+    );
+    println!(
+        "{:<24} {:>16}   step advantage signed right (|Δ| ≥ {})",
+        "estimator",
+        "MSE ± se",
+        rlx::report::values::MARGIN
+    );
+    for e in &report.estimators {
+        println!(
+            "{:<24} {:>8.4} ± {:<6.4}   {:.3} of {} steps",
+            e.name, e.mse, e.mse_se, e.step_sign, e.step_pairs
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

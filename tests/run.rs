@@ -522,3 +522,46 @@ fn compare_runs_seeds_reuses_finished_runs_and_writes_a_report_and_a_plot() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no run has values of `nope`"));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `rlx values` scores a finished run's value head and a Monte-Carlo estimate against
+/// many-rollout reference values of its step starts.
+#[test]
+fn values_probe_scores_the_critic_and_monte_carlo_estimates_of_a_run() {
+    let recipe = Path::new("recipes/baselines/ppo_critic.rlx");
+    let out = scratch("values");
+    let o = run_tiny(recipe, &out, 2);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let probe = |extra: &[&str]| {
+        rlx()
+            .arg("values")
+            .arg(&out)
+            .args(["--prompts", "3", "--samples", "2", "--truth", "4"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = probe(&["--k", "2", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((r["prompts"].as_u64(), r["samples"].as_u64()), (Some(3), Some(2)));
+    assert_eq!(r["truth_rollouts"], 4);
+    // Every response has at least the state after its prompt.
+    assert!(r["states"].as_u64().unwrap() >= 6, "{r:#}");
+    let names: Vec<&str> =
+        r["estimators"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["critic (value head)", "monte-carlo, k = 2"], "{r:#}");
+    for e in r["estimators"].as_array().unwrap() {
+        let mse = e["mse"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&mse), "{e}");
+    }
+    // The human table names both estimators; bad arguments and non-runs are errors.
+    let o = probe(&[]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("critic (value head)") && table.contains("k = 9"), "{table}");
+    let o = probe(&["--truth", "1"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--truth"));
+    let o = rlx().args(["values", "recipes"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("not a run directory"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -243,6 +243,11 @@ pub struct Transformer {
 }
 
 impl Transformer {
+    /// Whether the model carries a value head (`value_head(policy)` in a recipe).
+    pub fn has_value_head(&self) -> bool {
+        self.value.is_some()
+    }
+
     pub fn from_params(cfg: &ModelConfig, params: &Params) -> Result<Transformer> {
         let map: BTreeMap<String, Tensor> =
             params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();

@@ -672,15 +672,7 @@ impl Run<'_> {
     }
 
     fn sampling(&self, index: usize) -> Sampling {
-        let s = &self.checked.stages[index].sample;
-        Sampling {
-            temperature: params::get_num(s, "temperature").unwrap_or(1.0),
-            top_p: params::get_num(s, "top_p").unwrap_or(1.0),
-            max_tokens: params::get_num(s, "max_tokens").unwrap_or(64.0) as usize,
-            min_tokens: params::get_num(s, "min_tokens").unwrap_or(0.0) as usize,
-            stop: params::get(s, "stop").and_then(|v| v.str()).map(|s| s.replace("\\n", "\n")),
-            greedy: false,
-        }
+        stage_sampling(self.checked, index)
     }
 
     /// The task metrics of `model` on held-out prompts, sampled with the stage's settings and
@@ -1035,7 +1027,8 @@ impl Run<'_> {
                     &self.tok,
                     &generation,
                     &prompt_toks,
-                    &rows,
+                    &rows.prompts,
+                    &rows.texts["response"].toks,
                     vtask,
                     member,
                     *k,
@@ -1213,5 +1206,18 @@ impl Run<'_> {
         record
             .insert("sample_tokens_per_s".into(), json!(new_tokens as f64 / sample_secs.max(1e-9)));
         Ok(())
+    }
+}
+
+/// The sampling settings of stage `index` (`sample { }` with its defaults).
+pub fn stage_sampling(checked: &Checked, index: usize) -> Sampling {
+    let s = &checked.stages[index].sample;
+    Sampling {
+        temperature: params::get_num(s, "temperature").unwrap_or(1.0),
+        top_p: params::get_num(s, "top_p").unwrap_or(1.0),
+        max_tokens: params::get_num(s, "max_tokens").unwrap_or(64.0) as usize,
+        min_tokens: params::get_num(s, "min_tokens").unwrap_or(0.0) as usize,
+        stop: params::get(s, "stop").and_then(|v| v.str()).map(|s| s.replace("\\n", "\n")),
+        greedy: false,
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 
-use super::signals::{Rows, step_starts};
+use super::signals::step_starts;
 use crate::model::Transformer;
 use crate::rng::Rng;
 use crate::sample::{Generation, Sampling, continue_from};
@@ -23,7 +23,8 @@ pub fn values(
     tok: &Tok,
     generation: &Generation,
     prompts: &[Vec<u32>],
-    rows: &Rows,
+    prompt_texts: &[String],
+    responses: &[Vec<u32>],
     task: &Task,
     member: &str,
     k: usize,
@@ -34,7 +35,6 @@ pub fn values(
     device: &Device,
 ) -> Result<(Tensor, usize), String> {
     let p = generation.prompt_cols;
-    let responses = &rows.texts["response"].toks;
     // Column ids of the sampler's cache rows: left-padded prompt, then the response.
     let columns: Vec<Vec<u32>> = prompts
         .iter()
@@ -92,7 +92,7 @@ pub fn values(
             let (row, cut) = jobs[*j];
             let prefix = &responses[row][..cut - p];
             let text = tok.decode(&[prefix, out.as_slice()].concat());
-            estimates[*j] += task.verify(member, &rows.prompts[row], &text) / k as f32;
+            estimates[*j] += task.verify(member, &prompt_texts[row], &text) / k as f32;
         }
     }
     let flat: Vec<f32> =
