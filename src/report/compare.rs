@@ -172,6 +172,7 @@ fn last_lines(path: &Path, n: usize) -> String {
 }
 
 /// One recipe's finished runs.
+#[derive(Default)]
 pub struct RecipeRuns {
     pub label: String,
     pub recipe: PathBuf,
@@ -233,8 +234,17 @@ fn fmt(e: Option<Estimate>) -> String {
     }
 }
 
-/// Per stage name, per recipe, per metric: `(before, after)` estimates.
-type EvalTable = Vec<(String, Vec<(String, Vec<(String, Option<Estimate>, Option<Estimate>)>)>)>;
+/// One metric of one recipe: before, after, and the change within each seed (after − before).
+#[derive(Debug, Clone)]
+struct Cell {
+    metric: String,
+    before: Option<Estimate>,
+    after: Option<Estimate>,
+    change: Option<Estimate>,
+}
+
+/// Per stage name, per recipe: its cells.
+type EvalTable = Vec<(String, Vec<(String, Vec<Cell>)>)>;
 
 fn eval_table(recipes: &[RecipeRuns]) -> EvalTable {
     let mut stages: Vec<String> = Vec::new();
@@ -269,9 +279,29 @@ fn eval_table(recipes: &[RecipeRuns]) -> EvalTable {
                             .collect();
                         estimate(&vals)
                     };
+                    // Paired within each seed: the seeds' different starting points cancel.
+                    // One seed's own error treats before and after as independent (an upper
+                    // bound: they share the prompts).
+                    let change = |k: &str| {
+                        let se = |m: &BTreeMap<String, f64>| m.get(&format!("{k}_se")).copied();
+                        let vals: Vec<(f64, Option<f64>)> = evals
+                            .iter()
+                            .filter_map(|e| {
+                                let d = e.after.get(k)? - e.before.get(k)?;
+                                let s = se(&e.before).zip(se(&e.after)).map(|(b, a)| b.hypot(a));
+                                Some((d, s))
+                            })
+                            .collect();
+                        estimate(&vals)
+                    };
                     let cells = metrics
                         .iter()
-                        .map(|k| (k.clone(), pick(k, false), pick(k, true)))
+                        .map(|k| Cell {
+                            metric: k.clone(),
+                            before: pick(k, false),
+                            after: pick(k, true),
+                            change: change(k),
+                        })
                         .collect();
                     Some((r.label.clone(), cells))
                 })
@@ -337,15 +367,19 @@ pub fn write_report(
         let metrics: Vec<String> = {
             let mut m: Vec<String> = Vec::new();
             for (_, cells) in rows {
-                for (k, _, _) in cells {
-                    if !m.contains(k) {
-                        m.push(k.clone());
+                for c in cells {
+                    if !m.contains(&c.metric) {
+                        m.push(c.metric.clone());
                     }
                 }
             }
             m
         };
         md.push_str(&format!("## Stage `{stage}`: held-out prompts, before → after\n\n"));
+        md.push_str(
+            "(Δ …): the change within each seed, after − before, as mean ± standard error: the \
+             paired effect, free of the spread between the seeds' starting points.\n\n",
+        );
         md.push_str(&format!("| recipe | {} |\n", metrics.join(" | ")));
         md.push_str(&format!("|---|{}\n", "---|".repeat(metrics.len())));
         let mut json_rows = Vec::new();
@@ -353,13 +387,27 @@ pub fn write_report(
             let mut line = format!("| {label} |");
             let mut json_cells = serde_json::Map::new();
             for k in &metrics {
-                match cells.iter().find(|(n, _, _)| n == k) {
-                    Some((_, b, a)) => {
-                        line.push_str(&format!(" {} → **{}** |", fmt(*b), fmt(*a)));
+                match cells.iter().find(|c| c.metric == *k) {
+                    Some(c) => {
+                        let delta = c
+                            .change
+                            .map(|d| format!(" (Δ {:+.3} ± {:.3})", d.mean, d.se))
+                            .unwrap_or_default();
+                        line.push_str(&format!(
+                            " {} → **{}**{delta} |",
+                            fmt(c.before),
+                            fmt(c.after)
+                        ));
                         let pair =
                             |e: &Option<Estimate>| e.map(|e| json!({ "mean": e.mean, "se": e.se }));
-                        json_cells
-                            .insert(k.clone(), json!({ "before": pair(b), "after": pair(a) }));
+                        json_cells.insert(
+                            k.clone(),
+                            json!({
+                                "before": pair(&c.before),
+                                "after": pair(&c.after),
+                                "change": pair(&c.change),
+                            }),
+                        );
                     }
                     None => line.push_str(" – |"),
                 }
@@ -459,7 +507,7 @@ pub fn headline(recipes: &[RecipeRuns]) -> Vec<Headline> {
         .map(|(label, cells)| {
             let m = cells
                 .iter()
-                .filter_map(|(k, b, a)| Some((k.clone(), ((*b)?.mean, (*a)?.mean))))
+                .filter_map(|c| Some((c.metric.clone(), (c.before?.mean, c.after?.mean))))
                 .collect();
             (label.clone(), m)
         })
@@ -489,5 +537,37 @@ mod tests {
         assert!((three.mean - 0.5).abs() < 1e-12);
         // sd 0.1 over 3 seeds → se 0.1/√3.
         assert!((three.se - 0.1 / 3f64.sqrt()).abs() < 1e-12);
+    }
+
+    fn run_with(before: f64, after: f64) -> RunMetrics {
+        let eval = super::super::curves::StageEval {
+            stage: "rl".into(),
+            before: [("accuracy".to_string(), before), ("accuracy_se".to_string(), 0.03)].into(),
+            after: [("accuracy".to_string(), after), ("accuracy_se".to_string(), 0.04)].into(),
+        };
+        RunMetrics { stage_evals: vec![eval], ..RunMetrics::default() }
+    }
+
+    #[test]
+    fn the_change_is_paired_within_seeds() {
+        // Starting points 0.2 and 0.4 differ a lot; each seed gains 0.10 or 0.12.
+        let r = RecipeRuns {
+            label: "a".into(),
+            runs: vec![run_with(0.2, 0.3), run_with(0.4, 0.52)],
+            ..RecipeRuns::default()
+        };
+        let table = eval_table(&[r]);
+        let cell = &table[0].1[0].1[0];
+        let (b, a, d) = (cell.before.unwrap(), cell.after.unwrap(), cell.change.unwrap());
+        assert!((b.se - 0.1).abs() < 1e-9 && (a.se - 0.11).abs() < 1e-9);
+        assert!((d.mean - 0.11).abs() < 1e-9 && (d.se - 0.01).abs() < 1e-9, "{d:?}");
+        // One seed: its own errors, combined.
+        let one = RecipeRuns {
+            label: "a".into(),
+            runs: vec![run_with(0.2, 0.3)],
+            ..RecipeRuns::default()
+        };
+        let d = eval_table(&[one])[0].1[0].1[0].change.unwrap();
+        assert!((d.mean - 0.1).abs() < 1e-9 && (d.se - 0.05).abs() < 1e-9, "{d:?}");
     }
 }
