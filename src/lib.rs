@@ -3,7 +3,7 @@
 //! The pipeline, one module per arrow: `syntax` (text → AST) → `ir` (AST → dataflow graphs) →
 //! `check` (levels, gradient flow, parameters, stages, lints) → `plan` (what the runtime must
 //! compute). `blocks` is the registry every phase reads; `diff` compares two checked recipes;
-//! `render` turns diagnostics into text at the edge.
+//! `render` turns diagnostics into text at the edge; `lsp` serves the same analysis to editors.
 
 pub mod bench;
 pub mod blocks;
@@ -15,6 +15,7 @@ pub mod exec;
 pub mod graph_view;
 pub mod inspect;
 pub mod ir;
+pub mod lsp;
 pub mod model;
 pub mod render;
 pub mod report;

@@ -292,6 +292,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A Language Server Protocol server on stdin/stdout, for editors: diagnostics as you type,
+    /// hover, completion, go to definition, references, symbols, formatting and quick fixes.
+    Lsp,
     /// Score a finished run's value estimates on held-out prompts: the value head (if the run
     /// trained one) and a K-rollout Monte-Carlo estimate, against the mean verifier reward of
     /// many rollouts from every reasoning-step start (VinePPO's value-prediction check).
@@ -525,6 +528,7 @@ fn main() -> ExitCode {
         Command::Plot { runs, metrics, smooth, wall, out } => {
             plot(&runs, metrics, smooth, wall, &out)
         }
+        Command::Lsp => Ok(ExitCode::from(rlx::lsp::serve_stdio() as u8)),
         Command::Values { run, stage, prompts, samples, k, truth, seed, json, device } => {
             let opts =
                 rlx::report::values::ProbeOptions { stage, prompts, samples, k, truth, seed };

@@ -260,6 +260,41 @@ pub static PRETRAINED_PARAMS: &[ParamSpec] = &[
     ),
 ];
 
+/// What a model's members read (`policy.logp`, `grm.rewrite(...)`), for editors and docs.
+pub static MODEL_MEMBERS: &[(&str, &str)] = &[
+    (
+        "logp",
+        "log-probability of each token of a text (default: the stage's primary text); carries gradient when the stage trains the model",
+    ),
+    ("values", "the value head's estimate at each token (needs `train ..., value_head(MODEL)`)"),
+    ("entropy", "entropy of the next-token distribution at each token"),
+    (
+        "sum_p2",
+        "Σ_v π(v)² of the next-token distribution at each token (the optimal token baseline's variance proxy)",
+    ),
+    (
+        "keep_prob",
+        "the probability that the model, asked to rewrite the text, keeps each token (RLMEC's generative reward model)",
+    ),
+    (
+        "rewrite",
+        "the model's rewrite of a text, generated greedily (`grm.rewrite(response)`; RLMEC)",
+    ),
+];
+
+/// The models a stage can read besides its declarations.
+pub static PSEUDO_MODELS: &[(&str, &str)] = &[
+    (
+        "old",
+        "the trained model as it was when the batch was sampled (frozen; PPO's ratio denominator)",
+    ),
+    ("ref", "the trained model as it was before the stage (frozen; the KL reference)"),
+    (
+        "rollout",
+        "the sampler's own log-probabilities as it returned them (`rollout.logp`; off-policy corrections)",
+    ),
+];
+
 /// Texts a stage can read, by the kind of its data.
 pub static TEXTS: &[(&str, &str)] = &[
     ("response", "the sampled response (stages with `prompts`)"),
