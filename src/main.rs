@@ -285,7 +285,8 @@ enum Command {
         /// Trailing moving average over this many steps.
         #[arg(long, default_value_t = 1)]
         smooth: usize,
-        /// Wall-clock seconds on the x axis instead of steps (compare methods at equal time).
+        /// Training seconds on the x axis instead of steps (the steps' own times summed; warm starts
+        /// and evaluations left out): compare methods at equal compute time.
         #[arg(long)]
         wall: bool,
         /// The SVG file to write.

@@ -425,8 +425,11 @@ pub fn write_report(
         .into_iter()
         .filter(|c| recipes.iter().flat_map(|r| &r.runs).any(|m| m.steps.contains_key(*c)))
         .collect();
-    md.push_str(&format!("| recipe | runs | {} | steps | wall (s) |\n", columns.join(" | ")));
-    md.push_str(&format!("|---|---|{}---|---|\n", "---|".repeat(columns.len())));
+    md.push_str(&format!(
+        "| recipe | runs | {} | steps | training (s) | wall (s) |\n",
+        columns.join(" | ")
+    ));
+    md.push_str(&format!("|---|---|{}---|---|---|\n", "---|".repeat(columns.len())));
     let mut json_train = Vec::new();
     for r in recipes {
         let per = |f: &dyn Fn(&RunMetrics) -> Option<f64>| {
@@ -443,10 +446,16 @@ pub fn write_report(
         }
         let steps = per(&|m| m.steps.values().map(Vec::len).max().map(|n| n as f64));
         let wall = per(&|m| Some(m.wall));
+        // The steps' own time: comparable whether or not a run trained its warm start.
+        let training = per(&|m| m.walls.last().map(|(_, t)| *t));
+        let secs = |e: Option<Estimate>| {
+            e.map_or("–".into(), |w| format!("{:.0} ± {:.0}", w.mean, w.se))
+        };
         line.push_str(&format!(
-            " {} | {} |\n",
+            " {} | {} | {} |\n",
             steps.map_or("–".into(), |s| format!("{:.0}", s.mean)),
-            wall.map_or("–".into(), |w| format!("{:.0} ± {:.0}", w.mean, w.se))
+            secs(training),
+            secs(wall)
         ));
         md.push_str(&line);
         json_train.push(json!({
@@ -456,6 +465,7 @@ pub fn write_report(
             "failed": r.failed.iter().map(|(s, why)| json!({ "seed": s, "why": why })).collect::<Vec<_>>(),
             "metrics": json_cells,
             "wall": wall.map(|w| json!({ "mean": w.mean, "se": w.se })),
+            "training_seconds": training.map(|w| json!({ "mean": w.mean, "se": w.se })),
         }));
     }
     md.push('\n');

@@ -17,7 +17,9 @@ pub struct RunMetrics {
     pub wall: f64,
     /// Each stage's held-out evaluations, in stage order.
     pub stage_evals: Vec<StageEval>,
-    /// `(step, wall)`: seconds since the run began at each step.
+    /// `(step, seconds)`: the steps' own time summed up to each step (`seconds` per step;
+    /// warm starts and evaluations excluded, so a run that trained its warm start and one that
+    /// found it cached line up).
     pub walls: Vec<(f64, f64)>,
 }
 
@@ -57,6 +59,7 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics, String> {
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = RunMetrics { label: label_of(dir), ..Default::default() };
     let mut x = 0.0;
+    let mut spent = 0.0;
     for (i, line) in text.lines().enumerate() {
         let v: Value =
             serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
@@ -84,7 +87,10 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics, String> {
         }
         if let Some(w) = obj.get("wall").and_then(Value::as_f64) {
             out.wall = w;
-            out.walls.push((x, w));
+        }
+        if let Some(secs) = obj.get("seconds").and_then(Value::as_f64) {
+            spent += secs;
+            out.walls.push((x, spent));
         }
     }
     Ok(out)

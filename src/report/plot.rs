@@ -82,7 +82,11 @@ pub fn write(runs: Vec<RunMetrics>, spec: &PlotSpec, out: &Path) -> Result<(), S
         let span = (y1 - y0).abs().max(f64::MIN_POSITIVE);
         chart
             .configure_mesh()
-            .x_desc(if spec.wall { "seconds" } else { "step (counted across stages)" })
+            .x_desc(if spec.wall {
+                "training seconds (step times summed)"
+            } else {
+                "step (counted across stages)"
+            })
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| tick(*y, span))
             .max_light_lines(0)
