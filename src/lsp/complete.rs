@@ -225,16 +225,12 @@ fn param_item(p: &ParamSpec, kind: CompletionItemKind) -> CompletionItem {
     }
 }
 
-fn params_of(callee: &str) -> &'static [ParamSpec] {
-    match callee {
-        "builtin" => builtins::MODEL_PARAMS,
-        "pretrained" => builtins::PRETRAINED_PARAMS,
-        _ => crate::blocks::lookup(callee).map_or(&[], |b| b.params),
-    }
+fn params_of(callee: &str) -> Vec<&'static ParamSpec> {
+    super::hover::constructor_params(callee)
 }
 
 fn choices(callee: &str, param: &str) -> Vec<CompletionItem> {
-    let Some(p) = params_of(callee).iter().find(|p| p.name == param) else { return vec![] };
+    let Some(p) = params_of(callee).into_iter().find(|p| p.name == param) else { return vec![] };
     let values: Vec<&str> = match p.ty {
         ParamTy::Choice(cs) => cs.to_vec(),
         ParamTy::Bool => vec!["true", "false"],

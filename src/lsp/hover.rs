@@ -21,8 +21,8 @@ pub fn hover(
     let md = match &h {
         Hit::Block { name, .. } => block(crate::blocks::lookup(name)?),
         Hit::Param { block, name, .. } => {
-            let spec = crate::blocks::lookup(block)?;
-            param(spec.params.iter().find(|p| p.name == name)?, &format!("parameter of `{block}`"))
+            let p = constructor_params(block).into_iter().find(|p| p.name == name)?;
+            param(p, &format!("parameter of `{block}`"))
         }
         Hit::Setting { section, key, .. } => {
             let table = if *section == "sample" { builtins::SAMPLE } else { builtins::OPTIM };
@@ -51,6 +51,20 @@ pub fn hover(
         | Hit::Definition { span, .. } => span,
     };
     Some((md, span))
+}
+
+/// The parameters a call of `callee` takes: a block's, or a declaration constructor's (the
+/// built-in model's and every built-in data set's for `builtin`).
+pub fn constructor_params(callee: &str) -> Vec<&'static ParamSpec> {
+    match callee {
+        "builtin" | "reward_model" => builtins::MODEL_PARAMS
+            .iter()
+            .chain(builtins::DATA_SETS.iter().flat_map(|d| d.params))
+            .collect(),
+        "pretrained" => builtins::PRETRAINED_PARAMS.iter().collect(),
+        "jsonl" => builtins::JSONL.params.iter().collect(),
+        _ => crate::blocks::lookup(callee).map_or(vec![], |b| b.params.iter().collect()),
+    }
 }
 
 /// A block's page: signature, summary, formula, source, inputs and parameters.
@@ -162,5 +176,13 @@ mod tests {
         assert!(logp.contains("log-probability"), "{logp}");
         let adv = h("adv =");
         assert!(adv.contains("`adv`") && adv.contains("no gradient"), "{adv}");
+        // Parameters of declaration constructors.
+        let decl = "data arith = builtin(\"arith\", problems = 50)\nmodel p = builtin(\"tiny\", warm_steps = 3)\n";
+        let r = crate::syntax::parse(decl).unwrap();
+        let at = |needle: &str| decl.find(needle).unwrap() + 1;
+        let warm = hover(decl, &r, None, at("warm_steps")).unwrap().0;
+        assert!(warm.contains("parameter of `builtin`") && warm.contains("800"), "{warm}");
+        let problems = hover(decl, &r, None, at("problems")).unwrap().0;
+        assert!(problems.contains("number of problems"), "{problems}");
     }
 }

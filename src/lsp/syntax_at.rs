@@ -230,7 +230,12 @@ fn in_expr(e: &Expr, offset: usize, stage: Option<usize>) -> Option<Hit> {
                 if let Some(name) = &a.name
                     && inside(name.span, offset)
                 {
-                    return block.map(|b| Hit::Param {
+                    // A block's parameter, or a declaration constructor's (`builtin`, …).
+                    let callee = block.or(match &callee.kind {
+                        ExprKind::Name(n) => Some(n.as_str()),
+                        _ => None,
+                    });
+                    return callee.map(|b| Hit::Param {
                         block: b.to_string(),
                         name: name.name.clone(),
                         span: name.span,
