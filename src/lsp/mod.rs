@@ -66,6 +66,12 @@ impl Doc {
         }
         self.analysis.as_ref().expect("just computed")
     }
+
+    /// The current version's syntax tree and checked recipe, if it parsed.
+    fn parsed(&self) -> Option<(&Recipe, Option<&Checked>)> {
+        let a = self.analysis.as_ref()?;
+        Some((a.recipe.as_ref()?, a.checked.as_ref()))
+    }
 }
 
 #[derive(Default)]
@@ -262,6 +268,13 @@ impl Server {
             .ok_or_else(|| (REQUEST_FAILED, format!("`{}` is not open", uri.as_str())))
     }
 
+    /// An open document with its analysis up to date.
+    fn analysed(&mut self, uri: &Uri) -> Result<&Doc, Failure> {
+        let doc = self.doc(uri)?;
+        doc.analysis(uri);
+        Ok(doc)
+    }
+
     fn request(&mut self, method: &str, p: Value) -> Result<Value, Failure> {
         match method {
             "initialize" => Ok(initialize_result()),
@@ -270,32 +283,25 @@ impl Server {
                 Ok(Value::Null)
             }
             "textDocument/hover" => {
-                let p: HoverParams = params(p)?;
-                let at = p.text_document_position_params;
-                let doc = self.doc(&at.text_document.uri)?;
-                let uri = at.text_document.uri.clone();
-                doc.analysis(&uri);
+                let at: TextDocumentPositionParams =
+                    params::<HoverParams>(p)?.text_document_position_params;
+                let doc = self.analysed(&at.text_document.uri)?;
                 let ix = LineIndex::new(&doc.text);
-                let offset = ix.offset(at.position);
-                let a = doc.analysis.as_ref().expect("analysed");
-                let Some(recipe) = &a.recipe else { return Ok(Value::Null) };
-                Ok(match hover::hover(&doc.text, recipe, a.checked.as_ref(), offset) {
-                    Some((md, span)) => to_json(&Hover {
+                let Some((recipe, checked)) = doc.parsed() else { return Ok(Value::Null) };
+                let hover = hover::hover(&doc.text, recipe, checked, ix.offset(at.position));
+                Ok(hover.map_or(Value::Null, |(value, span)| {
+                    to_json(&Hover {
                         contents: HoverContents::Markup(MarkupContent {
                             kind: MarkupKind::Markdown,
-                            value: md,
+                            value,
                         }),
                         range: Some(ix.range(span)),
-                    }),
-                    None => Value::Null,
-                })
+                    })
+                }))
             }
             "textDocument/completion" => {
-                let p: CompletionParams = params(p)?;
-                let at = p.text_document_position;
-                let uri = at.text_document.uri.clone();
-                let doc = self.doc(&uri)?;
-                doc.analysis(&uri);
+                let at = params::<CompletionParams>(p)?.text_document_position;
+                let doc = self.analysed(&at.text_document.uri)?;
                 let offset = LineIndex::new(&doc.text).offset(at.position);
                 let (recipe, checked) = match &doc.last_parsed {
                     Some((r, c)) => (Some(r), c.as_ref()),
@@ -305,33 +311,26 @@ impl Server {
                 Ok(to_json(&CompletionResponse::Array(items)))
             }
             "textDocument/definition" => {
-                let p: GotoDefinitionParams = params(p)?;
-                let at = p.text_document_position_params;
-                let uri = at.text_document.uri.clone();
-                let doc = self.doc(&uri)?;
-                doc.analysis(&uri);
+                let at = params::<GotoDefinitionParams>(p)?.text_document_position_params;
+                let uri = at.text_document.uri;
+                let doc = self.analysed(&uri)?;
                 let ix = LineIndex::new(&doc.text);
-                let Some(recipe) = &doc.analysis.as_ref().expect("analysed").recipe else {
-                    return Ok(Value::Null);
-                };
-                Ok(match navigate::definition(recipe, ix.offset(at.position)) {
-                    Some(d) => to_json(&GotoDefinitionResponse::Scalar(Location {
-                        uri,
+                let Some((recipe, _)) = doc.parsed() else { return Ok(Value::Null) };
+                let def = navigate::definition(recipe, ix.offset(at.position));
+                Ok(def.map_or(Value::Null, |d| {
+                    to_json(&GotoDefinitionResponse::Scalar(Location {
+                        uri: uri.clone(),
                         range: ix.range(d.span),
-                    })),
-                    None => Value::Null,
-                })
+                    }))
+                }))
             }
             "textDocument/references" => {
                 let p: ReferenceParams = params(p)?;
                 let at = p.text_document_position;
-                let uri = at.text_document.uri.clone();
-                let doc = self.doc(&uri)?;
-                doc.analysis(&uri);
+                let uri = at.text_document.uri;
+                let doc = self.analysed(&uri)?;
                 let ix = LineIndex::new(&doc.text);
-                let Some(recipe) = &doc.analysis.as_ref().expect("analysed").recipe else {
-                    return Ok(json!([]));
-                };
+                let Some((recipe, _)) = doc.parsed() else { return Ok(json!([])) };
                 let spans = navigate::references(
                     recipe,
                     ix.offset(at.position),
@@ -344,19 +343,15 @@ impl Server {
                 Ok(to_json(&locations))
             }
             "textDocument/documentSymbol" => {
-                let p: DocumentSymbolParams = params(p)?;
-                let uri = p.text_document.uri;
-                let doc = self.doc(&uri)?;
-                doc.analysis(&uri);
+                let uri = params::<DocumentSymbolParams>(p)?.text_document.uri;
+                let doc = self.analysed(&uri)?;
                 let ix = LineIndex::new(&doc.text);
-                let Some(recipe) = &doc.analysis.as_ref().expect("analysed").recipe else {
-                    return Ok(json!([]));
-                };
+                let Some((recipe, _)) = doc.parsed() else { return Ok(json!([])) };
                 Ok(to_json(&DocumentSymbolResponse::Nested(navigate::symbols(recipe, &ix))))
             }
             "textDocument/formatting" => {
-                let p: DocumentFormattingParams = params(p)?;
-                let doc = self.doc(&p.text_document.uri)?;
+                let uri = params::<DocumentFormattingParams>(p)?.text_document.uri;
+                let doc = self.doc(&uri)?;
                 match crate::syntax::format::format(&doc.text) {
                     Ok(f) if f == doc.text => Ok(json!([])),
                     Ok(f) => {
@@ -369,13 +364,11 @@ impl Server {
             "textDocument/codeAction" => {
                 let p: CodeActionParams = params(p)?;
                 let uri = p.text_document.uri;
-                let doc = self.doc(&uri)?;
-                doc.analysis(&uri);
+                let doc = self.analysed(&uri)?;
                 let ix = LineIndex::new(&doc.text);
                 let range = Span::new(ix.offset(p.range.start), ix.offset(p.range.end));
                 let diags = &doc.analysis.as_ref().expect("analysed").diagnostics;
-                let fixes = actions::quick_fixes(diags, &doc.text, &uri, range);
-                Ok(to_json(&fixes))
+                Ok(to_json(&actions::quick_fixes(diags, &doc.text, &uri, range)))
             }
             _ => Err((METHOD_NOT_FOUND, format!("unknown method `{method}`"))),
         }
