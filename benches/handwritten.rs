@@ -29,6 +29,7 @@ pub fn objective(recipe: &str, b: &Batch) -> Result<Tensor> {
         "ppo_critic" => ppo_critic(b),
         "ppo_rm" => ppo_rm(b),
         "rlmec_seq" => rlmec_seq(b),
+        "rlmec_token_only" => rlmec_token_only(b),
         "vineppo" => vineppo(b),
         "rlmec" => rlmec(b),
         "sppo" => sppo(b),
@@ -338,7 +339,9 @@ fn ppo_critic(b: &Batch) -> Result<Tensor> {
     (pg + (kl.sum_all()?.div(&rows_with_tokens)? * 1e-4)?)? + (masked_mean(&vl, m)? * 0.5)?
 }
 
-fn rlmec(b: &Batch) -> Result<Tensor> {
+/// RLMEC's token-reward policy gradient: the rewriter's clipped keep-probability rewards
+/// through the ratio-to-π0 clip, summed and divided by the rewarded tokens.
+fn rlmec_token_pg(b: &Batch) -> Result<Tensor> {
     let m = g(b, "mask");
     let keep = (g(b, "grm.keep_prob") - 0.5)?;
     let correct = g(b, "arith.correct(response)").ge(0.5)?.to_dtype(DType::F32)?.unsqueeze(1)?;
@@ -349,7 +352,16 @@ fn rlmec(b: &Batch) -> Result<Tensor> {
     let ratio = logp.sub(g(b, "ref.logp"))?.exp()?;
     let w = ratio.mul(&r)?.minimum(&ratio.clamp(0.7, 1.3)?.mul(&r)?)?.detach();
     let nonzero = r.ne(0.0)?.to_dtype(DType::F32)?.mul(m)?.sum_all()?.maximum(1.0)?;
-    let pg = w.mul(logp)?.neg()?.mul(m)?.sum_all()?.div(&nonzero)?;
+    w.mul(logp)?.neg()?.mul(m)?.sum_all()?.div(&nonzero)
+}
+
+fn rlmec_token_only(b: &Batch) -> Result<Tensor> {
+    rlmec_token_pg(b)
+}
+
+fn rlmec(b: &Batch) -> Result<Tensor> {
+    let pg = rlmec_token_pg(b)?;
+    let m = g(b, "mask");
     // Imitation: weights from the token Levenshtein alignment of the response into the rewrite.
     let fix_mask = g(b, "mask(grm.rewrite(response))");
     let (a, f) =
