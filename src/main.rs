@@ -289,7 +289,7 @@ enum Command {
         /// and evaluations left out): compare methods at equal compute time.
         #[arg(long)]
         wall: bool,
-        /// The SVG file to write.
+        /// The file to write: `.svg`, or `.png` (the SVG rasterised with the system's fonts).
         #[arg(long)]
         out: PathBuf,
     },
@@ -1267,11 +1267,8 @@ fn plot(
     wall: bool,
     out: &Path,
 ) -> Result<ExitCode, String> {
-    if out.extension().and_then(|e| e.to_str()) != Some("svg") {
-        return Err(format!(
-            "`{}`: plots are written as SVG; name the file `.svg` (convert with e.g. `rsvg-convert -o plot.png plot.svg`)",
-            out.display()
-        ));
+    if !matches!(out.extension().and_then(|e| e.to_str()), Some("svg" | "png")) {
+        return Err(format!("`{}`: name the plot `.svg` or `.png`", out.display()));
     }
     let dirs = rlx::report::curves::expand(runs);
     if dirs.is_empty() {

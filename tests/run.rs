@@ -503,6 +503,7 @@ fn compare_runs_seeds_reuses_finished_runs_and_writes_a_report_and_a_plot() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.contains("accuracy") && svg.contains("rloo"), "{svg:.300}");
+    // A PNG is the same plot rasterised with the system's fonts; other names are refused.
     let o = rlx()
         .arg("plot")
         .arg(out.join("runs"))
@@ -510,8 +511,18 @@ fn compare_runs_seeds_reuses_finished_runs_and_writes_a_report_and_a_plot() {
         .arg(out.join("x.png"))
         .output()
         .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = std::fs::read(out.join("x.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "{} bytes", png.len());
+    let o = rlx()
+        .arg("plot")
+        .arg(out.join("runs"))
+        .arg("--out")
+        .arg(out.join("x.pdf"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("SVG"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`.svg` or `.png`"));
     let o = rlx()
         .arg("plot")
         .arg(out.join("runs"))
