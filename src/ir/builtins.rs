@@ -260,7 +260,8 @@ pub static PRETRAINED_PARAMS: &[ParamSpec] = &[
     ),
 ];
 
-/// What a model's members read (`policy.logp`, `grm.rewrite(...)`), for editors and docs.
+/// What a model's members read (`policy.logp`, `grm.rewrite(...)`), for editors and docs; which
+/// of them a model offers is `ModelRef::members`.
 pub static MODEL_MEMBERS: &[(&str, &str)] = &[
     (
         "logp",
@@ -362,3 +363,19 @@ pub static OPTIM: &[ParamSpec] = &[
     num("beta1", 0.9, Range::Probability, "AdamW β1"),
     num("beta2", 0.999, Range::Probability, "AdamW β2"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::ModelRef;
+
+    #[test]
+    fn every_model_member_is_documented() {
+        let documented: Vec<&str> = MODEL_MEMBERS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(ModelRef::Named(String::new()).members(), documented.as_slice());
+        for (name, _) in PSEUDO_MODELS {
+            let m = ModelRef::pseudo(name).expect("a pseudo model");
+            assert!(m.members().iter().all(|x| documented.contains(x)), "{name}");
+        }
+    }
+}

@@ -41,6 +41,26 @@ pub enum ModelRef {
 }
 
 impl ModelRef {
+    /// The model a reserved name denotes: `old`, `ref` or `rollout`.
+    pub fn pseudo(name: &str) -> Option<ModelRef> {
+        match name {
+            "old" => Some(ModelRef::Old),
+            "ref" => Some(ModelRef::Ref),
+            "rollout" => Some(ModelRef::Rollout),
+            _ => None,
+        }
+    }
+
+    /// The members a recipe may read from this model (`policy.logp`, `grm.rewrite(...)`).
+    pub fn members(&self) -> &'static [&'static str] {
+        match self {
+            ModelRef::Named(_) => &["logp", "values", "entropy", "sum_p2", "keep_prob", "rewrite"],
+            ModelRef::Old => &["logp", "values", "entropy", "sum_p2"],
+            ModelRef::Ref => &["logp", "entropy", "sum_p2"],
+            ModelRef::Rollout => &["logp"],
+        }
+    }
+
     pub fn display(&self) -> &str {
         match self {
             ModelRef::Named(n) => n,

@@ -455,7 +455,6 @@ struct StageCx<'a> {
     diags: Vec<Diagnostic>,
 }
 
-const MODEL_MEMBERS: &[&str] = &["logp", "values", "entropy", "sum_p2", "keep_prob", "rewrite"];
 const REWARD_MODEL_MEMBERS: &[&str] = &["score"];
 
 impl<'a> StageCx<'a> {
@@ -807,11 +806,8 @@ impl<'a> StageCx<'a> {
         if let Some((t, _)) = builtins::TEXTS.iter().find(|(t, _)| *t == n) {
             return Val::Node(self.add(Op::Text(t), span, &[]));
         }
-        match n {
-            "old" => return Val::Pseudo(ModelRef::Old),
-            "ref" => return Val::Pseudo(ModelRef::Ref),
-            "rollout" => return Val::Pseudo(ModelRef::Rollout),
-            _ => {}
+        if let Some(p) = ModelRef::pseudo(n) {
+            return Val::Pseudo(p);
         }
         match self.cx.kind_of(n) {
             Some(DeclKind::Model) => return Val::Model(n.to_string()),
@@ -871,12 +867,7 @@ impl<'a> StageCx<'a> {
                     Val::Pseudo(p) => p,
                     _ => unreachable!(),
                 };
-                let allowed: &[&str] = match model {
-                    ModelRef::Named(_) => MODEL_MEMBERS,
-                    ModelRef::Old => &["logp", "values", "entropy", "sum_p2"],
-                    ModelRef::Ref => &["logp", "entropy", "sum_p2"],
-                    ModelRef::Rollout => &["logp"],
-                };
+                let allowed = model.members();
                 match allowed.iter().find(|a| **a == m.name) {
                     Some(member) => Val::Method(model, member),
                     None => {

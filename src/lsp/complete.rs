@@ -11,7 +11,8 @@ use super::syntax_at::{self, DefKind};
 use crate::blocks::spec::{DefaultRule, ParamSpec, ParamTy, default_text};
 use crate::check::Checked;
 use crate::ir::builtins;
-use crate::syntax::ast::{ExprKind, Item, Recipe};
+use crate::ir::graph::ModelRef;
+use crate::syntax::ast::{Item, Recipe};
 
 /// Where the cursor is, as far as the text tells.
 #[derive(Debug, PartialEq)]
@@ -166,7 +167,7 @@ pub fn complete(
     let not_typing =
         |given: Vec<String>| -> Vec<String> { given.into_iter().filter(|g| g != typing).collect() };
     let items = match context(text, start) {
-        Context::Member(base) => members(&base, recipe, checked),
+        Context::Member(base) => members(&base, checked),
         Context::Setting(section, given) => {
             let given = not_typing(given);
             let table = if section == "sample" { builtins::SAMPLE } else { builtins::OPTIM };
@@ -248,14 +249,15 @@ fn choices(callee: &str, param: &str) -> Vec<CompletionItem> {
         .collect()
 }
 
-fn members(base: &str, recipe: Option<&Recipe>, checked: Option<&Checked>) -> Vec<CompletionItem> {
+fn members(base: &str, checked: Option<&Checked>) -> Vec<CompletionItem> {
     let item = |name: &str, doc: &str, kind| CompletionItem {
         label: name.to_string(),
         kind: Some(kind),
         documentation: markdown(doc.to_string()),
         ..Default::default()
     };
-    if let Some(d) = checked.and_then(|c| c.program.data_decl(base)) {
+    let Some(program) = checked.map(|c| &c.program) else { return vec![] };
+    if let Some(d) = program.data_decl(base) {
         return d
             .spec
             .members
@@ -263,57 +265,16 @@ fn members(base: &str, recipe: Option<&Recipe>, checked: Option<&Checked>) -> Ve
             .map(|m| item(m.name, m.doc, CompletionItemKind::FIELD))
             .collect();
     }
-    let allowed: &[&str] = match base {
-        "old" => &["logp", "values", "entropy", "sum_p2"],
-        "ref" => &["logp", "entropy", "sum_p2"],
-        "rollout" => &["logp"],
-        _ => {
-            let is_model = recipe.is_some_and(|r| {
-                syntax_at::definitions(r).iter().any(|d| d.kind == DefKind::Model && d.name == base)
-            });
-            if !is_model {
-                return data_members_from_text(base, recipe);
-            }
-            &[]
-        }
+    let model = match ModelRef::pseudo(base) {
+        Some(p) => p,
+        None if program.model(base).is_some() => ModelRef::Named(base.to_string()),
+        None => return vec![],
     };
     builtins::MODEL_MEMBERS
         .iter()
-        .filter(|(n, _)| allowed.is_empty() || allowed.contains(n))
+        .filter(|(n, _)| model.members().contains(n))
         .map(|(n, d)| item(n, d, CompletionItemKind::METHOD))
         .collect()
-}
-
-/// Members of a data declaration the checker did not get to (`data arith = builtin("arith")`).
-fn data_members_from_text(base: &str, recipe: Option<&Recipe>) -> Vec<CompletionItem> {
-    let Some(r) = recipe else { return vec![] };
-    for item in &r.items {
-        let Item::Decl(d) = item else { continue };
-        if d.name.name != base {
-            continue;
-        }
-        let ExprKind::Call(callee, args) = &d.value.kind else { continue };
-        let set = match (&callee.kind, args.first().map(|a| &a.value.kind)) {
-            (ExprKind::Name(n), Some(ExprKind::Str(s))) if n == "builtin" => s.clone(),
-            (ExprKind::Name(n), _) => n.clone(),
-            _ => continue,
-        };
-        let spec =
-            builtins::data_set(&set).or(if set == "jsonl" { Some(&builtins::JSONL) } else { None });
-        if let Some(spec) = spec {
-            return spec
-                .members
-                .iter()
-                .map(|m| CompletionItem {
-                    label: m.name.to_string(),
-                    kind: Some(CompletionItemKind::FIELD),
-                    documentation: markdown(m.doc.to_string()),
-                    ..Default::default()
-                })
-                .collect();
-        }
-    }
-    vec![]
 }
 
 /// Blocks, the bindings of the stage at `offset`, declarations, `old`/`ref`/`rollout`, texts.
@@ -390,18 +351,24 @@ fn stage_at(r: &Recipe, offset: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::lints::LintConfig;
+    use crate::source::{Analysis, SourceFile, analyze};
 
-    fn labels(text: &str, recipe: Option<&Recipe>) -> Vec<String> {
+    /// Labels offered at `|`, with the declarations of `parsed` (the last version that parsed).
+    fn labels(text: &str, parsed: Option<&Analysis>) -> Vec<String> {
         let at = text.find('|').unwrap();
         let t = text.replace('|', "");
-        complete(&t, at, recipe, None).into_iter().map(|i| i.label).collect()
+        let (recipe, checked) =
+            parsed.map_or((None, None), |a| (a.recipe.as_ref(), a.checked.as_ref()));
+        complete(&t, at, recipe, checked).into_iter().map(|i| i.label).collect()
     }
 
     #[test]
     fn contexts_follow_the_text_before_the_cursor() {
         let head = "data arith = builtin(\"arith\")\nmodel policy = builtin(\"tiny\")\n";
-        let r = crate::syntax::parse(&format!("{head}stage rl {{ train policy }}\n")).unwrap();
-        let rr = Some(&r);
+        let src = SourceFile::new("x.rlx", format!("{head}stage rl {{ train policy }}\n"));
+        let a = analyze(&src, &LintConfig::defaults());
+        let rr = Some(&a);
         let l = labels(&format!("{head}stage rl {{\n    loss = policy.|\n}}"), rr);
         assert!(l.contains(&"logp".to_string()) && l.contains(&"values".to_string()), "{l:?}");
         let l = labels(&format!("{head}stage rl {{\n    let a = ref.|"), rr);

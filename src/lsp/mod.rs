@@ -48,29 +48,45 @@ struct Doc {
     text: String,
     version: i32,
     analysis: Option<Analysis>,
-    /// The last version that parsed, for completion inside half-typed text.
-    last_parsed: Option<(Recipe, Option<Checked>)>,
+    /// The analysis of the last version that parsed, kept for completion inside half-typed
+    /// text (moved here when that version is edited, not copied).
+    last_parsed: Option<Analysis>,
 }
 
 impl Doc {
+    fn new(text: String, version: i32) -> Doc {
+        Doc { text, version, analysis: None, last_parsed: None }
+    }
+
+    /// The current text's analysis, computed on first use after an edit.
     fn analysis(&mut self, uri: &Uri) -> &Analysis {
-        if self.analysis.is_none() {
-            let a = analyze(
+        self.analysis.get_or_insert_with(|| {
+            analyze(
                 &SourceFile::new(uri.path().as_str(), self.text.clone()),
                 &LintConfig::defaults(),
-            );
-            if let Some(r) = &a.recipe {
-                self.last_parsed = Some((r.clone(), a.checked.clone()));
-            }
-            self.analysis = Some(a);
+            )
+        })
+    }
+
+    /// The text changed: its analysis is stale; one that parsed stays as the last that did.
+    fn edited(&mut self) {
+        if let Some(a) = self.analysis.take().filter(|a| a.recipe.is_some()) {
+            self.last_parsed = Some(a);
         }
-        self.analysis.as_ref().expect("just computed")
     }
 
     /// The current version's syntax tree and checked recipe, if it parsed.
     fn parsed(&self) -> Option<(&Recipe, Option<&Checked>)> {
         let a = self.analysis.as_ref()?;
         Some((a.recipe.as_ref()?, a.checked.as_ref()))
+    }
+
+    /// The current version's parse if there is one, else the last version's that parsed.
+    fn last_parsed(&self) -> Option<(&Recipe, Option<&Checked>)> {
+        self.parsed().or_else(|| {
+            let a = self.last_parsed.as_ref()?;
+            Some((a.recipe.as_ref()?, a.checked.as_ref()))
+        })
     }
 }
 
@@ -193,10 +209,7 @@ impl Server {
             "textDocument/didOpen" => {
                 let Ok(p) = params::<DidOpenTextDocumentParams>(p) else { return };
                 let doc = p.text_document;
-                self.docs.insert(
-                    doc.uri.clone(),
-                    Doc { text: doc.text, version: doc.version, analysis: None, last_parsed: None },
-                );
+                self.docs.insert(doc.uri.clone(), Doc::new(doc.text, doc.version));
                 self.publish(&doc.uri);
             }
             "textDocument/didChange" => {
@@ -215,7 +228,7 @@ impl Server {
                     }
                 }
                 doc.version = p.text_document.version;
-                doc.analysis = None;
+                doc.edited();
                 self.pending.insert(uri, Instant::now());
             }
             "textDocument/didClose" => {
@@ -248,13 +261,15 @@ impl Server {
     }
 
     fn publish(&mut self, uri: &Uri) {
-        let Some(doc) = self.docs.get_mut(uri) else { return };
+        let Ok(doc) = self.analysed(uri) else { return };
         let version = doc.version;
-        let diagnostics: Vec<lsp_types::Diagnostic> = {
-            let a = doc.analysis(uri).diagnostics.clone();
-            let ix = LineIndex::new(&doc.text);
-            a.iter().map(|d| diagnostics::to_lsp(d, &ix, uri)).collect()
-        };
+        let ix = LineIndex::new(&doc.text);
+        let diagnostics: Vec<lsp_types::Diagnostic> = doc
+            .analysis
+            .iter()
+            .flat_map(|a| &a.diagnostics)
+            .map(|d| diagnostics::to_lsp(d, &ix, uri))
+            .collect();
         self.out.push(json!({
             "jsonrpc": "2.0",
             "method": "textDocument/publishDiagnostics",
@@ -303,10 +318,8 @@ impl Server {
                 let at = params::<CompletionParams>(p)?.text_document_position;
                 let doc = self.analysed(&at.text_document.uri)?;
                 let offset = LineIndex::new(&doc.text).offset(at.position);
-                let (recipe, checked) = match &doc.last_parsed {
-                    Some((r, c)) => (Some(r), c.as_ref()),
-                    None => (None, None),
-                };
+                let (recipe, checked) =
+                    doc.last_parsed().map_or((None, None), |(r, c)| (Some(r), c));
                 let items = complete::complete(&doc.text, offset, recipe, checked);
                 Ok(to_json(&CompletionResponse::Array(items)))
             }
