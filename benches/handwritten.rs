@@ -439,11 +439,26 @@ fn levenshtein_changed(xs: &[i64], ys: &[i64]) -> Vec<bool> {
     changed
 }
 
-fn symmetric(b: &Batch, reverse_ppo: bool) -> Result<Tensor> {
+/// The reviews actor-critics' advantage: the RM score at the last token minus 0.001 × k1 KL,
+/// through GAE (γ 0.99, λ 0.95).
+fn reviews_advantage(b: &Batch) -> Result<Tensor> {
     let m = g(b, "mask");
     let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?;
     let r = (last_token(m, g(b, "rm(response)"))? - (kl * 0.001)?)?;
-    let adv = gae(&r, g(b, "old.values"), m, 0.99, 0.95)?;
+    gae(&r, g(b, "old.values"), m, 0.99, 0.95)
+}
+
+/// A token-mean policy loss plus half the token-mean value loss (clipped for the PPO variants).
+fn with_value_loss(b: &Batch, policy: &Tensor, adv: &Tensor, clip: Option<f64>) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let target = (adv + g(b, "old.values"))?;
+    let vl = value_loss(g(b, "policy.values"), g(b, "old.values"), &target, clip)?;
+    masked_mean(policy, m)? + (masked_mean(&vl, m)? * 0.5)?
+}
+
+fn symmetric(b: &Batch, reverse_ppo: bool) -> Result<Tensor> {
+    let m = g(b, "mask");
+    let adv = reviews_advantage(b)?;
     let logp = g(b, "policy.logp");
     let omega = (1.0 - logp.exp()?)?;
     let policy = if reverse_ppo {
@@ -460,34 +475,20 @@ fn symmetric(b: &Batch, reverse_ppo: bool) -> Result<Tensor> {
     } else {
         ((adv.mul(logp)?.neg()? * 0.5)? + (adv.mul(&omega)? * 0.4)?)?
     };
-    let clip = if reverse_ppo { Some(0.2) } else { None };
-    let vl = masked_mean(
-        &value_loss(
-            g(b, "policy.values"),
-            g(b, "old.values"),
-            &(&adv + g(b, "old.values"))?,
-            clip,
-        )?,
-        m,
-    )?;
-    masked_mean(&policy, m)? + (vl * 0.5)?
+    with_value_loss(b, &policy, &adv, reverse_ppo.then_some(0.2))
 }
 
 /// sppo.rlx and sa2c.rlx without the reverse-cross-entropy term.
 fn reviews_actor_critic(b: &Batch, ppo: bool) -> Result<Tensor> {
     let m = g(b, "mask");
-    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?;
-    let r = (last_token(m, g(b, "rm(response)"))? - (kl * 0.001)?)?;
-    let adv = gae(&r, g(b, "old.values"), m, 0.99, 0.95)?;
+    let adv = reviews_advantage(b)?;
     let logp = g(b, "policy.logp");
     let policy = if ppo {
         ppo_clip(logp, g(b, "old.logp"), &whiten_tokens(&adv, m)?, 0.2)?
     } else {
         adv.mul(logp)?.neg()?
     };
-    let target = (&adv + g(b, "old.values"))?;
-    let vl = value_loss(g(b, "policy.values"), g(b, "old.values"), &target, ppo.then_some(0.2))?;
-    masked_mean(&policy, m)? + (masked_mean(&vl, m)? * 0.5)?
+    with_value_loss(b, &policy, &adv, ppo.then_some(0.2))
 }
 
 fn ppo_reviews(b: &Batch) -> Result<Tensor> {
