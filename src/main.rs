@@ -1049,6 +1049,18 @@ struct RunConfig {
     eval_samples: usize,
 }
 
+/// A run directory's `run.json` and the recipe bytes it ran; `missing` phrases a failure to
+/// read `run.json` for the caller.
+fn stored_run(
+    dir: &Path,
+    missing: impl FnOnce(std::io::Error) -> String,
+) -> Result<(RunConfig, Vec<u8>), String> {
+    let text = std::fs::read_to_string(dir.join("run.json")).map_err(missing)?;
+    let config: RunConfig = serde_json::from_str(&text).map_err(|e| format!("run.json: {e}"))?;
+    let stored = std::fs::read(dir.join("recipe.rlx")).map_err(|e| format!("recipe.rlx: {e}"))?;
+    Ok((config, stored))
+}
+
 fn default_eval_samples() -> usize {
     4
 }
@@ -1066,12 +1078,8 @@ fn run(args: RunArgs, style: Style) -> Result<ExitCode, String> {
     }
     let (src, config) = match (&args.resume, &args.recipe) {
         (Some(dir), recipe) => {
-            let text = std::fs::read_to_string(dir.join("run.json"))
-                .map_err(|e| format!("cannot resume `{}`: {e}", dir.display()))?;
-            let config: RunConfig =
-                serde_json::from_str(&text).map_err(|e| format!("run.json: {e}"))?;
-            let stored =
-                std::fs::read(dir.join("recipe.rlx")).map_err(|e| format!("recipe.rlx: {e}"))?;
+            let (config, stored) =
+                stored_run(dir, |e| format!("cannot resume `{}`: {e}", dir.display()))?;
             check_resume_args(dir, &config, &stored, recipe.as_deref(), &args)?;
             let (src, _) = SourceFile::from_bytes(config.recipe.clone(), &stored);
             (src, config)
@@ -1297,10 +1305,8 @@ fn values(
             "`--prompts`, `--samples` and `--k` must be at least 1, `--truth` at least 2".into()
         );
     }
-    let text = std::fs::read_to_string(run.join("run.json"))
-        .map_err(|e| format!("{} is not a run directory: {e}", run.display()))?;
-    let config: RunConfig = serde_json::from_str(&text).map_err(|e| format!("run.json: {e}"))?;
-    let stored = std::fs::read(run.join("recipe.rlx")).map_err(|e| format!("recipe.rlx: {e}"))?;
+    let (config, stored) =
+        stored_run(run, |e| format!("{} is not a run directory: {e}", run.display()))?;
     let (src, _) = SourceFile::from_bytes(config.recipe.clone(), &stored);
     let analysis = source::analyze_with(&src, &LintConfig::defaults(), &config.set)?;
     if analysis.has_errors() {
