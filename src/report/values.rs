@@ -260,17 +260,16 @@ fn critic_values(
 ) -> Result<Vec<Vec<Option<f64>>>, String> {
     let err = |e: candle_core::Error| e.to_string();
     let mut out = Vec::new();
-    for (i, chunk) in responses.chunks(64).enumerate() {
-        let ps: Vec<&[u32]> =
-            prompts[i * 64..i * 64 + chunk.len()].iter().map(|p| &p[..]).collect();
+    let rows = prompts.chunks(64).zip(responses.chunks(64)).zip(starts.chunks(64));
+    for ((prompts, responses), starts) in rows {
+        let ps: Vec<&[u32]> = prompts.iter().map(|p| &p[..]).collect();
         // An empty response still has the state after its prompt.
-        let rs: Vec<&[u32]> = chunk.iter().map(|r| &r[..]).collect();
+        let rs: Vec<&[u32]> = responses.iter().map(|r| &r[..]).collect();
         let layout = Layout::new(&ps, &rs, device).map_err(err)?;
         let hidden = model.hidden_of(&layout, false).map_err(err)?;
         let values: Vec<Vec<f32>> =
             model.token_values(&hidden, &layout).and_then(|t| t.to_vec2()).map_err(err)?;
-        for (j, row) in values.iter().enumerate() {
-            let st = &starts[i * 64 + j];
+        for (row, st) in values.iter().zip(starts) {
             out.push(st.iter().map(|&o| row.get(o).map(|v| *v as f64)).collect());
         }
     }
