@@ -12,6 +12,7 @@ pub mod check;
 pub mod diag;
 pub mod diff;
 pub mod exec;
+pub mod export;
 pub mod graph_view;
 pub mod inspect;
 pub mod ir;

@@ -36,6 +36,12 @@ enum Color {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Target {
+    /// verl's PPO trainer (`rlx export verl`).
+    Verl,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum LintFormat {
     Human,
     Json,
@@ -63,6 +69,13 @@ enum Command {
         /// Make a lint an error (repeatable); `--deny warnings` makes every warning an error.
         #[arg(long, value_name = "LINT")]
         deny: Vec<String>,
+        /// Also report what an export to this engine could not run (of the last stage, or
+        /// `--stage`), as `rlx export` would.
+        #[arg(long, value_enum)]
+        target: Option<Target>,
+        /// The stage `--target` checks (default: the last).
+        #[arg(long, requires = "target")]
+        stage: Option<String>,
     },
     /// Print a recipe's dataflow graph and the plan of what the runtime must compute.
     Graph {
@@ -293,6 +306,23 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Export a recipe's RL stage for another engine: `rlx export verl RECIPE --out DIR` writes
+    /// a verl plugin package (advantage estimator, policy loss, reward function, config
+    /// overrides, launcher), or explains with diagnostics what verl would compute differently.
+    Export {
+        #[arg(value_enum)]
+        engine: Target,
+        recipe: PathBuf,
+        /// The stage (default: the last).
+        #[arg(long)]
+        stage: Option<String>,
+        /// The package directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Override a recipe value before exporting, e.g. `rl.optim.lr=5e-6` (repeatable).
+        #[arg(long, value_name = "PATH=VALUE")]
+        set: Vec<String>,
+    },
     /// A Language Server Protocol server on stdin/stdout, for editors: diagnostics as you type,
     /// hover, completion, go to definition, references, symbols, formatting and quick fixes.
     Lsp,
@@ -372,7 +402,12 @@ fn main() -> ExitCode {
         width: 100,
     };
     let result = match cli.command {
-        Command::Lint { files, format, allow, deny } => lint(&files, format, allow, deny, style),
+        Command::Lint { files, format, allow, deny, target, stage } => {
+            lint(&files, format, LintArgs { allow, deny, target, stage }, style)
+        }
+        Command::Export { engine: Target::Verl, recipe, stage, out, set } => {
+            export_verl(&recipe, stage.as_deref(), &out, &set, style)
+        }
         Command::Graph { file, stage, format, resolved } => {
             graph(&file, stage.as_deref(), format, resolved, style)
         }
@@ -578,22 +613,34 @@ fn analyze_clean(path: &Path, style: Style) -> Result<Option<(SourceFile, Analys
     Ok(Some((src, analysis)))
 }
 
+struct LintArgs {
+    allow: Vec<String>,
+    deny: Vec<String>,
+    target: Option<Target>,
+    stage: Option<String>,
+}
+
 fn lint(
     files: &[PathBuf],
     format: LintFormat,
-    allow: Vec<String>,
-    deny: Vec<String>,
+    args: LintArgs,
     style: Style,
 ) -> Result<ExitCode, String> {
-    let deny_warnings = deny.iter().any(|d| d == "warnings");
-    let config = LintConfig { allow, deny, deny_warnings };
+    let deny_warnings = args.deny.iter().any(|d| d == "warnings");
+    let config = LintConfig { allow: args.allow, deny: args.deny, deny_warnings };
     if let Some(problem) = config.unknown_names().first() {
         return Err(problem.clone());
     }
     let mut failed = false;
     let mut json = Vec::new();
     for path in files {
-        let (src, analysis) = analyze(path, &config)?;
+        let (src, mut analysis) = analyze(path, &config)?;
+        if args.target == Some(Target::Verl) && !analysis.has_errors() {
+            let checked = analysis.checked.as_ref().ok_or("internal: no checked graph")?;
+            let index = stage_of(checked, args.stage.as_deref())?;
+            let found = rlx::export::verl::check(checked, index);
+            source::add_diagnostics(&src, &mut analysis, found, &config);
+        }
         failed |= analysis.has_errors();
         match format {
             LintFormat::Human => {
@@ -611,6 +658,59 @@ fn lint(
         println!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Stage `name`, or the last.
+fn stage_of(checked: &rlx::check::Checked, name: Option<&str>) -> Result<usize, String> {
+    rlx::exec::stage_index(checked, name).ok_or_else(|| {
+        let names: Vec<&str> =
+            checked.program.stages.iter().map(|s| s.name.name.as_str()).collect();
+        format!("no stage `{}`; the stages are {}", name.unwrap_or(""), names.join(", "))
+    })
+}
+
+fn export_verl(
+    path: &Path,
+    stage: Option<&str>,
+    out: &Path,
+    set: &[String],
+    style: Style,
+) -> Result<ExitCode, String> {
+    let (src, encoding) = read(path)?;
+    let mut analysis = source::analyze_with(&src, &LintConfig::defaults(), set)?;
+    if let Some(d) = encoding {
+        analysis.diagnostics.insert(0, d);
+    }
+    if analysis.has_errors() {
+        print_diagnostics(&src, &analysis, style);
+        eprintln!("{}: {}", src.name, render::summary(&analysis.diagnostics));
+        return Ok(ExitCode::from(1));
+    }
+    let checked = analysis.checked.clone().ok_or("internal: no checked graph")?;
+    let index = stage_of(&checked, stage)?;
+    let (files, found) =
+        rlx::export::verl::export(&checked, index, &src, &path.display().to_string());
+    let mut shown = analysis;
+    source::add_diagnostics(&src, &mut shown, found, &LintConfig::defaults());
+    print_diagnostics(&src, &shown, style);
+    let Some(files) = files.filter(|_| !shown.has_errors()) else {
+        eprintln!(
+            "{}: not exported: {} (`rlx lint --target verl` reports the same)",
+            src.name,
+            render::summary(&shown.diagnostics)
+        );
+        return Ok(ExitCode::from(1));
+    };
+    rlx::export::verl::write(&files, out)?;
+    let name = rlx::export::verl::registry_name(&checked);
+    println!(
+        "wrote {} ({} files) for verl {}: plugin `{name}`; see {}/README.md",
+        out.display(),
+        files.len(),
+        rlx::export::verl::VERL_VERSION,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn graph(

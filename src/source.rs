@@ -117,6 +117,20 @@ fn statement_spans(recipe: &Recipe) -> Vec<Span> {
 }
 
 /// `# rlx: allow(..)` comments, each covering the statement it ends or the next one.
+/// Diagnostics found after analysis (e.g. `rlx lint --target verl`), configured and suppressed
+/// like the analysis's own lints, and added to it in order.
+pub fn add_diagnostics(
+    source: &SourceFile,
+    analysis: &mut Analysis,
+    diags: Vec<Diagnostic>,
+    config: &LintConfig,
+) {
+    let sup = analysis.recipe.as_ref().map(|r| suppressions(&source.text, r)).unwrap_or_default();
+    analysis.diagnostics.extend(lints::apply(diags, config, &sup));
+    dedup(&mut analysis.diagnostics);
+    diag::sort(&mut analysis.diagnostics);
+}
+
 fn suppressions(text: &str, recipe: &Recipe) -> Vec<Suppression> {
     let stmts = statement_spans(recipe);
     let mut out = Vec::new();

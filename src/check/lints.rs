@@ -87,6 +87,12 @@ pub static LINTS: &[LintSpec] = &[
         summary: "a value head is trained but no value is read",
         example: "train policy, value_head(policy)   # policy.values never read",
     },
+    LintSpec {
+        name: "verl-kl-clamp",
+        default: Severity::Warning,
+        summary: "(`--target verl`) verl clamps the k3 KL estimate into [-10, 10]; the recipe does not",
+        example: "kl(policy.logp, ref.logp, estimator = k3)   # add clamp = 10 for an exact export",
+    },
 ];
 
 pub fn lint(name: &str) -> Option<&'static LintSpec> {
@@ -458,6 +464,18 @@ pub fn configure(
             }
         }
     }
+    out.extend(apply(diags, config, suppressions));
+    out
+}
+
+/// [`configure`] without reporting the suppression comments' unknown names: for diagnostics
+/// found after the first pass (`rlx lint --target verl`).
+pub fn apply(
+    diags: Vec<Diagnostic>,
+    config: &LintConfig,
+    suppressions: &[Suppression],
+) -> Vec<Diagnostic> {
+    let mut out = Vec::with_capacity(diags.len());
     for mut d in diags {
         if lint(d.code).is_some() {
             if config.allow.iter().any(|a| a == d.code) {

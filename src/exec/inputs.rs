@@ -92,7 +92,7 @@ pub(crate) fn step_ids_name(text: &str) -> String {
 }
 
 /// The batch name of a source node, if it reads one.
-pub(crate) fn source_name(stage: &StageIr, n: NodeIndex) -> Option<String> {
+pub fn source_name(stage: &StageIr, n: NodeIndex) -> Option<String> {
     let g = &stage.graph;
     let text = || match inputs(g, n).first().map(|t| &g[*t].op) {
         Some(Op::Text(t)) => t.to_string(),

@@ -641,3 +641,8 @@ fn internal(span: Span, message: &str) -> Diagnostic {
         .primary(span, "here")
         .help("this is a bug in rlx, not in the recipe; please report it")
 }
+
+/// The batch name `rlx eval` reads a source node under (`old.logp`, `rm(response)`, …).
+pub fn source_name_pub(stage: &crate::ir::graph::StageIr, n: NodeIndex) -> Option<String> {
+    source_name(stage, n)
+}

@@ -13,6 +13,15 @@ pub enum AnswerFormat {
 }
 
 impl AnswerFormat {
+    /// The name `parse` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnswerFormat::Gsm8k => "gsm8k",
+            AnswerFormat::Boxed => "boxed",
+            AnswerFormat::Exact => "exact",
+        }
+    }
+
     pub fn parse(name: &str) -> Option<AnswerFormat> {
         match name {
             "gsm8k" => Some(AnswerFormat::Gsm8k),

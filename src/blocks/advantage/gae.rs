@@ -39,22 +39,22 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let r = ctx.tensor(0)?;
     let cols = r.dim(1)?.max(1);
-    let (rs, vs, ms) =
-        (host::flat32(r)?, host::flat32(ctx.tensor(1)?)?, host::flat32(ctx.out_mask()?)?);
-    let (gamma, lambda) = (ctx.num("gamma")? as f32, ctx.num("lambda")? as f32);
+    // f64 host arithmetic: an f64 evaluation stays f64 (f32 inputs are widened exactly).
+    let (rs, vs, ms) = (host::flat(r)?, host::flat(ctx.tensor(1)?)?, host::flat(ctx.out_mask()?)?);
+    let (gamma, lambda) = (ctx.num("gamma")?, ctx.num("lambda")?);
     let skip = ctx.choice("holes")? == "skip";
-    let mut out = vec![0.0f32; rs.len()];
+    let mut out = vec![0.0f64; rs.len()];
     for (row, ((r, v), m)) in
         out.chunks_mut(cols).zip(rs.chunks(cols).zip(vs.chunks(cols)).zip(ms.chunks(cols)))
     {
         gae_row(r, v, m, gamma, lambda, skip, row);
     }
-    Ok(Value::Tensor(host::from_flat32(out, r.dims(), r)?))
+    Ok(Value::Tensor(host::from_flat(out, r.dims(), r)?))
 }
 
 /// GAE over one response, scanning backwards. With `skip`, masked tokens neither end the
 /// recursion nor enter it (verl); otherwise they count as zero reward and zero value (OpenRLHF).
-fn gae_row(r: &[f32], v: &[f32], m: &[f32], gamma: f32, lambda: f32, skip: bool, out: &mut [f32]) {
+fn gae_row(r: &[f64], v: &[f64], m: &[f64], gamma: f64, lambda: f64, skip: bool, out: &mut [f64]) {
     let (mut next_v, mut g) = (0.0, 0.0);
     for t in (0..r.len()).rev() {
         let real = m[t] != 0.0;

@@ -30,19 +30,15 @@ pub static SPEC: BlockSpec = BlockSpec {
 
 fn forward(ctx: &Ctx) -> Result<Value> {
     let r = ctx.tensor(0)?;
-    let mask = host::flat32(ctx.out_mask()?)?;
-    let (gamma, skip) = (ctx.num("gamma")? as f32, ctx.choice("holes")? == "skip");
+    let mask = host::flat(ctx.out_mask()?)?;
+    let (gamma, skip) = (ctx.num("gamma")?, ctx.choice("holes")? == "skip");
     let ret = super::returns::returns(r, &mask, gamma, skip)?;
     // verl: masked whitening over the batch, unbiased variance, (v + eps)^-1/2, then × mask.
-    let (n, sum) = ret
-        .iter()
-        .zip(&mask)
-        .fold((0.0f64, 0.0f64), |(n, s), (x, m)| (n + *m as f64, s + (*x * *m) as f64));
+    let (n, sum) = ret.iter().zip(&mask).fold((0.0, 0.0), |(n, s), (x, m)| (n + m, s + x * m));
     let mean = if n > 0.0 { sum / n } else { 0.0 };
-    let ss: f64 = ret.iter().zip(&mask).map(|(x, m)| *m as f64 * (*x as f64 - mean).powi(2)).sum();
+    let ss: f64 = ret.iter().zip(&mask).map(|(x, m)| m * (x - mean).powi(2)).sum();
     let var = if n > 1.0 { ss / (n - 1.0) } else { 0.0 };
     let scale = host::inverse_std(var, ctx.num("eps")?, false);
-    let out: Vec<f32> =
-        ret.iter().zip(&mask).map(|(x, m)| ((*x as f64 - mean) * scale) as f32 * m).collect();
-    Ok(Value::Tensor(host::from_flat32(out, r.dims(), r)?))
+    let out: Vec<f64> = ret.iter().zip(&mask).map(|(x, m)| (x - mean) * scale * m).collect();
+    Ok(Value::Tensor(host::from_flat(out, r.dims(), r)?))
 }

@@ -29,21 +29,21 @@ pub static SPEC: BlockSpec = BlockSpec {
 
 fn forward(ctx: &Ctx) -> Result<Value> {
     let r = ctx.tensor(0)?;
-    let (gamma, skip) = (ctx.num("gamma")? as f32, ctx.choice("holes")? == "skip");
-    let out = returns(r, &host::flat32(ctx.out_mask()?)?, gamma, skip)?;
-    Ok(Value::Tensor(host::from_flat32(out, r.dims(), r)?))
+    let (gamma, skip) = (ctx.num("gamma")?, ctx.choice("holes")? == "skip");
+    let out = returns(r, &host::flat(ctx.out_mask()?)?, gamma, skip)?;
+    Ok(Value::Tensor(host::from_flat(out, r.dims(), r)?))
 }
 
 /// Reward-to-go of every response, flattened; holes as in `gae`.
 pub(crate) fn returns(
     r: &candle_core::Tensor,
-    mask: &[f32],
-    gamma: f32,
+    mask: &[f64],
+    gamma: f64,
     skip: bool,
-) -> Result<Vec<f32>> {
+) -> Result<Vec<f64>> {
     let cols = r.dim(1)?.max(1);
-    let rs = host::flat32(r)?;
-    let mut out = vec![0.0f32; rs.len()];
+    let rs = host::flat(r)?;
+    let mut out = vec![0.0f64; rs.len()];
     for ((out, r), m) in out.chunks_mut(cols).zip(rs.chunks(cols)).zip(mask.chunks(cols)) {
         let mut g = 0.0;
         for t in (0..r.len()).rev() {

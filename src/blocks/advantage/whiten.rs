@@ -79,7 +79,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     } else {
         vec![(0..n_rows).collect()]
     };
-    let mut out = vec![0.0f32; xs.len()];
+    let mut out = vec![0.0f64; xs.len()];
     for part in parts {
         // f32 storage, f64 accumulation.
         let entries = || part.iter().flat_map(|&r| r * cols..(r + 1) * cols);
@@ -97,8 +97,8 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         let back = if shift { 0.0 } else { mean };
         for i in entries() {
             let w = (x(i) - mean) * scale + back;
-            out[i] = (if masked { w * m(i) } else { w }) as f32;
+            out[i] = if masked { w * m(i) } else { w };
         }
     }
-    Ok(Value::Tensor(host::from_flat32(out, x.dims(), x)?))
+    Ok(Value::Tensor(host::from_flat(out, x.dims(), x)?))
 }

@@ -1,0 +1,3 @@
+//! Exports: a recipe's objective for another engine, by proof (see `verl`).
+
+pub mod verl;
