@@ -11,8 +11,10 @@ use rlx::check::lints::{LINTS, LintConfig};
 use rlx::render::{self, Style};
 use rlx::source::{SourceFile, analyze};
 
-fn config_from(text: &str) -> LintConfig {
+/// The lint configuration of a case, and whether it lints `--target verl`.
+fn config_from(text: &str) -> (LintConfig, bool) {
     let mut config = LintConfig::defaults();
+    let mut verl = false;
     if let Some(args) = text.lines().next().and_then(|l| l.strip_prefix("# args:")) {
         let words: Vec<&str> = args.split_whitespace().collect();
         for pair in words.chunks(2) {
@@ -20,19 +22,27 @@ fn config_from(text: &str) -> LintConfig {
                 ["--deny", "warnings"] => config.deny_warnings = true,
                 ["--deny", l] => config.deny.push(l.to_string()),
                 ["--allow", l] => config.allow.push(l.to_string()),
+                ["--target", "verl"] => verl = true,
                 other => panic!("bad args header: {other:?}"),
             }
         }
     }
-    config
+    (config, verl)
 }
 
 /// What `rlx lint` prints for a file.
 fn render_case(name: &str, bytes: &[u8]) -> String {
     let (src, encoding) = SourceFile::from_bytes(name, bytes);
-    let mut analysis = analyze(&src, &config_from(&src.text));
+    let (config, verl) = config_from(&src.text);
+    let mut analysis = analyze(&src, &config);
     if let Some(d) = encoding {
         analysis.diagnostics.insert(0, d);
+    }
+    // As `rlx lint --target verl`: the last stage, when the recipe itself is sound.
+    if verl && !analysis.has_errors() {
+        let checked = analysis.checked.as_ref().unwrap();
+        let found = rlx::export::verl::check(checked, checked.program.stages.len() - 1);
+        rlx::source::add_diagnostics(&src, &mut analysis, found, &config);
     }
     let mut out = String::new();
     for d in &analysis.diagnostics {

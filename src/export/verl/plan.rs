@@ -374,8 +374,17 @@ impl Planner<'_> {
         loss_em.leaf_policy_logp = Some(self.policy.clone());
         let mut frontier: Vec<NodeIndex> = vec![];
         let region = self.loss_region(&policy_terms.iter().map(|t| t.2).collect::<Vec<_>>());
+        let mut signals = vec![];
         for &(_, _, t, _) in &policy_terms {
-            self.frontier(t, &region, &mut frontier, &mut HashSet::new());
+            self.frontier(t, &region, &mut frontier, &mut signals, &mut HashSet::new());
+        }
+        if !signals.is_empty() {
+            for signal in signals {
+                let span = self.g()[signal].span;
+                let label = self.g()[signal].op.label();
+                self.err("verl-signal", span, format!("verl's policy loss receives the policy's and the old log-probabilities and the advantages; not `{label}`"), "not passed to verl's policy loss", "use verl's KL loss for `ref.logp` (kl(policy.logp, ref.logp) as its own term), or fold it into the advantage");
+            }
+            return None;
         }
         let adv_node = match frontier.as_slice() {
             [a] => *a,
@@ -515,12 +524,20 @@ impl Planner<'_> {
         n: NodeIndex,
         region: &HashSet<NodeIndex>,
         out: &mut Vec<NodeIndex>,
+        signals: &mut Vec<NodeIndex>,
         seen: &mut HashSet<NodeIndex>,
     ) {
         if !seen.insert(n) {
             return;
         }
         if !region.contains(&n) {
+            if matches!(self.g()[n].op, Op::Signal { .. })
+                && !self.is_signal(n, &ModelRef::Old, Signal::Logp)
+            {
+                // A raw signal is not an advantage: the policy loss does not receive it.
+                signals.push(n);
+                return;
+            }
             let trivial = matches!(self.g()[n].op, Op::Const(_) | Op::Text(_))
                 || self.constant(n).is_some()
                 || self.is_signal(n, &ModelRef::Old, Signal::Logp);
@@ -533,7 +550,7 @@ impl Planner<'_> {
             return;
         }
         for i in self.ins(n) {
-            self.frontier(i, region, out, seen);
+            self.frontier(i, region, out, signals, seen);
         }
     }
 
@@ -867,7 +884,10 @@ impl Planner<'_> {
     }
 
     fn warn_k3_clamp(&mut self, kl: NodeIndex) {
-        let kl = if self.block(kl) == Some("clamp") { self.ins(kl)[0] } else { kl };
+        if self.block(kl) == Some("clamp") {
+            // kl_of accepted the outer clamp: its upper bound is verl's 10.
+            return;
+        }
         let est = self.param(kl, "estimator").map(|v| v.display());
         let clamp = self.param(kl, "clamp").and_then(Value::num);
         if est.as_deref() == Some("k3") && clamp.is_none() {

@@ -288,3 +288,66 @@ def cispo(logp, old, adv, *, bound="relative", eps=0.2, eps_high=None):
     w = torch.clamp(ratio, max=eps_high) if bound == "absolute" else torch.clamp(
         ratio, 1.0 - eps, 1.0 + eps_high)
     return -(w * adv * logp)
+
+
+def gspo(logp, old, adv, *, mask, eps=3e-4, eps_high=4e-4):
+    """Sequence-level ratio: value e^{s_b}, gradient e^{s_b}·∇logp, s_b the mean log-ratio."""
+    keep = mask != 0
+    zero = torch.zeros_like(logp)
+    delta = torch.where(keep, (logp - old).detach(), zero)
+    lengths = torch.clamp(keep.to(logp.dtype).sum(dim=-1, keepdim=True), min=1.0)
+    s = delta.sum(dim=-1, keepdim=True) / lengths
+    lp = torch.where(keep, logp, zero)
+    ratio = torch.exp(torch.clamp(lp - lp.detach() + s, max=10.0))
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - eps, 1.0 + eps_high)
+    return torch.maximum(unclipped, clipped)
+
+
+def sapo(logp, old, adv, *, tau_pos=1.0, tau_neg=1.05):
+    """−(4/τ)·σ(τ(ρ − 1))·A with τ by the advantage's sign."""
+    ratio = torch.exp(torch.clamp(logp - old, -20.0, 20.0))
+    tau = torch.where(adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg))
+    return -(4.0 / tau) * torch.sigmoid(tau * (ratio - 1.0)) * adv
+
+
+def reward_clip(x, *, lo=-10.0, hi=10.0):
+    return torch.clamp(x, min=lo, max=hi)
+
+
+def opo(rewards, *, mask, group):
+    """Length-weighted group baseline: A[b, t] = m·(r_b − Σ L_j r_j / Σ L_j); a lone sample: b = 0."""
+    r = rewards.detach()
+    lengths = mask.sum(dim=-1)
+    baseline = torch.zeros_like(r)
+    for idx in _members(group):
+        total = lengths[idx].sum()
+        if len(idx) > 1 and total > 0:
+            baseline[idx] = (lengths[idx] * r[idx]).sum() / total
+    return mask * (r - baseline).unsqueeze(-1)
+
+
+def grpo_passk(rewards, *, group, scale="std", eps=1e-6):
+    """Per group: the best sample (first on ties) gets (r_max − r_2nd) / (std + eps); others 0."""
+    r = rewards.detach()
+    out = torch.zeros_like(r)
+    for idx in _members(group):
+        if len(idx) < 2:
+            raise ValueError("pass@k advantages need at least 2 samples per prompt")
+        xs = r[idx]
+        order = sorted(range(len(idx)), key=lambda k: (-xs[k].item(), k))
+        best, second = order[0], order[1]
+        margin = xs[best] - xs[second]
+        out[idx[best]] = margin / (xs.var(unbiased=True).sqrt() + eps) if scale == "std" else margin
+    return out
+
+
+def gpg(rewards, *, group):
+    """α·(r − mean_g r), α = B / max(#nonzero rewards, 1); a lone sample: mean 0."""
+    r = rewards.detach()
+    alpha = r.shape[0] / builtins.max(int((r != 0).sum().item()), 1)
+    out = r.clone()
+    for idx in _members(group):
+        mean = r[idx].mean() if len(idx) > 1 else 0.0
+        out[idx] = alpha * (r[idx] - mean)
+    return out
