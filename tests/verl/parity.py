@@ -217,14 +217,14 @@ def check_dir(rlx, model, directory):
             where = f"{manifest['recipe']} seed {seed} {kind}"
             try:
                 got = run_rlx(rlx, manifest, rlx_inputs(manifest, x))
-            except RlxRefused as refused:
+            except RlxRefused as err:
                 # A batch rlx refuses (e.g. pass@k with a singleton group) must fail in verl too.
                 try:
                     verl_loss(manifest, algo, actor, critic, reward_module, x)
                 except Exception:  # noqa: BLE001 - any refusal agrees
                     refused += 1
                     continue
-                failures.append(f"{where}: rlx refuses the batch, verl computes it: {refused}")
+                failures.append(f"{where}: rlx refuses the batch, verl computes it: {err}")
                 continue
             loss, grad, vgrad = verl_loss(manifest, algo, actor, critic, reward_module, x)
             close(f"{where}: loss", got["loss"], loss, failures)
