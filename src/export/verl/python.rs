@@ -362,3 +362,60 @@ impl<'a> Emitter<'a> {
         member == "correct" && matches!(decl.spec.name, "arith" | "jsonl")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_read_back_exactly_in_python() {
+        assert_eq!(float(0.2), "0.2");
+        assert_eq!(float(1.0), "1.0");
+        assert_eq!(float(1e-6), "1e-6");
+        assert_eq!(float(-3.0), "-3.0");
+        assert_eq!(float(f64::INFINITY), "float('inf')");
+        assert_eq!(float(f64::NAN), "float('nan')");
+        assert_eq!(scaled(1.0, "x"), "x");
+        assert_eq!(scaled(-1.0, "x"), "-x");
+        assert_eq!(scaled(0.04, "kl"), "0.04 * kl");
+    }
+
+    #[test]
+    fn every_exported_block_has_a_torch_function_and_exists_in_rlx() {
+        let py = include_str!("rlx_blocks.py");
+        for (name, _, _) in BLOCKS {
+            assert!(py.contains(&format!("\ndef {name}(")), "rlx_blocks.py has no `{name}`");
+            assert!(crate::blocks::ALL.iter().any(|b| b.name == *name), "no rlx block `{name}`");
+        }
+    }
+
+    #[test]
+    fn generated_names_avoid_arguments_keywords_and_each_other() {
+        let checked = crate::check::Checked {
+            program: Default::default(),
+            stages: vec![],
+            decl_params: Default::default(),
+        };
+        let stage = crate::ir::graph::StageIr {
+            name: crate::syntax::ast::Ident { name: "rl".into(), span: Span::default() },
+            span: Span::default(),
+            train: vec![],
+            source: None,
+            source_keyword: None,
+            sample: None,
+            optim: None,
+            graph: Default::default(),
+            loss: None,
+            loss_span: Span::default(),
+            bindings: vec![],
+        };
+        let cs = CheckedStage::default();
+        let mut em = Emitter::new(&checked, &stage, &cs);
+        assert_eq!(em.fresh("adv"), "adv");
+        assert_eq!(em.fresh("adv"), "adv_2");
+        assert_eq!(em.fresh("mask"), "mask_");
+        assert_eq!(em.fresh("lambda"), "lambda_");
+        assert_eq!(em.fresh("2x"), "v_2x");
+        assert_eq!(em.fresh("loss_mat"), "loss_mat");
+    }
+}
