@@ -799,6 +799,7 @@ impl Run<'_> {
             device: &self.opts.device,
             widths: &widths,
             frozen_only: false,
+            old_is: None,
         };
         let mut batch = signals::base_inputs(&rows, &cx, None).map_err(fail)?;
         batch.extend(signals::compute(sources, |_| true, &rows, &cx).map_err(fail)?);
@@ -1010,6 +1011,7 @@ impl Run<'_> {
             device: &device,
             widths: &widths,
             frozen_only: true,
+            old_is: Some(&trained),
         };
         // Rollout-level inputs: everything, computed once without gradient.
         let mut full = signals::base_inputs(&rows, &cx, delimiter).map_err(fail)?;

@@ -196,6 +196,9 @@ pub struct SignalCx<'a> {
     pub widths: &'a HashMap<String, usize>,
     /// Compute even gradient sources with frozen weights (the rollout-level pass).
     pub frozen_only: bool,
+    /// The trained model whose snapshot `old` is. In the rollout-level pass its weights are
+    /// `old`'s exactly, so its signals are read from `old`'s forward instead of a second one.
+    pub old_is: Option<&'a str>,
 }
 
 fn err(e: candle_core::Error) -> String {
@@ -289,8 +292,12 @@ pub fn compute(
                 Tensor::from_vec(flat, (rows.len(), width), cx.device).map_err(err)?
             }
             SourceKind::Signal { model, signal, text } => {
-                let name = model_name(model);
+                let mut name = model_name(model);
                 let live = grad;
+                if !live && cx.frozen_only && cx.old_is == Some(name.as_str()) {
+                    // Same weights, same layout, same arithmetic: bit-identical, one forward.
+                    name = "old".into();
+                }
                 let keep = *signal == Signal::KeepProb;
                 let key = (name.clone(), live, text.clone(), keep);
                 if !forwards.contains_key(&key) {
