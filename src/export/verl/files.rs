@@ -246,10 +246,8 @@ pub fn overrides(plan: &Plan, cx: &Context, name: &str) -> Vec<(String, String)>
     // verl always clips; `clip_grad = none` becomes a bound no gradient reaches.
     let clip = optim("clip_grad").unwrap_or(1e9);
     set("actor_rollout_ref.actor.optim.clip_grad", float(clip));
-    set(
-        "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio",
-        float(optim("warmup").unwrap_or(0.0)),
-    );
+    // The planner refuses a warm-up (verl schedules it differently): none here.
+    set("actor_rollout_ref.actor.optim.lr_warmup_steps_ratio", "0.0".into());
     set("actor_rollout_ref.rollout.n", int(n));
     set("actor_rollout_ref.rollout.temperature", float(sample("temperature").unwrap_or(1.0)));
     set("actor_rollout_ref.rollout.top_p", float(sample("top_p").unwrap_or(1.0)));

@@ -991,6 +991,10 @@ impl Planner<'_> {
                 "drop it",
             );
         }
+        if crate::check::params::get_num(&optim, "warmup").is_some_and(|w| w > 0.0) {
+            let span = span_of(&optim, "warmup").unwrap_or(stage_span);
+            self.err("verl-setting", span, "verl's warm-up is counted in RL steps and starts at a learning rate of 0; rlx's is counted in optimiser steps and starts at lr/w".into(), "a warm-up verl schedules differently", "drop `warmup` here and set verl's actor_rollout_ref.actor.optim.lr_warmup_steps on the command line");
+        }
         let num = |k| crate::check::params::get_num(&sample, k).unwrap_or(1.0);
         let n = num("n");
         for key in ["batch", "minibatch"] {
