@@ -156,8 +156,13 @@ fn objective_py(plan: &Plan, cx: &Context, name: &str) -> String {
         Estimator::Remax => s.push_str("# The advantages are verl's own `remax` (algorithm.adv_estimator=remax): verl makes the greedy\n# rollout only for it. The parity test checks it against the recipe.\n\n"),
     }
     s.push_str(&format!(
-        "\n@register_policy_loss(NAME)\ndef compute_policy_loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode=\"token-mean\", config=None, rollout_is_weights=None):\n    \"\"\"The recipe's policy loss (without its KL term, which is verl's KL loss; see overrides.yaml).\"\"\"\n    if loss_agg_mode != LOSS_AGG_MODE:\n        raise ValueError(f\"{name}: the recipe aggregates with {{LOSS_AGG_MODE!r}}, verl is set to {{loss_agg_mode!r}}: set actor_rollout_ref.actor.loss_agg_mode={}\")\n    if rollout_is_weights is not None:\n        raise ValueError(\"{name}: the recipe has no rollout correction; turn off algorithm.rollout_correction\")\n    mask = response_mask.to(log_prob.dtype)  # noqa: F841  (read by blocks that mask)\n",
-        plan.agg.verl()
+        "\n@register_policy_loss(NAME)\ndef compute_policy_loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode=\"token-mean\", config=None, rollout_is_weights=None):\n    \"\"\"{loss_doc}\"\"\"\n    if loss_agg_mode != LOSS_AGG_MODE:\n        raise ValueError(f\"{name}: the recipe aggregates with {{LOSS_AGG_MODE!r}}, verl is set to {{loss_agg_mode!r}}: set actor_rollout_ref.actor.loss_agg_mode={}\")\n    if rollout_is_weights is not None:\n        raise ValueError(\"{name}: the recipe has no rollout correction; turn off algorithm.rollout_correction\")\n    mask = response_mask.to(log_prob.dtype)  # noqa: F841  (read by blocks that mask)\n",
+        plan.agg.verl(),
+        loss_doc = if plan.kl_loss.is_some() {
+            "The recipe's policy terms; its KL term is verl's KL loss (actor.use_kl_loss, see overrides.yaml)."
+        } else {
+            "The recipe's policy loss."
+        },
     ));
     s.push_str(&commented(&plan.loss_lines, cx, "    "));
     s.push_str(&format!(

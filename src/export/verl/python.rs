@@ -281,7 +281,8 @@ impl<'a> Emitter<'a> {
             self.memo.insert(n, format!("({expr})"));
             return format!("({expr})");
         }
-        let base = node.names.last().cloned().unwrap_or_else(|| format!("t{}", n.index()));
+        // Its `let` name, else its block's (`ppo_clip`, `mul`): fresh() makes it unique.
+        let base = node.names.last().cloned().unwrap_or_else(|| node.op.label());
         let name = self.fresh(&base);
         self.lines.push(Line { span: node.span, code: format!("{name} = {expr}") });
         self.memo.insert(n, name.clone());
