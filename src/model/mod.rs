@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dir;
+pub mod gelu;
 pub mod gpt2;
 pub mod hf;
 pub mod hf_config;

@@ -491,7 +491,7 @@ impl GptTrunk {
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
             x = (x + blk.out.forward(&y)?)?;
             let m = blk.ln2.forward(&x, grad)?;
-            let m = blk.down.forward(&blk.up.forward(&m)?.gelu()?)?;
+            let m = blk.down.forward(&super::gelu::gelu(&blk.up.forward(&m)?)?)?;
             x = (x + m)?;
         }
         self.ln_f.forward(&x, grad)

@@ -1,0 +1,155 @@
+//! GELU in its tanh approximation (GPT-2's `gelu_new`) as one fused op on CPU f32 tensors, with
+//! a fused backward. candle's `gelu` is a single-threaded map forward and about a dozen tensor
+//! operations backward (two `powf`s among them); this is one parallel pass each way. The
+//! forward is candle's formula, bit for bit; the backward is its exact derivative.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// √(2/π) as candle writes it.
+const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+const CUBIC: f32 = 0.044715;
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+/// `gelu_new(x)`: fused on CPU f32, candle's own op elsewhere.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(Gelu)
+    } else {
+        x.gelu()
+    }
+}
+
+#[inline(always)]
+fn forward(v: f32) -> f32 {
+    0.5 * v * (1.0 + f32::tanh(SQRT_TWO_OVER_PI * v * (1.0 + CUBIC * v * v)))
+}
+
+/// d/dx ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³).
+#[inline(always)]
+fn derivative(v: f32) -> f32 {
+    let t = f32::tanh(SQRT_TWO_OVER_PI * v * (1.0 + CUBIC * v * v));
+    0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * CUBIC * v * v)
+}
+
+fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("{op}: expects a contiguous tensor")
+    };
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "rlx-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = contiguous(storage, layout, "gelu")?;
+        let out = if xs.len() < 2 * CHUNK {
+            // One token's activations while sampling: threads would cost more than they save.
+            xs.iter().map(|x| forward(*x)).collect()
+        } else {
+            let mut out = vec![0f32; xs.len()];
+            out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(o, x)| {
+                o.iter_mut().zip(x).for_each(|(o, x)| *o = forward(*x));
+            });
+            out
+        };
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+/// (x, g) ↦ g · gelu′(x).
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "rlx-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xs, gs) = (contiguous(s1, l1, "gelu backward")?, contiguous(s2, l2, "gelu backward")?);
+        if xs.len() != gs.len() {
+            bail!("gelu backward: {} inputs, {} gradients", xs.len(), gs.len())
+        }
+        let out = if xs.len() < 2 * CHUNK {
+            xs.iter().zip(gs).map(|(x, g)| g * derivative(*x)).collect()
+        } else {
+            let mut out = vec![0f32; xs.len()];
+            out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).zip(gs.par_chunks(CHUNK)).for_each(
+                |((o, x), g)| {
+                    o.iter_mut().zip(x).zip(g).for_each(|((o, x), g)| *o = g * derivative(*x));
+                },
+            );
+            out
+        };
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn inputs() -> Vec<f32> {
+        (0..40_001).map(|i| (i as f32 - 20_000.0) / 2_000.0).collect()
+    }
+
+    #[test]
+    fn forward_is_candles_gelu_bit_for_bit() {
+        let x = Tensor::new(inputs(), &Device::Cpu).unwrap();
+        let ours = gelu(&x).unwrap().to_vec1::<f32>().unwrap();
+        let theirs = x.gelu().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(ours, theirs);
+        // Non-contiguous input (a transpose) gives the same values.
+        let m = Tensor::new(inputs()[..40_000].to_vec(), &Device::Cpu)
+            .unwrap()
+            .reshape((200, 200))
+            .unwrap();
+        let t = m.t().unwrap();
+        assert_eq!(
+            gelu(&t).unwrap().to_vec2::<f32>().unwrap(),
+            t.gelu().unwrap().to_vec2::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_and_candles_backward() {
+        let xs = inputs();
+        let x = Var::new(xs.clone(), &Device::Cpu).unwrap();
+        let w: Vec<f32> = (0..xs.len()).map(|i| ((i * 7919) % 13) as f32 / 6.0 - 1.0).collect();
+        let w = Tensor::new(w, &Device::Cpu).unwrap();
+        let ours = gelu(x.as_tensor()).unwrap().mul(&w).unwrap().sum_all().unwrap();
+        let g = ours.backward().unwrap().get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let wv = w.to_vec1::<f32>().unwrap();
+        // Central differences in f64 of the same formula.
+        let f = |v: f64| {
+            0.5 * v * (1.0 + (0.797_884_560_802_865_4 * v * (1.0 + 0.044715 * v * v)).tanh())
+        };
+        let h = 1e-4;
+        for (i, (&v, &gi)) in xs.iter().zip(&g).enumerate().step_by(97) {
+            let fd = wv[i] as f64 * (f(v as f64 + h) - f(v as f64 - h)) / (2.0 * h);
+            assert!((gi as f64 - fd).abs() <= 1e-5 + 1e-5 * fd.abs(), "x = {v}: {gi} vs {fd}");
+        }
+        // candle's backward uses rounded constants: close, not equal.
+        let theirs = x.as_tensor().gelu().unwrap().mul(&w).unwrap().sum_all().unwrap();
+        let gc = theirs.backward().unwrap().get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let worst = g.iter().zip(&gc).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "max |ours − candle's| = {worst}");
+    }
+}
