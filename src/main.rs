@@ -819,14 +819,7 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
     }
     print_diagnostics(&src, &analysis, style);
     let checked = analysis.checked.as_ref().ok_or("internal: no checked graph")?;
-    let names: Vec<&str> = checked.program.stages.iter().map(|s| s.name.name.as_str()).collect();
-    let index = rlx::exec::stage_index(checked, args.stage.as_deref()).ok_or_else(|| {
-        format!(
-            "no stage `{}`; the stages are {}",
-            args.stage.as_deref().unwrap_or(""),
-            names.join(", ")
-        )
-    })?;
+    let index = stage_of(checked, args.stage.as_deref())?;
     let stage_name = &checked.program.stages[index].name.name;
     if args.inputs {
         println!("stage `{stage_name}` reads:");

@@ -91,7 +91,7 @@ pub(crate) fn step_ids_name(text: &str) -> String {
     suffixed("step_ids", text)
 }
 
-/// The batch name of a source node, if it reads one.
+/// The batch name of a source node (`old.logp`, `rm(response)`, …), if it reads one.
 pub fn source_name(stage: &StageIr, n: NodeIndex) -> Option<String> {
     let g = &stage.graph;
     let text = || match inputs(g, n).first().map(|t| &g[*t].op) {

@@ -16,8 +16,8 @@ use crate::blocks::spec::Level;
 use crate::check::{Checked, Ty};
 use crate::diag::{Diagnostic, Span};
 use crate::ir::graph::*;
-pub use inputs::{Dim, Kind, Requirement, requirements};
-pub(crate) use inputs::{demanded as demanded_nodes, source_name};
+pub(crate) use inputs::demanded as demanded_nodes;
+pub use inputs::{Dim, Kind, Requirement, requirements, source_name};
 
 /// A loss term: a top-level summand of the loss.
 #[derive(Debug, Clone)]
@@ -640,9 +640,4 @@ fn internal(span: Span, message: &str) -> Diagnostic {
     Diagnostic::error("internal-error", format!("internal error: {message}"))
         .primary(span, "here")
         .help("this is a bug in rlx, not in the recipe; please report it")
-}
-
-/// The batch name `rlx eval` reads a source node under (`old.logp`, `rm(response)`, …).
-pub fn source_name_pub(stage: &crate::ir::graph::StageIr, n: NodeIndex) -> Option<String> {
-    source_name(stage, n)
 }
