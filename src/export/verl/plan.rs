@@ -432,7 +432,7 @@ impl Planner<'_> {
 
         // The advantages: verl's built-ins where only they get their inputs, else generated.
         let mut adv_em = python::Emitter::new(self.checked, self.stage, self.cs);
-        let (estimator, root) = self.estimator(adv_node, &critic_term)?;
+        let (estimator, root) = self.estimator(adv_node)?;
         let reward_level = self.level(root).unwrap_or(Level::Seq);
         adv_em.leaf(root, "reward");
         let adv_result = if estimator == Estimator::Generated {
@@ -555,11 +555,7 @@ impl Planner<'_> {
     }
 
     /// Which estimator computes `adv` and which node is the reward it starts from.
-    fn estimator(
-        &mut self,
-        adv: NodeIndex,
-        critic: &Option<(f64, AggMode, NodeIndex)>,
-    ) -> Option<(Estimator, NodeIndex)> {
+    fn estimator(&mut self, adv: NodeIndex) -> Option<(Estimator, NodeIndex)> {
         let ins = self.ins(adv);
         // verl's gae: whiten(gae(r, old.values), scope = batch) with verl's whitening.
         let whitened_gae = self.block(adv) == Some("whiten") && self.block(ins[0]) == Some("gae");
@@ -592,9 +588,6 @@ impl Planner<'_> {
                     "holes = zero",
                     "use holes = skip",
                 );
-            }
-            if critic.is_none() && !self.stage.has_value_head(&self.policy) {
-                return Some((Estimator::Gae { gamma: 1.0, lambda: 1.0 }, gae_ins[0]));
             }
             let gamma = self.param(gae, "gamma").and_then(Value::num).unwrap_or(1.0);
             let lambda = self.param(gae, "lambda").and_then(Value::num).unwrap_or(1.0);
@@ -696,7 +689,7 @@ impl Planner<'_> {
         }
         let remax = self.ins(adv)[0];
         let b = self.ins(remax)[1];
-        crate::exec::source_name_pub(self.stage, b)
+        crate::exec::source_name(self.stage, b)
     }
 
     /// The reward the advantage starts from: the one node below `adv` that is a function of
@@ -742,14 +735,13 @@ impl Planner<'_> {
     fn reward_like(&self, n: NodeIndex) -> bool {
         match &self.g()[n].op {
             Op::Const(_) | Op::Score(_) => true,
+            Op::Block { .. } if self.kl_of(n, &ModelRef::Old).is_some() => true,
             Op::Block { spec, .. } => {
                 use crate::blocks::spec::Family;
-                let ok = matches!(spec.family, Family::Maths | Family::Shaping)
+                let shaping = matches!(spec.family, Family::Maths | Family::Shaping)
                     && spec.name != "spread"
-                    || spec.name == "sum_tokens"
-                    || self.kl_of(n, &ModelRef::Old).is_some();
-                ok && (self.kl_of(n, &ModelRef::Old).is_some()
-                    || self.ins(n).into_iter().all(|i| self.reward_like(i)))
+                    || spec.name == "sum_tokens";
+                shaping && self.ins(n).into_iter().all(|i| self.reward_like(i))
             }
             _ => false,
         }
