@@ -9,6 +9,14 @@ use rayon::prelude::*;
 /// Elements per parallel task of the host update.
 const CHUNK: usize = 1 << 15;
 
+/// One step's schedule, shared by both forms of the update.
+struct Schedule {
+    scale: f64,
+    lr: f64,
+    c1: f64,
+    c2: f64,
+}
+
 /// One step's scalars, in f32 as the weights are.
 #[derive(Clone, Copy)]
 struct Coefficients {
@@ -156,6 +164,20 @@ impl AdamW {
         Ok(sq.sqrt())
     }
 
+    /// Counts a step and gives its scalars: the clip scale for a gradient of norm `norm`, the
+    /// learning rate, and the bias corrections of both moments.
+    fn next_step(&mut self, norm: f64) -> Schedule {
+        let scale = match self.cfg.clip_grad {
+            Some(c) if norm > c => c / norm,
+            _ => 1.0,
+        };
+        let lr = self.current_lr();
+        self.steps += 1;
+        let c1 = 1.0 - self.cfg.beta1.powi(self.steps as i32);
+        let c2 = 1.0 - self.cfg.beta2.powi(self.steps as i32);
+        Schedule { scale, lr, c1, c2 }
+    }
+
     /// One update. A variable without a gradient is left alone (its moments decay).
     pub fn step(&mut self, grads: &GradStore) -> Result<StepInfo> {
         if self.host_eligible(grads) {
@@ -187,15 +209,8 @@ impl AdamW {
             }
         }
         let norm = sq.sqrt();
-        let scale = match self.cfg.clip_grad {
-            Some(c) if norm > c => c / norm,
-            _ => 1.0,
-        };
-        let lr = self.current_lr();
-        self.steps += 1;
+        let Schedule { scale, lr, c1, c2 } = self.next_step(norm);
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let c1 = 1.0 - b1.powi(self.steps as i32);
-        let c2 = 1.0 - b2.powi(self.steps as i32);
         let k = Coefficients {
             scale: scale as f32,
             b1: b1 as f32,
@@ -240,15 +255,8 @@ impl AdamW {
     /// The update through tensor operations (any device, any dtype).
     fn step_tensors(&mut self, grads: &GradStore) -> Result<StepInfo> {
         let norm = self.grad_norm(grads)?;
-        let scale = match self.cfg.clip_grad {
-            Some(c) if norm > c => c / norm,
-            _ => 1.0,
-        };
-        let lr = self.current_lr();
-        self.steps += 1;
+        let Schedule { scale, lr, c1, c2 } = self.next_step(norm);
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let c1 = 1.0 - b1.powi(self.steps as i32);
-        let c2 = 1.0 - b2.powi(self.steps as i32);
         // Σ of every updated weight, summed on the device: one read tells whether all are finite.
         let mut total: Option<Tensor> = None;
         for (i, (_, var)) in self.vars.iter().enumerate() {
