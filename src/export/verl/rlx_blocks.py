@@ -27,6 +27,19 @@ def _members(group):
     return [torch.nonzero(group == g, as_tuple=True)[0] for g in torch.unique(group, sorted=False)]
 
 
+def _mean_var(xs, ws, unbiased):
+    """Mean and variance of `xs` weighted by `ws` (a 0/1 mask, or counts), as rlx's
+    `host::mean_var`: Bessel's correction on the total weight; a total of 1 or less: variance 0."""
+    n = ws.sum().item()
+    if n <= 0:
+        return xs.sum() * 0.0, 0.0
+    mean = (xs * ws).sum() / n
+    ss = (ws * (xs - mean) ** 2).sum().item()
+    if unbiased:
+        return mean, ss / (n - 1) if n > 1 else 0.0
+    return mean, ss / n
+
+
 def _inverse_std(var, eps, floor_max=False):
     denom = builtins.max(var, eps) if floor_max else var + eps
     s = 1.0 / denom**0.5 if denom > 0 else float("inf")
@@ -210,13 +223,7 @@ def whiten(x, *, mask, group=None, scope="batch", var="unbiased", eps=1e-8, shif
     out = torch.zeros_like(xs)
     for idx in parts:
         xp, mp = xs[idx], m[idx]
-        n = mp.sum().item()
-        mean = (xp * mp).sum() / n if n > 0 else xp.sum() * 0.0
-        ss = (mp * (xp - mean) ** 2).sum().item()
-        if var == "unbiased":
-            v = ss / (n - 1) if n > 1 else 0.0
-        else:
-            v = ss / n if n > 0 else 0.0
+        mean, v = _mean_var(xp, mp, var == "unbiased")
         s = _inverse_std(v, eps, floor == "max")
         back = 0.0 if shift_mean else mean
         w = (xp - mean) * s + back
@@ -240,10 +247,7 @@ def returns(rewards, *, mask, gamma=1.0, holes="skip"):
 def reinforce_pp(rewards, *, mask, gamma=1.0, eps=1e-8, holes="skip"):
     """whiten_batch(G): REINFORCE++'s returns whitened over every response token (unbiased)."""
     g = returns(rewards, mask=mask, gamma=gamma, holes=holes)
-    n = mask.sum().item()
-    mean = (g * mask).sum() / n if n > 0 else g.sum() * 0.0
-    ss = (mask * (g - mean) ** 2).sum().item()
-    v = ss / (n - 1) if n > 1 else 0.0
+    mean, v = _mean_var(g, mask, unbiased=True)
     return (g - mean) * _inverse_std(v, eps) * mask
 
 
@@ -253,14 +257,8 @@ def reinforce_pp_baseline(rewards, *, mask, group, eps=1e-8, var="unbiased"):
     for idx in _members(group):
         if len(idx) > 1:
             centred[idx] = r[idx] - r[idx].mean()
-    lengths = mask.sum(dim=-1)
-    n = lengths.sum().item()
-    mean = (centred * lengths).sum() / n if n > 0 else centred.sum() * 0.0
-    ss = (lengths * (centred - mean) ** 2).sum().item()
-    if var == "unbiased":
-        v = ss / (n - 1) if n > 1 else 0.0
-    else:
-        v = ss / n if n > 0 else 0.0
+    # Each sequence's value counts once per response token.
+    mean, v = _mean_var(centred, mask.sum(dim=-1), var == "unbiased")
     return mask * (centred - mean).unsqueeze(-1) * _inverse_std(v, eps)
 
 
