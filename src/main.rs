@@ -216,7 +216,7 @@ enum Command {
         /// Safetensors files to split the weights into (more than one writes an index).
         #[arg(long, default_value_t = 1)]
         shards: usize,
-        /// `tiny`, or `0.5b` for Qwen2.5-0.5B's shape (benchmarks; about 2 GB).
+        /// `tiny`; for benchmarks `small` (6 layers × 384) or `0.5b` (Qwen2.5-0.5B's shape, about 2 GB).
         #[arg(long, default_value = "tiny")]
         size: String,
         #[arg(long, default_value_t = 0)]

@@ -221,9 +221,11 @@ pub fn to_v5(config: &Value) -> Value {
     c
 }
 
-/// Sizes besides `tiny`: `0.5b` has Qwen2.5-0.5B's shape (24 layers, width 896, 14 heads over
-/// 2 key/value heads, MLP 4864, vocabulary 151 936, tied embeddings), for benchmarks.
-pub const SIZES: &[&str] = &["tiny", "0.5b"];
+/// Sizes besides `tiny`, for benchmarks: `small` is 6 layers of width 384 (6 heads over 2
+/// key/value heads, MLP 1536) on the byte tokenizer's vocabulary, so it can be sampled and
+/// decoded; `0.5b` has Qwen2.5-0.5B's shape (24 layers, width 896, 14 heads over 2 key/value
+/// heads, MLP 4864, vocabulary 151 936, tied embeddings).
+pub const SIZES: &[&str] = &["tiny", "small", "0.5b"];
 
 /// Writes a random checkpoint as `spec` says.
 pub fn write_tiny(dir: &Path, spec: &TinySpec) -> Result<(), String> {
@@ -231,6 +233,23 @@ pub fn write_tiny(dir: &Path, spec: &TinySpec) -> Result<(), String> {
     let mut config = config(family)?;
     match spec.size.as_str() {
         "tiny" => {}
+        "small" => {
+            for (k, v) in [
+                ("hidden_size", json!(384)),
+                ("intermediate_size", json!(1536)),
+                ("num_hidden_layers", json!(6)),
+                ("num_attention_heads", json!(6)),
+                ("num_key_value_heads", json!(2)),
+            ] {
+                config[k] = v;
+            }
+            if config.get("max_window_layers").is_some() {
+                config["max_window_layers"] = json!(6);
+            }
+            if family == "qwen3" {
+                config["head_dim"] = json!(64);
+            }
+        }
         "0.5b" => {
             for (k, v) in [
                 ("hidden_size", json!(896)),

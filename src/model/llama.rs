@@ -4,8 +4,8 @@
 //! and saves without renaming. Optional parts follow the weights present: q/k/v biases (Qwen2),
 //! per-head q/k RMS norms (Qwen3), and LoRA adapters on any linear layer.
 //!
-//! The training path composes RMS norm and softmax from differentiable ops (candle's fused
-//! kernels have no backward); inference (`grad = false`) uses the fused ones.
+//! The training path composes RMS norm from differentiable ops (candle's fused kernels have no
+//! backward); inference (`grad = false`) uses the fused ones. Attention is `attention::attend`.
 //! Norms and attention scores are computed in f32 whatever the weights' dtype, as in HF.
 
 use std::collections::BTreeMap;
@@ -218,15 +218,9 @@ impl LlamaTrunk {
             if let Some(c) = cache.as_deref_mut() {
                 (k, v) = c.append(li, k, v)?;
             }
-            let (k, v) = (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?);
-            let att = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(bias)?;
-            let att = if grad {
-                candle_nn::ops::softmax(&att, D::Minus1)?
-            } else {
-                candle_nn::ops::softmax_last_dim(&att)?
-            };
-            let y =
-                att.to_dtype(self.dtype)?.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h * dh))?;
+            let y = super::attention::attend(&q, &k, &v, bias, scale, grad)?
+                .transpose(1, 2)?
+                .reshape((b, l, h * dh))?;
             x = (x + blk.o.forward(&y)?)?;
             let m = blk.post_norm.forward(&x, grad)?;
             let m = (blk.gate.forward(&m)?.silu()? * blk.up.forward(&m)?)?;
@@ -245,13 +239,4 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
     let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
     Tensor::cat(&[&a, &b], 3)
-}
-
-/// Grouped-query attention: each key/value head serves `rep` query heads (HF's `repeat_kv`).
-fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, l, d) = x.dims4()?;
-    x.unsqueeze(2)?.broadcast_as((b, kv, rep, l, d))?.contiguous()?.reshape((b, kv * rep, l, d))
 }

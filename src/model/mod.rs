@@ -2,6 +2,7 @@
 //! checkpoints, written on candle, trainable end to end, with optional value and reward heads; its configuration, its parameters, and the batch layout that
 //! the sampler and the trainer share.
 
+pub mod attention;
 pub mod config;
 pub mod dir;
 pub mod gelu;

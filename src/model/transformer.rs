@@ -482,13 +482,9 @@ impl GptTrunk {
             if let Some(c) = cache.as_deref_mut() {
                 (k, v) = c.append(li, k, v)?;
             }
-            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
-            let att = if grad {
-                candle_nn::ops::softmax(&att, D::Minus1)?
-            } else {
-                candle_nn::ops::softmax_last_dim(&att)?
-            };
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+            let y = super::attention::attend(&q, &k, &v, bias, scale, grad)?
+                .transpose(1, 2)?
+                .reshape((b, l, d))?;
             x = (x + blk.out.forward(&y)?)?;
             let m = blk.ln2.forward(&x, grad)?;
             let m = blk.down.forward(&super::gelu::gelu(&blk.up.forward(&m)?)?)?;

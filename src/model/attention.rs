@@ -1,0 +1,383 @@
+//! Scaled dot-product attention with an additive bias, `softmax(q·kᵀ·scale + bias)·v`, as one
+//! fused op on CPU f32 tensors, with a fused backward; candle's own ops elsewhere.
+//!
+//! Composed from candle ops, attention materialises the `[B, H, Lq, Lk]` scores several times
+//! over (product, scaled, biased, max, exp, sum, quotient, and as many again backward) and
+//! copies keys and values per query head for grouped-query attention. Here each (row, head)
+//! streams its scores through one `Lk` buffer, reads grouped keys and values in place, and
+//! skips masked keys (bias ≤ −1e8, whose weight underflows to exactly 0 in the composed form
+//! too). The backward recomputes the softmax row from `q`, `k` and the bias, as
+//! flash-attention does, instead of keeping it.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// Bias values at or below this mark a key the query may not read.
+const MASKED: f32 = -1e8;
+/// Multiply-adds below which one thread does the whole op (a sampling step's attention).
+const SERIAL_WORK: usize = 1 << 16;
+
+/// `softmax(q·kᵀ·scale + bias)·v` for `q [B, H, Lq, D]`, `k`/`v` `[B, G, Lk, D]` (H a multiple
+/// of G: each key/value head serves H/G query heads) and `bias [B, 1, Lq, Lk]`; `[B, H, Lq, D]`.
+/// Half-precision scores are taken in f32, as HF's eager attention does. Without `grad` the
+/// composed form may use candle's softmax kernel, which has no backward.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    grad: bool,
+) -> Result<Tensor> {
+    let (b, h, lq, _) = q.dims4()?;
+    let (_, g, lk, _) = k.dims4()?;
+    let fusable = q.device().is_cpu()
+        && [q.dtype(), k.dtype(), v.dtype(), bias.dtype()].iter().all(|t| *t == DType::F32)
+        && h % g == 0
+        && bias.dims() == [b, 1, lq, lk];
+    if !fusable {
+        return composed(q, k, v, bias, scale, grad);
+    }
+    let bias = Arc::new(bias.flatten_all()?.to_vec1::<f32>()?);
+    let op = Attention { scale: scale as f32, bias };
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// The same from candle's differentiable ops (the reference the fused op is tested against).
+pub fn composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    grad: bool,
+) -> Result<Tensor> {
+    let rep = q.dim(1)? / k.dim(1)?;
+    let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?);
+    let att = (q.matmul(&k.t()?)? * scale)?;
+    let att = match att.dtype() {
+        DType::BF16 | DType::F16 => att.to_dtype(DType::F32)?,
+        _ => att,
+    };
+    let att = att.broadcast_add(&bias.to_dtype(att.dtype())?)?;
+    let att = if grad {
+        candle_nn::ops::softmax(&att, candle_core::D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&att)?
+    };
+    att.to_dtype(q.dtype())?.matmul(&v)
+}
+
+/// Grouped-query attention: each key/value head serves `rep` query heads (HF's `repeat_kv`).
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, l, d) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((b, kv, rep, l, d))?.contiguous()?.reshape((b, kv * rep, l, d))
+}
+
+struct Attention {
+    scale: f32,
+    /// `[B, Lq, Lk]`, shared by every layer's call of one forward.
+    bias: Arc<Vec<f32>>,
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    g: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(q: &Layout, k: &Layout) -> Result<Dims> {
+        let (b, h, lq, d) = q.shape().dims4()?;
+        let (_, g, lk, _) = k.shape().dims4()?;
+        Ok(Dims { b, h, g, lq, lk, d })
+    }
+
+    fn serial(&self) -> bool {
+        self.b * self.h * self.lq * self.lk * self.d < SERIAL_WORK
+    }
+}
+
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("attention: expects contiguous tensors")
+    };
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Softmax weights of query row `qi` over the keys `k` (`Lk × D`) with bias row `bias` into
+/// `p`; masked keys get exactly 0.
+#[inline]
+fn weights(qi: &[f32], k: &[f32], bias: &[f32], scale: f32, p: &mut [f32]) {
+    let d = qi.len();
+    let mut max = f32::NEG_INFINITY;
+    for (j, (pj, bj)) in p.iter_mut().zip(bias).enumerate() {
+        *pj = if *bj <= MASKED {
+            f32::NEG_INFINITY
+        } else {
+            dot(qi, &k[j * d..(j + 1) * d]) * scale + bj
+        };
+        max = max.max(*pj);
+    }
+    let mut sum = 0f32;
+    for pj in p.iter_mut() {
+        *pj = (*pj - max).exp();
+        sum += *pj;
+    }
+    let inv = 1.0 / sum;
+    p.iter_mut().for_each(|pj| *pj *= inv);
+}
+
+/// Runs `body(index, chunk)` over `out`'s `n`-sized chunks, on the thread pool unless serial.
+fn each_chunk<F>(out: &mut [f32], n: usize, serial: bool, body: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    if serial {
+        out.chunks_mut(n).enumerate().for_each(|(i, c)| body(i, c));
+    } else {
+        out.par_chunks_mut(n).enumerate().for_each(|(i, c)| body(i, c));
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "rlx-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = Dims::of(ql, kl)?;
+        let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
+        let (rep, d, lq, lk) = (n.h / n.g, n.d, n.lq, n.lk);
+        let mut out = vec![0f32; q.len()];
+        // One task per (row, query head): its `Lq × D` outputs.
+        each_chunk(&mut out, lq * d, n.serial(), |bh, y| {
+            let (row, head) = (bh / n.h, bh % n.h);
+            let kv = (row * n.g + head / rep) * lk * d;
+            let (kr, vr) = (&k[kv..kv + lk * d], &v[kv..kv + lk * d]);
+            let mut p = vec![0f32; lk];
+            for i in 0..lq {
+                let qi = &q[(bh * lq + i) * d..(bh * lq + i + 1) * d];
+                let bias = &self.bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
+                weights(qi, kr, bias, self.scale, &mut p);
+                let yi = &mut y[i * d..(i + 1) * d];
+                for (j, pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
+                    yi.iter_mut().zip(&vr[j * d..(j + 1) * d]).for_each(|(y, v)| *y += pj * v);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, h, lq, d) = q.dims4()?;
+        let (_, g, lk, _) = k.dims4()?;
+        let n = Dims { b, h, g, lq, lk, d };
+        let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let (qv, kv, vv, ov, gv) = (host(q)?, host(k)?, host(v)?, host(res)?, host(grad)?);
+        let rep = h / g;
+        let mut dq = vec![0f32; qv.len()];
+        let mut dkv = vec![0f32; 2 * kv.len()];
+        // One task per (row, key/value head): the `rep` query heads it serves write their own
+        // dq rows, and it alone accumulates its keys' and values' gradients (no races).
+        let group = rep * lq * d;
+        let tasks: Vec<GroupTask> =
+            dq.chunks_mut(group).zip(dkv.chunks_mut(2 * lk * d)).enumerate().collect();
+        let body = |(bg, (dq, dkv)): GroupTask| {
+            let row = bg / g;
+            let (dk, dv) = dkv.split_at_mut(lk * d);
+            let kr = &kv[bg * lk * d..(bg + 1) * lk * d];
+            let vr = &vv[bg * lk * d..(bg + 1) * lk * d];
+            let mut p = vec![0f32; lk];
+            for r in 0..rep {
+                let bh = bg * rep + r;
+                for i in 0..lq {
+                    let at = (bh * lq + i) * d;
+                    let (qi, oi, gi) = (&qv[at..at + d], &ov[at..at + d], &gv[at..at + d]);
+                    let bias = &self.bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
+                    weights(qi, kr, bias, self.scale, &mut p);
+                    // dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)).
+                    let centre = dot(gi, oi);
+                    let dqi = &mut dq[(r * lq + i) * d..(r * lq + i + 1) * d];
+                    for (j, pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
+                        let (kj, vj) = (&kr[j * d..(j + 1) * d], &vr[j * d..(j + 1) * d]);
+                        let ds = pj * (dot(gi, vj) - centre) * self.scale;
+                        dqi.iter_mut().zip(kj).for_each(|(a, k)| *a += ds * k);
+                        let dkj = &mut dk[j * d..(j + 1) * d];
+                        dkj.iter_mut().zip(qi).for_each(|(a, q)| *a += ds * q);
+                        let dvj = &mut dv[j * d..(j + 1) * d];
+                        dvj.iter_mut().zip(gi).for_each(|(a, g)| *a += pj * g);
+                    }
+                }
+            }
+        };
+        if n.serial() {
+            tasks.into_iter().for_each(body);
+        } else {
+            tasks.into_par_iter().for_each(body);
+        }
+        let (dk, dv) = dkv_split(&dkv, b * g, lk * d);
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+/// A backward task: its (row, key/value head) index, its query heads' `dq` rows and its own
+/// `[dk | dv]` block.
+type GroupTask<'a> = (usize, (&'a mut [f32], &'a mut [f32]));
+
+/// The per-(row, head) `[dk | dv]` blocks the backward accumulates, as separate `dk` and `dv`.
+fn dkv_split(dkv: &[f32], blocks: usize, size: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut dk, mut dv) = (Vec::with_capacity(blocks * size), Vec::with_capacity(blocks * size));
+    for block in dkv.chunks(2 * size) {
+        dk.extend_from_slice(&block[..size]);
+        dv.extend_from_slice(&block[size..]);
+    }
+    (dk, dv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layout::positions_and_bias;
+    use candle_core::{Device, IndexOp, Var};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = crate::rng::Rng::new(seed);
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// A causal, padded bias for rows whose first `pads[r]` columns are padding.
+    fn bias(pads: &[usize], lq: usize, lk: usize) -> Tensor {
+        let valid: Vec<bool> = pads.iter().flat_map(|p| (0..lk).map(move |j| j >= *p)).collect();
+        let (_, full) = positions_and_bias(&valid, pads.len(), lk);
+        // The last `lq` queries (a prefill or a cached step reads every key).
+        let rows: Vec<f32> =
+            full.chunks(lk * lk).flat_map(|r| r[(lk - lq) * lk..].to_vec()).collect();
+        Tensor::from_vec(rows, (pads.len(), 1, lq, lk), &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn fused_equals_composed_with_groups_padding_and_cached_queries() {
+        for (h, g, lq, lk, d) in
+            [(4, 4, 7, 7, 8), (6, 2, 9, 9, 16), (4, 1, 1, 12, 8), (2, 2, 3, 10, 5)]
+        {
+            let pads = [0, 3];
+            let (q, k, v) =
+                (random(&[2, h, lq, d], 1), random(&[2, g, lk, d], 2), random(&[2, g, lk, d], 3));
+            let bias = bias(&pads, lq, lk);
+            let scale = 1.0 / (d as f64).sqrt();
+            let fused = attend(&q, &k, &v, &bias, scale, true).unwrap();
+            let reference = composed(&q, &k, &v, &bias, scale, true).unwrap();
+            assert!(max_diff(&fused, &reference) < 1e-5, "h {h} g {g} lq {lq} lk {lk}");
+        }
+    }
+
+    #[test]
+    fn gradients_equal_the_composed_ops_and_finite_differences() {
+        let (b, h, g, l, d) = (2, 4, 2, 6, 4);
+        let (q, k, v) =
+            (random(&[b, h, l, d], 4), random(&[b, g, l, d], 5), random(&[b, g, l, d], 6));
+        let bias = bias(&[0, 2], l, l);
+        let w = random(&[b, h, l, d], 7);
+        let scale = 0.5;
+        let loss = |q: &Tensor, k: &Tensor, v: &Tensor, fused: bool| -> Tensor {
+            let y = if fused {
+                attend(q, k, v, &bias, scale, true)
+            } else {
+                composed(q, k, v, &bias, scale, true)
+            };
+            (y.unwrap() * &w).unwrap().sum_all().unwrap()
+        };
+        let vars = [
+            Var::from_tensor(&q).unwrap(),
+            Var::from_tensor(&k).unwrap(),
+            Var::from_tensor(&v).unwrap(),
+        ];
+        let grads_of = |fused: bool| {
+            let l = loss(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), fused);
+            let gs = l.backward().unwrap();
+            vars.iter().map(|x| gs.get(x).unwrap().clone()).collect::<Vec<_>>()
+        };
+        let (fused, reference) = (grads_of(true), grads_of(false));
+        for (a, r) in fused.iter().zip(&reference) {
+            assert!(max_diff(a, r) < 1e-5, "{}", max_diff(a, r));
+        }
+        // Central differences in f64 of the fused forward, on a few coordinates of each input.
+        let inputs = [&q, &k, &v];
+        for (which, grad) in fused.iter().enumerate() {
+            let flat = inputs[which].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let g = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for at in [0, 5, flat.len() / 2, flat.len() - 1] {
+                let eps = 1e-2f32;
+                let shifted = |delta: f32| {
+                    let mut x = flat.clone();
+                    x[at] += delta;
+                    let x = Tensor::from_vec(x, inputs[which].shape(), &Device::Cpu).unwrap();
+                    let mut args = [q.clone(), k.clone(), v.clone()];
+                    args[which] = x;
+                    loss(&args[0], &args[1], &args[2], true).to_scalar::<f32>().unwrap() as f64
+                };
+                let fd = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
+                assert!(
+                    (fd - g[at] as f64).abs() < 2e-3,
+                    "input {which} at {at}: {fd} vs {}",
+                    g[at]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn masked_keys_get_no_weight_and_no_gradient() {
+        let (q, k, v) =
+            (random(&[1, 2, 4, 3], 8), random(&[1, 2, 4, 3], 9), random(&[1, 2, 4, 3], 10));
+        let bias = bias(&[2], 4, 4);
+        let kv = Var::from_tensor(&k).unwrap();
+        let y = attend(&q, kv.as_tensor(), &v, &bias, 1.0, true).unwrap();
+        let dk = y.sum_all().unwrap().backward().unwrap().get(&kv).unwrap().clone();
+        // Keys 0 and 1 are padding: nothing reads them.
+        let dk = dk.i((0, .., 0..2, ..)).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(dk.to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
