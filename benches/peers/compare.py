@@ -199,6 +199,9 @@ def worker_grpo(a):
     )
     trainer = GRPOTrainer(model=a.shape, reward_funcs=correct, args=cfg, train_dataset=data, callbacks=[times])
     trainer.train()
+    # Same work as rlx's side: every completion exactly `new` tokens long.
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    assert lengths and all(abs(x - a.new) < 1e-9 for x in lengths), f"TRL completion lengths {lengths}"
     return times.seconds[1:]
 
 
