@@ -16,9 +16,9 @@ Rows:
                             new tokens forced to 48, rewards, group advantages, one clipped
                             policy-gradient update) against TRL's GRPOTrainer with its defaults
                             (beta 0, loss "dapo", one iteration) on the same random Qwen2
-                            checkpoint and GSM8K-format prompts; f32 and no gradient
-                            checkpointing on both sides (TRL's own defaults are bf16 and
-                            checkpointing); the median step time over steps 2..S
+                            checkpoint and GSM8K-format prompts of one length; f32 and no
+                            gradient checkpointing on both sides (TRL's own defaults are bf16
+                            and checkpointing); the median step time over steps 2..S
 
 Usage: python compare.py --rlx target/release/rlx [--rounds 3] [--only ROW]... [--out DIR]
 """
@@ -143,6 +143,20 @@ def worker_sample(a):
     return _timed(sample, a.warmup, a.repeats)
 
 
+def write_prompts(path, count=64, length=100):
+    """GSM8K-format questions all `length` characters long: with the checkpoints' byte-level
+    tokenizer every prompt is the same number of tokens, so both sides do the same work whichever
+    prompts their data order picks."""
+    import random
+
+    r = random.Random(0)
+    with open(path, "w") as f:
+        for _ in range(count):
+            a, b = r.randint(10, 99), r.randint(10, 99)
+            q = f"Sam has {a} apples and buys {b} more. How many apples does Sam have now? Think step by step."
+            f.write(json.dumps({"question": q[:length].ljust(length, "."), "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}) + "\n")
+
+
 def gsm8k_answer(text):
     """The number after `####` (the GSM8K format rlx's `format = "gsm8k"` verifier reads)."""
     if "####" not in text:
@@ -247,7 +261,7 @@ stage rl {{
 def rlx_grpo(rlx, model, work, p, threads):
     recipe = Path(work) / "bench_grpo.rlx"
     recipe.write_text(
-        GRPO_RECIPE.format(data=REPO / "data/gsm8k-sample.jsonl", model=model, n=p["n"], new=p["new"], steps=p["steps"], batch=p["batch"])
+        GRPO_RECIPE.format(data=Path(work) / "grpo_prompts.jsonl", model=model, n=p["n"], new=p["new"], steps=p["steps"], batch=p["batch"])
     )
     run = Path(work) / "rlx_grpo_run"
     subprocess.run(
@@ -297,7 +311,7 @@ def rows(args, work):
         model = str(work / f"models/qwen2-{size}")
         r.append((f"grpo-{size}", f"GRPO step, Qwen2 {size} checkpoint, 32 × 48", "TRL GRPOTrainer",
                   lambda m=model: rlx_grpo(args.rlx, m, work, grpo, args.threads),
-                  ["grpo", "--shape", model, "--data", str(REPO / "data/gsm8k-sample.jsonl"), "--batch", "32",
+                  ["grpo", "--shape", model, "--data", str(work / "grpo_prompts.jsonl"), "--batch", "32",
                    "--n", "8", "--new", "48", "--steps", str(args.grpo_steps), "--out", str(work / "trl_out")]))
     return r
 
@@ -329,7 +343,7 @@ def main():
     ap.add_argument("--rlx", default=str(REPO / "target/release/rlx"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per side per round (median taken)")
-    ap.add_argument("--grpo-steps", type=int, default=4, help="GRPO steps per side per round (the first is warm-up)")
+    ap.add_argument("--grpo-steps", type=int, default=6, help="GRPO steps per side per round (the first is warm-up)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--only", action="append", default=[])
     ap.add_argument("--out", default=str(REPO / "target/bench-peers"))
@@ -359,6 +373,7 @@ def main():
         sys.exit(f"unknown row(s) {unknown}; rows: {', '.join(names)}")
     chosen = [r for r in all_rows if not args.only or r[0] in args.only]
     checkpoints(args, work, [r[0] for r in chosen])
+    write_prompts(work / "grpo_prompts.jsonl")
 
     import torch
     import transformers

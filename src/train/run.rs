@@ -19,7 +19,7 @@ use crate::check::{Checked, params};
 use crate::diag::{Diagnostic, Span};
 use crate::exec::{Compiled, Options};
 use crate::ir::builtins::MemberKind;
-use crate::ir::graph::{ScorerRef, StageIr};
+use crate::ir::graph::{ModelRef, ScorerRef, Signal, StageIr};
 use crate::model::Transformer;
 use crate::rng::Rng;
 use crate::sample::{self, Sampling};
@@ -326,6 +326,56 @@ fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
         p.swap(i, rng.below(i + 1));
     }
     p
+}
+
+/// With one epoch of one minibatch, the update's forward runs on `old`'s weights exactly, so
+/// `old.logp` is its detached `policy.logp` and the rollout pass need not run the trained model
+/// (TRL and verl skip it likewise with one iteration). Only when every signal of the trained
+/// model or `old` is a log-probability and no step rollouts (which draw from the run's random
+/// stream before the update) are asked for.
+fn old_from_update(sources: &[Source], trained: &str, settings: &Loop, rows: usize) -> bool {
+    if settings.epochs != 1 || settings.minibatch < rows {
+        return false;
+    }
+    let live_logp_of = |text: &str| {
+        sources.iter().any(|g| {
+            g.grad
+                && matches!(&g.kind, SourceKind::Signal { model: ModelRef::Named(m), signal: Signal::Logp, text: t }
+                    if m == trained && t == text)
+        })
+    };
+    let mut reads_old = false;
+    for s in sources {
+        match &s.kind {
+            SourceKind::StepRollouts { .. } => return false,
+            SourceKind::Signal { model, signal, text } => {
+                let of_trained = matches!(model, ModelRef::Named(m) if m == trained);
+                if (of_trained || *model == ModelRef::Old) && *signal != Signal::Logp {
+                    return false;
+                }
+                if of_trained && !s.grad {
+                    return false;
+                }
+                if *model == ModelRef::Old {
+                    if !live_logp_of(text) {
+                        return false;
+                    }
+                    reads_old = true;
+                }
+            }
+            SourceKind::Score { .. } => {}
+        }
+    }
+    reads_old
+}
+
+/// `t`'s rows put back in rollout order, from the order `perm` listed them in.
+fn unpermute(t: &Tensor, perm: &[usize]) -> candle_core::Result<Tensor> {
+    let mut inverse = vec![0u32; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i as u32;
+    }
+    t.index_select(&Tensor::from_vec(inverse, perm.len(), t.device())?, 0)
 }
 
 fn mean_of(t: &Tensor) -> f64 {
@@ -1013,9 +1063,45 @@ impl Run<'_> {
             frozen_only: true,
             old_is: Some(&trained),
         };
-        // Rollout-level inputs: everything, computed once without gradient.
+        // Rollout-level inputs: everything, computed once without gradient — but for the trained
+        // model's log-probs when the update's own forward gives them (`old_from_update`).
+        let reuse = old_from_update(sources, &trained, settings, rows.len());
+        let of_models = |s: &Source| {
+            matches!(&s.kind, SourceKind::Signal { model, .. }
+                if *model == ModelRef::Old || matches!(model, ModelRef::Named(m) if *m == trained))
+        };
         let mut full = signals::base_inputs(&rows, &cx, delimiter).map_err(fail)?;
-        full.extend(signals::compute(sources, |_| true, &rows, &cx).map_err(fail)?);
+        full.extend(
+            signals::compute(sources, |s| !(reuse && of_models(s)), &rows, &cx).map_err(fail)?,
+        );
+        // The single minibatch's forward with gradient, run now: its detached log-probs are
+        // `old`'s (and the trained model's) for the rollout-level pass.
+        let mut first_perm = None;
+        let mut ahead = None;
+        let t_ahead = Instant::now();
+        if reuse {
+            let perm = permutation(rows.len(), self.rng.next_u64(), 0);
+            let live_cx = SignalCx { frozen_only: false, ..cx };
+            let live = signals::compute(sources, |s| s.grad, &rows.select(&perm), &live_cx)
+                .map_err(fail)?;
+            for s in sources.iter().filter(|s| of_models(s)) {
+                let SourceKind::Signal { text, .. } = &s.kind else { continue };
+                let from = sources.iter().find(|g| {
+                    g.grad && matches!(&g.kind, SourceKind::Signal { text: t, .. } if t == text)
+                });
+                let Some(t) = from.and_then(|g| live.get(&g.name)) else {
+                    return Err(fail(format!(
+                        "no live log-probabilities of `{text}` for `{}`",
+                        s.name
+                    )));
+                };
+                let t = unpermute(&t.detach(), &perm).map_err(|e| fail(e.to_string()))?;
+                full.insert(s.name.clone(), t);
+            }
+            first_perm = Some(perm);
+            ahead = Some(live);
+        }
+        let ahead_secs = t_ahead.elapsed().as_secs_f64();
         let mut rollouts = 0;
         for s in sources {
             if let SourceKind::StepRollouts { reward, k, max_steps, .. } = &s.kind {
@@ -1134,7 +1220,10 @@ impl Run<'_> {
         let mut clipfrac = Vec::new();
         let t_train = Instant::now();
         for epoch in 0..settings.epochs {
-            let perm = permutation(b, self.rng.next_u64(), epoch as u64);
+            let perm = match first_perm.take() {
+                Some(p) => p,
+                None => permutation(b, self.rng.next_u64(), epoch as u64),
+            };
             for chunk in perm.chunks(settings.minibatch) {
                 let idx = Tensor::from_vec(
                     chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(),
@@ -1154,7 +1243,12 @@ impl Run<'_> {
                     batch.insert(k.clone(), s);
                 }
                 let live_cx = SignalCx { frozen_only: false, ..cx };
-                batch.extend(signals::compute(sources, |s| s.grad, &sub, &live_cx).map_err(fail)?);
+                match ahead.take() {
+                    Some(live) => batch.extend(live),
+                    None => batch.extend(
+                        signals::compute(sources, |s| s.grad, &sub, &live_cx).map_err(fail)?,
+                    ),
+                }
                 let mut given = HashMap::new();
                 for n in &given_nodes {
                     if let Some(t) = values.get(n) {
@@ -1193,7 +1287,7 @@ impl Run<'_> {
                 }
             }
         }
-        let train_secs = t_train.elapsed().as_secs_f64();
+        let train_secs = t_train.elapsed().as_secs_f64() + ahead_secs;
         record
             .insert("loss".into(), json!(losses.iter().sum::<f64>() / losses.len().max(1) as f64));
         if !clipfrac.is_empty() {
@@ -1221,5 +1315,66 @@ pub fn stage_sampling(checked: &Checked, index: usize) -> Sampling {
         min_tokens: params::get_num(s, "min_tokens").unwrap_or(0.0) as usize,
         stop: params::get(s, "stop").and_then(|v| v.str()).map(|s| s.replace("\\n", "\n")),
         greedy: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logp(model: ModelRef, text: &str, grad: bool) -> Source {
+        let kind = SourceKind::Signal { model, signal: Signal::Logp, text: text.into() };
+        Source { name: format!("{text}.{grad}"), kind, grad }
+    }
+
+    fn settings(epochs: usize, minibatch: usize) -> Loop {
+        let adam = AdamWConfig {
+            lr: 1e-5,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            clip_grad: None,
+            warmup_steps: 0,
+            decay_steps: None,
+        };
+        Loop { steps: 1, epochs, batch: 8, minibatch, adam }
+    }
+
+    #[test]
+    fn old_log_probs_come_from_the_update_only_for_one_minibatch_of_one_epoch() {
+        let policy = || ModelRef::Named("policy".into());
+        let grpo = [logp(policy(), "response", true), logp(ModelRef::Old, "response", false)];
+        assert!(old_from_update(&grpo, "policy", &settings(1, 8), 8));
+        assert!(!old_from_update(&grpo, "policy", &settings(2, 8), 8), "a second epoch");
+        assert!(!old_from_update(&grpo, "policy", &settings(1, 4), 8), "two minibatches");
+        // Nothing to save without `old`, nor when its text has no live log-probs.
+        assert!(!old_from_update(&grpo[..1], "policy", &settings(1, 8), 8));
+        let other = [logp(policy(), "response", true), logp(ModelRef::Old, "demo", false)];
+        assert!(!old_from_update(&other, "policy", &settings(1, 8), 8));
+        // Another signal of the trained model (a value head) still needs its own forward.
+        let values = Source {
+            name: "policy.values".into(),
+            kind: SourceKind::Signal {
+                model: policy(),
+                signal: Signal::Values,
+                text: "response".into(),
+            },
+            grad: true,
+        };
+        let ppo = [grpo[0].clone(), grpo[1].clone(), values];
+        assert!(!old_from_update(&ppo, "policy", &settings(1, 8), 8));
+        // A reference model's log-probs are not the trained model's.
+        let kl = [grpo[0].clone(), grpo[1].clone(), logp(ModelRef::Ref, "response", false)];
+        assert!(old_from_update(&kl, "policy", &settings(1, 8), 8));
+    }
+
+    #[test]
+    fn unpermute_puts_rows_back() {
+        let perm = [2, 0, 3, 1];
+        let rows: Vec<f32> = perm.iter().map(|&p| p as f32).collect();
+        let t = Tensor::from_vec(rows, (4, 1), &Device::Cpu).unwrap();
+        let back = unpermute(&t, &perm).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(back, [0.0, 1.0, 2.0, 3.0]);
     }
 }
