@@ -29,7 +29,12 @@ fn main() {
     );
     let device = Device::Cpu;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
-    let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    // The shipped method recipes (not the peers/ and baselines/ folders).
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rlx"))
+        .collect();
     paths.sort();
     println!(
         "executor vs hand-written candle, forward + backward, batch {b} × {t}, median of {runs} runs"
