@@ -14,6 +14,7 @@ pub mod diff;
 pub mod exec;
 pub mod export;
 pub mod graph_view;
+pub mod host;
 pub mod inspect;
 pub mod ir;
 pub mod lsp;

@@ -9,10 +9,10 @@
 //! too). The backward recomputes the softmax row from `q`, `k` and the bias, as
 //! flash-attention does, instead of keeping it.
 
-use std::sync::Arc;
-
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+
+use crate::host::read_host;
 
 /// Bias values at or below this mark a key the query may not read.
 const MASKED: f32 = -1e8;
@@ -40,8 +40,7 @@ pub fn attend(
     if !fusable {
         return composed(q, k, v, bias, scale, grad);
     }
-    let bias = Arc::new(bias.flatten_all()?.to_vec1::<f32>()?);
-    let op = Attention { scale: scale as f32, bias };
+    let op = Attention { scale: scale as f32, bias: bias.clone() };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
@@ -81,8 +80,8 @@ fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
 
 struct Attention {
     scale: f32,
-    /// `[B, Lq, Lk]`, shared by every layer's call of one forward.
-    bias: Arc<Vec<f32>>,
+    /// `[B, 1, Lq, Lk]`, read in place (every layer of a forward shares one).
+    bias: Tensor,
 }
 
 /// Sizes of one call.
@@ -174,21 +173,23 @@ impl CustomOp3 for Attention {
         let (rep, d, lq, lk) = (n.h / n.g, n.d, n.lq, n.lk);
         let mut out = vec![0f32; q.len()];
         // One task per (row, query head): its `Lq × D` outputs.
-        each_chunk(&mut out, lq * d, n.serial(), |bh, y| {
-            let (row, head) = (bh / n.h, bh % n.h);
-            let kv = (row * n.g + head / rep) * lk * d;
-            let (kr, vr) = (&k[kv..kv + lk * d], &v[kv..kv + lk * d]);
-            let mut p = vec![0f32; lk];
-            for i in 0..lq {
-                let qi = &q[(bh * lq + i) * d..(bh * lq + i + 1) * d];
-                let bias = &self.bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
-                weights(qi, kr, bias, self.scale, &mut p);
-                let yi = &mut y[i * d..(i + 1) * d];
-                for (j, pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
-                    yi.iter_mut().zip(&vr[j * d..(j + 1) * d]).for_each(|(y, v)| *y += pj * v);
+        read_host(&self.bias, |all_bias| {
+            each_chunk(&mut out, lq * d, n.serial(), |bh, y| {
+                let (row, head) = (bh / n.h, bh % n.h);
+                let kv = (row * n.g + head / rep) * lk * d;
+                let (kr, vr) = (&k[kv..kv + lk * d], &v[kv..kv + lk * d]);
+                let mut p = vec![0f32; lk];
+                for i in 0..lq {
+                    let qi = &q[(bh * lq + i) * d..(bh * lq + i + 1) * d];
+                    let bias = &all_bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
+                    weights(qi, kr, bias, self.scale, &mut p);
+                    let yi = &mut y[i * d..(i + 1) * d];
+                    for (j, pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
+                        yi.iter_mut().zip(&vr[j * d..(j + 1) * d]).for_each(|(y, v)| *y += pj * v);
+                    }
                 }
-            }
-        });
+            })
+        })?;
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 
@@ -213,39 +214,41 @@ impl CustomOp3 for Attention {
         let group = rep * lq * d;
         let tasks: Vec<GroupTask> =
             dq.chunks_mut(group).zip(dkv.chunks_mut(2 * lk * d)).enumerate().collect();
-        let body = |(bg, (dq, dkv)): GroupTask| {
-            let row = bg / g;
-            let (dk, dv) = dkv.split_at_mut(lk * d);
-            let kr = &kv[bg * lk * d..(bg + 1) * lk * d];
-            let vr = &vv[bg * lk * d..(bg + 1) * lk * d];
-            let mut p = vec![0f32; lk];
-            for r in 0..rep {
-                let bh = bg * rep + r;
-                for i in 0..lq {
-                    let at = (bh * lq + i) * d;
-                    let (qi, oi, gi) = (&qv[at..at + d], &ov[at..at + d], &gv[at..at + d]);
-                    let bias = &self.bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
-                    weights(qi, kr, bias, self.scale, &mut p);
-                    // dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)).
-                    let centre = dot(gi, oi);
-                    let dqi = &mut dq[(r * lq + i) * d..(r * lq + i + 1) * d];
-                    for (j, pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
-                        let (kj, vj) = (&kr[j * d..(j + 1) * d], &vr[j * d..(j + 1) * d]);
-                        let ds = pj * (dot(gi, vj) - centre) * self.scale;
-                        dqi.iter_mut().zip(kj).for_each(|(a, k)| *a += ds * k);
-                        let dkj = &mut dk[j * d..(j + 1) * d];
-                        dkj.iter_mut().zip(qi).for_each(|(a, q)| *a += ds * q);
-                        let dvj = &mut dv[j * d..(j + 1) * d];
-                        dvj.iter_mut().zip(gi).for_each(|(a, g)| *a += pj * g);
+        read_host(&self.bias, |all_bias| {
+            let body = |(bg, (dq, dkv)): GroupTask| {
+                let row = bg / g;
+                let (dk, dv) = dkv.split_at_mut(lk * d);
+                let kr = &kv[bg * lk * d..(bg + 1) * lk * d];
+                let vr = &vv[bg * lk * d..(bg + 1) * lk * d];
+                let mut p = vec![0f32; lk];
+                for r in 0..rep {
+                    let bh = bg * rep + r;
+                    for i in 0..lq {
+                        let at = (bh * lq + i) * d;
+                        let (qi, oi, gi) = (&qv[at..at + d], &ov[at..at + d], &gv[at..at + d]);
+                        let bias = &all_bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
+                        weights(qi, kr, bias, self.scale, &mut p);
+                        // dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)).
+                        let centre = dot(gi, oi);
+                        let dqi = &mut dq[(r * lq + i) * d..(r * lq + i + 1) * d];
+                        for (j, pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
+                            let (kj, vj) = (&kr[j * d..(j + 1) * d], &vr[j * d..(j + 1) * d]);
+                            let ds = pj * (dot(gi, vj) - centre) * self.scale;
+                            dqi.iter_mut().zip(kj).for_each(|(a, k)| *a += ds * k);
+                            let dkj = &mut dk[j * d..(j + 1) * d];
+                            dkj.iter_mut().zip(qi).for_each(|(a, q)| *a += ds * q);
+                            let dvj = &mut dv[j * d..(j + 1) * d];
+                            dvj.iter_mut().zip(gi).for_each(|(a, g)| *a += pj * g);
+                        }
                     }
                 }
+            };
+            if n.serial() {
+                tasks.into_iter().for_each(body);
+            } else {
+                tasks.into_par_iter().for_each(body);
             }
-        };
-        if n.serial() {
-            tasks.into_iter().for_each(body);
-        } else {
-            tasks.into_par_iter().for_each(body);
-        }
+        })?;
         let (dk, dv) = dkv_split(&dkv, b * g, lk * d);
         let dev = q.device();
         Ok((

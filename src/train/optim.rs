@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Result, Storage, Tensor, Var, backprop::GradStore};
+use candle_core::{DType, Result, Tensor, Var, backprop::GradStore};
 use rayon::prelude::*;
+
+use crate::host::read_host;
 
 /// Elements per parallel task of the host update.
 const CHUNK: usize = 1 << 15;
@@ -100,18 +102,6 @@ impl Moment {
             Moment::Tensor(_) => unreachable!("converted above"),
         }
     }
-}
-
-/// `f` over the f32 values of a CPU tensor, read in place when contiguous.
-fn read_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            return Ok(f(&cpu.as_slice::<f32>()?[start..end]));
-        }
-    }
-    let values = t.flatten_all()?.to_vec1::<f32>()?;
-    Ok(f(&values))
 }
 
 /// What one optimiser step saw.
