@@ -82,6 +82,11 @@ def _hf(path):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
+def _model(shape):
+    """A GPT-2 shape by name, or a checkpoint directory."""
+    return _gpt2(GPT2_SHAPES[shape]) if shape in GPT2_SHAPES else _hf(shape)
+
+
 def _timed(fn, warmup, repeats):
     for _ in range(warmup):
         fn()
@@ -97,7 +102,7 @@ def worker_train(a):
     import torch
 
     _threads(a.threads)
-    model = _gpt2(GPT2_SHAPES[a.shape]) if a.shape in GPT2_SHAPES else _hf(a.shape)
+    model = _model(a.shape)
     model.train()
     vocab = model.config.vocab_size
     ids = _random_ids(torch, a.batch, a.length, vocab, 1)
@@ -117,7 +122,7 @@ def worker_sample(a):
     import torch
 
     _threads(a.threads)
-    model = _gpt2(GPT2_SHAPES[a.shape]) if a.shape in GPT2_SHAPES else _hf(a.shape)
+    model = _model(a.shape)
     model.eval()
     vocab = model.config.vocab_size
     ids = _random_ids(torch, a.batch, a.prompt, vocab, 2)

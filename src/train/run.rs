@@ -337,13 +337,6 @@ fn old_from_update(sources: &[Source], trained: &str, settings: &Loop, rows: usi
     if settings.epochs != 1 || settings.minibatch < rows {
         return false;
     }
-    let live_logp_of = |text: &str| {
-        sources.iter().any(|g| {
-            g.grad
-                && matches!(&g.kind, SourceKind::Signal { model: ModelRef::Named(m), signal: Signal::Logp, text: t }
-                    if m == trained && t == text)
-        })
-    };
     let mut reads_old = false;
     for s in sources {
         match &s.kind {
@@ -357,7 +350,7 @@ fn old_from_update(sources: &[Source], trained: &str, settings: &Loop, rows: usi
                     return false;
                 }
                 if *model == ModelRef::Old {
-                    if !live_logp_of(text) {
+                    if live_logp(sources, trained, text).is_none() {
                         return false;
                     }
                     reads_old = true;
@@ -367,6 +360,21 @@ fn old_from_update(sources: &[Source], trained: &str, settings: &Loop, rows: usi
         }
     }
     reads_old
+}
+
+/// Whether `s` is a signal of the trained model or of `old`, its snapshot at sampling.
+fn of_trained_or_old(s: &Source, trained: &str) -> bool {
+    matches!(&s.kind, SourceKind::Signal { model, .. }
+        if *model == ModelRef::Old || matches!(model, ModelRef::Named(m) if m == trained))
+}
+
+/// The trained model's log-probabilities of `text` with gradient, if the stage reads them.
+fn live_logp<'a>(sources: &'a [Source], trained: &str, text: &str) -> Option<&'a Source> {
+    sources.iter().find(|g| {
+        g.grad
+            && matches!(&g.kind, SourceKind::Signal { model: ModelRef::Named(m), signal: Signal::Logp, text: t }
+                if m == trained && t == text)
+    })
 }
 
 /// `t`'s rows put back in rollout order, from the order `perm` listed them in.
@@ -1066,13 +1074,10 @@ impl Run<'_> {
         // Rollout-level inputs: everything, computed once without gradient — but for the trained
         // model's log-probs when the update's own forward gives them (`old_from_update`).
         let reuse = old_from_update(sources, &trained, settings, rows.len());
-        let of_models = |s: &Source| {
-            matches!(&s.kind, SourceKind::Signal { model, .. }
-                if *model == ModelRef::Old || matches!(model, ModelRef::Named(m) if *m == trained))
-        };
         let mut full = signals::base_inputs(&rows, &cx, delimiter).map_err(fail)?;
         full.extend(
-            signals::compute(sources, |s| !(reuse && of_models(s)), &rows, &cx).map_err(fail)?,
+            signals::compute(sources, |s| !(reuse && of_trained_or_old(s, &trained)), &rows, &cx)
+                .map_err(fail)?,
         );
         // The single minibatch's forward with gradient, run now: its detached log-probs are
         // `old`'s (and the trained model's) for the rollout-level pass.
@@ -1084,11 +1089,9 @@ impl Run<'_> {
             let live_cx = SignalCx { frozen_only: false, ..cx };
             let live = signals::compute(sources, |s| s.grad, &rows.select(&perm), &live_cx)
                 .map_err(fail)?;
-            for s in sources.iter().filter(|s| of_models(s)) {
+            for s in sources.iter().filter(|s| of_trained_or_old(s, &trained)) {
                 let SourceKind::Signal { text, .. } = &s.kind else { continue };
-                let from = sources.iter().find(|g| {
-                    g.grad && matches!(&g.kind, SourceKind::Signal { text: t, .. } if t == text)
-                });
+                let from = live_logp(sources, &trained, text);
                 let Some(t) = from.and_then(|g| live.get(&g.name)) else {
                     return Err(fail(format!(
                         "no live log-probabilities of `{text}` for `{}`",
