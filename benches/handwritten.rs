@@ -5,10 +5,62 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Result, Tensor};
 
 pub type Batch = HashMap<String, Tensor>;
+
+static FUSED: AtomicBool = AtomicBool::new(false);
+
+/// Clamps and element-wise max/min through rlx's fused kernels (`rlx::blocks::fused`, the ones
+/// the blocks use) instead of candle's composed ops: with it the benchmark compares the same
+/// arithmetic and isolates the executor's own cost. Values are bit-identical either way.
+pub fn use_fused_kernels(on: bool) {
+    FUSED.store(on, Ordering::Relaxed);
+}
+
+/// Clamps and extrema, by candle's ops or by the fused kernels.
+trait Kernels {
+    fn clip(&self, lo: f64, hi: f64) -> Result<Tensor>;
+    fn clip_lo(&self, lo: f64) -> Result<Tensor>;
+    fn clip_hi(&self, hi: f64) -> Result<Tensor>;
+    fn max_t(&self, other: &Tensor) -> Result<Tensor>;
+    fn min_t(&self, other: &Tensor) -> Result<Tensor>;
+}
+
+impl Kernels for Tensor {
+    fn clip(&self, lo: f64, hi: f64) -> Result<Tensor> {
+        if FUSED.load(Ordering::Relaxed) {
+            return rlx::blocks::fused::clamp(self, Some(lo), Some(hi));
+        }
+        self.clamp(lo, hi)
+    }
+    fn clip_lo(&self, lo: f64) -> Result<Tensor> {
+        if FUSED.load(Ordering::Relaxed) {
+            return rlx::blocks::fused::clamp(self, Some(lo), None);
+        }
+        self.maximum(lo)
+    }
+    fn clip_hi(&self, hi: f64) -> Result<Tensor> {
+        if FUSED.load(Ordering::Relaxed) {
+            return rlx::blocks::fused::clamp(self, None, Some(hi));
+        }
+        self.minimum(hi)
+    }
+    fn max_t(&self, other: &Tensor) -> Result<Tensor> {
+        if FUSED.load(Ordering::Relaxed) {
+            return rlx::blocks::fused::maximum(self, other);
+        }
+        self.maximum(other)
+    }
+    fn min_t(&self, other: &Tensor) -> Result<Tensor> {
+        if FUSED.load(Ordering::Relaxed) {
+            return rlx::blocks::fused::minimum(self, other);
+        }
+        self.minimum(other)
+    }
+}
 
 /// The objective of a recipe's last stage, by recipe file stem.
 pub fn objective(recipe: &str, b: &Batch) -> Result<Tensor> {
@@ -95,10 +147,10 @@ fn seq_mean_token_mean(x: &Tensor, m: &Tensor) -> Result<Tensor> {
 }
 
 fn ppo_clip(logp: &Tensor, old: &Tensor, adv: &Tensor, eps: f64) -> Result<Tensor> {
-    let ratio = logp.sub(old)?.clamp(-20.0, 20.0)?.exp()?;
+    let ratio = logp.sub(old)?.clip(-20.0, 20.0)?.exp()?;
     let a = adv.mul(&ratio)?.neg()?;
-    let b = adv.mul(&ratio.clamp(1.0 - eps, 1.0 + eps)?)?.neg()?;
-    a.maximum(&b)
+    let b = adv.mul(&ratio.clip(1.0 - eps, 1.0 + eps)?)?.neg()?;
+    a.max_t(&b)
 }
 
 fn k3(logp: &Tensor, reference: &Tensor) -> Result<Tensor> {
@@ -109,7 +161,7 @@ fn k3(logp: &Tensor, reference: &Tensor) -> Result<Tensor> {
 fn value_loss(v: &Tensor, old: &Tensor, target: &Tensor, clip: Option<f64>) -> Result<Tensor> {
     let e = v.sub(target)?.sqr()?;
     let e = match clip {
-        Some(c) => e.maximum(&(old + v.sub(old)?.clamp(-c, c)?)?.sub(target)?.sqr()?)?,
+        Some(c) => e.max_t(&(old + v.sub(old)?.clip(-c, c)?)?.sub(target)?.sqr()?)?,
         None => e,
     };
     e * 0.5
@@ -252,7 +304,7 @@ fn remax(b: &Batch) -> Result<Tensor> {
 }
 
 fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
-    x.minimum(0.0)?.sub(&(x.abs()?.neg()?.exp()? + 1.0)?.log()?)
+    x.clip_hi(0.0)?.sub(&(x.abs()?.neg()?.exp()? + 1.0)?.log()?)
 }
 
 fn dpo(b: &Batch) -> Result<Tensor> {
@@ -314,7 +366,7 @@ fn vineppo(b: &Batch) -> Result<Tensor> {
     }
     let adv = whiten_tokens(&tensor2(adv, m)?, m)?;
     let pg = masked_mean(&ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &adv, 0.2)?, m)?;
-    let kl = k3(g(b, "policy.logp"), g(b, "ref.logp"))?.clamp(0.0, 10.0)?.mul(m)?;
+    let kl = k3(g(b, "policy.logp"), g(b, "ref.logp"))?.clip(0.0, 10.0)?.mul(m)?;
     let rows_with_tokens = m.sum(1)?.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?;
     pg + (kl.sum_all()?.div(&rows_with_tokens)? * 1e-4)?
 }
@@ -328,7 +380,7 @@ fn ppo_critic(b: &Batch) -> Result<Tensor> {
         &ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &whiten_tokens(&adv, m)?, 0.2)?,
         m,
     )?;
-    let kl = k3(g(b, "policy.logp"), g(b, "ref.logp"))?.clamp(0.0, 10.0)?.mul(m)?;
+    let kl = k3(g(b, "policy.logp"), g(b, "ref.logp"))?.clip(0.0, 10.0)?.mul(m)?;
     let rows_with_tokens = m.sum(1)?.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?;
     let vl = value_loss(
         g(b, "policy.values"),
@@ -345,13 +397,13 @@ fn rlmec_token_pg(b: &Batch) -> Result<Tensor> {
     let m = g(b, "mask");
     let keep = (g(b, "grm.keep_prob") - 0.5)?;
     let correct = g(b, "arith.correct(response)").ge(0.5)?.to_dtype(DType::F32)?.unsqueeze(1)?;
-    let r = (keep.clamp(0.0, 0.5)?.broadcast_mul(&correct)?
-        + keep.clamp(-0.1, 0.0)?.broadcast_mul(&correct.affine(-1.0, 1.0)?)?)?
+    let r = (keep.clip(0.0, 0.5)?.broadcast_mul(&correct)?
+        + keep.clip(-0.1, 0.0)?.broadcast_mul(&correct.affine(-1.0, 1.0)?)?)?
     .mul(m)?;
     let logp = g(b, "policy.logp");
     let ratio = logp.sub(g(b, "ref.logp"))?.exp()?;
-    let w = ratio.mul(&r)?.minimum(&ratio.clamp(0.7, 1.3)?.mul(&r)?)?.detach();
-    let nonzero = r.ne(0.0)?.to_dtype(DType::F32)?.mul(m)?.sum_all()?.maximum(1.0)?;
+    let w = ratio.mul(&r)?.min_t(&ratio.clip(0.7, 1.3)?.mul(&r)?)?.detach();
+    let nonzero = r.ne(0.0)?.to_dtype(DType::F32)?.mul(m)?.sum_all()?.clip_lo(1.0)?;
     w.mul(logp)?.neg()?.mul(m)?.sum_all()?.div(&nonzero)
 }
 
@@ -382,7 +434,7 @@ fn rlmec(b: &Batch) -> Result<Tensor> {
     // Only rewrites the verifier accepts, as a token mean over them.
     let ok = g(b, "arith.correct(grm.rewrite(response))");
     let nll = w.mul(g(b, "policy.logp(grm.rewrite(response))"))?.neg()?.mul(fix_mask)?.sum(1)?;
-    let tokens = fix_mask.sum(1)?.mul(ok)?.sum_all()?.clamp(1.0, 1e9)?;
+    let tokens = fix_mask.sum(1)?.mul(ok)?.sum_all()?.clip(1.0, 1e9)?;
     let imitation = nll.mul(ok)?.sum_all()?.div(&tokens)?;
     pg + imitation
 }
@@ -406,7 +458,7 @@ fn rlmec_seq(b: &Batch) -> Result<Tensor> {
     let adv = Tensor::new(adv, m.device())?.unsqueeze(1)?.broadcast_mul(m)?;
     let logp = g(b, "policy.logp");
     let ratio = logp.sub(g(b, "ref.logp"))?.exp()?;
-    let w = ratio.mul(&adv)?.minimum(&ratio.clamp(0.7, 1.3)?.mul(&adv)?)?.detach();
+    let w = ratio.mul(&adv)?.min_t(&ratio.clip(0.7, 1.3)?.mul(&adv)?)?.detach();
     masked_mean(&w.mul(logp)?.neg()?, m)
 }
 
@@ -467,9 +519,8 @@ fn symmetric(b: &Batch, reverse_ppo: bool) -> Result<Tensor> {
         let ratio = logp.sub(old)?.exp()?.detach();
         let inside =
             ratio.ge(0.8)?.to_dtype(DType::F32)?.mul(&ratio.le(1.2)?.to_dtype(DType::F32)?)?;
-        let unclipped =
-            ratio.mul(&a)?.le(&ratio.clamp(0.8, 1.2)?.mul(&a)?)?.to_dtype(DType::F32)?;
-        let f = inside.maximum(&unclipped)?;
+        let unclipped = ratio.mul(&a)?.le(&ratio.clip(0.8, 1.2)?.mul(&a)?)?.to_dtype(DType::F32)?;
+        let f = inside.max_t(&unclipped)?;
         let rce = f.mul(&a)?.mul(&omega)?.div(&old.exp()?)?;
         ((ppo_clip(logp, old, &a, 0.2)? * 0.5)? + (rce * 0.4)?)?
     } else {
@@ -510,7 +561,7 @@ fn sa2c(b: &Batch) -> Result<Tensor> {
 fn rto(b: &Batch) -> Result<Tensor> {
     let m = g(b, "mask");
     let dense =
-        (g(b, "dpo_model.logp").sub(g(b, "ref.logp"))? * 0.05)?.clamp(-0.05, 0.05)?.mul(m)?;
+        (g(b, "dpo_model.logp").sub(g(b, "ref.logp"))? * 0.05)?.clip(-0.05, 0.05)?.mul(m)?;
     rto_like(b, Some(dense))
 }
 
@@ -522,7 +573,7 @@ fn ppo_rm(b: &Batch) -> Result<Tensor> {
 fn rto_like(b: &Batch, dense: Option<Tensor>) -> Result<Tensor> {
     let m = g(b, "mask");
     let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.mul(m)?;
-    let rm = g(b, "rm(response)").clamp(-10.0, 10.0)?;
+    let rm = g(b, "rm(response)").clip(-10.0, 10.0)?;
     let r = (last_token(m, &rm)? - (kl * 0.01)?)?;
     let r = match dense {
         Some(d) => (d + r)?,
@@ -546,8 +597,8 @@ fn rto_like(b: &Batch, dense: Option<Tensor>) -> Result<Tensor> {
 }
 
 fn ppo_clip2(logp: &Tensor, old: &Tensor, adv: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
-    let ratio = logp.sub(old)?.clamp(-20.0, 20.0)?.exp()?;
-    adv.mul(&ratio)?.neg()?.maximum(&adv.mul(&ratio.clamp(1.0 - lo, 1.0 + hi)?)?.neg()?)
+    let ratio = logp.sub(old)?.clip(-20.0, 20.0)?.exp()?;
+    adv.mul(&ratio)?.neg()?.max_t(&adv.mul(&ratio.clip(1.0 - lo, 1.0 + hi)?)?.neg()?)
 }
 
 /// Sequence values on every response token.
@@ -589,11 +640,11 @@ fn dr_grpo(b: &Batch) -> Result<Tensor> {
 fn gspo(b: &Batch) -> Result<Tensor> {
     let (m, logp, old) = (g(b, "mask"), g(b, "policy.logp"), g(b, "old.logp"));
     let s = logp.sub(old)?.mul(m)?.sum(1)?.div(&m.sum(1)?)?.detach();
-    let lambda = logp.sub(&logp.detach())?.broadcast_add(&s.unsqueeze(1)?)?.minimum(10.0)?;
+    let lambda = logp.sub(&logp.detach())?.broadcast_add(&s.unsqueeze(1)?)?.clip_hi(10.0)?;
     let ratio = lambda.exp()?;
     let adv = grpo_adv(b)?;
     let l =
-        adv.mul(&ratio)?.neg()?.maximum(&adv.mul(&ratio.clamp(1.0 - 3e-4, 1.0 + 4e-4)?)?.neg()?)?;
+        adv.mul(&ratio)?.neg()?.max_t(&adv.mul(&ratio.clip(1.0 - 3e-4, 1.0 + 4e-4)?)?.neg()?)?;
     seq_mean_token_mean(&l, m)
 }
 
@@ -602,8 +653,8 @@ fn gmpo(b: &Batch) -> Result<Tensor> {
     let adv = grpo_adv(b)?;
     let d = logp.sub(old)?.mul(m)?;
     // σ·min(σΔ, σ·clip(Δ)): a cap above for A ≥ 0, below for A < 0.
-    let capped_above = d.minimum(&d.clamp(-0.4, 0.4)?)?;
-    let capped_below = d.maximum(&d.clamp(-0.4, 0.4)?)?;
+    let capped_above = d.min_t(&d.clip(-0.4, 0.4)?)?;
+    let capped_below = d.max_t(&d.clip(-0.4, 0.4)?)?;
     let star = adv.ge(0.0)?.where_cond(&capped_above, &capped_below)?.mul(m)?;
     let len = m.sum(1)?;
     let ratio = star.sum(1)?.div(&len)?.exp()?;
@@ -613,7 +664,7 @@ fn gmpo(b: &Batch) -> Result<Tensor> {
 
 fn cispo(b: &Batch) -> Result<Tensor> {
     let (logp, old) = (g(b, "policy.logp"), g(b, "old.logp"));
-    let w = logp.sub(old)?.exp()?.clamp(0.8, 1.28)?.detach();
+    let w = logp.sub(old)?.exp()?.clip(0.8, 1.28)?.detach();
     masked_mean(&w.mul(&grpo_adv(b)?)?.mul(logp)?.neg()?, g(b, "mask"))
 }
 
@@ -716,7 +767,7 @@ fn clip_cov(b: &Batch) -> Result<Tensor> {
     let (m, logp, old) = (g(b, "mask"), g(b, "policy.logp"), g(b, "old.logp"));
     let adv = grpo_adv(b)?;
     let ratio = logp.sub(old)?.exp()?;
-    let (l1, l2) = (adv.mul(&ratio)?.neg()?, adv.mul(&ratio.clamp(0.8, 1.2)?)?.neg()?);
+    let (l1, l2) = (adv.mul(&ratio)?.neg()?, adv.mul(&ratio.clip(0.8, 1.2)?)?.neg()?);
     let clipped = l2.gt(&l1)?.flatten_all()?.to_vec1::<u8>()?;
     let (cov, order) = by_covariance(logp, &adv, m)?;
     let mut pool: Vec<usize> = order
@@ -738,7 +789,7 @@ fn clip_cov(b: &Batch) -> Result<Tensor> {
         keep[pool.swap_remove(j)] = 0.0;
     }
     let keep = Tensor::from_vec(keep, logp.shape(), logp.device())?;
-    masked_mean(&l1.maximum(&l2)?.mul(&keep)?, m)
+    masked_mean(&l1.max_t(&l2)?.mul(&keep)?, m)
 }
 
 fn dppo(b: &Batch) -> Result<Tensor> {
@@ -746,14 +797,14 @@ fn dppo(b: &Batch) -> Result<Tensor> {
     let adv = grpo_adv(b)?;
     let diff = logp.exp()?.sub(&old.exp()?)?;
     let valid = adv.gt(0.0)?.where_cond(&diff.le(0.2)?, &diff.ge(-0.2)?)?.to_dtype(DType::F32)?;
-    let r = logp.sub(old)?.exp()?.minimum(20.0)?;
+    let r = logp.sub(old)?.exp()?.clip_hi(20.0)?;
     let w = adv.mul(&r)?.mul(&valid)?.detach();
     masked_mean(&w.mul(logp)?.neg()?, g(b, "mask"))
 }
 
 fn grpo_tis(b: &Batch) -> Result<Tensor> {
     let m = g(b, "mask");
-    let w = g(b, "old.logp").sub(g(b, "rollout.logp"))?.exp()?.minimum(2.0)?.mul(m)?;
+    let w = g(b, "old.logp").sub(g(b, "rollout.logp"))?.exp()?.clip_hi(2.0)?.mul(m)?;
     let l = ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &grpo_adv(b)?, 0.2)?;
     seq_mean_token_mean(&w.mul(&l)?, m)
 }
@@ -777,13 +828,13 @@ fn opd(b: &Batch) -> Result<Tensor> {
 /// PPO's clipped loss with verl's dual clip for negative advantages.
 fn dual_clipped(logp: &Tensor, old: &Tensor, adv: &Tensor, c: f64) -> Result<Tensor> {
     let l = ppo_clip(logp, old, adv, 0.2)?;
-    adv.lt(0.0)?.where_cond(&l.minimum(&(adv * -c)?)?, &l)
+    adv.lt(0.0)?.where_cond(&l.min_t(&(adv * -c)?)?, &l)
 }
 
 /// verl's `low_var_kl`: k3 of the clamped log-ratio, itself clamped to ±10.
 fn low_var_kl(logp: &Tensor, reference: &Tensor) -> Result<Tensor> {
-    let x = reference.sub(logp)?.clamp(-20.0, 20.0)?;
-    ((x.exp()? - &x)? - 1.0)?.clamp(-10.0, 10.0)
+    let x = reference.sub(logp)?.clip(-20.0, 20.0)?;
+    ((x.exp()? - &x)? - 1.0)?.clip(-10.0, 10.0)
 }
 
 fn grpo_verl(b: &Batch) -> Result<Tensor> {
@@ -826,7 +877,7 @@ fn grpo_openrlhf(b: &Batch) -> Result<Tensor> {
         .iter()
         .map(|x| x.clamp(-10.0, 10.0))
         .collect();
-    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.clamp(-10.0, 10.0)?.mul(m)?;
+    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.clip(-10.0, 10.0)?.mul(m)?;
     let a = Tensor::new(a, m.device())?;
     let r = (last_token(m, &a)? - (kl * 0.01)?)?;
     let adv = reverse_cumsum(&r, m)?;
@@ -885,8 +936,8 @@ fn ppo_trl(b: &Batch) -> Result<Tensor> {
 
 fn ppo_openrlhf(b: &Batch) -> Result<Tensor> {
     let m = g(b, "mask");
-    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.clamp(-10.0, 10.0)?.mul(m)?;
-    let score = g(b, "arith.correct(response)").clamp(-10.0, 10.0)?;
+    let kl = g(b, "old.logp").sub(g(b, "ref.logp"))?.clip(-10.0, 10.0)?.mul(m)?;
+    let score = g(b, "arith.correct(response)").clip(-10.0, 10.0)?;
     let r = (last_token(m, &score)? - (kl * 0.01)?)?;
     let adv = gae(&r, g(b, "old.values"), m, 1.0, 1.0)?;
     let pg = ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &whiten_tokens_biased(&adv, m)?, 0.2)?;
@@ -958,7 +1009,7 @@ fn kto(b: &Batch) -> Result<Tensor> {
             &mask,
         )?)
     };
-    let z = rho("mismatched")?.mean_all()?.maximum(0.0)?.detach();
+    let z = rho("mismatched")?.mean_all()?.clip_lo(0.0)?.detach();
     let sig = |x: &Tensor| -> Result<Tensor> { (x.neg()?.exp()? + 1.0)?.recip() };
     let d = (1.0 - sig(&(rho("chosen")?.broadcast_sub(&z)? * 0.1)?)?)?;
     let u = (1.0 - sig(&(rho("rejected")?.broadcast_sub(&z)?.neg()? * 0.1)?)?)?;

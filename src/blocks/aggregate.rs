@@ -1,6 +1,7 @@
 //! Aggregations: the explicit reductions from tokens or sequences to a scalar, and from tokens to
 //! sequences. Every token-level reduction honours the response mask unless told `mask = none`.
 
+use crate::blocks::fused::Fused;
 use candle_core::{Result, Tensor};
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -156,7 +157,7 @@ fn masked(ctx: &Ctx) -> Result<(Tensor, Tensor)> {
     } else {
         m.clone()
     };
-    let kept = m.ne(0.0)?.where_cond(x, &x.zeros_like()?)?;
+    let kept = x.kept(&m)?;
     Ok((kept, counted))
 }
 

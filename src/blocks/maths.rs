@@ -229,14 +229,8 @@ fn stopgrad(ctx: &Ctx) -> Result<Value> {
 }
 
 fn clamp(ctx: &Ctx) -> Result<Value> {
-    let mut x = ctx.tensor(0)?.clone();
-    if let Some(lo) = ctx.opt_num("lo") {
-        x = x.maximum(lo)?;
-    }
-    if let Some(hi) = ctx.opt_num("hi") {
-        x = x.minimum(hi)?;
-    }
-    Ok(Value::Tensor(x))
+    let x = ctx.tensor(0)?;
+    Ok(Value::Tensor(crate::blocks::fused::clamp(x, ctx.opt_num("lo"), ctx.opt_num("hi"))?))
 }
 
 fn where_(ctx: &Ctx) -> Result<Value> {

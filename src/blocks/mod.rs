@@ -8,6 +8,7 @@ pub mod spec;
 
 mod aggregate;
 mod correction;
+pub mod fused;
 mod maths;
 mod advantage {
     pub mod gae;

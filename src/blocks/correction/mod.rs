@@ -5,6 +5,7 @@ pub mod mis;
 pub mod rollout_reject;
 pub mod tis;
 
+use crate::blocks::fused::Fused;
 use candle_core::{D, Result, Tensor};
 
 use crate::blocks::ctx::Ctx;
@@ -15,10 +16,10 @@ pub(crate) fn weights(ctx: &Ctx) -> Result<Tensor> {
     let mask = ctx.out_mask()?;
     let keep = mask.ne(0.0)?;
     let delta = ctx.tensor(0)?.sub(ctx.tensor(1)?)?;
-    let delta = keep.where_cond(&delta, &delta.zeros_like()?)?;
+    let delta = delta.kept(&keep)?;
     let log_w = match ctx.choice("level")? {
         "sequence" => delta.sum_keepdim(D::Minus1)?.broadcast_as(delta.shape())?.contiguous()?,
         _ => delta,
     };
-    log_w.clamp(-20.0, 20.0)?.exp()
+    log_w.clamped(-20.0, 20.0)?.exp()
 }

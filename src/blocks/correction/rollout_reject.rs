@@ -1,5 +1,6 @@
 //! `rollout_reject`: rejection of tokens or sequences whose sampler diverged from the trainer.
 
+use crate::blocks::fused::Fused;
 use candle_core::{D, Result};
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -45,8 +46,8 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let mask = ctx.out_mask()?;
     let keep = mask.ne(0.0)?;
-    let delta = ctx.tensor(0)?.sub(ctx.tensor(1)?)?.clamp(-20.0, 20.0)?;
-    let delta = keep.where_cond(&delta, &delta.zeros_like()?)?;
+    let delta = ctx.tensor(0)?.sub(ctx.tensor(1)?)?.clamped(-20.0, 20.0)?;
+    let delta = delta.kept(&keep)?;
     let k = match ctx.choice("divergence")? {
         "k1" => delta.neg()?,
         "k2" => (delta.sqr()? * 0.5)?,

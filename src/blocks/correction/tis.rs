@@ -1,5 +1,6 @@
 //! `tis`: truncated importance sampling — correcting for a sampler that is not the trainer.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -36,5 +37,5 @@ pub static SPEC: BlockSpec = BlockSpec {
 
 fn forward(ctx: &Ctx) -> Result<Value> {
     let w = super::weights(ctx)?;
-    Ok(Value::Tensor(w.minimum(ctx.num("cap")?)?.mul(ctx.out_mask()?)?))
+    Ok(Value::Tensor(w.at_most(ctx.num("cap")?)?.mul(ctx.out_mask()?)?))
 }

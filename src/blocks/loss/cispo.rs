@@ -1,5 +1,6 @@
 //! `cispo`: Clipped IS-weight Policy Optimization — every token keeps its gradient.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -39,11 +40,11 @@ pub static SPEC: BlockSpec = BlockSpec {
 
 fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
-    let ratio = logp.sub(old)?.clamp(-20.0, 20.0)?.exp()?.detach();
+    let ratio = logp.sub(old)?.clamped(-20.0, 20.0)?.exp()?.detach();
     let hi = ctx.num("eps_high")?;
     let weight = match ctx.choice("bound")? {
-        "absolute" => ratio.minimum(hi)?,
-        _ => ratio.clamp(1.0 - ctx.num("eps")?, 1.0 + hi)?,
+        "absolute" => ratio.at_most(hi)?,
+        _ => ratio.clamped(1.0 - ctx.num("eps")?, 1.0 + hi)?,
     };
     Ok(Value::Tensor(weight.mul(adv)?.mul(logp)?.neg()?))
 }

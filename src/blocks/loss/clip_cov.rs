@@ -1,6 +1,7 @@
 //! `clip_cov`: Clip-Cov — removes the gradient of a few random tokens whose covariance of
 //! advantage and log-probability lies in a band.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value, host};
@@ -51,11 +52,11 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
     let mask = ctx.input_mask(0)?;
-    let ratio = logp.sub(old)?.clamp(-20.0, 20.0)?.exp()?;
+    let ratio = logp.sub(old)?.clamped(-20.0, 20.0)?.exp()?;
     let (lo, hi) = (1.0 - ctx.num("eps")?, 1.0 + ctx.num("eps_high")?);
     let unclipped = adv.mul(&ratio)?.neg()?;
-    let clipped = adv.mul(&ratio.clamp(lo, hi)?)?.neg()?;
-    let loss = unclipped.maximum(&clipped)?;
+    let clipped = adv.mul(&ratio.clamped(lo, hi)?)?.neg()?;
+    let loss = unclipped.max_with(&clipped)?;
     let is_clipped = host::flat(&clipped.gt(&unclipped)?.to_dtype(logp.dtype())?)?;
     let (cov, order) = super::kl_cov::covariance_order(logp, adv, mask)?;
     let (lb, ub) = (ctx.num("lb")?, ctx.num("ub")?);

@@ -1,6 +1,7 @@
 //! `dppo`: Divergence PPO — a trust region on the divergence of the sampled token's
 //! distribution, not on the ratio.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -44,7 +45,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let (lo, hi) = (ctx.num("eps")?, ctx.num("eps_high")?);
     let lp = logp.detach();
     // Clamped only against overflow: log-probabilities are ≤ 0.
-    let (p, p0) = (lp.clamp(-80.0, 20.0)?.exp()?, old.clamp(-80.0, 20.0)?.exp()?);
+    let (p, p0) = (lp.clamped(-80.0, 20.0)?.exp()?, old.clamped(-80.0, 20.0)?.exp()?);
     let positive = adv.gt(0.0)?;
     let dtype = logp.dtype();
     let valid = match ctx.choice("divergence")? {
@@ -62,7 +63,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
             positive.where_cond(&diff.le(hi)?.to_dtype(dtype)?, &diff.ge(-lo)?.to_dtype(dtype)?)?
         }
     };
-    let ratio = lp.sub(old)?.clamp(-20.0, 20.0)?.exp()?.minimum(ctx.num("cap")?)?;
+    let ratio = lp.sub(old)?.clamped(-20.0, 20.0)?.exp()?.at_most(ctx.num("cap")?)?;
     let weight = ratio.mul(&valid)?.mul(adv)?.detach();
     Ok(Value::Tensor(weight.mul(logp)?.neg()?))
 }

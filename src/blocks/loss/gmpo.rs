@@ -1,5 +1,6 @@
 //! `gmpo`: Geometric-Mean Policy Optimization — the geometric mean of clipped token ratios.
 
+use crate::blocks::fused::Fused;
 use candle_core::{D, Result};
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -35,14 +36,14 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
     let keep = ctx.input_mask(0)?.ne(0.0)?;
     let zero = logp.zeros_like()?;
-    let delta = keep.where_cond(&logp.sub(old)?, &zero)?;
+    let delta = logp.sub(old)?.kept(&keep)?;
     let (lo, hi) = (ctx.num("eps")?, ctx.num("eps_high")?);
     let sign = adv.ge(0.0)?.where_cond(&zero.ones_like()?, &zero.ones_like()?.neg()?)?;
     // For A ≥ 0 the ratio is capped above, for A < 0 below (the pessimistic side, as PPO).
-    let clipped = delta.clamp(-lo, hi)?;
-    let star = sign.mul(&sign.mul(&delta)?.minimum(&sign.mul(&clipped)?)?)?;
+    let clipped = delta.clamped(-lo, hi)?;
+    let star = sign.mul(&sign.mul(&delta)?.min_with(&sign.mul(&clipped)?)?)?;
     let lengths = keep.to_dtype(logp.dtype())?.sum(D::Minus1)?.maximum(1.0)?;
-    let log_ratio = star.sum(D::Minus1)?.div(&lengths)?.clamp(-20.0, 20.0)?;
-    let mean_adv = keep.where_cond(adv, &zero)?.sum(D::Minus1)?.div(&lengths)?;
+    let log_ratio = star.sum(D::Minus1)?.div(&lengths)?.clamped(-20.0, 20.0)?;
+    let mean_adv = adv.kept(&keep)?.sum(D::Minus1)?.div(&lengths)?;
     Ok(Value::Tensor(log_ratio.exp()?.mul(&mean_adv)?.neg()?))
 }

@@ -1,5 +1,6 @@
 //! `gspo`: Group Sequence Policy Optimization — one importance ratio per sequence.
 
+use crate::blocks::fused::Fused;
 use candle_core::{D, Result};
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -28,16 +29,15 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
     let keep = ctx.input_mask(0)?.ne(0.0)?;
-    let zero = logp.zeros_like()?;
     // Padding may hold anything (−inf log-probabilities): it is read as 0.
-    let delta = keep.where_cond(&logp.sub(old)?.detach(), &zero)?;
+    let delta = logp.sub(old)?.detach().kept(&keep)?;
     let lengths = keep.to_dtype(logp.dtype())?.sum_keepdim(D::Minus1)?.maximum(1.0)?;
     let s = delta.sum_keepdim(D::Minus1)?.div(&lengths)?;
-    let lp = keep.where_cond(logp, &zero)?;
-    let lambda = lp.sub(&lp.detach())?.broadcast_add(&s)?.minimum(10.0)?;
+    let lp = logp.kept(&keep)?;
+    let lambda = lp.sub(&lp.detach())?.broadcast_add(&s)?.at_most(10.0)?;
     let ratio = lambda.exp()?;
     let (lo, hi) = (1.0 - ctx.num("eps")?, 1.0 + ctx.num("eps_high")?);
     let unclipped = adv.mul(&ratio)?.neg()?;
-    let clipped = adv.mul(&ratio.clamp(lo, hi)?)?.neg()?;
-    Ok(Value::Tensor(unclipped.maximum(&clipped)?))
+    let clipped = adv.mul(&ratio.clamped(lo, hi)?)?.neg()?;
+    Ok(Value::Tensor(unclipped.max_with(&clipped)?))
 }

@@ -1,6 +1,7 @@
 //! `kl_cov`: KL-Cov — a KL penalty on the few tokens whose log-probability covaries most with
 //! the advantage (the ones that collapse entropy).
 
+use crate::blocks::fused::Fused;
 use candle_core::{Result, Tensor};
 
 use crate::blocks::ctx::{Ctx, Value, host};
@@ -52,7 +53,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
     let mask = ctx.input_mask(0)?;
     let delta = logp.sub(old)?;
-    let pg = delta.clamp(-20.0, 20.0)?.exp()?.mul(adv)?.neg()?;
+    let pg = delta.clamped(-20.0, 20.0)?.exp()?.mul(adv)?.neg()?;
     let (_, order) = covariance_order(logp, adv, mask)?;
     let k = ((ctx.num("ratio")? * order.len() as f64).floor() as usize).max(1).min(order.len());
     let mut picked = vec![0f32; logp.elem_count()];

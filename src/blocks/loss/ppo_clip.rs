@@ -1,5 +1,6 @@
 //! `ppo_clip`: the PPO clipped surrogate, per token.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -50,16 +51,16 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     // `none` (TRL) still stops short of f32's exp overflow (e^88.7): a finite log-ratio never
     // becomes an inf ratio, whose zero-gradient clip branch would give NaN.
     let m = ctx.opt_num("max_log_ratio").unwrap_or(80.0).min(80.0);
-    let delta = logp.sub(old)?.clamp(-m, m)?;
+    let delta = logp.sub(old)?.clamped(-m, m)?;
     let ratio = delta.exp()?;
     let (lo, hi) = (1.0 - ctx.num("eps")?, 1.0 + ctx.num("eps_high")?);
     let unclipped = adv.mul(&ratio)?.neg()?;
-    let clipped = adv.mul(&ratio.clamp(lo, hi)?)?.neg()?;
-    let mut loss = unclipped.maximum(&clipped)?;
+    let clipped = adv.mul(&ratio.clamped(lo, hi)?)?.neg()?;
+    let mut loss = unclipped.max_with(&clipped)?;
     if let Some(c) = ctx.opt_num("dual_clip") {
         // For A < 0 the loss is bounded by −A·c.
         let bound = (adv * -c)?;
-        loss = adv.lt(0.0)?.where_cond(&loss.minimum(&bound)?, &loss)?;
+        loss = adv.lt(0.0)?.where_cond(&loss.min_with(&bound)?, &loss)?;
     }
     Ok(Value::Tensor(loss))
 }

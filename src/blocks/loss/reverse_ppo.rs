@@ -1,5 +1,6 @@
 //! `reverse_ppo`: the reverse-cross-entropy term of Symmetric PPO.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -37,15 +38,15 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let (lo, hi) = (1.0 - ctx.num("eps")?, 1.0 + ctx.num("eps_high")?);
     // f: where the PPO surrogate has gradient (inside the trust region, or the unclipped branch is the min).
     // Log-ratios are clamped to ±20 before exp (verl's safety bound), here and in 1/π_old.
-    let ratio = logp.sub(old)?.clamp(-20.0, 20.0)?.exp()?.detach();
+    let ratio = logp.sub(old)?.clamped(-20.0, 20.0)?.exp()?.detach();
     let inside =
         ratio.ge(lo)?.to_dtype(ratio.dtype())?.mul(&ratio.le(hi)?.to_dtype(ratio.dtype())?)?;
     let unclipped_min =
-        ratio.mul(adv)?.le(&ratio.clamp(lo, hi)?.mul(adv)?)?.to_dtype(ratio.dtype())?;
-    let f = inside.maximum(&unclipped_min)?;
+        ratio.mul(adv)?.le(&ratio.clamped(lo, hi)?.mul(adv)?)?.to_dtype(ratio.dtype())?;
+    let f = inside.max_with(&unclipped_min)?;
     // Ω = 1 − π(a) keeps its gradient; π_old is a constant.
     let omega = (1.0 - logp.exp()?)?;
-    let inv_old = old.neg()?.clamp(-20.0, 20.0)?.exp()?;
+    let inv_old = old.neg()?.clamped(-20.0, 20.0)?.exp()?;
     let loss = (f.mul(adv)?.mul(&omega)?.mul(&inv_old)? * -ctx.num("z")?)?;
     Ok(Value::Tensor(loss))
 }

@@ -1,5 +1,6 @@
 //! `rlmec_pg`: RLMEC's clipped policy gradient with a detached weight.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -27,10 +28,10 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, reference, reward) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
     let eps = ctx.num("eps")?;
     // Log-ratio clamped to ±20 before exp (verl's safety bound): e^{Δ} must not overflow.
-    let ratio = logp.sub(reference)?.clamp(-20.0, 20.0)?.exp()?;
+    let ratio = logp.sub(reference)?.clamped(-20.0, 20.0)?.exp()?;
     // The weight is detached: clipped tokens keep the gradient (1 ± eps)·r·∇logp, unlike PPO.
     let weight =
-        ratio.mul(reward)?.minimum(&ratio.clamp(1.0 - eps, 1.0 + eps)?.mul(reward)?)?.detach();
+        ratio.mul(reward)?.min_with(&ratio.clamped(1.0 - eps, 1.0 + eps)?.mul(reward)?)?.detach();
     let loss = weight.mul(logp)?.neg()?;
     Ok(Value::Tensor(loss))
 }

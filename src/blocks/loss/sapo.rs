@@ -1,5 +1,6 @@
 //! `sapo`: Soft Adaptive Policy Optimization — a smooth gate instead of a hard clip.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -27,7 +28,7 @@ pub static SPEC: BlockSpec = BlockSpec {
 
 fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
-    let ratio = logp.sub(old)?.clamp(-20.0, 20.0)?.exp()?;
+    let ratio = logp.sub(old)?.clamped(-20.0, 20.0)?.exp()?;
     let (pos, neg) = (ctx.num("tau_pos")?, ctx.num("tau_neg")?);
     let tau = adv
         .gt(0.0)?

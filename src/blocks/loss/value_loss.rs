@@ -1,5 +1,6 @@
 //! `value_loss`: the clipped critic regression loss.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -32,8 +33,8 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let (v, old, target) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
     let mut err = v.sub(target)?.sqr()?;
     if let Some(c) = ctx.opt_num("clip") {
-        let clipped = (old + v.sub(old)?.clamp(-c, c)?)?;
-        err = err.maximum(&clipped.sub(target)?.sqr()?)?;
+        let clipped = (old + v.sub(old)?.clamped(-c, c)?)?;
+        err = err.max_with(&clipped.sub(target)?.sqr()?)?;
     }
     let loss = (err * 0.5)?;
     Ok(Value::Tensor(loss))

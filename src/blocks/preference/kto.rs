@@ -1,6 +1,7 @@
 //! `kto`: Kahneman–Tversky Optimization on preference pairs (chosen as desirable, rejected as
 //! undesirable), with the KL reference point from mismatched pairs.
 
+use crate::blocks::fused::Fused;
 use candle_core::{D, Result, Tensor};
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -51,7 +52,7 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let sum = |i: usize| -> Result<Tensor> {
         let (x, keep) = (ctx.tensor(i)?, ctx.input_mask(i)?.ne(0.0)?);
-        keep.where_cond(x, &x.zeros_like()?)?.sum(D::Minus1)
+        x.kept(&keep)?.sum(D::Minus1)
     };
     let (rho_c, rho_r) = (sum(0)?.sub(&sum(2)?)?, sum(1)?.sub(&sum(3)?)?);
     let z = sum(4)?.sub(&sum(5)?)?.mean_all()?.maximum(0.0)?.detach();

@@ -1,5 +1,6 @@
 //! `simpo`: Simple Preference Optimization — length-normalised, reference-free, with a margin.
 
+use crate::blocks::fused::Fused;
 use candle_core::{D, Result};
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -34,7 +35,7 @@ pub static SPEC: BlockSpec = BlockSpec {
 pub(crate) fn average(ctx: &Ctx, i: usize) -> Result<candle_core::Tensor> {
     let (x, keep) = (ctx.tensor(i)?, ctx.input_mask(i)?.ne(0.0)?);
     let n = keep.to_dtype(x.dtype())?.sum(D::Minus1)?.maximum(1.0)?;
-    keep.where_cond(x, &x.zeros_like()?)?.sum(D::Minus1)?.div(&n)
+    x.kept(&keep)?.sum(D::Minus1)?.div(&n)
 }
 
 fn forward(ctx: &Ctx) -> Result<Value> {

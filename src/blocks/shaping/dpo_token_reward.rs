@@ -1,5 +1,6 @@
 //! `dpo_token_reward`: RTO's dense reward from a DPO model.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -33,7 +34,7 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let scaled = (ctx.tensor(0)?.sub(ctx.tensor(1)?)? * ctx.num("beta")?)?;
     let r = match ctx.opt_num("clip") {
-        Some(c) => scaled.clamp(-c, c)?,
+        Some(c) => scaled.clamped(-c, c)?,
         None => scaled,
     };
     Ok(Value::Tensor(r))

@@ -1,5 +1,6 @@
 //! `grm_token_reward`: RLMEC's token reward from a rewriter's keep probabilities.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -32,8 +33,8 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let shifted = (ctx.tensor(0)? - ctx.num("center")?)?;
     let correct = ctx.tensor(1)?.ge(0.5)?.to_dtype(shifted.dtype())?.unsqueeze(1)?;
-    let pos = shifted.clamp(0.0, ctx.num("pos_max")?)?;
-    let neg = shifted.clamp(ctx.num("neg_min")?, 0.0)?;
+    let pos = shifted.clamped(0.0, ctx.num("pos_max")?)?;
+    let neg = shifted.clamped(ctx.num("neg_min")?, 0.0)?;
     let r = (pos.broadcast_mul(&correct)? + neg.broadcast_mul(&correct.affine(-1.0, 1.0)?)?)?;
     Ok(Value::Tensor(r))
 }

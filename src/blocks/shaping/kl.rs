@@ -1,5 +1,6 @@
 //! `kl`: per-token KL estimators between the policy and a reference.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -50,13 +51,13 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         // clamped to ±20 before exp, as verl does: e^{−d} overflows f32 below d ≈ −88, and the
         // estimate's own clamp would then multiply a zero gradient by inf (NaN), even at padding.
         "k3" => {
-            let x = d.neg()?.clamp(-20.0, 20.0)?;
+            let x = d.neg()?.clamped(-20.0, 20.0)?;
             ((x.exp()? - x)? - 1.0)?
         }
         _ => d.abs()?,
     };
     let k = match ctx.opt_num("clamp") {
-        Some(c) => k.clamp(-c, c)?,
+        Some(c) => k.clamped(-c, c)?,
         None => k,
     };
     if ctx.choice("gradient")? == "k2" {

@@ -1,6 +1,7 @@
 //! `kl_unbiased`: a KL estimate weighted by the importance ratio to the sampling policy, so its
 //! gradient is unbiased off-policy too.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -31,10 +32,10 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         "k1" => d,
         "k2" => (d.sqr()? * 0.5)?,
         _ => {
-            let x = d.neg()?.clamp(-20.0, 20.0)?;
+            let x = d.neg()?.clamped(-20.0, 20.0)?;
             ((x.exp()? - x)? - 1.0)?
         }
     };
-    let ratio = logp.sub(old)?.clamp(-20.0, 20.0)?.exp()?;
+    let ratio = logp.sub(old)?.clamped(-20.0, 20.0)?.exp()?;
     Ok(Value::Tensor(ratio.mul(&k)?))
 }

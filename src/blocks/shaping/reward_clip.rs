@@ -1,5 +1,6 @@
 //! `reward_clip`: clip rewards into a range.
 
+use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
@@ -27,5 +28,5 @@ pub static SPEC: BlockSpec = BlockSpec {
 };
 
 fn forward(ctx: &Ctx) -> Result<Value> {
-    Ok(Value::Tensor(ctx.tensor(0)?.clamp(ctx.num("lo")?, ctx.num("hi")?)?))
+    Ok(Value::Tensor(ctx.tensor(0)?.clamped(ctx.num("lo")?, ctx.num("hi")?)?))
 }
