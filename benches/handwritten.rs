@@ -153,9 +153,10 @@ fn ppo_clip(logp: &Tensor, old: &Tensor, adv: &Tensor, eps: f64) -> Result<Tenso
     a.max_t(&b)
 }
 
+/// k3 with the log-ratio clamped to ±20, as rlx's `kl` computes it (against exp overflow).
 fn k3(logp: &Tensor, reference: &Tensor) -> Result<Tensor> {
-    let d = logp.sub(reference)?;
-    (d.neg()?.exp()? + d)? - 1.0
+    let x = logp.sub(reference)?.neg()?.clip(-20.0, 20.0)?;
+    (x.exp()? - x)? - 1.0
 }
 
 fn value_loss(v: &Tensor, old: &Tensor, target: &Tensor, clip: Option<f64>) -> Result<Tensor> {

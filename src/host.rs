@@ -1,6 +1,7 @@
-//! CPU tensors read in place by the fused host code (AdamW's update, attention's bias).
+//! CPU tensors read in place by the fused host code (AdamW's update, attention's bias, the
+//! executor's finiteness checks).
 
-use candle_core::{Result, Storage, Tensor};
+use candle_core::{CpuStorage, Result, Storage, Tensor};
 
 /// `f` over the f32 values of a CPU tensor, read in place when contiguous (a copy otherwise).
 pub fn read_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -12,4 +13,44 @@ pub fn read_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     }
     let values = t.flatten_all()?.to_vec1::<f32>()?;
     Ok(f(&values))
+}
+
+/// Whether every value of a CPU float tensor is finite, read in place without allocating;
+/// `None` where it cannot be read so (another device or dtype, a strided view).
+pub fn all_finite(t: &Tensor) -> Option<bool> {
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return None;
+    };
+    // A value is NaN or ±inf exactly when its exponent bits are all ones; an integer max over
+    // the exponent fields vectorises, where a short-circuiting `any` does not.
+    match cpu {
+        CpuStorage::F32(v) => {
+            const EXP: u32 = 0x7f80_0000;
+            Some(v[start..end].iter().fold(0, |acc, x| acc.max(x.to_bits() & EXP)) != EXP)
+        }
+        CpuStorage::F64(v) => {
+            const EXP: u64 = 0x7ff0_0000_0000_0000;
+            Some(v[start..end].iter().fold(0, |acc, x| acc.max(x.to_bits() & EXP)) != EXP)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn all_finite_finds_nan_and_infinities_in_either_float_type() {
+        for dtype in [DType::F32, DType::F64] {
+            let of = |v: &[f64]| Tensor::new(v, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            assert_eq!(super::all_finite(&of(&[0.0, -1e30, 3.5, f64::MIN_POSITIVE])), Some(true));
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                assert_eq!(super::all_finite(&of(&[1.0, bad, 2.0])), Some(false));
+            }
+        }
+        let ints = Tensor::new(&[1i64, 2], &Device::Cpu).unwrap();
+        assert_eq!(super::all_finite(&ints), None);
+    }
 }

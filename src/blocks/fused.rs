@@ -149,12 +149,14 @@ fn min_of<T: WithDType>(a: T, b: T) -> T {
 }
 
 /// The gradient share of one side of a max/min whose result is `node`: candle's
-/// `[node = side] · g / ([node = other] + 1)`.
+/// `[node = side] · g / ([node = other] + 1)`, with the division by 1 or 2 as the (exact)
+/// multiplication by 1 or ½.
 fn share<T: WithDType>(node: T, side: T, other: T, g: T) -> T {
     let mine = if node == side { T::from_f64(1.0) } else { T::from_f64(0.0) };
-    let theirs = if node == other { T::from_f64(1.0) } else { T::from_f64(0.0) };
+    let v = mine * g;
+    let v = if node == other { v * T::from_f64(0.5) } else { v };
     // candle adds each share to a zero-filled gradient: the same `+ 0` turns −0 into +0.
-    T::from_f64(0.0) + mine * g / (theirs + T::from_f64(1.0))
+    T::from_f64(0.0) + v
 }
 
 /// Dispatches `$body` with `$t` bound to the element type of storage `$s`.

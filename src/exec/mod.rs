@@ -116,6 +116,8 @@ pub struct Compiled<'a> {
     given: HashMap<NodeIndex, String>,
     /// The float dtype of the evaluation (f32; f64 for conformance checks).
     dtype: DType,
+    /// The loss's top-level summands (none for a single term): node, name, text and sign.
+    terms: Vec<(NodeIndex, String, String, f64)>,
 }
 
 impl<'a> Compiled<'a> {
@@ -164,6 +166,7 @@ impl<'a> Compiled<'a> {
             texts,
             given: HashMap::new(),
             dtype: DType::F32,
+            terms: stage.loss.map(|loss| loss_terms(stage, cs, loss)).unwrap_or_default(),
         }
     }
 
@@ -408,7 +411,14 @@ impl<'a> Compiled<'a> {
                 grads.push((name.clone(), g));
             }
         }
-        let terms = loss_terms(stage, cs, loss_node, &values);
+        let terms = self
+            .terms
+            .iter()
+            .filter_map(|(n, name, expr, sign)| {
+                let value = values.get(n)?.tensor()?.clone();
+                Some(Term { name: name.clone(), expr: expr.clone(), sign: *sign, value })
+            })
+            .collect();
         // Every name a node has: `let a = b` writes both `a` and `b`.
         let mut bindings = Vec::new();
         for &n in &self.order {
@@ -489,9 +499,12 @@ fn level_of(ty: Option<&Ty>) -> Option<Level> {
     }
 }
 
-/// Which of NaN and inf a tensor holds, if any. One reduction on the device; the elements are
-/// read only when the sum is not finite (NaN and inf both poison a sum).
+/// Which of NaN and inf a tensor holds, if any. On the CPU one scan in place; elsewhere one
+/// reduction on the device. The elements are read only when that finds something.
 fn non_finite(t: &Tensor) -> Option<&'static str> {
+    if crate::host::all_finite(t) == Some(true) {
+        return None;
+    }
     let sum =
         t.to_dtype(DType::F32).and_then(|t| t.sum_all()).and_then(|s| s.to_scalar::<f32>()).ok()?;
     if sum.is_finite() {
@@ -592,12 +605,13 @@ fn first_non_finite(
     Diagnostic::error("non-finite-value", "the loss is not finite").primary(stage.loss_span, "here")
 }
 
+/// The loss's top-level summands, each with its name, its text and its sign; none when the
+/// loss is a single term.
 fn loss_terms(
     stage: &StageIr,
     cs: &crate::check::CheckedStage,
     loss: NodeIndex,
-    values: &HashMap<NodeIndex, Value>,
-) -> Vec<Term> {
+) -> Vec<(NodeIndex, String, String, f64)> {
     let mut acc = Vec::new();
     collect_terms(stage, loss, 1.0, &mut acc);
     if acc.len() < 2 {
@@ -605,11 +619,10 @@ fn loss_terms(
     }
     acc.into_iter()
         .enumerate()
-        .filter_map(|(i, (n, sign))| {
-            let value = values.get(&n)?.tensor()?.clone();
+        .map(|(i, (n, sign))| {
             let name =
                 stage.graph[n].names.first().cloned().unwrap_or_else(|| format!("term{}", i + 1));
-            Some(Term { name, expr: crate::graph_view::expr_text(stage, cs, n, true), sign, value })
+            (n, name, crate::graph_view::expr_text(stage, cs, n, true), sign)
         })
         .collect()
 }

@@ -24,7 +24,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let r = ctx.tensor(0)?;
     let rewards = host::vec(r)?;
     let mask = ctx.out_mask()?;
-    let (m, cols, lengths) = host::row_lengths(mask)?;
+    let lengths = host::vec(&mask.sum(1)?)?;
     let mut baseline = vec![0.0; rewards.len()];
     for members in host::group_members(&ctx.group_ids()?) {
         let total: f64 = members.iter().map(|&i| lengths[i]).sum();
@@ -33,7 +33,8 @@ fn forward(ctx: &Ctx) -> Result<Value> {
             members.iter().for_each(|&i| baseline[i] = b);
         }
     }
-    let out: Vec<f64> =
-        m.iter().enumerate().map(|(i, w)| w * (rewards[i / cols] - baseline[i / cols])).collect();
-    Ok(Value::Tensor(host::from_flat(out, mask.dims(), r)?))
+    // One value per sequence on the host, spread over its tokens on the device.
+    let per_seq: Vec<f64> = rewards.iter().zip(&baseline).map(|(r, b)| r - b).collect();
+    let per_seq = host::from_flat(per_seq, &[rewards.len(), 1], r)?;
+    Ok(Value::Tensor(per_seq.broadcast_mul(&mask.to_dtype(r.dtype())?)?))
 }

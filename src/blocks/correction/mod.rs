@@ -14,9 +14,8 @@ use crate::blocks::ctx::Ctx;
 /// (`level`), with log-ratios clamped to ±20; padding holds 1.
 pub(crate) fn weights(ctx: &Ctx) -> Result<Tensor> {
     let mask = ctx.out_mask()?;
-    let keep = mask.ne(0.0)?;
     let delta = ctx.tensor(0)?.sub(ctx.tensor(1)?)?;
-    let delta = delta.kept(&keep)?;
+    let delta = delta.kept(&mask)?;
     let log_w = match ctx.choice("level")? {
         "sequence" => delta.sum_keepdim(D::Minus1)?.broadcast_as(delta.shape())?.contiguous()?,
         _ => delta,
