@@ -15,7 +15,7 @@ use crate::blocks::ctx::Ctx;
 pub(crate) fn weights(ctx: &Ctx) -> Result<Tensor> {
     let mask = ctx.out_mask()?;
     let delta = ctx.tensor(0)?.sub(ctx.tensor(1)?)?;
-    let delta = delta.kept(&mask)?;
+    let delta = delta.kept(mask)?;
     let log_w = match ctx.choice("level")? {
         "sequence" => delta.sum_keepdim(D::Minus1)?.broadcast_as(delta.shape())?.contiguous()?,
         _ => delta,

@@ -47,7 +47,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let mask = ctx.out_mask()?;
     let keep = mask.ne(0.0)?;
     let delta = ctx.tensor(0)?.sub(ctx.tensor(1)?)?.clamped(-20.0, 20.0)?;
-    let delta = delta.kept(&mask)?;
+    let delta = delta.kept(mask)?;
     let k = match ctx.choice("divergence")? {
         "k1" => delta.neg()?,
         "k2" => (delta.sqr()? * 0.5)?,

@@ -37,7 +37,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let mask = ctx.input_mask(0)?;
     let keep = mask.ne(0.0)?;
     let zero = logp.zeros_like()?;
-    let delta = logp.sub(old)?.kept(&mask)?;
+    let delta = logp.sub(old)?.kept(mask)?;
     let (lo, hi) = (ctx.num("eps")?, ctx.num("eps_high")?);
     let sign = adv.ge(0.0)?.where_cond(&zero.ones_like()?, &zero.ones_like()?.neg()?)?;
     // For A ≥ 0 the ratio is capped above, for A < 0 below (the pessimistic side, as PPO).
@@ -45,6 +45,6 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let star = sign.mul(&sign.mul(&delta)?.min_with(&sign.mul(&clipped)?)?)?;
     let lengths = keep.to_dtype(logp.dtype())?.sum(D::Minus1)?.maximum(1.0)?;
     let log_ratio = star.sum(D::Minus1)?.div(&lengths)?.clamped(-20.0, 20.0)?;
-    let mean_adv = adv.kept(&mask)?.sum(D::Minus1)?.div(&lengths)?;
+    let mean_adv = adv.kept(mask)?.sum(D::Minus1)?.div(&lengths)?;
     Ok(Value::Tensor(log_ratio.exp()?.mul(&mean_adv)?.neg()?))
 }

@@ -31,10 +31,10 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let mask = ctx.input_mask(0)?;
     let keep = mask.ne(0.0)?;
     // Padding may hold anything (−inf log-probabilities): it is read as 0.
-    let delta = logp.sub(old)?.detach().kept(&mask)?;
+    let delta = logp.sub(old)?.detach().kept(mask)?;
     let lengths = keep.to_dtype(logp.dtype())?.sum_keepdim(D::Minus1)?.maximum(1.0)?;
     let s = delta.sum_keepdim(D::Minus1)?.div(&lengths)?;
-    let lp = logp.kept(&mask)?;
+    let lp = logp.kept(mask)?;
     let lambda = lp.sub(&lp.detach())?.broadcast_add(&s)?.at_most(10.0)?;
     let ratio = lambda.exp()?;
     let (lo, hi) = (1.0 - ctx.num("eps")?, 1.0 + ctx.num("eps_high")?);
