@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use super::hf_config::HfConfig;
 use super::transformer::{EmbeddingRows, KvCache};
@@ -63,11 +63,7 @@ impl RmsNorm {
         if !grad && x.dtype() == DType::F32 {
             return candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32);
         }
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?.to_dtype(dtype)?;
-        normed.broadcast_mul(&self.weight)
+        super::norm::rms_norm(x, &self.weight, self.eps)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod hf_config;
 pub mod hf_tiny;
 pub mod layout;
 pub mod llama;
+pub mod norm;
 pub mod params;
 pub mod transformer;
 

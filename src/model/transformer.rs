@@ -4,9 +4,10 @@
 //! (one number per position) and an optional score head (one number per sequence, for reward
 //! models).
 //!
-//! Training paths use only differentiable candle ops: candle's fused `layer_norm` and
-//! `softmax_last_dim` have no backward and would silently cut the gradient. Inference paths
-//! (`grad = false`) may use the fused ops.
+//! Training paths use only differentiable ops: candle's fused `layer_norm` and
+//! `softmax_last_dim` have no backward and would silently cut the gradient, so training uses
+//! rlx's own fused ops with backwards (`norm.rs`, `attention.rs`, `gelu.rs`). Inference
+//! paths (`grad = false`) may use candle's.
 
 use std::collections::BTreeMap;
 
@@ -94,11 +95,7 @@ impl Norm {
         if !grad {
             return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, 1e-5);
         }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        super::norm::layer_norm(x, &self.weight, &self.bias, 1e-5)
     }
 }
 
