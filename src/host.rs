@@ -1,7 +1,7 @@
-//! CPU tensors read in place by the fused host code (AdamW's update, attention's bias, the
-//! executor's finiteness checks).
+//! CPU tensors and storages read in place by the fused host code (AdamW's update, the fused
+//! ops' inputs, attention's bias, the executor's finiteness checks).
 
-use candle_core::{CpuStorage, Result, Storage, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, WithDType, bail};
 
 /// `f` over the f32 values of a CPU tensor, read in place when contiguous (a copy otherwise).
 pub fn read_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -13,6 +13,15 @@ pub fn read_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     }
     let values = t.flatten_all()?.to_vec1::<f32>()?;
     Ok(f(&values))
+}
+
+/// The values of a contiguous CPU storage as `T` (a fused op's input, made contiguous by its
+/// caller); `op` names the op in the error otherwise.
+pub fn storage_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("{op}: expects contiguous inputs")
+    };
+    Ok(&T::cpu_storage_as_slice(s)?[start..end])
 }
 
 /// Whether every value of a CPU float tensor is finite, read in place without allocating;

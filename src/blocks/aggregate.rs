@@ -1,10 +1,10 @@
 //! Aggregations: the explicit reductions from tokens or sequences to a scalar, and from tokens to
 //! sequences. Every token-level reduction honours the response mask unless told `mask = none`.
 
-use crate::blocks::fused::Fused;
 use candle_core::{Result, Tensor};
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 const AGG: BlockSpec = BlockSpec {

@@ -16,6 +16,8 @@ use candle_core::{
 use candle_core::{WithDType, bail};
 use rayon::prelude::*;
 
+use crate::host::storage_slice;
+
 /// Elements below which one thread does the whole op.
 const SERIAL: usize = 1 << 17;
 
@@ -101,10 +103,7 @@ fn fusable(ts: &[&Tensor]) -> bool {
 
 /// The contiguous values of a CPU storage.
 fn values<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&T::cpu_storage_as_slice(s)?[start..end]),
-        None => bail!("fused op: a non-contiguous input"),
-    }
+    storage_slice(s, l, "fused op")
 }
 
 /// `f` over one slice, element-wise; in parallel for large tensors. Zipped iterators (no
@@ -176,6 +175,19 @@ macro_rules! by_dtype {
     };
 }
 
+/// A forward over two same-shape inputs, element by element: `|a, b| body` with `$t` the
+/// element type, as a custom op's `cpu_fwd` result.
+macro_rules! binary_fwd {
+    ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $t:ident, |$a:ident, $b:ident| $body:expr) => {{
+        let out = by_dtype!($s1, $t => {
+            let (x, y) = (values::<$t>($s1, $l1)?, values::<$t>($s2, $l2)?);
+            $t::to_cpu_storage_owned(map2(x, y, |$a, $b| $body))
+        });
+        Ok((out, $l1.shape().clone()))
+    }};
+}
+
+#[derive(Clone, Copy)]
 struct Clamp {
     lo: Option<f64>,
     hi: Option<f64>,
@@ -215,16 +227,12 @@ impl CustomOp1 for Clamp {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let op = ClampGrad { lo: self.lo, hi: self.hi };
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &ClampGrad(*self))?))
     }
 }
 
 /// `(x, g) ↦ ∂clamp(x)·g`.
-struct ClampGrad {
-    lo: Option<f64>,
-    hi: Option<f64>,
-}
+struct ClampGrad(Clamp);
 
 impl CustomOp2 for ClampGrad {
     fn name(&self) -> &'static str {
@@ -238,12 +246,7 @@ impl CustomOp2 for ClampGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let clamp = Clamp { lo: self.lo, hi: self.hi };
-        let out = by_dtype!(s1, T => {
-            let (x, g) = (values::<T>(s1, l1)?, values::<T>(s2, l2)?);
-            T::to_cpu_storage_owned(map2(x, g, |x, g| clamp.backward(x, g)))
-        });
-        Ok((out, l1.shape().clone()))
+        binary_fwd!(s1, l1, s2, l2, T, |x, g| self.0.backward(x, g))
     }
 }
 
@@ -262,11 +265,11 @@ impl CustomOp2 for Keep {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = by_dtype!(s1, T => {
-            let (x, m) = (values::<T>(s1, l1)?, values::<T>(s2, l2)?);
-            T::to_cpu_storage_owned(map2(x, m, |x, m| if m != T::from_f64(0.0) { x } else { T::from_f64(0.0) }))
-        });
-        Ok((out, l1.shape().clone()))
+        binary_fwd!(s1, l1, s2, l2, T, |x, m| if m != T::from_f64(0.0) {
+            x
+        } else {
+            T::from_f64(0.0)
+        })
     }
 
     fn bwd(
@@ -310,11 +313,7 @@ impl CustomOp2 for Extremum {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = by_dtype!(s1, T => {
-            let (a, b) = (values::<T>(s1, l1)?, values::<T>(s2, l2)?);
-            T::to_cpu_storage_owned(map2(a, b, |a, b| self.of(a, b)))
-        });
-        Ok((out, l1.shape().clone()))
+        binary_fwd!(s1, l1, s2, l2, T, |a, b| self.of(a, b))
     }
 
     fn bwd(

@@ -9,10 +9,10 @@
 //! too). The backward recomputes the softmax row from `q`, `k` and the bias, as
 //! flash-attention does, instead of keeping it.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::host::read_host;
+use crate::host::{read_host, storage_slice};
 
 /// Bias values at or below this mark a key the query may not read.
 const MASKED: f32 = -1e8;
@@ -108,10 +108,7 @@ impl Dims {
 }
 
 fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("attention: expects contiguous tensors")
-    };
-    Ok(&storage.as_slice::<f32>()?[start..end])
+    storage_slice(storage, layout, "attention")
 }
 
 #[inline(always)]

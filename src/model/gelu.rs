@@ -9,6 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use crate::host::storage_slice;
+
 /// √(2/π) as candle writes it.
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
 const CUBIC: f32 = 0.044715;
@@ -57,13 +59,6 @@ fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("{op}: expects a contiguous tensor")
-    };
-    Ok(&storage.as_slice::<f32>()?[start..end])
-}
-
 struct Gelu;
 
 impl CustomOp1 for Gelu {
@@ -72,7 +67,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous(storage, layout, "gelu")?;
+        let xs = storage_slice::<f32>(storage, layout, "gelu")?;
         let out = if xs.len() < 2 * CHUNK {
             // One token's activations while sampling: threads would cost more than they save.
             xs.iter().map(|x| forward(*x)).collect()
@@ -106,7 +101,10 @@ impl CustomOp2 for GeluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (xs, gs) = (contiguous(s1, l1, "gelu backward")?, contiguous(s2, l2, "gelu backward")?);
+        let (xs, gs) = (
+            storage_slice::<f32>(s1, l1, "gelu backward")?,
+            storage_slice::<f32>(s2, l2, "gelu backward")?,
+        );
         if xs.len() != gs.len() {
             bail!("gelu backward: {} inputs, {} gradients", xs.len(), gs.len())
         }

@@ -7,12 +7,10 @@
 //! and two backward, the statistics recomputed from `x` instead of kept. The weight (and bias)
 //! gradients are summed per thread over its rows, then across threads.
 
-use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail,
-};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::host::read_host;
+use crate::host::{read_host, storage_slice};
 
 /// Rows per parallel task.
 const ROWS: usize = 64;
@@ -52,11 +50,51 @@ fn stats(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => bail!("layer norm: a non-contiguous input"),
+/// `f(x_row, out_row)` over the rows of width `c` of `x`, in parallel tasks of `ROWS` rows.
+fn map_rows(x: &[f32], c: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let task = |(o, x): (&mut [f32], &[f32])| {
+        o.chunks_mut(c).zip(x.chunks(c)).for_each(|(o, x)| f(x, o));
+    };
+    if x.len() <= ROWS * c {
+        task((&mut out, x));
+    } else {
+        out.par_chunks_mut(ROWS * c).zip(x.par_chunks(ROWS * c)).for_each(task);
     }
+    out
+}
+
+/// A backward row by row: `f(x_row, g_row, dx_row, sums)` writes the row's `dx` and adds its
+/// share of `K` per-column sums (the parameter gradients), summed per task, then across tasks.
+fn grad_rows<const K: usize>(
+    x: &[f32],
+    g: &[f32],
+    c: usize,
+    f: impl Fn(&[f32], &[f32], &mut [f32], &mut [Vec<f32>; K]) + Sync,
+) -> (Vec<f32>, [Vec<f32>; K]) {
+    let zeros = || std::array::from_fn(|_| vec![0f32; c]);
+    let mut dx = vec![0f32; x.len()];
+    let task = |(dx, (x, g)): (&mut [f32], (&[f32], &[f32]))| {
+        let mut sums = zeros();
+        for ((dx, x), g) in dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c)) {
+            f(x, g, dx, &mut sums);
+        }
+        sums
+    };
+    let sums = if x.len() <= ROWS * c {
+        task((&mut dx, (x, g)))
+    } else {
+        dx.par_chunks_mut(ROWS * c)
+            .zip(x.par_chunks(ROWS * c).zip(g.par_chunks(ROWS * c)))
+            .map(task)
+            .reduce(zeros, |mut a, b| {
+                a.iter_mut()
+                    .zip(b)
+                    .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+                a
+            })
+    };
+    (dx, sums)
 }
 
 struct LayerNorm {
@@ -77,22 +115,17 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let c = w.len();
-        let mut out = vec![0f32; x.len()];
-        let rows = |(o, x): (&mut [f32], &[f32])| {
-            for (o, x) in o.chunks_mut(c).zip(x.chunks(c)) {
-                let (mean, rstd) = stats(x, self.eps);
-                for (((o, x), w), b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                    *o = (x - mean) * rstd * w + b;
-                }
+        let x = storage_slice::<f32>(s1, l1, "layer norm")?;
+        let (w, b) = (
+            storage_slice::<f32>(s2, l2, "layer norm")?,
+            storage_slice::<f32>(s3, l3, "layer norm")?,
+        );
+        let out = map_rows(x, w.len(), |x, o| {
+            let (mean, rstd) = stats(x, self.eps);
+            for (((o, x), w), b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                *o = (x - mean) * rstd * w + b;
             }
-        };
-        if x.len() <= ROWS * c {
-            rows((&mut out, x));
-        } else {
-            out.par_chunks_mut(ROWS * c).zip(x.par_chunks(ROWS * c)).for_each(rows);
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -106,48 +139,27 @@ impl CustomOp3 for LayerNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = w.elem_count();
         let grad = grad.contiguous()?;
-        let (dx, dw, db) = read_host(x, |x| {
+        let (dx, [dw, db]) = read_host(x, |x| {
             read_host(w, |w| {
                 read_host(&grad, |g| {
-                    let mut dx = vec![0f32; x.len()];
-                    // Per task: its rows' dx, and its partial sums of dw and db.
-                    let task = |(dx, (x, g)): (&mut [f32], (&[f32], &[f32]))| {
-                        let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
-                        for ((dx, x), g) in dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c)) {
-                            let (mean, rstd) = stats(x, self.eps);
-                            // dx = rstd·(g·w − mean(g·w) − x̂·mean(g·w·x̂)).
-                            let (mut s, mut sx) = (0f32, 0f32);
-                            for i in 0..c {
-                                let xhat = (x[i] - mean) * rstd;
-                                let gw = g[i] * w[i];
-                                s += gw;
-                                sx += gw * xhat;
-                                dw[i] += g[i] * xhat;
-                                db[i] += g[i];
-                            }
-                            let (s, sx) = (s / c as f32, sx / c as f32);
-                            for i in 0..c {
-                                let xhat = (x[i] - mean) * rstd;
-                                dx[i] = rstd * (g[i] * w[i] - s - xhat * sx);
-                            }
+                    grad_rows(x, g, c, |x, g, dx, [dw, db]| {
+                        let (mean, rstd) = stats(x, self.eps);
+                        // dx = rstd·(g·w − mean(g·w) − x̂·mean(g·w·x̂)).
+                        let (mut s, mut sx) = (0f32, 0f32);
+                        for i in 0..c {
+                            let xhat = (x[i] - mean) * rstd;
+                            let gw = g[i] * w[i];
+                            s += gw;
+                            sx += gw * xhat;
+                            dw[i] += g[i] * xhat;
+                            db[i] += g[i];
                         }
-                        (dw, db)
-                    };
-                    let add = |(mut a, mut b): (Vec<f32>, Vec<f32>),
-                               (c2, d): (Vec<f32>, Vec<f32>)| {
-                        a.iter_mut().zip(c2).for_each(|(a, c)| *a += c);
-                        b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
-                        (a, b)
-                    };
-                    let (dw, db) = if x.len() <= ROWS * c {
-                        task((&mut dx, (x, g)))
-                    } else {
-                        dx.par_chunks_mut(ROWS * c)
-                            .zip(x.par_chunks(ROWS * c).zip(g.par_chunks(ROWS * c)))
-                            .map(task)
-                            .reduce(|| (vec![0f32; c], vec![0f32; c]), add)
-                    };
-                    (dx, dw, db)
+                        let (s, sx) = (s / c as f32, sx / c as f32);
+                        for i in 0..c {
+                            let xhat = (x[i] - mean) * rstd;
+                            dx[i] = rstd * (g[i] * w[i] - s - xhat * sx);
+                        }
+                    })
                 })
             })
         })???;
@@ -205,22 +217,14 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
-        let c = w.len();
-        let mut out = vec![0f32; x.len()];
-        let rows = |(o, x): (&mut [f32], &[f32])| {
-            for (o, x) in o.chunks_mut(c).zip(x.chunks(c)) {
-                let r = rms_scale(x, self.eps);
-                for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
-                    *o = x * r * w;
-                }
+        let (x, w) =
+            (storage_slice::<f32>(s1, l1, "rms norm")?, storage_slice::<f32>(s2, l2, "rms norm")?);
+        let out = map_rows(x, w.len(), |x, o| {
+            let r = rms_scale(x, self.eps);
+            for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * r * w;
             }
-        };
-        if x.len() <= ROWS * c {
-            rows((&mut out, x));
-        } else {
-            out.par_chunks_mut(ROWS * c).zip(x.par_chunks(ROWS * c)).for_each(rows);
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -233,43 +237,23 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let c = w.elem_count();
         let grad = grad.contiguous()?;
-        let (dx, dw) = read_host(x, |x| {
+        let (dx, [dw]) = read_host(x, |x| {
             read_host(w, |w| {
                 read_host(&grad, |g| {
-                    let mut dx = vec![0f32; x.len()];
                     // dx = r·(g·w − x̂·mean(g·w·x̂)), x̂ = r·x;  dw = Σ g·x̂.
-                    let task = |(dx, (x, g)): (&mut [f32], (&[f32], &[f32]))| {
-                        let mut dw = vec![0f32; c];
-                        for ((dx, x), g) in dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c)) {
-                            let r = rms_scale(x, self.eps);
-                            let mut sx = 0f32;
-                            for i in 0..c {
-                                let xhat = x[i] * r;
-                                sx += g[i] * w[i] * xhat;
-                                dw[i] += g[i] * xhat;
-                            }
-                            let sx = sx / c as f32;
-                            for i in 0..c {
-                                dx[i] = r * (g[i] * w[i] - x[i] * r * sx);
-                            }
+                    grad_rows(x, g, c, |x, g, dx, [dw]| {
+                        let r = rms_scale(x, self.eps);
+                        let mut sx = 0f32;
+                        for i in 0..c {
+                            let xhat = x[i] * r;
+                            sx += g[i] * w[i] * xhat;
+                            dw[i] += g[i] * xhat;
                         }
-                        dw
-                    };
-                    let dw = if x.len() <= ROWS * c {
-                        task((&mut dx, (x, g)))
-                    } else {
-                        dx.par_chunks_mut(ROWS * c)
-                            .zip(x.par_chunks(ROWS * c).zip(g.par_chunks(ROWS * c)))
-                            .map(task)
-                            .reduce(
-                                || vec![0f32; c],
-                                |mut a, b| {
-                                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                                    a
-                                },
-                            )
-                    };
-                    (dx, dw)
+                        let sx = sx / c as f32;
+                        for i in 0..c {
+                            dx[i] = r * (g[i] * w[i] - x[i] * r * sx);
+                        }
+                    })
                 })
             })
         })???;

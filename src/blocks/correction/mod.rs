@@ -5,10 +5,10 @@ pub mod mis;
 pub mod rollout_reject;
 pub mod tis;
 
-use crate::blocks::fused::Fused;
 use candle_core::{D, Result, Tensor};
 
 use crate::blocks::ctx::Ctx;
+use crate::blocks::fused::Fused;
 
 /// The trainer/sampler ratio e^{old − rollout} per token, or per sequence on every token
 /// (`level`), with log-ratios clamped to ±20; padding holds 1.

@@ -1,9 +1,9 @@
 //! `rollout_reject`: rejection of tokens or sequences whose sampler diverged from the trainer.
 
-use crate::blocks::fused::Fused;
 use candle_core::{D, Result};
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

@@ -1,9 +1,9 @@
 //! `tis`: truncated importance sampling — correcting for a sampler that is not the trainer.
 
-use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

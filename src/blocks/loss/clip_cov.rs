@@ -1,10 +1,10 @@
 //! `clip_cov`: Clip-Cov — removes the gradient of a few random tokens whose covariance of
 //! advantage and log-probability lies in a band.
 
-use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value, host};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 use crate::rng::Rng;
 

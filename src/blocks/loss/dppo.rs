@@ -1,10 +1,10 @@
 //! `dppo`: Divergence PPO — a trust region on the divergence of the sampled token's
 //! distribution, not on the ratio.
 
-use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

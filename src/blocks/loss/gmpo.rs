@@ -1,9 +1,9 @@
 //! `gmpo`: Geometric-Mean Policy Optimization — the geometric mean of clipped token ratios.
 
-use crate::blocks::fused::Fused;
 use candle_core::{D, Result};
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

@@ -1,9 +1,9 @@
 //! `gspo`: Group Sequence Policy Optimization — one importance ratio per sequence.
 
-use crate::blocks::fused::Fused;
 use candle_core::{D, Result};
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

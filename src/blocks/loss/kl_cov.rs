@@ -1,10 +1,10 @@
 //! `kl_cov`: KL-Cov — a KL penalty on the few tokens whose log-probability covaries most with
 //! the advantage (the ones that collapse entropy).
 
-use crate::blocks::fused::Fused;
 use candle_core::{Result, Tensor};
 
 use crate::blocks::ctx::{Ctx, Value, host};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

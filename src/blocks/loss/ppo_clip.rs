@@ -1,9 +1,9 @@
 //! `ppo_clip`: the PPO clipped surrogate, per token.
 
-use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

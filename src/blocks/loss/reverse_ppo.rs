@@ -1,9 +1,9 @@
 //! `reverse_ppo`: the reverse-cross-entropy term of Symmetric PPO.
 
-use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

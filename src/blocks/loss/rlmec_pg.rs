@@ -1,9 +1,9 @@
 //! `rlmec_pg`: RLMEC's clipped policy gradient with a detached weight.
 
-use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

@@ -1,9 +1,9 @@
 //! `sapo`: Soft Adaptive Policy Optimization — a smooth gate instead of a hard clip.
 
-use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

@@ -1,10 +1,10 @@
 //! `kto`: Kahneman–Tversky Optimization on preference pairs (chosen as desirable, rejected as
 //! undesirable), with the KL reference point from mismatched pairs.
 
-use crate::blocks::fused::Fused;
 use candle_core::{D, Result, Tensor};
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

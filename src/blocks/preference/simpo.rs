@@ -1,9 +1,9 @@
 //! `simpo`: Simple Preference Optimization — length-normalised, reference-free, with a margin.
 
-use crate::blocks::fused::Fused;
 use candle_core::{D, Result};
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

@@ -1,9 +1,9 @@
 //! `grm_token_reward`: RLMEC's token reward from a rewriter's keep probabilities.
 
-use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {

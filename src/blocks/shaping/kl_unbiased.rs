@@ -1,10 +1,10 @@
 //! `kl_unbiased`: a KL estimate weighted by the importance ratio to the sampling policy, so its
 //! gradient is unbiased off-policy too.
 
-use crate::blocks::fused::Fused;
 use candle_core::Result;
 
 use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::fused::Fused;
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
