@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use crate::model::fastmath::{exp, sum};
 use crate::model::layout::positions_and_bias;
 use crate::model::{KvCache, Transformer};
 use crate::rng::Rng;
@@ -54,7 +55,9 @@ pub fn generate(
         valid[r * p + start..(r + 1) * p].iter_mut().for_each(|v| *v = true);
     }
     let (positions, bias) = positions_and_bias(&valid, b, p);
-    let mut cache = KvCache::new(model.cfg.layers, b);
+    // Room for every column the decode can write (it never runs past the context).
+    let reserve = (p + s.max_tokens).min(model.cfg.context.max(p));
+    let mut cache = KvCache::new(model.cfg.layers, b, reserve);
     for r in 0..b {
         cache.valid[r] = valid[r * p..(r + 1) * p].to_vec();
         cache.next_pos[r] = prompts[r].len() as u32;
@@ -151,6 +154,7 @@ fn decode(
         .cfg
         .context
         .saturating_sub(cache.next_pos.iter().copied().max().unwrap_or(0) as usize + 1);
+    let mut dist = Distribution::default();
     while done.iter().any(|d| !d) {
         let mut rows = logits.to_vec2::<f32>()?;
         let mut next = vec![tok.pad; b];
@@ -158,19 +162,23 @@ fn decode(
             if done[r] {
                 continue;
             }
-            let norm = Normaliser::of(&rows[r], s.temperature);
+            let row = &mut rows[r];
+            dist.fill(row, s.temperature);
+            // Recorded before `min_tokens` masks the stop tokens (the policy's own log-prob).
+            let log_z = dist.log_z();
             if out[r].len() < s.min_tokens {
                 for &e in &tok.stops {
-                    if let Some(l) = rows[r].get_mut(e as usize) {
+                    if let Some(l) = row.get_mut(e as usize) {
                         *l = f32::NEG_INFINITY;
+                        dist.weights[e as usize] = 0.0;
                     }
                 }
             }
-            let t = pick(&rows[r], s, rng, tok.eos);
+            let t = if s.greedy { argmax(row) } else { dist.pick(s.top_p, rng, tok.eos) };
             next[r] = t;
             out[r].push(t);
             // The picked token's logit is never one `min_tokens` masked.
-            logps[r].push(norm.log_prob(rows[r][t as usize]));
+            logps[r].push(dist.log_prob(row[t as usize], log_z));
             // Decoded whole: byte-level tokens need their neighbours to form text.
             let stopped =
                 s.stop.as_ref().is_some_and(|st| tok.decode(&out[r]).ends_with(st.as_str()));
@@ -187,59 +195,134 @@ fn decode(
     Ok((out, logps))
 }
 
-/// The normaliser of `log softmax(logits / temperature)` over one row of raw logits.
-struct Normaliser {
+/// One row's next-token distribution at the sampling temperature, unnormalised: weights
+/// `exp((logit − max) / t)` (a buffer reused across rows and steps).
+#[derive(Default)]
+struct Distribution {
+    weights: Vec<f32>,
     max: f32,
     t: f32,
-    log_z: f32,
 }
 
-impl Normaliser {
-    fn of(logits: &[f32], temperature: f64) -> Normaliser {
-        let t = temperature.max(1e-6) as f32;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let z: f32 = logits.iter().map(|&l| ((l - max) / t).exp()).sum();
-        Normaliser { max, t, log_z: z.ln() }
+/// Weights per partial sum when scanning for the sampled token.
+const SCAN_BLOCK: usize = 256;
+
+impl Distribution {
+    fn fill(&mut self, logits: &[f32], temperature: f64) {
+        self.t = temperature.max(1e-6) as f32;
+        self.max = max(logits);
+        let (max, inv_t) = (self.max, 1.0 / self.t);
+        self.weights.clear();
+        // A masked logit (−∞) weighs exactly 0 (the vectorised `exp` of −∞ is tiny, not 0).
+        self.weights.extend(
+            logits.iter().map(
+                |&l| {
+                    if l == f32::NEG_INFINITY { 0.0 } else { exp((l - max) * inv_t) }
+                },
+            ),
+        );
     }
 
-    fn log_prob(&self, logit: f32) -> f32 {
-        (logit - self.max) / self.t - self.log_z
+    /// `log Σ weights` (call before masking any token).
+    fn log_z(&self) -> f32 {
+        sum(&self.weights).ln()
     }
-}
 
-/// One token from logits: greedy, or temperature + nucleus sampling.
-pub fn pick(logits: &[f32], s: &Sampling, rng: &mut Rng, fallback: u32) -> u32 {
-    if s.greedy {
-        return argmax(logits);
+    /// `log softmax(logits / t)` at one raw logit, given `log_z`.
+    fn log_prob(&self, logit: f32, log_z: f32) -> f32 {
+        (logit - self.max) / self.t - log_z
     }
-    let t = s.temperature.max(1e-6) as f32;
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f32)> =
-        logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / t).exp())).collect();
-    let z: f32 = probs.iter().map(|p| p.1).sum();
-    probs.iter_mut().for_each(|p| p.1 /= z);
-    if s.top_p < 1.0 {
-        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let mut acc = 0.0;
-        let mut keep = probs.len();
-        for (i, p) in probs.iter().enumerate() {
-            acc += p.1;
-            if acc >= s.top_p as f32 {
-                keep = i + 1;
-                break;
+
+    /// A token drawn from the weights, restricted to the nucleus of mass `top_p` (the most
+    /// likely tokens, ties in token order, until their mass reaches `top_p`).
+    fn pick(&self, top_p: f64, rng: &mut Rng, fallback: u32) -> u32 {
+        let w = &self.weights;
+        let z = sum(w);
+        if top_p >= 1.0 {
+            // Partial sums per block, then a scan inside the block the draw falls in.
+            let mut u = rng.uniform() as f32 * z;
+            for (bi, block) in w.chunks(SCAN_BLOCK).enumerate() {
+                let mass = sum(block);
+                if u < mass {
+                    let mut v = u;
+                    for (j, &p) in block.iter().enumerate() {
+                        if v < p {
+                            return (bi * SCAN_BLOCK + j) as u32;
+                        }
+                        v -= p;
+                    }
+                    // Rounding put the draw past the block's last weight: that token.
+                    return last_positive(block).map_or(fallback, |j| (bi * SCAN_BLOCK + j) as u32);
+                }
+                u -= mass;
             }
+            return last_positive(w).map_or(fallback, |i| i as u32);
         }
-        probs.truncate(keep);
-    }
-    let total: f32 = probs.iter().map(|p| p.1).sum();
-    let mut u = rng.uniform() as f32 * total;
-    for &(i, p) in &probs {
-        if u < p {
-            return i;
+        let probs = self.nucleus(top_p, z);
+        let total: f32 = probs.iter().map(|p| p.1).sum();
+        let mut u = rng.uniform() as f32 * total;
+        for &(i, p) in &probs {
+            if u < p {
+                return i;
+            }
+            u -= p;
         }
-        u -= p;
+        probs.last().map_or(fallback, |p| p.0)
     }
-    probs.last().map_or(fallback, |p| p.0)
+
+    /// The most likely tokens (ties in token order) until their weight reaches `top_p · z`,
+    /// with their weights, most likely first.
+    fn nucleus(&self, top_p: f64, z: f32) -> Vec<(u32, f32)> {
+        let target = top_p as f32 * z;
+        // Tokens below z·(1 − top_p)/V hold at most z·(1 − top_p) together, so the nucleus
+        // lies among the rest: sort only those (the same order as sorting all of them). Only
+        // where rounding keeps their sum below the target are all tokens sorted.
+        let floor = z * (1.0 - top_p as f32) / self.weights.len().max(1) as f32;
+        let mut probs = self.sorted_from(floor);
+        if reach(&probs, target).is_none() && floor > 0.0 {
+            probs = self.sorted_from(0.0);
+        }
+        if let Some(i) = reach(&probs, target) {
+            probs.truncate(i + 1);
+        }
+        probs
+    }
+
+    /// Tokens of positive weight at least `floor`, most likely first (ties in token order).
+    fn sorted_from(&self, floor: f32) -> Vec<(u32, f32)> {
+        let mut probs: Vec<(u32, f32)> = (self.weights.iter().enumerate())
+            .filter(|(_, p)| **p >= floor && **p > 0.0)
+            .map(|(i, &p)| (i as u32, p))
+            .collect();
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        probs
+    }
+}
+
+/// The first index at which the running sum of the weights reaches `target`.
+fn reach(probs: &[(u32, f32)], target: f32) -> Option<usize> {
+    let mut acc = 0.0;
+    probs.iter().position(|p| {
+        acc += p.1;
+        acc >= target
+    })
+}
+
+fn last_positive(w: &[f32]) -> Option<usize> {
+    w.iter().rposition(|&p| p > 0.0)
+}
+
+/// The largest value (−∞ for none), in partial maxima that vectorise.
+fn max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.into_iter().fold(tail, f32::max)
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -277,6 +360,78 @@ mod tests {
         }
         let model = Transformer::frozen(&cfg, &params).unwrap();
         (model, Tok::from_json(&Tok::json(&[])).unwrap())
+    }
+
+    fn random_logits(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..n).map(|_| 3.0 * rng.normal() as f32).collect()
+    }
+
+    /// The nucleus from the pre-filtered sort is the one a sort of the whole vocabulary gives.
+    #[test]
+    fn nucleus_equals_the_full_sort() {
+        for (seed, top_p) in [(1, 0.9), (2, 0.5), (3, 0.99), (4, 0.1), (5, 0.999_999)] {
+            let logits = random_logits(5000, seed);
+            let mut dist = Distribution::default();
+            dist.fill(&logits, 0.8);
+            let z = sum(&dist.weights);
+            let mut all: Vec<(u32, f32)> = (dist.weights.iter().enumerate())
+                .filter(|(_, p)| **p > 0.0)
+                .map(|(i, &p)| (i as u32, p))
+                .collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let mut acc = 0.0;
+            let keep = all
+                .iter()
+                .position(|p| {
+                    acc += p.1;
+                    acc >= top_p as f32 * z
+                })
+                .map_or(all.len(), |i| i + 1);
+            all.truncate(keep);
+            assert_eq!(dist.nucleus(top_p, z), all, "seed {seed} top_p {top_p}");
+        }
+    }
+
+    /// Draws follow softmax(logits / t): frequencies within 4 standard errors, masked tokens
+    /// never drawn, and nothing outside the nucleus.
+    #[test]
+    fn draws_follow_the_distribution() {
+        let mut logits = random_logits(600, 7);
+        logits[3] = f32::NEG_INFINITY;
+        let t = 1.3;
+        let s = |top_p| Sampling {
+            temperature: t,
+            top_p,
+            max_tokens: 1,
+            min_tokens: 0,
+            stop: None,
+            greedy: false,
+        };
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let w: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / t).exp()).collect();
+        let z: f64 = w.iter().sum();
+        let n = 40_000;
+        let mut rng = Rng::new(11);
+        let mut dist = Distribution::default();
+        dist.fill(&logits, t);
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..n {
+            counts[dist.pick(s(1.0).top_p, &mut rng, 0) as usize] += 1;
+        }
+        assert_eq!(counts[3], 0);
+        for (i, &c) in counts.iter().enumerate() {
+            let p = w[i] / z;
+            let se = (p * (1.0 - p) / n as f64).sqrt();
+            assert!(
+                (c as f64 / n as f64 - p).abs() <= 4.0 * se + 1e-4,
+                "token {i}: {c} of {n}, p {p}"
+            );
+        }
+        let nucleus: Vec<u32> = dist.nucleus(0.6, sum(&dist.weights)).iter().map(|p| p.0).collect();
+        for _ in 0..2000 {
+            assert!(nucleus.contains(&dist.pick(0.6, &mut rng, 0)));
+        }
     }
 
     /// Greedy decoding with the KV cache picks, at every step, the argmax of a full forward

@@ -12,6 +12,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fastmath::{dot, exp, sum};
 use crate::host::{read_host, storage_slice};
 
 /// Bias values at or below this mark a key the query may not read.
@@ -41,7 +42,47 @@ pub fn attend(
         return composed(q, k, v, bias, scale, grad);
     }
     let op = Attention { scale: scale as f32, bias: bias.clone() };
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    // Without gradient, keys and values are read in place from a cache's buffers, whose
+    // heads sit `capacity` columns apart (`KvCache`); the backward wants them packed.
+    let keys = |t: &Tensor| {
+        if !grad && heads_of_rows(t.layout()).is_some() { Ok(t.clone()) } else { t.contiguous() }
+    };
+    q.contiguous()?.apply_op3(&keys(k)?, &keys(v)?, op)
+}
+
+/// For `[B, G, L, D]` keys or values whose rows are packed (`D` apart, unit stride), the
+/// strides between batch rows and between heads; `None` for other layouts.
+fn heads_of_rows(l: &Layout) -> Option<(usize, usize)> {
+    let dims = l.dims();
+    match *l.stride() {
+        [row, head, s, 1] if s == dims[3] || dims[2] <= 1 => Some((row, head)),
+        _ => None,
+    }
+}
+
+/// A `[B, G, L, D]` input as its storage from the view's first value, and the offset of each
+/// (batch row, head)'s `L × D` block in it.
+struct HeadBlocks<'a> {
+    values: &'a [f32],
+    row: usize,
+    head: usize,
+    g: usize,
+}
+
+impl<'a> HeadBlocks<'a> {
+    fn of(storage: &'a CpuStorage, l: &Layout) -> Result<HeadBlocks<'a>> {
+        let Some((row, head)) = heads_of_rows(l) else {
+            candle_core::bail!("attention: keys and values need packed rows")
+        };
+        let values = &storage.as_slice::<f32>()?[l.start_offset()..];
+        Ok(HeadBlocks { values, row, head, g: l.dims()[1] })
+    }
+
+    /// The block of batch row and head number `bg` (row · G + head), `len` values long.
+    fn block(&self, bg: usize, len: usize) -> &'a [f32] {
+        let at = (bg / self.g) * self.row + (bg % self.g) * self.head;
+        &self.values[at..at + len]
+    }
 }
 
 /// The same from candle's differentiable ops (the reference the fused op is tested against).
@@ -111,11 +152,6 @@ fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     storage_slice(storage, layout, "attention")
 }
 
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// Softmax weights of query row `qi` over the keys `k` (`Lk × D`) with bias row `bias` into
 /// `p`; masked keys get exactly 0.
 #[inline]
@@ -130,12 +166,11 @@ fn weights(qi: &[f32], k: &[f32], bias: &[f32], scale: f32, p: &mut [f32]) {
         };
         max = max.max(*pj);
     }
-    let mut sum = 0f32;
+    // Masked keys get exactly 0 (the vectorised `exp` of −∞ is tiny, not 0).
     for pj in p.iter_mut() {
-        *pj = (*pj - max).exp();
-        sum += *pj;
+        *pj = if *pj == f32::NEG_INFINITY { 0.0 } else { exp(*pj - max) };
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / sum(p);
     p.iter_mut().for_each(|pj| *pj *= inv);
 }
 
@@ -166,15 +201,16 @@ impl CustomOp3 for Attention {
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let n = Dims::of(ql, kl)?;
-        let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
+        let q = slice(qs, ql)?;
+        let (k, v) = (HeadBlocks::of(ks, kl)?, HeadBlocks::of(vs, vl)?);
         let (rep, d, lq, lk) = (n.h / n.g, n.d, n.lq, n.lk);
         let mut out = vec![0f32; q.len()];
         // One task per (row, query head): its `Lq × D` outputs.
         read_host(&self.bias, |all_bias| {
             each_chunk(&mut out, lq * d, n.serial(), |bh, y| {
                 let (row, head) = (bh / n.h, bh % n.h);
-                let kv = (row * n.g + head / rep) * lk * d;
-                let (kr, vr) = (&k[kv..kv + lk * d], &v[kv..kv + lk * d]);
+                let kv = row * n.g + head / rep;
+                let (kr, vr) = (k.block(kv, lk * d), v.block(kv, lk * d));
                 let mut p = vec![0f32; lk];
                 for i in 0..lq {
                     let qi = &q[(bh * lq + i) * d..(bh * lq + i + 1) * d];
@@ -311,6 +347,23 @@ mod tests {
             let reference = composed(&q, &k, &v, &bias, scale, true).unwrap();
             assert!(max_diff(&fused, &reference) < 1e-5, "h {h} g {g} lq {lq} lk {lk}");
         }
+    }
+
+    /// Keys and values read in place from a cache's wider buffers (heads `capacity` columns
+    /// apart) give exactly what packed copies give.
+    #[test]
+    fn cached_views_are_read_in_place_exactly() {
+        let (h, g, lk, cap, d) = (4, 2, 5, 9, 8);
+        let q = random(&[2, h, 1, d], 11);
+        let (kb, vb) = (random(&[2, g, cap, d], 12), random(&[2, g, cap, d], 13));
+        let (k, v) = (kb.narrow(2, 0, lk).unwrap(), vb.narrow(2, 0, lk).unwrap());
+        assert!(!k.is_contiguous() && heads_of_rows(k.layout()).is_some());
+        let bias = bias(&[0, 2], 1, lk);
+        let in_place = attend(&q, &k, &v, &bias, 0.3, false).unwrap();
+        let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
+        let packed = attend(&q, &kc, &vc, &bias, 0.3, false).unwrap();
+        assert_eq!(max_diff(&in_place, &packed), 0.0);
+        assert!(max_diff(&in_place, &composed(&q, &kc, &vc, &bias, 0.3, false).unwrap()) < 1e-5);
     }
 
     #[test]

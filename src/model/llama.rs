@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Result, Tensor};
 
 use super::hf_config::HfConfig;
-use super::transformer::{EmbeddingRows, KvCache};
+use super::kv_cache::KvCache;
+use super::transformer::EmbeddingRows;
 
 /// A LoRA adapter: `y += scale · (x Aᵀ) Bᵀ` with `A: [r, in]`, `B: [out, r]`.
 #[derive(Clone)]

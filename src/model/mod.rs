@@ -5,11 +5,13 @@
 pub mod attention;
 pub mod config;
 pub mod dir;
+pub mod fastmath;
 pub mod gelu;
 pub mod gpt2;
 pub mod hf;
 pub mod hf_config;
 pub mod hf_tiny;
+pub mod kv_cache;
 pub mod layout;
 pub mod llama;
 pub mod norm;
@@ -17,6 +19,7 @@ pub mod params;
 pub mod transformer;
 
 pub use config::{Family, LlamaSpec, LoraSpec, ModelConfig};
+pub use kv_cache::KvCache;
 pub use layout::Layout;
 pub use params::Params;
-pub use transformer::{KvCache, Transformer};
+pub use transformer::Transformer;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::config::{Family, ModelConfig};
+use super::kv_cache::KvCache;
 use super::layout::Layout;
 use super::llama::{Linear, LlamaTrunk};
 use super::params::{Init, Params};
@@ -132,79 +133,6 @@ struct Block {
     ln2: Norm,
     up: Dense,
     down: Dense,
-}
-
-/// Keys and values of every layer for the columns seen so far, with which columns are real.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    /// Per layer: `[B, H, Lk, Dh]` keys and values.
-    pub layers: Vec<Option<(Tensor, Tensor)>>,
-    /// Per row: whether each cached column is a real token.
-    pub valid: Vec<Vec<bool>>,
-    /// Per row: the position the next token takes.
-    pub next_pos: Vec<u32>,
-}
-
-impl KvCache {
-    pub fn new(layers: usize, rows: usize) -> KvCache {
-        KvCache { layers: vec![None; layers], valid: vec![vec![]; rows], next_pos: vec![0; rows] }
-    }
-
-    /// Appends a layer's new keys and values `[B, H, L, Dh]` to the cached ones; returns all
-    /// of them.
-    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match &self.layers[layer] {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-            None => (k, v),
-        };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        Ok((k, v))
-    }
-
-    pub fn columns(&self) -> usize {
-        self.valid.first().map_or(0, |v| v.len())
-    }
-
-    /// A cache for new rows: row `i` continues row `rows[i]` from its first `cuts[i]` columns.
-    /// Columns past a row's cut stay in the tensors but are masked out, so rows with different
-    /// prefix lengths share one batch (VinePPO's rollouts from every step start).
-    pub fn fork(&self, rows: &[usize], cuts: &[usize]) -> Result<KvCache> {
-        let width = cuts.iter().copied().max().unwrap_or(0);
-        let device = self
-            .layers
-            .iter()
-            .flatten()
-            .next()
-            .map(|(k, _)| k.device().clone())
-            .unwrap_or(Device::Cpu);
-        let index = Tensor::from_vec(
-            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
-            rows.len(),
-            &device,
-        )?;
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.as_ref()
-                    .map(|(k, v)| -> Result<(Tensor, Tensor)> {
-                        Ok((
-                            k.index_select(&index, 0)?.narrow(2, 0, width)?,
-                            v.index_select(&index, 0)?.narrow(2, 0, width)?,
-                        ))
-                    })
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut valid = Vec::with_capacity(rows.len());
-        let mut next_pos = Vec::with_capacity(rows.len());
-        for (&r, &cut) in rows.iter().zip(cuts) {
-            let v: Vec<bool> = (0..width).map(|j| j < cut && self.valid[r][j]).collect();
-            next_pos.push(v.iter().filter(|x| **x).count() as u32);
-            valid.push(v);
-        }
-        Ok(KvCache { layers, valid, next_pos })
-    }
 }
 
 /// The built-in GPT trunk.
