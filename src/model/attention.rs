@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::{dot, exp, sum};
+use super::fastmath::{Kernel, dispatch, dot, exp, sum};
 use crate::host::{read_host, storage_slice};
 
 /// Bias values at or below this mark a key the query may not read.
@@ -76,6 +76,11 @@ impl<'a> HeadBlocks<'a> {
         };
         let values = &storage.as_slice::<f32>()?[l.start_offset()..];
         Ok(HeadBlocks { values, row, head, g: l.dims()[1] })
+    }
+
+    /// Packed `[B, G, L, D]` values: blocks of `block` values one after another.
+    fn packed(values: &'a [f32], g: usize, block: usize) -> HeadBlocks<'a> {
+        HeadBlocks { values, row: g * block, head: block, g }
     }
 
     /// The block of batch row and head number `bg` (row · G + head), `len` values long.
@@ -154,7 +159,7 @@ fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
 
 /// Softmax weights of query row `qi` over the keys `k` (`Lk × D`) with bias row `bias` into
 /// `p`; masked keys get exactly 0.
-#[inline]
+#[inline(always)]
 fn weights(qi: &[f32], k: &[f32], bias: &[f32], scale: f32, p: &mut [f32]) {
     let d = qi.len();
     let mut max = f32::NEG_INFINITY;
@@ -203,25 +208,11 @@ impl CustomOp3 for Attention {
         let n = Dims::of(ql, kl)?;
         let q = slice(qs, ql)?;
         let (k, v) = (HeadBlocks::of(ks, kl)?, HeadBlocks::of(vs, vl)?);
-        let (rep, d, lq, lk) = (n.h / n.g, n.d, n.lq, n.lk);
         let mut out = vec![0f32; q.len()];
         // One task per (row, query head): its `Lq × D` outputs.
-        read_host(&self.bias, |all_bias| {
-            each_chunk(&mut out, lq * d, n.serial(), |bh, y| {
-                let (row, head) = (bh / n.h, bh % n.h);
-                let kv = row * n.g + head / rep;
-                let (kr, vr) = (k.block(kv, lk * d), v.block(kv, lk * d));
-                let mut p = vec![0f32; lk];
-                for i in 0..lq {
-                    let qi = &q[(bh * lq + i) * d..(bh * lq + i + 1) * d];
-                    let bias = &all_bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
-                    weights(qi, kr, bias, self.scale, &mut p);
-                    let yi = &mut y[i * d..(i + 1) * d];
-                    for (j, pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
-                        yi.iter_mut().zip(&vr[j * d..(j + 1) * d]).for_each(|(y, v)| *y += pj * v);
-                    }
-                }
-            })
+        read_host(&self.bias, |bias| {
+            let x = Inputs { q, k, v, bias, n, scale: self.scale };
+            each_chunk(&mut out, n.lq * n.d, n.serial(), |bh, y| dispatch(ForwardBlock(&x, bh, y)))
         })?;
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
@@ -247,39 +238,21 @@ impl CustomOp3 for Attention {
         let group = rep * lq * d;
         let tasks: Vec<GroupTask> =
             dq.chunks_mut(group).zip(dkv.chunks_mut(2 * lk * d)).enumerate().collect();
-        read_host(&self.bias, |all_bias| {
-            let body = |(bg, (dq, dkv)): GroupTask| {
-                let row = bg / g;
-                let (dk, dv) = dkv.split_at_mut(lk * d);
-                let kr = &kv[bg * lk * d..(bg + 1) * lk * d];
-                let vr = &vv[bg * lk * d..(bg + 1) * lk * d];
-                let mut p = vec![0f32; lk];
-                for r in 0..rep {
-                    let bh = bg * rep + r;
-                    for i in 0..lq {
-                        let at = (bh * lq + i) * d;
-                        let (qi, oi, gi) = (&qv[at..at + d], &ov[at..at + d], &gv[at..at + d]);
-                        let bias = &all_bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
-                        weights(qi, kr, bias, self.scale, &mut p);
-                        // dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)).
-                        let centre = dot(gi, oi);
-                        let dqi = &mut dq[(r * lq + i) * d..(r * lq + i + 1) * d];
-                        for (j, pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
-                            let (kj, vj) = (&kr[j * d..(j + 1) * d], &vr[j * d..(j + 1) * d]);
-                            let ds = pj * (dot(gi, vj) - centre) * self.scale;
-                            dqi.iter_mut().zip(kj).for_each(|(a, k)| *a += ds * k);
-                            let dkj = &mut dk[j * d..(j + 1) * d];
-                            dkj.iter_mut().zip(qi).for_each(|(a, q)| *a += ds * q);
-                            let dvj = &mut dv[j * d..(j + 1) * d];
-                            dvj.iter_mut().zip(gi).for_each(|(a, g)| *a += pj * g);
-                        }
-                    }
-                }
+        read_host(&self.bias, |bias| {
+            let x = Inputs {
+                q: &qv,
+                k: HeadBlocks::packed(&kv, g, lk * d),
+                v: HeadBlocks::packed(&vv, g, lk * d),
+                bias,
+                n,
+                scale: self.scale,
             };
+            let (o, dout) = (&ov[..], &gv[..]);
+            let run = |t| dispatch(BackwardGroup(&x, o, dout, t));
             if n.serial() {
-                tasks.into_iter().for_each(body);
+                tasks.into_iter().for_each(run);
             } else {
-                tasks.into_par_iter().for_each(body);
+                tasks.into_par_iter().for_each(run);
             }
         })?;
         let (dk, dv) = dkv_split(&dkv, b * g, lk * d);
@@ -289,6 +262,102 @@ impl CustomOp3 for Attention {
             Some(Tensor::from_vec(dk, k.shape(), dev)?),
             Some(Tensor::from_vec(dv, v.shape(), dev)?),
         ))
+    }
+}
+
+/// What every task of one call reads.
+struct Inputs<'a> {
+    /// `[B, H, Lq, D]`, packed.
+    q: &'a [f32],
+    k: HeadBlocks<'a>,
+    v: HeadBlocks<'a>,
+    /// `[B, 1, Lq, Lk]`.
+    bias: &'a [f32],
+    n: Dims,
+    scale: f32,
+}
+
+/// `y += a · x`.
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
+/// The outputs `y` (`Lq × D`) of one (row, query head) `bh`.
+struct ForwardBlock<'a, 'b>(&'b Inputs<'a>, usize, &'b mut [f32]);
+
+impl Kernel for ForwardBlock<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        forward_block(self.0, self.1, self.2)
+    }
+}
+
+#[inline(always)]
+fn forward_block(x: &Inputs, bh: usize, y: &mut [f32]) {
+    let Dims { h, g, lq, lk, d, .. } = x.n;
+    let (row, head) = (bh / h, bh % h);
+    let kv = row * g + head / (h / g);
+    let (kr, vr) = (x.k.block(kv, lk * d), x.v.block(kv, lk * d));
+    let mut p = vec![0f32; lk];
+    for i in 0..lq {
+        let qi = &x.q[(bh * lq + i) * d..(bh * lq + i + 1) * d];
+        let bias = &x.bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
+        weights(qi, kr, bias, x.scale, &mut p);
+        let yi = &mut y[i * d..(i + 1) * d];
+        for (j, &pj) in p.iter().enumerate() {
+            if pj != 0.0 {
+                axpy(yi, pj, &vr[j * d..(j + 1) * d]);
+            }
+        }
+    }
+}
+
+/// The gradients of one (row, key/value head): `dq` rows of the query heads it serves and
+/// its keys' and values' `[dk | dv]`, given the outputs `o` and their gradients `dout`.
+struct BackwardGroup<'a, 'b>(&'b Inputs<'a>, &'b [f32], &'b [f32], GroupTask<'b>);
+
+impl Kernel for BackwardGroup<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let BackwardGroup(x, o, dout, task) = self;
+        backward_group(x, o, dout, task)
+    }
+}
+
+#[inline(always)]
+fn backward_group(x: &Inputs, o: &[f32], dout: &[f32], (bg, (dq, dkv)): GroupTask) {
+    let Dims { g, lq, lk, d, .. } = x.n;
+    let rep = x.n.h / g;
+    let row = bg / g;
+    let (dk, dv) = dkv.split_at_mut(lk * d);
+    let (kr, vr) = (x.k.block(bg, lk * d), x.v.block(bg, lk * d));
+    let mut p = vec![0f32; lk];
+    for r in 0..rep {
+        let bh = bg * rep + r;
+        for i in 0..lq {
+            let at = (bh * lq + i) * d;
+            let (qi, oi, gi) = (&x.q[at..at + d], &o[at..at + d], &dout[at..at + d]);
+            let bias = &x.bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
+            weights(qi, kr, bias, x.scale, &mut p);
+            // dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)).
+            let centre = dot(gi, oi);
+            let dqi = &mut dq[(r * lq + i) * d..(r * lq + i + 1) * d];
+            for (j, &pj) in p.iter().enumerate() {
+                if pj == 0.0 {
+                    continue;
+                }
+                let (kj, vj) = (&kr[j * d..(j + 1) * d], &vr[j * d..(j + 1) * d]);
+                let ds = pj * (dot(gi, vj) - centre) * x.scale;
+                axpy(dqi, ds, kj);
+                axpy(&mut dk[j * d..(j + 1) * d], ds, qi);
+                axpy(&mut dv[j * d..(j + 1) * d], pj, gi);
+            }
+        }
     }
 }
 

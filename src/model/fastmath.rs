@@ -2,6 +2,34 @@
 //! vector `exp`, and a float sum in one accumulator is a serial dependency chain): the fused
 //! CPU ops and the sampler use these in their inner loops.
 
+/// A loop body to compile once per instruction set. `run` must be `#[inline(always)]`, as
+/// must everything it calls in its loops: it is then inlined into `pulp`'s per-instruction-set
+/// copies. (A closure, or a function called through `FnOnce`, is not inlined there and stays
+/// compiled for baseline x86-64, four lanes wide.)
+pub trait Kernel {
+    type Output;
+    fn run(self) -> Self::Output;
+}
+
+/// Runs a kernel compiled for the widest vector instructions the CPU has (AVX-512, AVX2 + FMA,
+/// else baseline x86-64), chosen at run time by `pulp`. Every copy computes the same values:
+/// Rust neither reassociates nor fuses float operations, whatever the vector width.
+#[inline(always)]
+pub fn dispatch<K: Kernel>(kernel: K) -> K::Output {
+    pulp::Arch::new().dispatch(Simd(kernel))
+}
+
+struct Simd<K>(K);
+
+impl<K: Kernel> pulp::WithSimd for Simd<K> {
+    type Output = K::Output;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> K::Output {
+        self.0.run()
+    }
+}
+
 /// `eˣ` in f32 to about 2 ulp (Cephes' `expf`: x = n·ln 2 + r, a degree-6 polynomial in r,
 /// 2ⁿ from the exponent bits), without branches or library calls. Arguments are clamped to
 /// the finite range, so `exp(−∞)` is ~1e-38, not 0: callers that need an exact 0 for masked

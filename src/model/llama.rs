@@ -40,7 +40,7 @@ impl Linear {
         let x2 = x.reshape((rows, inner))?;
         let mut y = x2.matmul(&self.weight.t()?)?;
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
+            y = super::bias::add_bias(&y, b)?;
         }
         if let Some(l) = &self.lora {
             let a = l.a.to_dtype(x.dtype())?;

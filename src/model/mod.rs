@@ -3,6 +3,7 @@
 //! the sampler and the trainer share.
 
 pub mod attention;
+pub mod bias;
 pub mod config;
 pub mod dir;
 pub mod fastmath;

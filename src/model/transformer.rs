@@ -116,7 +116,7 @@ impl Dense {
             (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
         let y = x.reshape((rows, inner))?.matmul(&self.weight)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => super::bias::add_bias(&y, b)?,
             None => y,
         };
         let mut out = dims;
