@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::model::fastmath::{exp, sum};
+use crate::model::fastmath::{Kernel, dispatch, exp, sum};
 use crate::model::layout::positions_and_bias;
 use crate::model::{KvCache, Transformer};
 use crate::rng::Rng;
@@ -204,6 +204,27 @@ struct Distribution {
     t: f32,
 }
 
+/// `exp((logit − max) / t)` per token, compiled per instruction set.
+struct Weights<'a> {
+    out: &'a mut [f32],
+    logits: &'a [f32],
+    max: f32,
+    inv_t: f32,
+}
+
+impl Kernel for Weights<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let (max, inv_t) = (self.max, self.inv_t);
+        // A masked logit (−∞) weighs exactly 0 (the vectorised `exp` of −∞ is tiny, not 0).
+        for (w, &l) in self.out.iter_mut().zip(self.logits) {
+            *w = if l == f32::NEG_INFINITY { 0.0 } else { exp((l - max) * inv_t) };
+        }
+    }
+}
+
 /// Weights per partial sum when scanning for the sampled token.
 const SCAN_BLOCK: usize = 256;
 
@@ -212,15 +233,8 @@ impl Distribution {
         self.t = temperature.max(1e-6) as f32;
         self.max = max(logits);
         let (max, inv_t) = (self.max, 1.0 / self.t);
-        self.weights.clear();
-        // A masked logit (−∞) weighs exactly 0 (the vectorised `exp` of −∞ is tiny, not 0).
-        self.weights.extend(
-            logits.iter().map(
-                |&l| {
-                    if l == f32::NEG_INFINITY { 0.0 } else { exp((l - max) * inv_t) }
-                },
-            ),
-        );
+        self.weights.resize(logits.len(), 0.0);
+        dispatch(Weights { out: &mut self.weights, logits, max, inv_t });
     }
 
     /// `log Σ weights` (call before masking any token).

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::fastmath::exp;
+use super::fastmath::{Kernel, dispatch, exp};
 use crate::host::storage_slice;
 
 /// √(2/π) as candle writes it.
@@ -41,6 +41,31 @@ fn derivative(v: f32) -> f32 {
     s + 2.0 * v * s * (1.0 - s) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * CUBIC * v * v)
 }
 
+/// `out = gelu(x)`, compiled per instruction set.
+struct Forward<'a>(&'a mut [f32], &'a [f32]);
+
+impl Kernel for Forward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        self.0.iter_mut().zip(self.1).for_each(|(o, x)| *o = forward(*x));
+    }
+}
+
+/// `out = g · gelu′(x)`, compiled per instruction set.
+struct Backward<'a>(&'a mut [f32], &'a [f32], &'a [f32]);
+
+impl Kernel for Backward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let xg = self.1.iter().zip(self.2);
+        self.0.iter_mut().zip(xg).for_each(|(o, (x, g))| *o = g * derivative(*x));
+    }
+}
+
 struct Gelu;
 
 impl CustomOp1 for Gelu {
@@ -50,16 +75,14 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = storage_slice::<f32>(storage, layout, "gelu")?;
-        let out = if xs.len() < 2 * CHUNK {
+        let mut out = vec![0f32; xs.len()];
+        if xs.len() < 2 * CHUNK {
             // One token's activations while sampling: threads would cost more than they save.
-            xs.iter().map(|x| forward(*x)).collect()
+            dispatch(Forward(&mut out, xs));
         } else {
-            let mut out = vec![0f32; xs.len()];
-            out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(o, x)| {
-                o.iter_mut().zip(x).for_each(|(o, x)| *o = forward(*x));
-            });
-            out
-        };
+            (out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)))
+                .for_each(|(o, x)| dispatch(Forward(o, x)));
+        }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -90,17 +113,13 @@ impl CustomOp2 for GeluGrad {
         if xs.len() != gs.len() {
             bail!("gelu backward: {} inputs, {} gradients", xs.len(), gs.len())
         }
-        let out = if xs.len() < 2 * CHUNK {
-            xs.iter().zip(gs).map(|(x, g)| g * derivative(*x)).collect()
+        let mut out = vec![0f32; xs.len()];
+        if xs.len() < 2 * CHUNK {
+            dispatch(Backward(&mut out, xs, gs));
         } else {
-            let mut out = vec![0f32; xs.len()];
-            out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).zip(gs.par_chunks(CHUNK)).for_each(
-                |((o, x), g)| {
-                    o.iter_mut().zip(x).zip(g).for_each(|((o, x), g)| *o = g * derivative(*x));
-                },
-            );
-            out
-        };
+            (out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK))))
+                .for_each(|(o, (x, g))| dispatch(Backward(o, x, g)));
+        }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
