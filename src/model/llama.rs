@@ -220,7 +220,7 @@ impl LlamaTrunk {
                 .reshape((b, l, h * dh))?;
             x = (x + blk.o.forward(&y)?)?;
             let m = blk.post_norm.forward(&x, grad)?;
-            let m = (blk.gate.forward(&m)?.silu()? * blk.up.forward(&m)?)?;
+            let m = super::swiglu::silu_mul(&blk.gate.forward(&m)?, &blk.up.forward(&m)?)?;
             x = (x + blk.down.forward(&m)?)?;
         }
         self.norm.forward(&x, grad)

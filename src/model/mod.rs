@@ -17,6 +17,7 @@ pub mod layout;
 pub mod llama;
 pub mod norm;
 pub mod params;
+pub mod swiglu;
 pub mod transformer;
 
 pub use config::{Family, LlamaSpec, LoraSpec, ModelConfig};
