@@ -38,7 +38,7 @@ impl Linear {
         let inner = dims[dims.len() - 1];
         let rows = x.elem_count() / inner;
         let x2 = x.reshape((rows, inner))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = super::gemv::matmul_nt(&x2, &self.weight)?;
         if let Some(b) = &self.bias {
             y = super::bias::add_bias(&y, b)?;
         }

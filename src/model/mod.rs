@@ -8,6 +8,7 @@ pub mod config;
 pub mod dir;
 pub mod fastmath;
 pub mod gelu;
+pub mod gemv;
 pub mod gpt2;
 pub mod hf;
 pub mod hf_config;

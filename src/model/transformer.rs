@@ -114,7 +114,7 @@ impl Dense {
         let dims = x.dims().to_vec();
         let (rows, inner) =
             (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
-        let y = x.reshape((rows, inner))?.matmul(&self.weight)?;
+        let y = super::gemv::matmul_nn(&x.reshape((rows, inner))?, &self.weight)?;
         let y = match &self.bias {
             Some(b) => super::bias::add_bias(&y, b)?,
             None => y,
