@@ -433,6 +433,12 @@ mod tests {
         let packed = attend(&q, &kc, &vc, &bias, 0.3, false).unwrap();
         assert_eq!(max_diff(&in_place, &packed), 0.0);
         assert!(max_diff(&in_place, &composed(&q, &kc, &vc, &bias, 0.3, false).unwrap()) < 1e-5);
+        // The composed path (bf16, GPU) multiplies the strided views directly.
+        assert!(max_diff(&in_place, &composed(&q, &k, &v, &bias, 0.3, false).unwrap()) < 1e-5);
+        let (q1, k1, v1) = (q.narrow(1, 0, 2).unwrap().contiguous().unwrap(), k.clone(), v.clone());
+        let same_heads = composed(&q1, &k1, &v1, &bias, 0.3, false).unwrap();
+        let packed = attend(&q1, &kc, &vc, &bias, 0.3, false).unwrap();
+        assert!(max_diff(&same_heads, &packed) < 1e-5);
     }
 
     #[test]
