@@ -2,6 +2,8 @@
 //! Continuations from intermediate prefixes (VinePPO) fork an existing cache instead of
 //! recomputing the prefix.
 
+use std::collections::HashMap;
+
 use candle_core::{Device, Result, Tensor};
 
 use crate::model::fastmath::{Kernel, dispatch, exp, sum};
@@ -47,30 +49,55 @@ pub fn generate(
 ) -> Result<Generation> {
     let b = prompts.len();
     let p = prompts.iter().map(Vec::len).max().unwrap_or(1);
-    let mut ids = vec![tok.pad; b * p];
-    let mut valid = vec![false; b * p];
-    for (r, pr) in prompts.iter().enumerate() {
+    // Rows that share a prompt (GRPO's n samples per prompt) share its prefill: the prompt is
+    // run once and its cache rows copied, as inference engines' prefix caches do.
+    let (unique, row_of) = distinct(prompts);
+    let u = unique.len();
+    let mut ids = vec![tok.pad; u * p];
+    let mut valid = vec![false; u * p];
+    for (r, pr) in unique.iter().enumerate() {
         let start = p - pr.len();
         ids[r * p + start..(r + 1) * p].copy_from_slice(pr);
         valid[r * p + start..(r + 1) * p].iter_mut().for_each(|v| *v = true);
     }
-    let (positions, bias) = positions_and_bias(&valid, b, p);
+    let (positions, bias) = positions_and_bias(&valid, u, p);
     // Room for every column the decode can write (it never runs past the context).
     let reserve = (p + s.max_tokens).min(model.cfg.context.max(p));
-    let mut cache = KvCache::new(model.cfg.layers, b, reserve);
-    for r in 0..b {
+    let mut cache = KvCache::new(model.cfg.layers, u, reserve);
+    for r in 0..u {
         cache.valid[r] = valid[r * p..(r + 1) * p].to_vec();
-        cache.next_pos[r] = prompts[r].len() as u32;
+        cache.next_pos[r] = unique[r].len() as u32;
     }
-    let logits = model.step(
-        &Tensor::from_vec(ids, (b, p), device)?,
-        &Tensor::from_vec(positions, (b, p), device)?,
-        &Tensor::from_vec(bias, (b, 1, p, p), device)?,
+    let mut logits = model.step(
+        &Tensor::from_vec(ids, (u, p), device)?,
+        &Tensor::from_vec(positions, (u, p), device)?,
+        &Tensor::from_vec(bias, (u, 1, p, p), device)?,
         &mut cache,
     )?;
+    if u < b {
+        cache = cache.fork(&row_of, &vec![p; b])?;
+        let index = row_of.iter().map(|&r| r as u32).collect::<Vec<_>>();
+        logits = logits.index_select(&Tensor::from_vec(index, b, device)?, 0)?;
+    }
     let budgets = vec![s.max_tokens; b];
     let (tokens, logps) = decode(model, tok, &mut cache, logits, &budgets, s, rng, device)?;
     Ok(Generation { tokens, logps, cache, prompt_cols: p })
+}
+
+/// The distinct prompts in first-seen order, and each row's index among them.
+fn distinct(prompts: &[Vec<u32>]) -> (Vec<&[u32]>, Vec<usize>) {
+    let mut unique: Vec<&[u32]> = Vec::new();
+    let mut seen: HashMap<&[u32], usize> = HashMap::new();
+    let row_of = prompts
+        .iter()
+        .map(|pr| {
+            *seen.entry(pr.as_slice()).or_insert_with(|| {
+                unique.push(pr);
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (unique, row_of)
 }
 
 /// Continues rows of an existing cache: row `i` extends `rows[i]` after its first `cuts[i]`
@@ -485,6 +512,37 @@ mod tests {
         let b = model.token_logp(&h2, &layout, 1.0).unwrap();
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-4, "{diff}");
+    }
+
+    /// Rows sharing a prompt share one prefill; greedy decoding then gives each row what it
+    /// gives alone, with the same log-probabilities, mixed with distinct prompts of other lengths.
+    #[test]
+    fn shared_prompts_share_one_prefill_with_the_same_results() {
+        let dev = Device::Cpu;
+        let (model, tok) = test_model(9, 10.0);
+        let s = Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_tokens: 5,
+            min_tokens: 5,
+            stop: None,
+            greedy: true,
+        };
+        let a = vec![BOS, 7, 9, 11];
+        let c = vec![BOS, 13];
+        let prompts = vec![a.clone(), a.clone(), c.clone(), a.clone(), c.clone()];
+        assert_eq!(distinct(&prompts).1, vec![0, 0, 1, 0, 1]);
+        let together = generate(&model, &tok, &prompts, &s, &mut Rng::new(0), &dev).unwrap();
+        for (r, pr) in prompts.iter().enumerate() {
+            // Alone, padded to the same width as in the batch.
+            let alone =
+                generate(&model, &tok, &[pr.clone(), a.clone()], &s, &mut Rng::new(0), &dev)
+                    .unwrap();
+            assert_eq!(together.tokens[r], alone.tokens[0], "row {r}");
+            for (x, y) in together.logps[r].iter().zip(&alone.logps[0]) {
+                assert!((x - y).abs() < 1e-5, "row {r}: {x} vs {y}");
+            }
+        }
     }
 
     /// The log-probabilities the sampler records are the trainer's `old.logp` of the same
