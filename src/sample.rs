@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::model::fastmath::{Kernel, dispatch, exp, sum};
+use crate::model::fastmath::{Kernel, dispatch, exp, max, sum};
 use crate::model::layout::positions_and_bias;
 use crate::model::{KvCache, Transformer};
 use crate::rng::Rng;
@@ -191,21 +191,19 @@ fn decode(
             }
             let row = &mut rows[r];
             dist.fill(row, s.temperature);
-            // Recorded before `min_tokens` masks the stop tokens (the policy's own log-prob).
-            let log_z = dist.log_z();
             if out[r].len() < s.min_tokens {
                 for &e in &tok.stops {
                     if let Some(l) = row.get_mut(e as usize) {
                         *l = f32::NEG_INFINITY;
-                        dist.weights[e as usize] = 0.0;
                     }
                 }
+                dist.forbid(&tok.stops);
             }
             let t = if s.greedy { argmax(row) } else { dist.pick(s.top_p, rng, tok.eos) };
             next[r] = t;
             out[r].push(t);
             // The picked token's logit is never one `min_tokens` masked.
-            logps[r].push(dist.log_prob(row[t as usize], log_z));
+            logps[r].push(dist.log_prob(row[t as usize]));
             // Decoded whole: byte-level tokens need their neighbours to form text.
             let stopped =
                 s.stop.as_ref().is_some_and(|st| tok.decode(&out[r]).ends_with(st.as_str()));
@@ -229,6 +227,10 @@ struct Distribution {
     weights: Vec<f32>,
     max: f32,
     t: f32,
+    /// `log Σ weights` before any token is forbidden (the policy's own normaliser).
+    log_z: f32,
+    /// `Σ weights` of the tokens that may be drawn.
+    z: f32,
 }
 
 /// `exp((logit − max) / t)` per token, compiled per instruction set.
@@ -262,23 +264,35 @@ impl Distribution {
         let (max, inv_t) = (self.max, 1.0 / self.t);
         self.weights.resize(logits.len(), 0.0);
         dispatch(Weights { out: &mut self.weights, logits, max, inv_t });
+        self.z = sum(&self.weights);
+        self.log_z = self.z.ln();
     }
 
-    /// `log Σ weights` (call before masking any token).
-    fn log_z(&self) -> f32 {
-        sum(&self.weights).ln()
+    /// Excludes tokens from the draw (`min_tokens`' stop tokens); log-probabilities stay
+    /// those of the whole distribution. The sum is taken again rather than decreased, which
+    /// would cancel when a forbidden token held nearly all the mass.
+    fn forbid(&mut self, tokens: &[u32]) {
+        let mut any = false;
+        for &t in tokens {
+            if let Some(w) = self.weights.get_mut(t as usize) {
+                *w = 0.0;
+                any = true;
+            }
+        }
+        if any {
+            self.z = sum(&self.weights);
+        }
     }
 
-    /// `log softmax(logits / t)` at one raw logit, given `log_z`.
-    fn log_prob(&self, logit: f32, log_z: f32) -> f32 {
-        (logit - self.max) / self.t - log_z
+    /// `log softmax(logits / t)` at one raw logit.
+    fn log_prob(&self, logit: f32) -> f32 {
+        (logit - self.max) / self.t - self.log_z
     }
 
     /// A token drawn from the weights, restricted to the nucleus of mass `top_p` (the most
     /// likely tokens, ties in token order, until their mass reaches `top_p`).
     fn pick(&self, top_p: f64, rng: &mut Rng, fallback: u32) -> u32 {
-        let w = &self.weights;
-        let z = sum(w);
+        let (w, z) = (&self.weights, self.z);
         if top_p >= 1.0 {
             // Partial sums per block, then a scan inside the block the draw falls in.
             let mut u = rng.uniform() as f32 * z;
@@ -351,19 +365,6 @@ fn reach(probs: &[(u32, f32)], target: f32) -> Option<usize> {
 
 fn last_positive(w: &[f32]) -> Option<usize> {
     w.iter().rposition(|&p| p > 0.0)
-}
-
-/// The largest value (−∞ for none), in partial maxima that vectorise.
-fn max(v: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let chunks = v.chunks_exact(8);
-    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for c in chunks {
-        for i in 0..8 {
-            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
-        }
-    }
-    acc.into_iter().fold(tail, f32::max)
 }
 
 fn argmax(v: &[f32]) -> u32 {

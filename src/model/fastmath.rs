@@ -50,7 +50,7 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Lanes of the partial sums in `dot` and `sum` (two SSE registers; four with AVX).
+/// Lanes of the partial sums in `dot`, `sum` and `max` (two SSE registers; one with AVX).
 const LANES: usize = 8;
 
 /// `Σ aᵢ·bᵢ` over the shorter of the two, in `LANES` partial sums (vectorised; the order of
@@ -84,6 +84,20 @@ pub fn sum(a: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The largest value (−∞ for none; NaN is skipped), in `LANES` partial maxima (vectorised).
+#[inline(always)]
+pub fn max(a: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for x in chunks {
+        for i in 0..LANES {
+            acc[i] = if x[i] > acc[i] { x[i] } else { acc[i] };
+        }
+    }
+    acc.into_iter().fold(tail, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,7 +114,7 @@ mod tests {
     }
 
     #[test]
-    fn dot_and_sum_agree_with_f64_sums_at_every_length() {
+    fn dot_sum_and_max_agree_with_plain_loops_at_every_length() {
         for n in 0..40 {
             let a: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 / 3.0 - 1.5).collect();
             let b: Vec<f32> = (0..n).map(|i| ((i * 13) % 7) as f32 / 2.0 - 1.0).collect();
@@ -108,7 +122,9 @@ mod tests {
             let s: f64 = a.iter().map(|x| *x as f64).sum();
             assert!((dot(&a, &b) as f64 - d).abs() < 1e-5, "n {n}");
             assert!((sum(&a) as f64 - s).abs() < 1e-5, "n {n}");
+            assert_eq!(max(&a), a.iter().copied().fold(f32::NEG_INFINITY, f32::max), "n {n}");
         }
+        assert_eq!(max(&[1.0, f32::NAN, 3.0]), 3.0);
         assert_eq!(dot(&[1.0, 2.0, 3.0], &[4.0, 5.0]), 14.0);
     }
 }
