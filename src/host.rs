@@ -2,6 +2,7 @@
 //! ops' inputs, attention's bias, the executor's finiteness checks).
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, WithDType, bail};
+use rayon::prelude::*;
 
 /// `f` over the f32 values of a CPU tensor, read in place when contiguous (a copy otherwise).
 pub fn read_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -13,6 +14,20 @@ pub fn read_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     }
     let values = t.flatten_all()?.to_vec1::<f32>()?;
     Ok(f(&values))
+}
+
+/// Runs `body(index, chunk)` over `out`'s `n`-sized chunks: in this thread when `serial` (a
+/// sampling step's small tensors, where handing work to the pool costs more than it saves),
+/// else on the thread pool. Chunk `i` starts at `i · n`, so inputs are sliced the same way.
+pub fn each_chunk<F>(out: &mut [f32], n: usize, serial: bool, body: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    if serial {
+        out.chunks_mut(n).enumerate().for_each(|(i, c)| body(i, c));
+    } else {
+        out.par_chunks_mut(n).enumerate().for_each(|(i, c)| body(i, c));
+    }
 }
 
 /// The values of a contiguous CPU storage as `T` (a fused op's input, made contiguous by its

@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::{Kernel, dispatch, dot, exp, sum};
-use crate::host::{read_host, storage_slice};
+use crate::host::{each_chunk, read_host, storage_slice};
 
 /// Bias values at or below this mark a key the query may not read.
 const MASKED: f32 = -1e8;
@@ -177,18 +177,6 @@ fn weights(qi: &[f32], k: &[f32], bias: &[f32], scale: f32, p: &mut [f32]) {
     }
     let inv = 1.0 / sum(p);
     p.iter_mut().for_each(|pj| *pj *= inv);
-}
-
-/// Runs `body(index, chunk)` over `out`'s `n`-sized chunks, on the thread pool unless serial.
-fn each_chunk<F>(out: &mut [f32], n: usize, serial: bool, body: F)
-where
-    F: Fn(usize, &mut [f32]) + Sync + Send,
-{
-    if serial {
-        out.chunks_mut(n).enumerate().for_each(|(i, c)| body(i, c));
-    } else {
-        out.par_chunks_mut(n).enumerate().for_each(|(i, c)| body(i, c));
-    }
 }
 
 impl CustomOp3 for Attention {

@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::{Kernel, dispatch};
-use crate::host::{read_host, storage_slice};
+use crate::host::{each_chunk, read_host, storage_slice};
 
 /// Values per parallel task (whole rows).
 const CHUNK: usize = 1 << 15;
@@ -54,12 +54,10 @@ impl CustomOp2 for AddBias {
         let c = b.len();
         let mut out = vec![0f32; y.len()];
         let n = rows_per_task(c) * c;
-        let task = |(o, y): (&mut [f32], &[f32])| dispatch(AddRows { o, y, b });
-        if y.len() <= n {
-            task((&mut out, y));
-        } else {
-            out.par_chunks_mut(n).zip(y.par_chunks(n)).for_each(task);
-        }
+        each_chunk(&mut out, n, y.len() <= n, |i, o| {
+            let y = &y[i * n..][..o.len()];
+            dispatch(AddRows { o, y, b })
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

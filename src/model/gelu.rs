@@ -7,10 +7,9 @@
 //! derivative.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
-use rayon::prelude::*;
 
 use super::fastmath::{Kernel, dispatch, exp};
-use crate::host::storage_slice;
+use crate::host::{each_chunk, storage_slice};
 
 /// √(2/π) as candle writes it.
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
@@ -76,13 +75,10 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = storage_slice::<f32>(storage, layout, "gelu")?;
         let mut out = vec![0f32; xs.len()];
-        if xs.len() < 2 * CHUNK {
-            // One token's activations while sampling: threads would cost more than they save.
-            dispatch(Forward(&mut out, xs));
-        } else {
-            (out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)))
-                .for_each(|(o, x)| dispatch(Forward(o, x)));
-        }
+        // One token's activations while sampling: threads would cost more than they save.
+        each_chunk(&mut out, CHUNK, xs.len() < 2 * CHUNK, |i, o| {
+            dispatch(Forward(o, &xs[i * CHUNK..][..o.len()]))
+        });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -114,12 +110,10 @@ impl CustomOp2 for GeluGrad {
             bail!("gelu backward: {} inputs, {} gradients", xs.len(), gs.len())
         }
         let mut out = vec![0f32; xs.len()];
-        if xs.len() < 2 * CHUNK {
-            dispatch(Backward(&mut out, xs, gs));
-        } else {
-            (out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK))))
-                .for_each(|(o, (x, g))| dispatch(Backward(o, x, g)));
-        }
+        each_chunk(&mut out, CHUNK, xs.len() < 2 * CHUNK, |i, o| {
+            let at = i * CHUNK..i * CHUNK + o.len();
+            dispatch(Backward(o, &xs[at.clone()], &gs[at]))
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::host::{read_host, storage_slice};
+use crate::host::{each_chunk, read_host, storage_slice};
 
 /// Rows per parallel task.
 const ROWS: usize = 64;
@@ -53,14 +53,10 @@ fn stats(row: &[f32], eps: f32) -> (f32, f32) {
 /// `f(x_row, out_row)` over the rows of width `c` of `x`, in parallel tasks of `ROWS` rows.
 fn map_rows(x: &[f32], c: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    let task = |(o, x): (&mut [f32], &[f32])| {
-        o.chunks_mut(c).zip(x.chunks(c)).for_each(|(o, x)| f(x, o));
-    };
-    if x.len() <= ROWS * c {
-        task((&mut out, x));
-    } else {
-        out.par_chunks_mut(ROWS * c).zip(x.par_chunks(ROWS * c)).for_each(task);
-    }
+    let n = ROWS * c;
+    each_chunk(&mut out, n, x.len() <= n, |i, o| {
+        o.chunks_mut(c).zip(x[i * n..].chunks(c)).for_each(|(o, x)| f(x, o));
+    });
     out
 }
 
@@ -302,19 +298,21 @@ mod tests {
         ]
     }
 
+    /// Each named output of `ours` within 2e-5 relative (floor 1) of `theirs`.
+    fn assert_close(ours: &[Vec<f32>], theirs: &[Vec<f32>], names: &[&str], rows: usize) {
+        for (what, (a, b)) in names.iter().zip(ours.iter().zip(theirs)) {
+            let worst =
+                a.iter().zip(b).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
+            assert!(worst < 2e-5, "{rows} rows, {what}: relative difference {worst}");
+        }
+    }
+
     #[test]
     fn fused_equals_composed_in_value_and_every_gradient() {
         // One task (a sampling step's rows) and many (a training batch).
         for rows in [3, 300] {
             let (ours, theirs) = (run(layer_norm, rows, 48), run(composed, rows, 48));
-            for (what, (a, b)) in ["value", "dx", "dw", "db"].iter().zip(ours.iter().zip(&theirs)) {
-                let worst = a
-                    .iter()
-                    .zip(b)
-                    .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
-                    .fold(0f32, f32::max);
-                assert!(worst < 2e-5, "{rows} rows, {what}: relative difference {worst}");
-            }
+            assert_close(&ours, &theirs, &["value", "dx", "dw", "db"], rows);
         }
     }
 
@@ -325,14 +323,7 @@ mod tests {
         for rows in [3, 300] {
             let (ours, theirs) = (run(rms, rows, 48), run(rms_ref, rows, 48));
             // Index 3 (the bias gradient) is absent from both.
-            for (what, (a, b)) in ["value", "dx", "dw"].iter().zip(ours.iter().zip(&theirs)) {
-                let worst = a
-                    .iter()
-                    .zip(b)
-                    .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
-                    .fold(0f32, f32::max);
-                assert!(worst < 2e-5, "{rows} rows, {what}: relative difference {worst}");
-            }
+            assert_close(&ours, &theirs, &["value", "dx", "dw"], rows);
         }
     }
 

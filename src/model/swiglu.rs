@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, b
 use rayon::prelude::*;
 
 use super::fastmath::{Kernel, dispatch, exp};
-use crate::host::{read_host, storage_slice};
+use crate::host::{each_chunk, read_host, storage_slice};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -52,12 +52,10 @@ impl CustomOp2 for SiluMul {
             bail!("silu gate: {} gates, {} up projections", g.len(), u.len())
         }
         let mut out = vec![0f32; g.len()];
-        if g.len() < 2 * CHUNK {
-            dispatch(Forward { out: &mut out, g, u });
-        } else {
-            (out.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))))
-                .for_each(|(out, (g, u))| dispatch(Forward { out, g, u }));
-        }
+        each_chunk(&mut out, CHUNK, g.len() < 2 * CHUNK, |i, out| {
+            let at = i * CHUNK..i * CHUNK + out.len();
+            dispatch(Forward { out, g: &g[at.clone()], u: &u[at] })
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
