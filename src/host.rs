@@ -4,6 +4,8 @@
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
+use crate::model::fastmath::{self, Kernel};
+
 /// `f` over the f32 values of a CPU tensor, read in place when contiguous (a copy otherwise).
 pub fn read_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     {
@@ -46,18 +48,50 @@ pub fn all_finite(t: &Tensor) -> Option<bool> {
     let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
         return None;
     };
-    // A value is NaN or ±inf exactly when its exponent bits are all ones; an integer max over
-    // the exponent fields vectorises, where a short-circuiting `any` does not.
     match cpu {
-        CpuStorage::F32(v) => {
-            const EXP: u32 = 0x7f80_0000;
-            Some(v[start..end].iter().fold(0, |acc, x| acc.max(x.to_bits() & EXP)) != EXP)
-        }
-        CpuStorage::F64(v) => {
-            const EXP: u64 = 0x7ff0_0000_0000_0000;
-            Some(v[start..end].iter().fold(0, |acc, x| acc.max(x.to_bits() & EXP)) != EXP)
-        }
+        CpuStorage::F32(v) => Some(fastmath::dispatch(AllFinite32(&v[start..end]))),
+        CpuStorage::F64(v) => Some(fastmath::dispatch(AllFinite64(&v[start..end]))),
         _ => None,
+    }
+}
+
+// `x · 0` is ±0 for a finite x and NaN for NaN or ±inf, so a sum of them in independent lanes
+// (vectorised like `fastmath::sum`) is 0 exactly when every value is finite.
+struct AllFinite32<'a>(&'a [f32]);
+
+impl Kernel for AllFinite32<'_> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn run(self) -> bool {
+        let mut acc = [0f32; 16];
+        let chunks = self.0.chunks_exact(16);
+        let tail: f32 = chunks.remainder().iter().map(|x| x * 0.0).sum();
+        for c in chunks {
+            for i in 0..16 {
+                acc[i] += c[i] * 0.0;
+            }
+        }
+        acc.iter().sum::<f32>() + tail == 0.0
+    }
+}
+
+struct AllFinite64<'a>(&'a [f64]);
+
+impl Kernel for AllFinite64<'_> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn run(self) -> bool {
+        let mut acc = [0f64; 8];
+        let chunks = self.0.chunks_exact(8);
+        let tail: f64 = chunks.remainder().iter().map(|x| x * 0.0).sum();
+        for c in chunks {
+            for i in 0..8 {
+                acc[i] += c[i] * 0.0;
+            }
+        }
+        acc.iter().sum::<f64>() + tail == 0.0
     }
 }
 
@@ -72,6 +106,19 @@ mod tests {
             assert_eq!(super::all_finite(&of(&[0.0, -1e30, 3.5, f64::MIN_POSITIVE])), Some(true));
             for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
                 assert_eq!(super::all_finite(&of(&[1.0, bad, 2.0])), Some(false));
+            }
+        }
+        // Long enough for the vector lanes and a tail: a bad value is found at every position.
+        for dtype in [DType::F32, DType::F64] {
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                for at in 0..37 {
+                    let mut v: Vec<f64> = (0..37).map(|i| i as f64 * 1e30 - 1e31).collect();
+                    let t = Tensor::new(v.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype);
+                    assert_eq!(super::all_finite(&t.unwrap()), Some(true));
+                    v[at] = bad;
+                    let t = Tensor::new(v.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype);
+                    assert_eq!(super::all_finite(&t.unwrap()), Some(false), "{bad} at {at}");
+                }
             }
         }
         let ints = Tensor::new(&[1i64, 2], &Device::Cpu).unwrap();

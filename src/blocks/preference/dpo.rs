@@ -51,17 +51,16 @@ pub static SPEC: BlockSpec = BlockSpec {
 };
 
 fn forward(ctx: &Ctx) -> Result<Value> {
-    let sum = |i: usize| -> Result<(Tensor, Tensor)> {
-        let m = ctx.input_mask(i)?.to_dtype(ctx.tensor(i)?.dtype())?;
-        Ok((ctx.tensor(i)?.mul(&m)?.sum(1)?, m.sum(1)?.maximum(1.0)?))
-    };
-    let ((c, lc), (r, lr), (rc, _), (rr, _)) = (sum(0)?, sum(1)?, sum(2)?, sum(3)?);
-    let (rho_c, rho_r) = (c.sub(&rc)?, r.sub(&rr)?);
+    let mask = |i: usize| ctx.input_mask(i)?.to_dtype(ctx.tensor(i)?.dtype());
+    let sum = |i: usize| ctx.tensor(i)?.mul(&mask(i)?)?.sum(1);
+    // Per-response lengths, read only by length-normalised IPO.
+    let len = |i: usize| mask(i)?.sum(1)?.maximum(1.0);
+    let (rho_c, rho_r) = (sum(0)?.sub(&sum(2)?)?, sum(1)?.sub(&sum(3)?)?);
     let beta = ctx.num("beta")?;
     let loss = match ctx.choice("loss")? {
         "ipo" => {
             let logits = if ctx.flag("length_norm")? {
-                rho_c.div(&lc)?.sub(&rho_r.div(&lr)?)?
+                rho_c.div(&len(0)?)?.sub(&rho_r.div(&len(1)?)?)?
             } else {
                 rho_c.sub(&rho_r)?
             };
