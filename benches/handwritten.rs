@@ -747,18 +747,23 @@ fn by_covariance(logp: &Tensor, adv: &Tensor, m: &Tensor) -> Result<(Vec<f32>, V
     for &i in &real {
         cov[i] = (a[i] - ma) * (lp[i] - ml);
     }
-    let mut order = real;
-    order.sort_by(|&x, &y| cov[y].total_cmp(&cov[x]));
-    Ok((cov, order))
+    Ok((cov, real))
+}
+
+/// Highest covariance first, ties in token order.
+fn desc(cov: &[f32]) -> impl Fn(&usize, &usize) -> std::cmp::Ordering + '_ {
+    |&x, &y| cov[y].total_cmp(&cov[x]).then(x.cmp(&y))
 }
 
 fn kl_cov(b: &Batch) -> Result<Tensor> {
     let (m, logp, old) = (g(b, "mask"), g(b, "policy.logp"), g(b, "old.logp"));
     let adv = grpo_adv(b)?;
-    let (_, order) = by_covariance(logp, &adv, m)?;
-    let k = ((2e-3 * order.len() as f64).floor() as usize).max(1);
+    // The k highest-covariance tokens, selected without sorting them all (as the block does).
+    let (cov, mut real) = by_covariance(logp, &adv, m)?;
+    let k = ((2e-3 * real.len() as f64).floor() as usize).max(1);
+    real.select_nth_unstable_by(k - 1, desc(&cov));
     let mut pick = vec![0.0f32; logp.elem_count()];
-    order[..k].iter().for_each(|&i| pick[i] = 1.0);
+    real[..k].iter().for_each(|&i| pick[i] = 1.0);
     let pick = Tensor::from_vec(pick, logp.shape(), logp.device())?;
     let d = logp.sub(old)?;
     masked_mean(&(d.exp()?.mul(&adv)?.neg()? + d.abs()?.mul(&pick)?)?, m)
@@ -770,13 +775,12 @@ fn clip_cov(b: &Batch) -> Result<Tensor> {
     let ratio = logp.sub(old)?.exp()?;
     let (l1, l2) = (adv.mul(&ratio)?.neg()?, adv.mul(&ratio.clip(0.8, 1.2)?)?.neg()?);
     let clipped = l2.gt(&l1)?.flatten_all()?.to_vec1::<u8>()?;
-    let (cov, order) = by_covariance(logp, &adv, m)?;
-    let mut pool: Vec<usize> = order
-        .iter()
-        .copied()
-        .filter(|&i| clipped[i] == 0 && cov[i] > 1.0 && cov[i] < 5.0)
-        .collect();
-    let k = ((2e-4 * order.len() as f64).floor() as usize).max(1).min(pool.len());
+    // Candidates filtered, then sorted (as the block does).
+    let (cov, real) = by_covariance(logp, &adv, m)?;
+    let mut pool: Vec<usize> =
+        real.iter().copied().filter(|&i| clipped[i] == 0 && cov[i] > 1.0 && cov[i] < 5.0).collect();
+    pool.sort_unstable_by(desc(&cov));
+    let k = ((2e-4 * real.len() as f64).floor() as usize).max(1).min(pool.len());
     // rlx draws with its own generator, seeded by the response tokens' advantages.
     let mm = m.flatten_all()?.to_vec1::<f32>()?;
     let advs = adv.flatten_all()?.to_vec1::<f32>()?;

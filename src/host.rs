@@ -21,9 +21,9 @@ pub fn read_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 /// Runs `body(index, chunk)` over `out`'s `n`-sized chunks: in this thread when `serial` (a
 /// sampling step's small tensors, where handing work to the pool costs more than it saves),
 /// else on the thread pool. Chunk `i` starts at `i · n`, so inputs are sliced the same way.
-pub fn each_chunk<F>(out: &mut [f32], n: usize, serial: bool, body: F)
+pub fn each_chunk<T: Send, F>(out: &mut [T], n: usize, serial: bool, body: F)
 where
-    F: Fn(usize, &mut [f32]) + Sync + Send,
+    F: Fn(usize, &mut [T]) + Sync + Send,
 {
     if serial {
         out.chunks_mut(n).enumerate().for_each(|(i, c)| body(i, c));

@@ -14,9 +14,9 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 use candle_core::{WithDType, bail};
-use rayon::prelude::*;
 
 use crate::host::storage_slice;
+use crate::model::fastmath::{self, Kernel};
 
 /// Elements below which one thread does the whole op.
 const SERIAL: usize = 1 << 17;
@@ -106,43 +106,70 @@ fn values<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     storage_slice(s, l, "fused op")
 }
 
-/// `f` over one slice, element-wise; in parallel for large tensors. Zipped iterators (no
-/// indexing) let the compiler vectorise the branch-free kernels.
-fn map1<T: WithDType>(a: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
-    if a.len() < SERIAL {
-        a.iter().map(|&a| f(a)).collect()
-    } else {
-        a.par_iter().with_min_len(SERIAL / 4).map(|&a| f(a)).collect()
+/// An element-wise function of one, two or three values. `at` must be `#[inline(always)]`: it
+/// is then compiled into each instruction set's copy of the loop (see `fastmath::Kernel`).
+trait Elementwise: Sync {
+    fn at<T: WithDType>(&self, a: T, b: T, c: T) -> T;
+}
+
+/// `out[i] = f(a[i], b[i], c[i])` (unused inputs are empty slices, read as 0), compiled for the
+/// widest vector instructions the CPU has.
+struct Apply<'a, T, F> {
+    f: &'a F,
+    inputs: [&'a [T]; 3],
+    out: &'a mut [T],
+}
+
+impl<T: WithDType, F: Elementwise> Kernel for Apply<'_, T, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let [a, b, c] = self.inputs;
+        let zero = T::from_f64(0.0);
+        match (b.is_empty(), c.is_empty()) {
+            (true, _) => {
+                for (o, &a) in self.out.iter_mut().zip(a) {
+                    *o = self.f.at(a, zero, zero);
+                }
+            }
+            (false, true) => {
+                for ((o, &a), &b) in self.out.iter_mut().zip(a).zip(b) {
+                    *o = self.f.at(a, b, zero);
+                }
+            }
+            (false, false) => {
+                for (((o, &a), &b), &c) in self.out.iter_mut().zip(a).zip(b).zip(c) {
+                    *o = self.f.at(a, b, c);
+                }
+            }
+        }
     }
 }
 
-/// `f` over two slices of one length, element-wise.
-fn map2<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
-    if a.len() < SERIAL {
-        a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
-    } else {
-        a.par_iter().zip(b).with_min_len(SERIAL / 4).map(|(&a, &b)| f(a, b)).collect()
-    }
+/// `x[start..start + n]`, or `x` itself when it is empty (an unused input).
+fn part<T>(x: &[T], start: usize, n: usize) -> &[T] {
+    if x.is_empty() { x } else { &x[start..start + n] }
 }
 
-/// `f` over three slices of one length, element-wise.
-fn map3<T: WithDType>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T + Sync + Send) -> Vec<T> {
-    if a.len() < SERIAL {
-        a.iter().zip(b).zip(c).map(|((&a, &b), &c)| f(a, b, c)).collect()
-    } else {
-        a.par_iter()
-            .zip(b)
-            .zip(c)
-            .with_min_len(SERIAL / 4)
-            .map(|((&a, &b), &c)| f(a, b, c))
-            .collect()
-    }
+/// `f` over up to three slices of `a`'s length, element-wise; in parallel for large tensors.
+fn map<T: WithDType, F: Elementwise>(f: &F, a: &[T], b: &[T], c: &[T]) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); a.len()];
+    let serial = a.len() < SERIAL;
+    crate::host::each_chunk(&mut out, SERIAL / 4, serial, |i, out| {
+        let (start, n) = (i * (SERIAL / 4), out.len());
+        let inputs = [part(a, start, n), part(b, start, n), part(c, start, n)];
+        fastmath::dispatch(Apply { f, inputs, out })
+    });
+    out
 }
 
 /// candle's `maximum`/`minimum` kernels.
+#[inline(always)]
 fn max_of<T: WithDType>(a: T, b: T) -> T {
     if a < b { b } else { a }
 }
+#[inline(always)]
 fn min_of<T: WithDType>(a: T, b: T) -> T {
     if a > b { b } else { a }
 }
@@ -150,6 +177,7 @@ fn min_of<T: WithDType>(a: T, b: T) -> T {
 /// The gradient share of one side of a max/min whose result is `node`: candle's
 /// `[node = side] · g / ([node = other] + 1)`, with the division by 1 or 2 as the (exact)
 /// multiplication by 1 or ½.
+#[inline(always)]
 fn share<T: WithDType>(node: T, side: T, other: T, g: T) -> T {
     let mine = if node == side { T::from_f64(1.0) } else { T::from_f64(0.0) };
     let v = mine * g;
@@ -178,10 +206,10 @@ macro_rules! by_dtype {
 /// A forward over two same-shape inputs, element by element: `|a, b| body` with `$t` the
 /// element type, as a custom op's `cpu_fwd` result.
 macro_rules! binary_fwd {
-    ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $t:ident, |$a:ident, $b:ident| $body:expr) => {{
-        let out = by_dtype!($s1, $t => {
-            let (x, y) = (values::<$t>($s1, $l1)?, values::<$t>($s2, $l2)?);
-            $t::to_cpu_storage_owned(map2(x, y, |$a, $b| $body))
+    ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $f:expr) => {{
+        let out = by_dtype!($s1, T => {
+            let (x, y) = (values::<T>($s1, $l1)?, values::<T>($s2, $l2)?);
+            T::to_cpu_storage_owned(map($f, x, y, &[]))
         });
         Ok((out, $l1.shape().clone()))
     }};
@@ -194,12 +222,14 @@ struct Clamp {
 }
 
 impl Clamp {
+    #[inline(always)]
     fn forward<T: WithDType>(&self, x: T) -> T {
         let y = self.lo.map_or(x, |lo| max_of(x, T::from_f64(lo)));
         self.hi.map_or(y, |hi| min_of(y, T::from_f64(hi)))
     }
 
     /// The gradient at `x` given the output's gradient `g`, as candle's two steps compute it.
+    #[inline(always)]
     fn backward<T: WithDType>(&self, x: T, g: T) -> T {
         let y = self.lo.map_or(x, |lo| max_of(x, T::from_f64(lo)));
         let g = match self.hi {
@@ -221,7 +251,7 @@ impl CustomOp1 for Clamp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = by_dtype!(s, T => {
             let x = values::<T>(s, l)?;
-            T::to_cpu_storage_owned(map1(x, |x| self.forward(x)))
+            T::to_cpu_storage_owned(map(self, x, &[], &[]))
         });
         Ok((out, l.shape().clone()))
     }
@@ -246,7 +276,7 @@ impl CustomOp2 for ClampGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        binary_fwd!(s1, l1, s2, l2, T, |x, g| self.0.backward(x, g))
+        binary_fwd!(s1, l1, s2, l2, self)
     }
 }
 
@@ -265,11 +295,7 @@ impl CustomOp2 for Keep {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        binary_fwd!(s1, l1, s2, l2, T, |x, m| if m != T::from_f64(0.0) {
-            x
-        } else {
-            T::from_f64(0.0)
-        })
+        binary_fwd!(s1, l1, s2, l2, self)
     }
 
     fn bwd(
@@ -290,6 +316,7 @@ enum Extremum {
 }
 
 impl Extremum {
+    #[inline(always)]
     fn of<T: WithDType>(self, a: T, b: T) -> T {
         match self {
             Extremum::Max => max_of(a, b),
@@ -313,7 +340,7 @@ impl CustomOp2 for Extremum {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        binary_fwd!(s1, l1, s2, l2, T, |a, b| self.of(a, b))
+        binary_fwd!(s1, l1, s2, l2, self)
     }
 
     fn bwd(
@@ -352,12 +379,45 @@ impl CustomOp3 for ExtremumGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let out = by_dtype!(s1, T => {
             let (a, b, g) = (values::<T>(s1, l1)?, values::<T>(s2, l2)?, values::<T>(s3, l3)?);
-            T::to_cpu_storage_owned(map3(a, b, g, |a, b, g| {
-                let node = self.which.of(a, b);
-                if self.first { share(node, a, b, g) } else { share(node, b, a, g) }
-            }))
+            T::to_cpu_storage_owned(map(self, a, b, g))
         });
         Ok((out, l1.shape().clone()))
+    }
+}
+
+impl Elementwise for Clamp {
+    #[inline(always)]
+    fn at<T: WithDType>(&self, x: T, _: T, _: T) -> T {
+        self.forward(x)
+    }
+}
+
+impl Elementwise for ClampGrad {
+    #[inline(always)]
+    fn at<T: WithDType>(&self, x: T, g: T, _: T) -> T {
+        self.0.backward(x, g)
+    }
+}
+
+impl Elementwise for Keep {
+    #[inline(always)]
+    fn at<T: WithDType>(&self, x: T, m: T, _: T) -> T {
+        if m != T::from_f64(0.0) { x } else { T::from_f64(0.0) }
+    }
+}
+
+impl Elementwise for Extremum {
+    #[inline(always)]
+    fn at<T: WithDType>(&self, a: T, b: T, _: T) -> T {
+        self.of(a, b)
+    }
+}
+
+impl Elementwise for ExtremumGrad {
+    #[inline(always)]
+    fn at<T: WithDType>(&self, a: T, b: T, g: T) -> T {
+        let node = self.which.of(a, b);
+        if self.first { share(node, a, b, g) } else { share(node, b, a, g) }
     }
 }
 

@@ -81,12 +81,13 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     };
     let mut out = vec![0.0f64; xs.len()];
     for part in parts {
-        // f32 storage, f64 accumulation.
-        let entries = || part.iter().flat_map(|&r| r * cols..(r + 1) * cols);
-        let (x, m) = (|i: usize| xs[i] as f64, |i: usize| ms[i] as f64);
-        let n: f64 = entries().map(m).sum();
-        let mean = if n > 0.0 { entries().map(|i| x(i) * m(i)).sum::<f64>() / n } else { 0.0 };
-        let ss: f64 = entries().map(|i| m(i) * (x(i) - mean) * (x(i) - mean)).sum();
+        // f32 storage, f64 accumulation, row by row in independent lanes.
+        let rows =
+            || part.iter().map(|&r| (&xs[r * cols..(r + 1) * cols], &ms[r * cols..(r + 1) * cols]));
+        let n: f64 = rows().map(|(_, m)| lane_sum(m, m, |_, m| m)).sum();
+        let sx: f64 = rows().map(|(x, m)| lane_sum(x, m, |x, m| x * m)).sum();
+        let mean = if n > 0.0 { sx / n } else { 0.0 };
+        let ss: f64 = rows().map(|(x, m)| lane_sum(x, m, |x, m| m * (x - mean) * (x - mean))).sum();
         let var = match (unbiased, n) {
             (true, n) if n > 1.0 => ss / (n - 1.0),
             (true, _) => 0.0,
@@ -95,10 +96,29 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         };
         let scale = host::inverse_std(var, eps, floor_max);
         let back = if shift { 0.0 } else { mean };
-        for i in entries() {
-            let w = (x(i) - mean) * scale + back;
-            out[i] = if masked { w * m(i) } else { w };
+        for &r in &part {
+            let span = r * cols..(r + 1) * cols;
+            let (x, m) = (&xs[span.clone()], &ms[span.clone()]);
+            for ((o, &x), &m) in out[span].iter_mut().zip(x).zip(m) {
+                let w = (x - mean) * scale + back;
+                *o = if masked { w * m } else { w };
+            }
         }
     }
     Ok(Value::Tensor(host::from_flat(out, x.dims(), x)?))
+}
+
+/// `Σ f(xᵢ, mᵢ)` in independent lanes (a single running f64 sum is a serial chain).
+#[inline(always)]
+fn lane_sum(x: &[f64], m: &[f64], f: impl Fn(f64, f64) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0f64; LANES];
+    let (xc, mc) = (x.chunks_exact(LANES), m.chunks_exact(LANES));
+    let tail: f64 = xc.remainder().iter().zip(mc.remainder()).map(|(&x, &m)| f(x, m)).sum();
+    for (x, m) in xc.zip(mc) {
+        for i in 0..LANES {
+            acc[i] += f(x[i], m[i]);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }

@@ -58,14 +58,16 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let clipped = adv.mul(&ratio.clamped(lo, hi)?)?.neg()?;
     let loss = unclipped.max_with(&clipped)?;
     let is_clipped = host::flat(&clipped.gt(&unclipped)?.to_dtype(logp.dtype())?)?;
-    let (cov, order) = super::kl_cov::covariance_order(logp, adv, mask)?;
+    let (cov, real) = super::kl_cov::covariances(logp, adv, mask)?;
     let (lb, ub) = (ctx.num("lb")?, ctx.num("ub")?);
-    let candidates: Vec<usize> = order
+    // Filtered, then sorted: the candidates in covariance order, without sorting every token.
+    let mut candidates: Vec<usize> = real
         .iter()
         .copied()
         .filter(|&i| is_clipped[i] == 0.0 && cov[i] > lb && cov[i] < ub)
         .collect();
-    let n = order.len();
+    candidates.sort_unstable_by(super::kl_cov::by_covariance(&cov));
+    let n = real.len();
     let k = ((ctx.num("ratio")? * n as f64).floor() as usize).max(1).min(candidates.len());
     // Reproducible randomness: the seed and the advantages of the response tokens, to four
     // decimals (so float rounding in how they were computed does not change the draw).

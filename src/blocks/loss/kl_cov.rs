@@ -28,8 +28,9 @@ pub static SPEC: BlockSpec = BlockSpec {
     ..BASE
 };
 
-/// Response-token positions by descending advantage–log-probability covariance.
-pub(crate) fn covariance_order(
+/// Each token's advantage–log-probability covariance (0 on padding), and the response tokens'
+/// positions in token order.
+pub(crate) fn covariances(
     logp: &Tensor,
     adv: &Tensor,
     mask: &Tensor,
@@ -43,10 +44,12 @@ pub(crate) fn covariance_order(
     for &i in &real {
         cov[i] = (a[i] - mean_a) * (lp[i] - mean_lp);
     }
-    let mut order = real;
-    // Stable: ties keep token order, so the choice is deterministic.
-    order.sort_by(|&x, &y| cov[y].total_cmp(&cov[x]));
-    Ok((cov, order))
+    Ok((cov, real))
+}
+
+/// Highest covariance first; ties in token order, so every choice is deterministic.
+pub(crate) fn by_covariance(cov: &[f64]) -> impl Fn(&usize, &usize) -> std::cmp::Ordering + '_ {
+    |&x, &y| cov[y].total_cmp(&cov[x]).then(x.cmp(&y))
 }
 
 fn forward(ctx: &Ctx) -> Result<Value> {
@@ -54,11 +57,15 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let mask = ctx.input_mask(0)?;
     let delta = logp.sub(old)?;
     let pg = delta.clamped(-20.0, 20.0)?.exp()?.mul(adv)?.neg()?;
-    let (_, order) = covariance_order(logp, adv, mask)?;
-    let k = ((ctx.num("ratio")? * order.len() as f64).floor() as usize).max(1).min(order.len());
+    let (cov, mut real) = covariances(logp, adv, mask)?;
+    let k = ((ctx.num("ratio")? * real.len() as f64).floor() as usize).max(1).min(real.len());
     let mut picked = vec![0f32; logp.elem_count()];
-    for &i in &order[..k] {
-        picked[i] = 1.0;
+    if k > 0 {
+        // The k highest, unordered: a selection, not a sort of every token.
+        real.select_nth_unstable_by(k - 1, by_covariance(&cov));
+        for &i in &real[..k] {
+            picked[i] = 1.0;
+        }
     }
     let picked = host::from_flat32(picked, logp.dims(), logp)?;
     let penalty = (delta.abs()?.mul(&picked)? * ctx.num("coef")?)?;

@@ -1,8 +1,8 @@
 //! `to_tokens`: give every token the value of the step it belongs to.
 
-use candle_core::Result;
+use candle_core::{Result, Tensor};
 
-use crate::blocks::ctx::{Ctx, Value};
+use crate::blocks::ctx::{Ctx, Value, host};
 use crate::blocks::spec::*;
 
 pub static SPEC: BlockSpec = BlockSpec {
@@ -28,7 +28,17 @@ pub static SPEC: BlockSpec = BlockSpec {
 fn forward(ctx: &Ctx) -> Result<Value> {
     let x = ctx.tensor(0)?;
     let ids = &ctx.steps(1)?.ids;
-    let inside = ids.ge(0i64)?.to_dtype(x.dtype())?.mul(&ctx.out_mask()?.to_dtype(x.dtype())?)?;
-    let index = ids.maximum(0i64)?.contiguous()?;
+    // One pass over the step ids on the host: which step each token reads (0 where none), and
+    // whether it reads one at all.
+    let ids_flat = ids.flatten_all()?.to_vec1::<i64>()?;
+    let mask = host::flat32(ctx.out_mask()?)?;
+    let index: Vec<u32> = ids_flat.iter().map(|&s| s.max(0) as u32).collect();
+    let inside: Vec<f32> = ids_flat
+        .iter()
+        .zip(&mask)
+        .map(|(&s, &m)| if s >= 0 && m != 0.0 { 1.0 } else { 0.0 })
+        .collect();
+    let index = Tensor::from_vec(index, ids.dims(), x.device())?;
+    let inside = host::from_flat32(inside, ids.dims(), x)?;
     Ok(Value::Tensor(x.contiguous()?.gather(&index, 1)?.mul(&inside)?))
 }
