@@ -163,7 +163,12 @@ fn masked(ctx: &Ctx) -> Result<(Tensor, Tensor)> {
 
 /// Rows with at least one token, at least 1 (empty rows do not count, as in verl).
 fn n_seq(m: &Tensor) -> Result<Tensor> {
-    m.sum(1)?.gt(0.0)?.to_dtype(m.dtype())?.sum_all()?.maximum(1.0)
+    n_seq_of(&m.sum(1)?)
+}
+
+/// [`n_seq`] from the rows' token counts.
+fn n_seq_of(lengths: &Tensor) -> Result<Tensor> {
+    lengths.gt(0.0)?.to_dtype(lengths.dtype())?.sum_all()?.maximum(1.0)
 }
 
 fn token_mean(ctx: &Ctx) -> Result<Value> {
@@ -182,8 +187,9 @@ fn seq_mean_token_sum(ctx: &Ctx) -> Result<Value> {
 
 fn seq_mean_token_mean(ctx: &Ctx) -> Result<Value> {
     let (x, m) = masked(ctx)?;
-    let per_seq = x.sum(1)?.div(&m.sum(1)?.maximum(1.0)?)?;
-    Ok(Value::Tensor(per_seq.sum_all()?.div(&n_seq(&m)?)?))
+    let lengths = m.sum(1)?;
+    let per_seq = x.sum(1)?.div(&lengths.maximum(1.0)?)?;
+    Ok(Value::Tensor(per_seq.sum_all()?.div(&n_seq_of(&lengths)?)?))
 }
 
 fn seq_mean_token_sum_norm(ctx: &Ctx) -> Result<Value> {

@@ -153,6 +153,8 @@ impl<'a> Ctx<'a> {
 pub mod host {
     use candle_core::{DType, Result, Tensor};
 
+    use crate::model::fastmath::{Kernel, dispatch};
+
     /// The elements of a tensor, flattened, read without an intermediate candle tensor when the
     /// dtype is f32 or f64.
     pub fn flat(t: &Tensor) -> Result<Vec<f64>> {
@@ -213,15 +215,36 @@ pub mod host {
     /// `[B, S]` f32: 1 on the steps each sequence has, from `[B, T]` step ids (−1 outside every
     /// step); `S` is the most steps of any sequence, at least 1.
     pub fn step_mask(ids: &Tensor) -> Result<Tensor> {
-        let rows = ids.to_vec2::<i64>()?;
+        let (rows, cols) = ids.dims2()?;
+        let flat = ids.flatten_all()?.to_vec1::<i64>()?;
         let counts: Vec<i64> =
-            rows.iter().map(|r| r.iter().copied().max().unwrap_or(-1) + 1).collect();
+            (0..rows).map(|r| dispatch(RowMax(&flat[r * cols..(r + 1) * cols])) + 1).collect();
         let width = counts.iter().copied().max().unwrap_or(0).max(1) as usize;
         let flat: Vec<f32> = counts
             .iter()
             .flat_map(|c| (0..width).map(move |j| if (j as i64) < *c { 1.0 } else { 0.0 }))
             .collect();
-        Tensor::from_vec(flat, (rows.len(), width), ids.device())
+        Tensor::from_vec(flat, (rows, width), ids.device())
+    }
+
+    /// The largest of a row of step ids, −1 for none, in independent lanes (vectorised).
+    struct RowMax<'a>(&'a [i64]);
+
+    impl Kernel for RowMax<'_> {
+        type Output = i64;
+
+        #[inline(always)]
+        fn run(self) -> i64 {
+            let mut acc = [-1i64; 8];
+            let chunks = self.0.chunks_exact(8);
+            let tail = chunks.remainder().iter().fold(-1, |a, &x| a.max(x));
+            for c in chunks {
+                for i in 0..8 {
+                    acc[i] = acc[i].max(c[i]);
+                }
+            }
+            acc.iter().fold(tail, |a, &x| a.max(x))
+        }
     }
 
     /// A mask's values flat, its row width, and each row's number of real entries.
@@ -254,16 +277,34 @@ pub mod host {
         if s.is_finite() { s } else { 0.0 }
     }
 
+    /// `Σ f(xᵢ, wᵢ)` over the shorter of the two, in independent lanes (a single running f64
+    /// sum is a serial chain; the order of the additions differs by rounding only).
+    #[inline(always)]
+    pub fn lane_sum(x: &[f64], w: &[f64], f: impl Fn(f64, f64) -> f64) -> f64 {
+        const LANES: usize = 8;
+        let n = x.len().min(w.len());
+        let (x, w) = (&x[..n], &w[..n]);
+        let mut acc = [0f64; LANES];
+        let (xc, wc) = (x.chunks_exact(LANES), w.chunks_exact(LANES));
+        let tail: f64 = xc.remainder().iter().zip(wc.remainder()).map(|(&x, &w)| f(x, w)).sum();
+        for (x, w) in xc.zip(wc) {
+            for i in 0..LANES {
+                acc[i] += f(x[i], w[i]);
+            }
+        }
+        acc.iter().sum::<f64>() + tail
+    }
+
     /// Mean and variance of `xs` weighted by `ws` (a 0/1 mask, or counts: an entry of weight L
     /// counts L times). `unbiased` applies Bessel's correction to the total weight; with a
     /// total weight of 1 or less the variance is 0.
     pub fn mean_var(xs: &[f64], ws: &[f64], unbiased: bool) -> (f64, f64, f64) {
-        let n: f64 = ws.iter().sum();
+        let n = lane_sum(ws, ws, |_, w| w);
         if n <= 0.0 {
             return (0.0, 0.0, 0.0);
         }
-        let mean = xs.iter().zip(ws).map(|(x, w)| x * w).sum::<f64>() / n;
-        let ss = xs.iter().zip(ws).map(|(x, w)| w * (x - mean) * (x - mean)).sum::<f64>();
+        let mean = lane_sum(xs, ws, |x, w| x * w) / n;
+        let ss = lane_sum(xs, ws, |x, w| w * (x - mean) * (x - mean));
         let var = if unbiased { if n > 1.0 { ss / (n - 1.0) } else { 0.0 } } else { ss / n };
         (mean, var, n)
     }

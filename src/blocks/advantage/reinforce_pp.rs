@@ -34,10 +34,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let (gamma, skip) = (ctx.num("gamma")?, ctx.choice("holes")? == "skip");
     let ret = super::returns::returns(r, &mask, gamma, skip)?;
     // verl: masked whitening over the batch, unbiased variance, (v + eps)^-1/2, then × mask.
-    let (n, sum) = ret.iter().zip(&mask).fold((0.0, 0.0), |(n, s), (x, m)| (n + m, s + x * m));
-    let mean = if n > 0.0 { sum / n } else { 0.0 };
-    let ss: f64 = ret.iter().zip(&mask).map(|(x, m)| m * (x - mean).powi(2)).sum();
-    let var = if n > 1.0 { ss / (n - 1.0) } else { 0.0 };
+    let (mean, var, _) = host::mean_var(&ret, &mask, true);
     let scale = host::inverse_std(var, ctx.num("eps")?, false);
     let out: Vec<f64> = ret.iter().zip(&mask).map(|(x, m)| (x - mean) * scale * m).collect();
     Ok(Value::Tensor(host::from_flat(out, r.dims(), r)?))

@@ -84,10 +84,11 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         // f32 storage, f64 accumulation, row by row in independent lanes.
         let rows =
             || part.iter().map(|&r| (&xs[r * cols..(r + 1) * cols], &ms[r * cols..(r + 1) * cols]));
-        let n: f64 = rows().map(|(_, m)| lane_sum(m, m, |_, m| m)).sum();
-        let sx: f64 = rows().map(|(x, m)| lane_sum(x, m, |x, m| x * m)).sum();
+        let n: f64 = rows().map(|(_, m)| host::lane_sum(m, m, |_, m| m)).sum();
+        let sx: f64 = rows().map(|(x, m)| host::lane_sum(x, m, |x, m| x * m)).sum();
         let mean = if n > 0.0 { sx / n } else { 0.0 };
-        let ss: f64 = rows().map(|(x, m)| lane_sum(x, m, |x, m| m * (x - mean) * (x - mean))).sum();
+        let ss: f64 =
+            rows().map(|(x, m)| host::lane_sum(x, m, |x, m| m * (x - mean) * (x - mean))).sum();
         let var = match (unbiased, n) {
             (true, n) if n > 1.0 => ss / (n - 1.0),
             (true, _) => 0.0,
@@ -106,19 +107,4 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         }
     }
     Ok(Value::Tensor(host::from_flat(out, x.dims(), x)?))
-}
-
-/// `Σ f(xᵢ, mᵢ)` in independent lanes (a single running f64 sum is a serial chain).
-#[inline(always)]
-fn lane_sum(x: &[f64], m: &[f64], f: impl Fn(f64, f64) -> f64) -> f64 {
-    const LANES: usize = 8;
-    let mut acc = [0f64; LANES];
-    let (xc, mc) = (x.chunks_exact(LANES), m.chunks_exact(LANES));
-    let tail: f64 = xc.remainder().iter().zip(mc.remainder()).map(|(&x, &m)| f(x, m)).sum();
-    for (x, m) in xc.zip(mc) {
-        for i in 0..LANES {
-            acc[i] += f(x[i], m[i]);
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }

@@ -36,10 +36,10 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     let (logp, old, adv) = (ctx.tensor(0)?, ctx.tensor(1)?, ctx.tensor(2)?);
     let mask = ctx.input_mask(0)?;
     let keep = mask.ne(0.0)?;
-    let zero = logp.zeros_like()?;
     let delta = logp.sub(old)?.kept(mask)?;
     let (lo, hi) = (ctx.num("eps")?, ctx.num("eps_high")?);
-    let sign = adv.ge(0.0)?.where_cond(&zero.ones_like()?, &zero.ones_like()?.neg()?)?;
+    // +1 where A ≥ 0, else −1 (exactly: 2·1 − 1, 2·0 − 1).
+    let sign = adv.ge(0.0)?.to_dtype(logp.dtype())?.affine(2.0, -1.0)?;
     // For A ≥ 0 the ratio is capped above, for A < 0 below (the pessimistic side, as PPO).
     let clipped = delta.clamped(-lo, hi)?;
     let star = sign.mul(&sign.mul(&delta)?.min_with(&sign.mul(&clipped)?)?)?;

@@ -32,6 +32,26 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     // whether it reads one at all.
     let ids_flat = ids.flatten_all()?.to_vec1::<i64>()?;
     let mask = host::flat32(ctx.out_mask()?)?;
+    if !x.track_op() {
+        // No gradient to carry (an advantage): read the step values directly.
+        let (cols, steps) = (ids.dim(1)?.max(1), x.dim(1)?);
+        let xs = host::flat(x)?;
+        let mut out = vec![0.0; ids_flat.len()];
+        let rows = out.chunks_mut(cols).zip(ids_flat.chunks(cols).zip(mask.chunks(cols)));
+        for (r, (out, (ids, mask))) in rows.enumerate() {
+            let values = &xs[r * steps..(r + 1) * steps];
+            for ((o, &s), &m) in out.iter_mut().zip(ids).zip(mask) {
+                if s >= 0 && m != 0.0 {
+                    *o = *values.get(s as usize).ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "step id {s} is past the {steps} steps of the values"
+                        ))
+                    })?;
+                }
+            }
+        }
+        return Ok(Value::Tensor(host::from_flat(out, ids.dims(), x)?));
+    }
     let index: Vec<u32> = ids_flat.iter().map(|&s| s.max(0) as u32).collect();
     let inside: Vec<f32> = ids_flat
         .iter()
