@@ -9,6 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use candle_nn::VarBuilder;
 use rlx::model::hf_tiny;
+use rlx::model::transformer::{Heads, init_params};
 use rlx::model::{Layout, LlamaSpec, LoraSpec, ModelConfig, Transformer, hf};
 
 const IDS: [u32; 9] = [259, 72, 101, 108, 108, 111, 32, 119, 33];
@@ -603,4 +604,55 @@ fn a_malformed_data_line_stops_the_run_with_its_file_and_line() {
     assert!(!o.status.success() && err.contains("nowhere"), "{err}");
     assert!(err.contains("does not exist") && err.contains("pretrained("), "{err}");
     assert!(!err.contains("--resume"), "advice to resume without a checkpoint: {err}");
+}
+
+/// Log-probabilities `Σ logp · w` of a batch whose rows repeat two prompts of different lengths
+/// (texts of different lengths too), through `hidden_of` (which runs each prompt once) and
+/// through one forward over every row: equal values, and equal gradients for every weight.
+fn shared_and_full(model: &Transformer, vars: &[(String, Var)]) {
+    let (a, b): (&[u32], &[u32]) = (&[259, 72, 101, 108, 108], &[259, 33, 119]);
+    let prompts = [a, a, b, a, b];
+    let texts: [&[u32]; 5] =
+        [&[65, 66, 67, 68], &[70, 71], &[72, 73, 74], &[75], &[76, 77, 78, 79]];
+    let layout = Layout::new(&prompts, &texts, &Device::Cpu).unwrap();
+    let mut rng = rlx::rng::Rng::new(17);
+    let wv: Vec<f32> = (0..5 * layout.text_len).map(|_| rng.normal() as f32).collect();
+    let w = Tensor::from_vec(wv, (5, layout.text_len), &Device::Cpu).unwrap();
+    let run = |hidden: Tensor| {
+        let logp = model.token_logp(&hidden, &layout, 1.0).unwrap();
+        let grads = (&logp * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g: Vec<Tensor> =
+            vars.iter().map(|(_, v)| grads.get(v.as_tensor()).unwrap().clone()).collect();
+        (logp, g)
+    };
+    let (shared, gs) = run(model.hidden_of(&layout, true).unwrap());
+    let (full, gf) =
+        run(model.hidden(&layout.ids, &layout.positions, &layout.bias, None, true).unwrap());
+    let d = max_diff(&shared, &full);
+    assert!(d < 1e-5, "log-probabilities differ by {d}");
+    for ((name, _), (s, f)) in vars.iter().zip(gs.iter().zip(&gf)) {
+        let scale = f.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-3);
+        let d = max_diff(s, f);
+        assert!(d <= 1e-4 * scale, "gradient of {name} differs by {d} (largest entry {scale})");
+    }
+}
+
+#[test]
+fn rows_sharing_a_prompt_give_the_values_and_gradients_of_a_full_forward() {
+    // A Hugging Face Qwen2 (biases on q/k/v, grouped-query attention) …
+    let dir = tempfile::tempdir().unwrap();
+    hf_tiny::write(dir.path(), "qwen2", 1, 11).unwrap();
+    let ck = hf::load(dir.path(), &Device::Cpu).unwrap();
+    let cfg = ModelConfig::llama(LlamaSpec { hf: ck.cfg.clone(), lora: None, bf16: false });
+    let vars: Vec<(String, Var)> =
+        ck.weights.iter().map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap())).collect();
+    let map: BTreeMap<String, Tensor> =
+        vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    shared_and_full(&Transformer::from_tensors(&cfg, &map).unwrap(), &vars);
+    // … and the built-in GPT-style model (learned positions, GELU, layer norm).
+    let cfg = ModelConfig::preset("tiny", 272).unwrap();
+    let heads = Heads { lm: true, ..Default::default() };
+    let params = init_params(&cfg, heads, &mut rlx::rng::Rng::new(3), &Device::Cpu).unwrap();
+    let vars: Vec<(String, Var)> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    shared_and_full(&Transformer::from_params(&cfg, &params).unwrap(), &vars);
 }

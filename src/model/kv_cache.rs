@@ -22,6 +22,9 @@ pub struct KvCache {
     pub valid: Vec<Vec<bool>>,
     /// Per row: the position the next token takes.
     pub next_pos: Vec<u32>,
+    /// Appends by concatenation, which back-propagates (a training forward over a shared
+    /// prompt), instead of writing buffers in place, which does not.
+    tracked: bool,
 }
 
 /// One layer's buffers `[B, G, capacity, D]`, of which the first `len` columns are written.
@@ -57,7 +60,16 @@ impl KvCache {
             reserve,
             valid: vec![vec![]; rows],
             next_pos: vec![0; rows],
+            tracked: false,
         }
+    }
+
+    /// An empty cache whose appends concatenate, so that gradients flow from the keys and
+    /// values read later back to the forward that wrote them (and through `fork`'s row
+    /// selection). `valid` and `next_pos` are the caller's to fill: the caller gives the
+    /// attention bias.
+    pub fn tracked(layers: usize, rows: usize) -> KvCache {
+        KvCache { tracked: true, ..KvCache::new(layers, rows, 0) }
     }
 
     /// Writes a layer's new keys and values `[B, G, L, D]` after the cached ones; returns all
@@ -67,6 +79,19 @@ impl KvCache {
         let (k, v) = (k.contiguous()?, v.contiguous()?);
         let reserve = self.reserve;
         let slot = &mut self.layers[layer];
+        if self.tracked {
+            let entry = match slot.take() {
+                None => LayerKv { k, v, len: new },
+                Some(e) => LayerKv {
+                    k: Tensor::cat(&[&e.k, &k], 2)?,
+                    v: Tensor::cat(&[&e.v, &v], 2)?,
+                    len: e.len + new,
+                },
+            };
+            let views = (entry.k.clone(), entry.v.clone());
+            *slot = Some(entry);
+            return Ok(views);
+        }
         let entry = match slot.take() {
             None if new >= reserve => LayerKv { k, v, len: new },
             None => {
@@ -127,6 +152,16 @@ impl KvCache {
                         if width > e.len {
                             candle_core::bail!("fork past the cache's {} columns", e.len)
                         }
+                        if self.tracked {
+                            // Exactly the kept columns: later appends concatenate after them.
+                            let k = e.k.narrow(2, 0, width)?.contiguous()?;
+                            let v = e.v.narrow(2, 0, width)?.contiguous()?;
+                            return Ok(LayerKv {
+                                k: k.index_select(&index, 0)?,
+                                v: v.index_select(&index, 0)?,
+                                len: width,
+                            });
+                        }
                         Ok(LayerKv {
                             k: e.k.index_select(&index, 0)?,
                             v: e.v.index_select(&index, 0)?,
@@ -139,11 +174,13 @@ impl KvCache {
         let mut valid = Vec::with_capacity(rows.len());
         let mut next_pos = Vec::with_capacity(rows.len());
         for (&r, &cut) in rows.iter().zip(cuts) {
-            let v: Vec<bool> = (0..width).map(|j| j < cut && self.valid[r][j]).collect();
+            let real =
+                |j: usize| self.valid.get(r).and_then(|v| v.get(j)).copied().unwrap_or(false);
+            let v: Vec<bool> = (0..width).map(|j| j < cut && real(j)).collect();
             next_pos.push(v.iter().filter(|x| **x).count() as u32);
             valid.push(v);
         }
-        Ok(KvCache { layers, reserve: self.reserve, valid, next_pos })
+        Ok(KvCache { layers, reserve: self.reserve, valid, next_pos, tracked: self.tracked })
     }
 }
 

@@ -289,9 +289,51 @@ impl Transformer {
         logits.to_dtype(DType::F32)
     }
 
-    /// Hidden states of a layout's rows.
+    /// Hidden states `[B, L, D]` of a layout's rows. Rows with the same prompt (GRPO's n
+    /// samples of each prompt) run it once: its keys and values, computed for one row, are
+    /// selected for every row that shares it (their gradients summed back through the
+    /// selection), and the texts run after them. The same values as one forward over every row
+    /// (up to summation order), for a fraction of the work when prompts are long.
     pub fn hidden_of(&self, layout: &Layout, grad: bool) -> Result<Tensor> {
-        self.hidden(&layout.ids, &layout.positions, &layout.bias, None, grad)
+        match shared_prompts(layout)? {
+            Some((firsts, of_row)) => self.hidden_shared(layout, &firsts, &of_row, grad),
+            None => self.hidden(&layout.ids, &layout.positions, &layout.bias, None, grad),
+        }
+    }
+
+    /// [`Transformer::hidden_of`] with the prompt part run for rows `firsts` only; row `b`
+    /// reads the prompt of `firsts[of_row[b]]`.
+    fn hidden_shared(
+        &self,
+        layout: &Layout,
+        firsts: &[usize],
+        of_row: &[usize],
+        grad: bool,
+    ) -> Result<Tensor> {
+        let (p, t) = (layout.prompt_len, layout.text_len);
+        let device = layout.ids.device();
+        let index = |v: &[usize]| {
+            Tensor::from_vec(v.iter().map(|&i| i as u32).collect::<Vec<_>>(), v.len(), device)
+        };
+        let (firsts_ix, of_row_ix) = (index(firsts)?, index(of_row)?);
+        let prompt = |x: &Tensor| x.narrow(1, 0, p)?.contiguous()?.index_select(&firsts_ix, 0);
+        let prompt_bias = layout
+            .bias
+            .narrow(2, 0, p)?
+            .narrow(3, 0, p)?
+            .contiguous()?
+            .index_select(&firsts_ix, 0)?;
+        let mut cache = KvCache::tracked(self.cfg.layers, firsts.len());
+        let ids = prompt(&layout.ids)?;
+        let positions = prompt(&layout.positions)?;
+        let h_prompt = self.hidden(&ids, &positions, &prompt_bias, Some(&mut cache), grad)?;
+        let mut cache = cache.fork(of_row, &vec![p; of_row.len()])?;
+        let text = |x: &Tensor| x.narrow(1, p, t)?.contiguous();
+        let text_bias = layout.bias.narrow(2, p, t)?.contiguous()?;
+        let ids = text(&layout.ids)?;
+        let positions = text(&layout.positions)?;
+        let h_text = self.hidden(&ids, &positions, &text_bias, Some(&mut cache), grad)?;
+        Tensor::cat(&[&h_prompt.index_select(&of_row_ix, 0)?, &h_text], 1)
     }
 
     /// The hidden states that predict each text token: `[B, T, D]`.
@@ -417,6 +459,33 @@ impl GptTrunk {
         }
         self.ln_f.forward(&x, grad)
     }
+}
+
+/// For a layout whose rows repeat prompts: the first row of each distinct prompt, and for
+/// every row the index of its prompt among them. `None` when every prompt is distinct (or
+/// there is no text after them), where sharing would save nothing.
+fn shared_prompts(layout: &Layout) -> Result<Option<(Vec<usize>, Vec<usize>)>> {
+    let p = layout.prompt_len;
+    if layout.batch < 2 || layout.text_len == 0 || p == 0 {
+        return Ok(None);
+    }
+    // Ids and positions: a real token with the pad's id differs from padding in its position.
+    let ids = layout.ids.narrow(1, 0, p)?.to_vec2::<u32>()?;
+    let positions = layout.positions.narrow(1, 0, p)?.to_vec2::<u32>()?;
+    let mut seen: std::collections::HashMap<(&[u32], &[u32]), usize> = Default::default();
+    let mut firsts = Vec::new();
+    let of_row: Vec<usize> = ids
+        .iter()
+        .zip(&positions)
+        .enumerate()
+        .map(|(row, (i, q))| {
+            *seen.entry((i.as_slice(), q.as_slice())).or_insert_with(|| {
+                firsts.push(row);
+                firsts.len() - 1
+            })
+        })
+        .collect();
+    Ok((firsts.len() < layout.batch).then_some((firsts, of_row)))
 }
 
 pub(crate) trait EmbeddingRows {
