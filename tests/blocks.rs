@@ -531,6 +531,22 @@ fn steps_placement_and_vineppo_telescoping() {
         &[1.0, 1.0, 2.0, 0.0],
         0.0,
     );
+    // Step values that carry a gradient take the differentiable gather: the same values.
+    let tracked = candle_core::Var::from_tensor(&x).unwrap();
+    close(
+        &run(
+            "to_tokens",
+            &[
+                step(tracked.as_tensor().clone(), &steps.mask.to_dtype(DType::F64).unwrap()),
+                steps_in(),
+            ],
+            &[],
+            Level::Token,
+            Some(&mask),
+        ),
+        &[1.0, 1.0, 2.0, 0.0],
+        0.0,
+    );
     close(
         &run(
             "at_step_ends",

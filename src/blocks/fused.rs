@@ -203,8 +203,8 @@ macro_rules! by_dtype {
     };
 }
 
-/// A forward over two same-shape inputs, element by element: `|a, b| body` with `$t` the
-/// element type, as a custom op's `cpu_fwd` result.
+/// A forward over two same-shape inputs, element by element with `$f` (an `Elementwise`), as a
+/// custom op's `cpu_fwd` result.
 macro_rules! binary_fwd {
     ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $f:expr) => {{
         let out = by_dtype!($s1, T => {
@@ -540,5 +540,8 @@ mod tests {
     fn large_tensors_take_the_parallel_path_with_the_same_values() {
         let x = Tensor::randn(0.0f32, 30.0, (SERIAL + 123,), &Device::Cpu).unwrap();
         both(&x, |x| x.clamped(-20.0, 20.0), |x| x.clamp(-20.0, 20.0));
+        // Two inputs forward, three backward (values, other side, gradient).
+        let other = |x: &Tensor| x.affine(-0.5, 3.0);
+        both(&x, |x| x.max_with(&other(x)?), |x| x.broadcast_maximum(&other(x)?));
     }
 }
