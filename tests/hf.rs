@@ -610,7 +610,8 @@ fn a_malformed_data_line_stops_the_run_with_its_file_and_line() {
 /// (texts of different lengths too), through `hidden_of` (which runs each prompt once) and
 /// through one forward over every row: equal values, and equal gradients for every weight.
 fn shared_and_full(model: &Transformer, vars: &[(String, Var)]) {
-    let (a, b): (&[u32], &[u32]) = (&[259, 72, 101, 108, 108], &[259, 33, 119]);
+    // Prompts long enough against the texts for `hidden_of` to share them.
+    let (a, b): (&[u32], &[u32]) = (&[259, 72, 101, 108, 108, 111, 32, 119], &[259, 33, 119]);
     let prompts = [a, a, b, a, b];
     let texts: [&[u32]; 5] =
         [&[65, 66, 67, 68], &[70, 71], &[72, 73, 74], &[75], &[76, 77, 78, 79]];

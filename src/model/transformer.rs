@@ -462,8 +462,11 @@ impl GptTrunk {
 }
 
 /// For a layout whose rows repeat prompts: the first row of each distinct prompt, and for
-/// every row the index of its prompt among them. `None` when every prompt is distinct (or
-/// there is no text after them), where sharing would save nothing.
+/// every row the index of its prompt among them. `None` when sharing would not save at least a
+/// third of the tokens the forward runs: two passes, the cache's concatenations and the
+/// re-assembly cost more than they save on short prompts (built-in GRPO on `arith`, ~17 % of
+/// the tokens saved: update 0.063 → 0.070 s), and far less than they save on long ones
+/// (~140-token prompts, 48-token completions, 8 per prompt: 65 % saved, 1.7 → 0.85 s).
 fn shared_prompts(layout: &Layout) -> Result<Option<(Vec<usize>, Vec<usize>)>> {
     let p = layout.prompt_len;
     if layout.batch < 2 || layout.text_len == 0 || p == 0 {
@@ -485,7 +488,9 @@ fn shared_prompts(layout: &Layout) -> Result<Option<(Vec<usize>, Vec<usize>)>> {
             })
         })
         .collect();
-    Ok((firsts.len() < layout.batch).then_some((firsts, of_row)))
+    let (b, t) = (layout.batch, layout.text_len);
+    let worth = 3 * (firsts.len() * p + b * t) <= 2 * b * (p + t);
+    Ok(worth.then_some((firsts, of_row)))
 }
 
 pub(crate) trait EmbeddingRows {
