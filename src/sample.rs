@@ -2,12 +2,10 @@
 //! Continuations from intermediate prefixes (VinePPO) fork an existing cache instead of
 //! recomputing the prefix.
 
-use std::collections::HashMap;
-
 use candle_core::{Device, Result, Tensor};
 
 use crate::model::fastmath::{Kernel, dispatch, exp, max, sum};
-use crate::model::layout::positions_and_bias;
+use crate::model::layout::{distinct, positions_and_bias};
 use crate::model::{KvCache, Transformer};
 use crate::rng::Rng;
 use crate::tokenizer::Tok;
@@ -51,7 +49,8 @@ pub fn generate(
     let p = prompts.iter().map(Vec::len).max().unwrap_or(1);
     // Rows that share a prompt (GRPO's n samples per prompt) share its prefill: the prompt is
     // run once and its cache rows copied, as inference engines' prefix caches do.
-    let (unique, row_of) = distinct(prompts);
+    let (firsts, row_of) = distinct(prompts.iter().map(Vec::as_slice));
+    let unique: Vec<&[u32]> = firsts.iter().map(|&r| prompts[r].as_slice()).collect();
     let u = unique.len();
     let mut ids = vec![tok.pad; u * p];
     let mut valid = vec![false; u * p];
@@ -82,22 +81,6 @@ pub fn generate(
     let budgets = vec![s.max_tokens; b];
     let (tokens, logps) = decode(model, tok, &mut cache, logits, &budgets, s, rng, device)?;
     Ok(Generation { tokens, logps, cache, prompt_cols: p })
-}
-
-/// The distinct prompts in first-seen order, and each row's index among them.
-fn distinct(prompts: &[Vec<u32>]) -> (Vec<&[u32]>, Vec<usize>) {
-    let mut unique: Vec<&[u32]> = Vec::new();
-    let mut seen: HashMap<&[u32], usize> = HashMap::new();
-    let row_of = prompts
-        .iter()
-        .map(|pr| {
-            *seen.entry(pr.as_slice()).or_insert_with(|| {
-                unique.push(pr);
-                unique.len() - 1
-            })
-        })
-        .collect();
-    (unique, row_of)
 }
 
 /// Continues rows of an existing cache: row `i` extends `rows[i]` after its first `cuts[i]`
@@ -532,7 +515,7 @@ mod tests {
         let a = vec![BOS, 7, 9, 11];
         let c = vec![BOS, 13];
         let prompts = vec![a.clone(), a.clone(), c.clone(), a.clone(), c.clone()];
-        assert_eq!(distinct(&prompts).1, vec![0, 0, 1, 0, 1]);
+        assert_eq!(distinct(prompts.iter()).1, vec![0, 0, 1, 0, 1]);
         let together = generate(&model, &tok, &prompts, &s, &mut Rng::new(0), &dev).unwrap();
         for (r, pr) in prompts.iter().enumerate() {
             // Alone, padded to the same width as in the batch.

@@ -3,7 +3,29 @@
 //! so the token before the first text token always exists, and the text's log-probabilities
 //! are one contiguous slice of the logits.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+
 use candle_core::{Device, Result, Tensor};
+
+/// Rows by key in first-seen order: the first row of each distinct key, and for every row the
+/// index of its key among them (rows that share a prompt, for the sampler's prefill and the
+/// training forward).
+pub fn distinct<K: Hash + Eq>(keys: impl IntoIterator<Item = K>) -> (Vec<usize>, Vec<usize>) {
+    let mut firsts = Vec::new();
+    let mut seen: HashMap<K, usize> = HashMap::new();
+    let of_row = keys
+        .into_iter()
+        .enumerate()
+        .map(|(row, key)| {
+            *seen.entry(key).or_insert_with(|| {
+                firsts.push(row);
+                firsts.len() - 1
+            })
+        })
+        .collect();
+    (firsts, of_row)
+}
 
 #[derive(Debug, Clone)]
 pub struct Layout {

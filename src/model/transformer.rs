@@ -475,19 +475,7 @@ fn shared_prompts(layout: &Layout) -> Result<Option<(Vec<usize>, Vec<usize>)>> {
     // Ids and positions: a real token with the pad's id differs from padding in its position.
     let ids = layout.ids.narrow(1, 0, p)?.to_vec2::<u32>()?;
     let positions = layout.positions.narrow(1, 0, p)?.to_vec2::<u32>()?;
-    let mut seen: std::collections::HashMap<(&[u32], &[u32]), usize> = Default::default();
-    let mut firsts = Vec::new();
-    let of_row: Vec<usize> = ids
-        .iter()
-        .zip(&positions)
-        .enumerate()
-        .map(|(row, (i, q))| {
-            *seen.entry((i.as_slice(), q.as_slice())).or_insert_with(|| {
-                firsts.push(row);
-                firsts.len() - 1
-            })
-        })
-        .collect();
+    let (firsts, of_row) = super::layout::distinct(ids.iter().zip(&positions));
     let (b, t) = (layout.batch, layout.text_len);
     let worth = 3 * (firsts.len() * p + b * t) <= 2 * b * (p + t);
     Ok(worth.then_some((firsts, of_row)))
