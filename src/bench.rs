@@ -52,15 +52,19 @@ pub struct Measurement {
     pub seconds: Vec<f64>,
 }
 
+/// The median (the mean of the middle two for an even count); NaN for none.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+}
+
 impl Measurement {
     pub fn median_seconds(&self) -> f64 {
-        let mut s = self.seconds.clone();
-        s.sort_by(f64::total_cmp);
-        let n = s.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+        median(self.seconds.clone())
     }
 
     pub fn tokens_per_second(&self) -> f64 {

@@ -365,7 +365,7 @@ enum Command {
 /// (`MIMALLOC_PURGE_DELAY=-1`: a 40-step warm start 10.9 s → 8.4 s, same resident set); and
 /// candle's element-wise thread pool spins 25 000 times after every op before sleeping, taking a
 /// core from the matmuls and rlx's kernels on the other pool (`CANDLE_BARRIER_POOL_SPIN_LIMIT=1000`
-/// on 2 cores: tiny training step 27.6 → 20.4 ms, 6 L × 384 392 → 332 ms, GRPO small step
+/// on 2 cores: tiny training step 27.6 → 20.8 ms, 6 L × 384 392 → 332 ms, GRPO small step
 /// 1.45 → 1.36 s). All are read from the environment at start-up, so the process re-executes
 /// itself once with them set (values the user set are kept).
 #[cfg(unix)]
@@ -812,11 +812,6 @@ const LOOP_ONLY: &[&str] =
 /// Warm calls `rlx eval --profile` times (after one untimed call).
 const PROFILE_RUNS: usize = 21;
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
     let (src, mut analysis) = analyze(path, &LintConfig::defaults())?;
     for d in analysis.diagnostics.iter_mut().filter(|d| LOOP_ONLY.contains(&d.code)) {
@@ -907,7 +902,7 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
             runs.push(e.profile);
         }
         for (i, (_, ms)) in evaluation.profile.iter_mut().enumerate() {
-            *ms = median(runs.iter().map(|r| r[i].1).collect());
+            *ms = rlx::bench::median(runs.iter().map(|r| r[i].1).collect());
         }
     }
     let scalar = |t: &candle_core::Tensor| {
@@ -920,7 +915,7 @@ fn eval(path: &Path, args: EvalArgs, style: Style) -> Result<ExitCode, String> {
     }
     if args.profile {
         let total: f64 = evaluation.profile.iter().map(|(_, ms)| ms).sum();
-        let wall = median(walls);
+        let wall = rlx::bench::median(walls);
         println!(
             "time per node (ms, medians of {PROFILE_RUNS} warm calls; {total:.3} in nodes, {wall:.3} per call):"
         );
