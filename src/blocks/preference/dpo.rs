@@ -88,7 +88,13 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     Ok(Value::Tensor(loss))
 }
 
-/// log σ(x) = min(x, 0) − ln(1 + e^{−|x|}), stable for large |x|.
+/// log σ(x) = (x − |x|)/2 − ln(1 + e^{−|x|}), stable for large |x|.
+///
+/// `(x − |x|)/2` is `min(x, 0)` exactly, but its gradient at x = 0 is right: with `min(x, 0)`
+/// candle's subgradients (1 for the tie, 0 for |x|′) gave d/dx = 1 at 0 instead of σ(0) = ½,
+/// doubling the gradient of every pair with h = 0 — every pair of a DPO run's first step, where
+/// the policy is the reference. Here |x|′ appears in both terms and cancels for any choice of it.
 pub(crate) fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
-    x.minimum(0.0)?.sub(&(x.abs()?.neg()?.exp()? + 1.0)?.log()?)
+    let abs = x.abs()?;
+    (x.sub(&abs)? * 0.5)?.sub(&(abs.neg()?.exp()? + 1.0)?.log()?)
 }
