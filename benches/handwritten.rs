@@ -305,7 +305,11 @@ fn remax(b: &Batch) -> Result<Tensor> {
 }
 
 fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
-    x.clip_hi(0.0)?.sub(&(x.abs()?.neg()?.exp()? + 1.0)?.log()?)
+    // −softplus(−x) = −ln(1 + e^{−x}), from the side where the exponent is ≤ 0.
+    let neg = x.lt(0.0)?;
+    let pos_side = (x.clip_lo(0.0)?.neg()?.exp()? + 1.0)?.log()?.neg()?;
+    let neg_side = x.clip_hi(0.0)?.sub(&(x.clip_hi(0.0)?.exp()? + 1.0)?.log()?)?;
+    neg.where_cond(&neg_side, &pos_side)
 }
 
 fn dpo(b: &Batch) -> Result<Tensor> {
@@ -653,11 +657,12 @@ fn gmpo(b: &Batch) -> Result<Tensor> {
     let (m, logp, old) = (g(b, "mask"), g(b, "policy.logp"), g(b, "old.logp"));
     let adv = grpo_adv(b)?;
     let d = logp.sub(old)?.mul(m)?;
-    // σ·min(σΔ, σ·clip(Δ)): a cap above for A ≥ 0, below for A < 0.
+    // σ·min(σΔ, σ·clip(Δ)): a cap above for A > 0, below for A < 0, nothing at A = 0.
     let capped_above = d.min_t(&d.clip(-0.4, 0.4)?)?;
     let capped_below = d.max_t(&d.clip(-0.4, 0.4)?)?;
-    let star = adv.ge(0.0)?.where_cond(&capped_above, &capped_below)?.mul(m)?;
-    let len = m.sum(1)?;
+    let nonzero = adv.ne(0.0)?.to_dtype(d.dtype())?;
+    let star = adv.gt(0.0)?.where_cond(&capped_above, &capped_below)?.mul(m)?.mul(&nonzero)?;
+    let len = (m.sum(1)? + 1e-8)?;
     let ratio = star.sum(1)?.div(&len)?.exp()?;
     let mean_adv = adv.mul(m)?.sum(1)?.div(&len)?;
     ratio.mul(&mean_adv)?.neg()?.mean_all()
@@ -802,7 +807,7 @@ fn dppo(b: &Batch) -> Result<Tensor> {
     let adv = grpo_adv(b)?;
     let diff = logp.exp()?.sub(&old.exp()?)?;
     let valid = adv.gt(0.0)?.where_cond(&diff.le(0.2)?, &diff.ge(-0.2)?)?.to_dtype(DType::F32)?;
-    let r = logp.sub(old)?.exp()?.clip_hi(20.0)?;
+    let r = logp.sub(old)?.exp()?.clip_hi(3.0)?;
     let w = adv.mul(&r)?.mul(&valid)?.detach();
     masked_mean(&w.mul(logp)?.neg()?, g(b, "mask"))
 }
@@ -895,11 +900,12 @@ fn grpo_nemorl(b: &Batch) -> Result<Tensor> {
         .map(|i| {
             let others: Vec<f32> =
                 (0..r.len()).filter(|&j| j != i && grp[j] == grp[i]).map(|j| r[j]).collect();
+            // The others' mean; their unbiased std + 1e-6 where that std is positive.
             let n = others.len() as f32;
             let mean = others.iter().sum::<f32>() / n;
-            let sq = others.iter().map(|x| x * x).sum::<f32>() / n;
-            let std = (sq - mean * mean).max(0.0).sqrt();
-            if std > 0.0 { (r[i] - mean) / std } else { r[i] - mean }
+            let ss = others.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>();
+            let std = if n > 1.0 { (ss / (n - 1.0)).sqrt() } else { 0.0 };
+            if std > 0.0 { (r[i] - mean) / (std + 1e-6) } else { r[i] - mean }
         })
         .collect();
     let pg = ppo_clip(g(b, "policy.logp"), g(b, "old.logp"), &spread(adv, m)?, 0.2)?;
@@ -1049,14 +1055,19 @@ fn grpo_otb(b: &Batch) -> Result<Tensor> {
         let same: Vec<usize> = (0..nb).filter(|&j| grp[j] == grp[i]).collect();
         let mut ls: Vec<usize> = same.iter().map(|&j| len[j]).collect();
         ls.sort_unstable_by(|a, c| c.cmp(a));
-        let alone = (ls.len() > 1 && ls[0] > ls[1]).then_some(ls[1]);
+        // Only the unique longest response's tail has no baseline; a group of one has none.
+        let tail = (ls.len() > 1 && ls[0] > ls[1] && len[i] == ls[0]).then_some(ls[1]);
         for k in 0..nt {
             if mm[i][k] == 0.0 {
                 continue;
             }
             let num: f32 = same.iter().map(|&j| gt[j][k] * w[j][k] * mm[j][k]).sum();
             let den: f32 = same.iter().map(|&j| w[j][k] * mm[j][k]).sum();
-            let base = if alone.is_some_and(|s| k >= s) { 0.0 } else { num / (den + 1e-8) };
+            let base = if same.len() == 1 || tail.is_some_and(|s| k >= s) {
+                0.0
+            } else {
+                num / (den + 1e-8)
+            };
             adv[i][k] = gt[i][k] - base;
         }
     }

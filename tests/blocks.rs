@@ -1225,12 +1225,23 @@ fn new_policy_losses() {
         &[-1.0004, -1.0004, 2.0 * e1, 2.0 * e1],
         1e-12,
     );
-    // GMPO (eps 0.4): row 0, A>0: Δ = [0.2, −0.1] (inside), ρ = e^{0.05}, Ā = 1 → −e^{0.05};
-    // row 1, A<0: Δ = [0.2], ρ = e^{0.2}, Ā = −2 → 2e^{0.2}.
-    close(&run("gmpo", &ins(), &[], Level::Seq, None), &[-e0, 2.0 * e1], 1e-12);
-    // With eps 0.1: row 0's 0.2 is capped at 0.1 → ρ = e^{(0.1 − 0.1)/2} = 1; row 1 (A<0) keeps
-    // its 0.2 (only the lower side is clipped): 2e^{0.2}.
-    close(&run("gmpo", &ins(), &[("eps", num(0.1))], Level::Seq, None), &[-1.0, 2.0 * e1], 1e-12);
+    // GMPO (eps 0.4; lengths + 1e-8 as verl): row 0, A>0: Δ = [0.2, −0.1] (inside), ρ =
+    // e^{0.1/L}, Ā = 2/L → −(2/L)e^{0.1/L} with L = 2 + 1e-8; row 1, A<0: Δ = [0.2], ρ =
+    // e^{0.2/L}, Ā = −2/L → (2/L)e^{0.2/L} with L = 1 + 1e-8.
+    let (l0, l1): (f64, f64) = (2.0 + 1e-8, 1.0 + 1e-8);
+    let row1 = 2.0 / l1 * (0.2 / l1).exp();
+    close(
+        &run("gmpo", &ins(), &[], Level::Seq, None),
+        &[-(2.0 / l0) * (0.1 / l0).exp(), row1],
+        1e-15,
+    );
+    // With eps 0.1: row 0's 0.2 is capped at 0.1 → ρ = e^{(0.1 − 0.1)/L} = 1; row 1 (A<0) keeps
+    // its 0.2 (only the lower side is clipped).
+    close(
+        &run("gmpo", &ins(), &[("eps", num(0.1))], Level::Seq, None),
+        &[-(2.0 / l0), row1],
+        1e-15,
+    );
     // CISPO: ρ = [e^{0.2}, e^{−0.1}, e^{0.2}, ·], clipped into [0.8, 1.2]: [1.2, e^{−0.1}, 1.2];
     // ℓ = −w·A·logp; gradient −w·A (the weight is detached).
     let w = [1.2, (-0.1f64).exp(), 1.2];
@@ -1385,24 +1396,64 @@ fn sampler_corrections() {
     close(&rr("seq_mean"), &[0.0, 0.0, 0.0, 1.0, 1.0, 0.0], 0.0);
 }
 
-/// NeMo-RL's leave-one-out GRPO: mean and biased std of the other samples.
+/// NeMo-RL's leave-one-out GRPO (`calculate_baseline_and_std_per_prompt` and
+/// `GRPOAdvantageEstimator`): the other samples' mean, and their unbiased std plus 1e-6 where
+/// that std is positive, at n = 2, 3 and 4; checked by hand and against NeMo-RL's own one-pass
+/// form of the same formula in f64 (E[x²] − E[x]² over the others, scaled by m/(m − 1)).
 #[test]
 fn leave_one_out_group_zscore() {
-    let g = t1(&[0.0, 0.0, 0.0]).to_dtype(DType::I64).unwrap();
-    // r = [1, 0, 0]: for 0, others [0, 0]: mean 0, std 0 → unscaled 1; for 1, others [1, 0]:
-    // mean 0.5, biased std 0.5 → (0 − 0.5)/0.5 = −1; the same for 2.
-    close(
-        &run_groups(
-            "group_zscore",
-            &[seq(t1(&[1.0, 0.0, 0.0]))],
-            &[("baseline", word("leave_one_out"))],
-            Level::Seq,
-            None,
-            Some(&g),
-        ),
-        &[1.0, -1.0, -1.0],
-        1e-12,
-    );
+    let loo = |r: &[f64], given: &[(&str, Const)]| {
+        let g = t1(&vec![0.0; r.len()]).to_dtype(DType::I64).unwrap();
+        let mut given = given.to_vec();
+        given.push(("baseline", word("leave_one_out")));
+        run_groups("group_zscore", &[seq(t1(r))], &given, Level::Seq, None, Some(&g))
+    };
+    // NeMo-RL's one-pass form, written from its formula: a baseline matrix 1 − I over the group,
+    // E[x] and E[x²] over the m = n − 1 others, std = √((E[x²] − E[x]²)·m/(m − 1)), NaN → 0.
+    let nemo = |r: &[f64]| -> Vec<f64> {
+        let m = (r.len() - 1) as f64;
+        (0..r.len())
+            .map(|i| {
+                let others = r.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, x)| *x);
+                let (s, s2) = others.fold((0.0, 0.0), |(s, s2), x| (s + x, s2 + x * x));
+                let (mean, mean_sq) = (s / m, s2 / m);
+                let std = ((mean_sq - mean * mean) * (m / (m - 1.0))).sqrt();
+                let std = if std.is_nan() { 0.0 } else { std };
+                let a = r[i] - mean;
+                if std > 0.0 { a / (std + 1e-6) } else { a }
+            })
+            .collect()
+    };
+    // n = 2: each sample's only other has no spread (NeMo-RL: 0/0 → 0): centred, unscaled.
+    close(&loo(&[1.0, 0.0], &[]), &[1.0, -1.0], 0.0);
+    // n = 3, r = [1, 0, 0]: for 0, others [0, 0]: std 0 → unscaled 1; for 1 (and 2), others
+    // [1, 0]: mean 0.5, unbiased std √0.5 → −0.5/(√0.5 + 1e-6) = −0.70710578 (the biased std
+    // 0.5 gave −1, off by √((n−1)/(n−2)) = √2).
+    let third = -0.5 / (0.5f64.sqrt() + 1e-6);
+    close(&loo(&[1.0, 0.0, 0.0], &[]), &[1.0, third, third], 1e-15);
+    // n = 4, r = [1, 0, 0, 3]: for 0, others [0, 0, 3]: mean 1 → 0; for 1 (and 2), others
+    // [1, 0, 3]: mean 4/3, Σ(x − 4/3)² = 42/9, unbiased var 7/3; for 3, others [1, 0, 0]: mean
+    // 1/3, var 1/3 → (8/3)/(√(1/3) + 1e-6).
+    let second = -(4.0 / 3.0) / ((7.0f64 / 3.0).sqrt() + 1e-6);
+    let last = (8.0 / 3.0) / ((1.0f64 / 3.0).sqrt() + 1e-6);
+    let four = [1.0, 0.0, 0.0, 3.0];
+    close(&loo(&four, &[]), &[0.0, second, second, last], 1e-15);
+    close(&loo(&four, &[]), &nemo(&four), 1e-12);
+    // Random groups of 3 to 8 in f64: equal to NeMo-RL's form to rounding.
+    let mut state = 7u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
+    };
+    for n in 3..=8 {
+        let r: Vec<f64> = (0..n).map(|_| next()).collect();
+        close(&loo(&r, &[]), &nemo(&r), 1e-12);
+    }
+    // `var = biased` keeps the earlier convention: others [1, 0] have std 0.5 → −0.5/(0.5 + 1e-6).
+    let biased = -0.5 / (0.5 + 1e-6);
+    close(&loo(&[1.0, 0.0, 0.0], &[("var", word("biased"))]), &[1.0, biased, biased], 1e-15);
+    // `scale = none` only centres.
+    close(&loo(&[1.0, 0.0, 0.0], &[("scale", word("none"))]), &[1.0, -0.5, -0.5], 0.0);
 }
 
 /// Robust DPO, SimPO, ORPO and KTO against hand-computed values.
@@ -1481,4 +1532,135 @@ fn optimal_token_baseline() {
         &[2.0 - 1.75 / (1.25 + 1e-8), 2.0, 1.0 - 1.75 / (1.25 + 1e-8), 0.0],
         1e-12,
     );
+}
+
+/// verl's edges of the optimal token baseline: a group of one has no baseline (advantage = the
+/// reward-to-go, verl's `if N == 1: continue`), and past the second-longest length only the
+/// unique longest response's baseline is zeroed: a shorter response with a hole in its mask
+/// that still has a token there keeps the group's baseline.
+#[test]
+fn optimal_token_baseline_singletons_and_holes() {
+    let half = 0.5f64.ln();
+    // A singleton: G = [3, 3, 1] (rewards [0, 2, 1]); its advantage is G itself.
+    let m1 = t2(&[&[1.0, 1.0, 1.0]]);
+    let one = vec![
+        tok(t2(&[&[0.0, 2.0, 1.0]]), &m1),
+        tok(t2(&[&[half, half, half]]), &m1),
+        tok(t2(&[&[0.5, 0.5, 0.5]]), &m1),
+    ];
+    let g1 = t1(&[5.0]).to_dtype(DType::I64).unwrap();
+    close(
+        &run_groups("optimal_baseline", &one, &[], Level::Token, Some(&m1), Some(&g1)),
+        &[3.0, 3.0, 1.0],
+        0.0,
+    );
+    // One group of three; π = 0.5 and Σπ² = 0.5 everywhere, so w = 0.5 per real token.
+    // row 0: mask [1,1,1,1], reward 1 at t3 → G = [1,1,1,1], W = [.5, 1, 1.5, 2], length 4
+    // row 1: mask [1,0,1,0], reward 2 at t2 → G = [2,·,2,·], W = [.5, ·, 1, ·],   length 2
+    // row 2: mask [1,1,0,0], reward 3 at t1 → G = [3,3,·,·], W = [.5, 1, ·, ·],   length 2
+    // b_0 = (.5 + 1 + 1.5)/1.5 = 2; b_1 = (1 + 3)/2 = 2; b_2 = (1.5 + 2)/2.5 = 1.4 (rows 0, 1).
+    // Row 0 is the unique longest; the second-longest length is 2, so row 0's baseline is 0 at
+    // t ≥ 2 — row 1's at t2 stays 1.4 (it was 0, advantage 2, before).
+    let m = t2(&[&[1.0, 1.0, 1.0, 1.0], &[1.0, 0.0, 1.0, 0.0], &[1.0, 1.0, 0.0, 0.0]]);
+    let ins = vec![
+        tok(t2(&[&[0.0, 0.0, 0.0, 1.0], &[0.0, 0.0, 2.0, 0.0], &[0.0, 3.0, 0.0, 0.0]]), &m),
+        tok(t2(&[&[half; 4], &[half; 4], &[half; 4]]), &m),
+        tok(t2(&[&[0.5; 4], &[0.5; 4], &[0.5; 4]]), &m),
+    ];
+    let g = t1(&[0.0, 0.0, 0.0]).to_dtype(DType::I64).unwrap();
+    let (b0, b1, b2) = (3.0 / (1.5 + 1e-8), 4.0 / (2.0 + 1e-8), 3.5 / (2.5 + 1e-8));
+    close(
+        &run_groups("optimal_baseline", &ins, &[], Level::Token, Some(&m), Some(&g)),
+        &[1.0 - b0, 1.0 - b1, 1.0, 1.0, 2.0 - b0, 0.0, 2.0 - b2, 0.0, 3.0 - b0, 3.0 - b1, 0.0, 0.0],
+        1e-15,
+    );
+    // Two responses of the longest length: no tail is zeroed (t3 holds rows 0 and 1 now).
+    let m = t2(&[&[1.0, 1.0, 1.0, 1.0], &[1.0, 1.0, 1.0, 1.0]]);
+    let ins = vec![
+        tok(t2(&[&[0.0, 0.0, 0.0, 1.0], &[0.0, 0.0, 0.0, 3.0]]), &m),
+        tok(t2(&[&[half; 4], &[half; 4]]), &m),
+        tok(t2(&[&[0.5; 4], &[0.5; 4]]), &m),
+    ];
+    let g = t1(&[0.0, 0.0]).to_dtype(DType::I64).unwrap();
+    // At t3 (W = 2 each): b = (1·2 + 3·2)/(4 + 1e-8) for both rows.
+    let out = run_groups("optimal_baseline", &ins, &[], Level::Token, Some(&m), Some(&g));
+    close(&[out[3], out[7]], &[1.0 - 8.0 / (4.0 + 1e-8), 3.0 - 8.0 / (4.0 + 1e-8)], 1e-15);
+}
+
+/// GMPO with a token whose advantage is exactly 0: torch.sign gives 0 there, so its log-ratio
+/// leaves the geometric mean (it still counts in the length, as in verl's `geo_mean`) and its
+/// gradient is exactly 0; the rest checked by hand and by central differences in f64.
+#[test]
+fn gmpo_drops_zero_advantage_tokens() {
+    let m = t2(&[&[1.0, 1.0, 1.0], &[1.0, 1.0, 0.0]]);
+    let logp = || t2(&[&[-0.5, -0.7, -1.0], &[-0.2, -0.4, 0.0]]);
+    let old = || t2(&[&[-0.7, -1.0, -1.1], &[-0.3, -0.1, 0.0]]);
+    // Δ = [0.2, 0.3, 0.1 | 0.1, −0.3]; row 0's advantages [1, 0, 1], row 1's [−1, −1].
+    let adv = || t2(&[&[1.0, 0.0, 1.0], &[-1.0, -1.0, 0.0]]);
+    let ins = || vec![tok(logp(), &m), tok(old(), &m), tok(adv(), &m)];
+    // Row 0: Δ* = [0.2, 0, 0.1] (inside ±0.4), L = 3: ρ = e^{0.3/3}, Ā = 2/3 → −(2/3)e^{0.1}.
+    // (With sign(0) = +1 it was e^{0.6/3}: 10 % off.) Row 1 (A < 0): Δ* = [0.1, −0.3] (only the
+    // lower side clips, at −0.4), L = 2: ρ = e^{−0.1}, Ā = −1 → e^{−0.1}.
+    let (l0, l1): (f64, f64) = (3.0 + 1e-8, 2.0 + 1e-8);
+    let want = [-(2.0 / l0) * (0.3 / l0).exp(), (2.0 / l1) * (-0.2 / l1).exp()];
+    close(&run("gmpo", &ins(), &[], Level::Seq, None), &want, 1e-15);
+    // ∂ℓ_0/∂logp_0t = −Ā ρ σ_t / L: σ = [1, 0, 1].
+    let g = grad_of("gmpo", ins(), 0, &[], Level::Seq, None);
+    let d0 = -(2.0 / l0) * (0.3 / l0).exp() / l0;
+    close(&g[..3], &[d0, 0.0, d0], 1e-15);
+    assert_eq!(g[1], 0.0, "a zero-advantage token gets no gradient");
+    // Central differences in f64 at every real token.
+    for (i, h) in [(0usize, 1e-6), (1, 1e-6), (2, 1e-6), (3, 1e-6), (4, 1e-6)] {
+        let at = |d: f64| {
+            let mut v = logp().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            v[i] += d;
+            let x = Tensor::from_vec(v, (2, 3), &CPU).unwrap();
+            run("gmpo", &[tok(x, &m), tok(old(), &m), tok(adv(), &m)], &[], Level::Seq, None)
+                .iter()
+                .sum::<f64>()
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        assert!((fd - g[i]).abs() < 1e-8, "token {i}: finite difference {fd} vs {}", g[i]);
+    }
+}
+
+/// SimPO's `alpha` (TRL's `cpo_alpha`): each row carries its share of TRL's token-mean NLL of
+/// the chosen responses, so the batch mean is TRL's `losses.mean() + cpo_alpha · nll_loss`.
+#[test]
+fn simpo_with_the_chosen_nll() {
+    let m = t2(&[&[1.0, 1.0], &[1.0, 0.0]]);
+    let c = || tok(t2(&[&[-0.4, -0.6], &[-0.5, 9.0]]), &m);
+    let r = || tok(t2(&[&[-1.5, -0.5], &[-1.0, 9.0]]), &m);
+    // Means: chosen [−0.5, −0.5], rejected [−1, −1]: h = 2·0.5 − 1 = 0 → ln 2 each. The chosen
+    // tokens' NLL over the batch: (0.4 + 0.6 + 0.5)/3 = 0.5; rows' shares: 1.0·2/3 and 0.5·2/3.
+    let plain = run("simpo", &[c(), r()], &[], Level::Seq, None);
+    close(&plain, &[2f64.ln(), 2f64.ln()], 1e-15);
+    let with = run("simpo", &[c(), r()], &[("alpha", num(1.0))], Level::Seq, None);
+    close(&with, &[2f64.ln() + 2.0 / 3.0, 2f64.ln() + 1.0 / 3.0], 1e-15);
+    let mean = (with[0] + with[1]) / 2.0;
+    close(&[mean], &[2f64.ln() + 0.5], 1e-15);
+    // Its gradient on a chosen token: the SimPO part (σ(−h)·β/L_b over 2 rows) plus α·(−1/N).
+    let g = grad_of("simpo", vec![c(), r()], 0, &[("alpha", num(1.0))], Level::Seq, None);
+    let simpo_part = -0.5 * 2.0 / 2.0; // −σ(0)·β/L_0 for row 0's ℓ (gradient of Σ_b ℓ_b)
+    close(&g[..2], &[simpo_part - 2.0 / 3.0, simpo_part - 2.0 / 3.0], 1e-12);
+}
+
+/// DPO at the reference (the first step of every DPO run: the policy starts as the reference,
+/// so h = 0 exactly): ∂ℓ/∂logp = −β·σ(0) = −β/2 on each chosen token and +β/2 on each
+/// rejected one. log σ written with min(x, 0) gave −β there (candle's subgradients at the kink).
+#[test]
+fn dpo_gradient_at_the_reference() {
+    let m = t2(&[&[1.0, 1.0], &[1.0, 0.0]]);
+    let c = || tok(t2(&[&[-0.4, -0.6], &[-0.5, 0.0]]), &m);
+    let r = || tok(t2(&[&[-1.5, -0.5], &[-1.0, 0.0]]), &m);
+    let beta = 0.1;
+    let ins = || vec![c(), r(), c(), r()];
+    let g = grad_of("dpo", ins(), 0, &[], Level::Seq, None);
+    close(&g, &[-beta / 2.0, -beta / 2.0, -beta / 2.0, 0.0], 1e-15);
+    let g = grad_of("dpo", ins(), 1, &[], Level::Seq, None);
+    close(&g, &[beta / 2.0, beta / 2.0, beta / 2.0, 0.0], 1e-15);
+    // The Bradley–Terry reward-model loss at a zero margin (a zero-initialised value head): ∓½.
+    let (a, b) = (|| seq(t1(&[0.3, -0.2])), || seq(t1(&[0.3, -0.2])));
+    let g = grad_of("pairwise_rm", vec![a(), b()], 0, &[], Level::Seq, None);
+    close(&g, &[-0.5, -0.5], 1e-15);
 }

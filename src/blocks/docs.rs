@@ -90,5 +90,11 @@ pub fn page(name: &str) -> Result<String, String> {
         }
         Demand::None => {}
     }
+    if !b.peers.is_empty() {
+        let _ = writeln!(out, "\nwhat a peer's user gets (set these to reproduce it):");
+        for p in b.peers {
+            let _ = writeln!(out, "  {:<14} {}", p.peer, p.note);
+        }
+    }
     Ok(out)
 }

@@ -269,6 +269,21 @@ pub struct BlockSpec {
     pub validate: Option<Validate>,
     /// The computation on candle tensors.
     pub forward: Option<super::ctx::Forward>,
+    /// What a peer's user actually gets where it differs from this block's defaults or
+    /// conventions (shown by `rlx blocks NAME`), so no default surprises silently.
+    pub peers: &'static [PeerNote],
+}
+
+/// One peer's effective setting for a block: the peer (with its version) and what differs.
+#[derive(Debug)]
+pub struct PeerNote {
+    pub peer: &'static str,
+    pub note: &'static str,
+}
+
+/// A [`PeerNote`].
+pub const fn peer(peer: &'static str, note: &'static str) -> PeerNote {
+    PeerNote { peer, note }
 }
 
 impl BlockSpec {
@@ -426,4 +441,5 @@ pub const BASE: BlockSpec = BlockSpec {
     regularizer: false,
     validate: None,
     forward: None,
+    peers: &[],
 };

@@ -8,9 +8,9 @@ use crate::blocks::spec::*;
 pub static SPEC: BlockSpec = BlockSpec {
     name: "group_zscore",
     summary: "group-relative advantage: reward minus its group mean, over the group std",
-    source: "GRPO (Shao et al. 2024); Dr.GRPO (Liu et al. 2025) with `scale = none`; verl `grpo`, TRL",
+    source: "GRPO (Shao et al. 2024); Dr.GRPO (Liu et al. 2025) with `scale = none`; verl `grpo`, TRL; `leave_one_out`: NeMo-RL `calculate_baseline_and_std_per_prompt` + `GRPOAdvantageEstimator` (nemo_rl/algorithms/utils.py, advantage_estimator.py)",
     family: Family::Advantage,
-    formula: "A_i = (r_i − mean_g(r)) / (std_g(r) + eps); singleton groups: see `singleton`;  leave_one_out: A_i = (r_i − mean_{g∖i}) / std_{g∖i} (biased; unscaled where 0)",
+    formula: "A_i = (r_i − mean_g(r)) / (std_g(r) + eps); singleton groups: see `singleton`;  leave_one_out: A_i = (r_i − mean_{g∖i}) / (std_{g∖i} + eps), std over the other n − 1 samples with `var` (unbiased, as NeMo-RL); unscaled where that std is 0",
     inputs: &[detached("rewards", Level::Seq, "one reward per sample")],
     params: &[
         choice("scale", &["std", "none"], "std", "`none` only centres (Dr.GRPO)"),
@@ -36,13 +36,28 @@ pub static SPEC: BlockSpec = BlockSpec {
             "baseline",
             &["mean", "leave_one_out"],
             "mean",
-            "`leave_one_out` (NeMo-RL `use_leave_one_out_baseline`): the mean and the (biased) std of the group's other samples; a zero std leaves the advantage unscaled",
+            "`leave_one_out` (NeMo-RL `use_leave_one_out_baseline`): the mean and the std (`var` convention; NeMo-RL's is unbiased) of the group's other samples, plus `eps`; a zero std leaves the advantage unscaled",
         ),
     ],
     output: OutputKind::Tensor(Level::Seq),
     demand: Demand::Groups,
     grad: OutputGrad::Never,
     forward: Some(forward),
+    peers: &[
+        peer(
+            "verl 0.9.1",
+            "`grpo`: the defaults (unbiased std, eps 1e-6); `singleton = raw` (a lone sample: mean 0, std 1)",
+        ),
+        peer(
+            "TRL 1.16",
+            "the defaults (`singleton = zero`); `scale_rewards = none` is `scale = none`",
+        ),
+        peer(
+            "NeMo-RL",
+            "`baseline = leave_one_out` (the others' mean; their unbiased std + 1e-6, only where positive); `singleton = zero`",
+        ),
+        peer("OpenRLHF", "`eps = 1e-9`"),
+    ],
     ..BASE
 };
 
@@ -64,12 +79,7 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         }
         if ctx.choice("baseline")? == "leave_one_out" {
             for (k, &i) in members.iter().enumerate() {
-                let others: Vec<f64> =
-                    xs.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, x)| *x).collect();
-                let (mean, var, _) = host::mean_var(&others, &vec![1.0; others.len()], false);
-                let centred = rewards[i] - mean;
-                let std = var.sqrt();
-                out[i] = if by_std && std > 0.0 { centred / std } else { centred };
+                out[i] = leave_one_out(&xs, k, by_std, unbiased, eps);
             }
             continue;
         }
@@ -88,4 +98,20 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         }
     }
     Ok(Value::Tensor(host::from_vec(out, r)?))
+}
+
+/// Sample `k`'s advantage against the group's other samples, as NeMo-RL computes it: their mean
+/// as the baseline and their std (unbiased by default: NeMo-RL scales E[x²] − E[x]² by
+/// m/(m − 1) over the m = n − 1 others) plus `eps` as the scale, applied only where that std is
+/// positive ("don't sharpen the ones with no variation"). NeMo-RL forms the variance as
+/// E[x²] − E[x]², whose rounding can leave a tiny positive value for equal rewards and then
+/// divide by ~1e-6; the two-pass variance here is exactly 0 for equal rewards, so those samples
+/// stay unscaled as NeMo-RL intends.
+fn leave_one_out(xs: &[f64], k: usize, by_std: bool, unbiased: bool, eps: f64) -> f64 {
+    let others: Vec<f64> =
+        xs.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, x)| *x).collect();
+    let (mean, var, _) = host::mean_var(&others, &vec![1.0; others.len()], unbiased);
+    let centred = xs[k] - mean;
+    let std = var.sqrt();
+    if by_std && std > 0.0 { centred / (std + eps) } else { centred }
 }

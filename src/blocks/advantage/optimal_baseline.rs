@@ -9,9 +9,9 @@ use crate::blocks::spec::*;
 pub static SPEC: BlockSpec = BlockSpec {
     name: "optimal_baseline",
     summary: "optimal token baseline: reward-to-go minus a per-position group average weighted by accumulated 1 − 2π + Σπ²",
-    source: "verl `optimal_token_baseline` (optimal baseline for policy-gradient variance, per token); peers.md B1.11",
+    source: "verl `optimal_token_baseline` (`compute_optimal_token_baseline_advantage`, verl/trainer/ppo/core_algos.py, 0.9.1: `handle_zero_tail` on, no rollout IS weights); peers.md B1.11",
     family: Family::Advantage,
-    formula: "G = Σ_{t′≥t} r·m;  w_t = 1 − 2·e^{old_t} + Σπ²_t;  W_t = Σ_{t′≤t} w·m;  b_t = Σ_{j∈g} G_jt·W_jt·m_jt / (Σ_{j∈g} W_jt·m_jt + 1e-8) (0 where only a unique longest response is left);  A = (G − b)·m",
+    formula: "G = Σ_{t′≥t} r·m;  w_t = 1 − 2·e^{old_t} + Σπ²_t;  W_t = Σ_{t′≤t} w·m;  b_t = Σ_{j∈g} G_jt·W_jt·m_jt / (Σ_{j∈g} W_jt·m_jt + 1e-8);  the unique longest response's b_t = 0 from t = the second-longest length;  a group of one: b = 0;  A = (G − b)·m",
     inputs: &[
         detached("rewards", Level::Token, "token rewards, e.g. `at_end(arith.correct(response))`"),
         detached("old", Level::Token, "log-probabilities at sampling time, `old.logp`"),
@@ -22,6 +22,10 @@ pub static SPEC: BlockSpec = BlockSpec {
     demand: Demand::Groups,
     grad: OutputGrad::Never,
     forward: Some(forward),
+    peers: &[peer(
+        "verl 0.9.1",
+        "the block as is: `optimal_token_baseline` with `handle_zero_tail` on and no rollout IS weights; the exp of the old log-probability is capped at e^80 (never reached by log-probabilities ≤ 0)",
+    )],
     ..BASE
 };
 
@@ -56,27 +60,43 @@ fn forward(ctx: &Ctx) -> Result<Value> {
         m.iter().map(|row| row.iter().filter(|x| **x != 0.0).count()).collect();
     let mut out = vec![vec![0.0; t]; b];
     for members in host::group_members(&ctx.group_ids()?) {
-        let mut sorted: Vec<usize> = members.iter().map(|&i| lengths[i]).collect();
-        sorted.sort_unstable_by(|a, b| b.cmp(a));
-        // A unique longest response has no company past the second-longest length.
-        let alone_after = match sorted.as_slice() {
-            [first, second, ..] if first > second => Some(*second),
-            _ => None,
-        };
+        let tail = zero_tail(&members, &lengths);
         for k in 0..t {
-            let (num, den) = members.iter().fold((0.0, 0.0), |(n, d), &j| {
-                (n + g[j][k] * w[j][k] * m[j][k], d + w[j][k] * m[j][k])
-            });
-            let baseline = match alone_after {
-                Some(s) if k >= s => 0.0,
-                _ => num / (den + 1e-8),
+            // A group of one has no baseline: its advantage is the reward-to-go (verl skips it).
+            let shared = if members.len() == 1 {
+                0.0
+            } else {
+                let (num, den) = members.iter().fold((0.0, 0.0), |(n, d), &j| {
+                    (n + g[j][k] * w[j][k] * m[j][k], d + w[j][k] * m[j][k])
+                });
+                num / (den + 1e-8)
             };
             for &i in &members {
                 if m[i][k] != 0.0 {
+                    let baseline = match tail {
+                        Some((longest, from)) if i == longest && k >= from => 0.0,
+                        _ => shared,
+                    };
                     out[i][k] = g[i][k] - baseline;
                 }
             }
         }
     }
     Ok(Value::Tensor(host::from_rows(&out, ctx.tensor(0)?)?))
+}
+
+/// verl's `handle_zero_tail` (on in 0.9.1): when one member is strictly the group's longest
+/// (counting its real tokens), its baseline is 0 from the position equal to the second-longest
+/// length on, where it has no company. Only that member's: a shorter member with holes in its
+/// mask may still have real tokens there, and keeps the group baseline. Returns the member and
+/// the first position.
+fn zero_tail(members: &[usize], lengths: &[usize]) -> Option<(usize, usize)> {
+    let mut sorted: Vec<usize> = members.iter().map(|&i| lengths[i]).collect();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    match sorted.as_slice() {
+        [first, second, ..] if first > second => {
+            members.iter().find(|&&i| lengths[i] == *first).map(|&i| (i, *second))
+        }
+        _ => None,
+    }
 }

@@ -40,6 +40,10 @@ pub static SPEC: BlockSpec = BlockSpec {
     grad: OutputGrad::Never,
     validate: Some(crate::blocks::maths::lo_below_hi),
     forward: Some(forward),
+    peers: &[peer(
+        "verl 0.9.1",
+        "with `k1`, verl's `rollout_rs_threshold` is a pair of ratio bounds `lower_upper` (one number u means 1/u and u) and compares k1 with their logarithms; rlx's `lo`/`hi` are those logarithms: verl `0.5_2.0` is `lo = -0.693147, hi = 0.693147`, verl `2.0` the same. For k2/k3 both take one upper bound, `hi`",
+    )],
     ..BASE
 };
 

@@ -32,6 +32,16 @@ pub static SPEC: BlockSpec = BlockSpec {
     output: OutputKind::Tensor(Level::Token),
     grad: OutputGrad::Never,
     forward: Some(forward),
+    peers: &[
+        peer(
+            "verl 0.9.1",
+            "`cap = 2` (`algorithm.rollout_correction.rollout_is_threshold`; `rollout_is = token|sequence` is `level`)",
+        ),
+        peer(
+            "TRL 1.16",
+            "`cap = 3` (`vllm_importance_sampling_clip_max`) with `vllm_importance_sampling_mode = token_truncate` or `sequence_truncate`; TRL's own default mode is `sequence_mask` (use `rollout_reject`)",
+        ),
+    ],
     ..BASE
 };
 

@@ -37,6 +37,10 @@ pub static SPEC: BlockSpec = BlockSpec {
     ],
     output: OutputKind::Tensor(Level::Token),
     forward: Some(forward),
+    peers: &[peer(
+        "verl 0.9.1",
+        "`cap = 3`: `dppo_tv`/`dppo_kl` fall back to 20 only without a config, and `ActorConfig.clip_ratio_c` is 3.0, so every verl run truncates the ratio at 3 (rlx's default 20 is that fallback); `eps`/`eps_high` are `clip_ratio_low`/`clip_ratio_high`",
+    )],
     ..BASE
 };
 

@@ -25,6 +25,13 @@ pub static SPEC: BlockSpec = BlockSpec {
     output: OutputKind::Tensor(Level::Token),
     regularizer: true,
     forward: Some(forward),
+    peers: &[
+        peer(
+            "verl 0.9.1",
+            "`coef = 0.1` (actor.yaml `policy_loss.ppo_kl_coef`; 1.0 only where the config leaves it null), `ratio = 2e-4` (`kl_cov_ratio`); verl does not clamp log ρ before e^x, rlx clamps it at ±20 (equal below e^20)",
+        ),
+        peer("paper scripts", "`coef = 1`, `ratio = 2e-3` at 7B (rlx's `coef` default)"),
+    ],
     ..BASE
 };
 

@@ -178,9 +178,11 @@ def group_zscore(rewards, *, group, scale="std", eps=1e-6, var="unbiased", singl
             for k in range(len(idx)):
                 others = torch.cat([xs[:k], xs[k + 1:]])
                 mean = others.mean()
-                std = others.var(unbiased=False).sqrt()
+                # NeMo-RL: the others' std (unbiased by default), plus eps, only where positive.
+                std = others.var(unbiased=(var == "unbiased")).sqrt() if len(others) > 1 \
+                    else torch.zeros((), dtype=xs.dtype)
                 centred = xs[k] - mean
-                out[idx[k]] = centred / std if by_std and std > 0 else centred
+                out[idx[k]] = centred / (std + eps) if by_std and std > 0 else centred
             continue
         mean = xs.mean()
         std = xs.var(unbiased=(var == "unbiased")).sqrt()
