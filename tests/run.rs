@@ -576,3 +576,89 @@ fn values_probe_scores_the_critic_and_monte_carlo_estimates_of_a_run() {
     assert!(!o.status.success() && err.contains("not a run directory"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// grpo.rlx with its model and batch at their real sizes (the built-in tiny preset, 64 responses
+/// a step: the norm and bias gradients and the gradient norm are summed on the thread pool,
+/// which the width-32 models of the other tests never reach; at a quarter of the batch two
+/// 2-thread runs happened to agree even with the old reductions), with a short warm start and a
+/// small data set so the test stays quick.
+fn full_size_grpo(out: &Path, threads: &str) -> Command {
+    let mut c = rlx();
+    c.env("RAYON_NUM_THREADS", threads);
+    c.arg("run").arg("recipes/grpo.rlx").arg("--out").arg(out);
+    c.args(["--steps", "3", "--eval-prompts", "4", "--quiet"]);
+    c.args(["--set", "policy.warm_steps=10", "--set", "arith.problems=256"]);
+    c
+}
+
+/// What must be bit-identical between two runs: the metrics without timings, the checkpoint
+/// named by state.json and the saved policy.
+fn run_result(dir: &Path) -> (Vec<serde_json::Value>, Vec<u8>, Vec<u8>) {
+    let mut recs = records(dir);
+    for r in &mut recs {
+        let o = r.as_object_mut().unwrap();
+        o.retain(|k, _| !k.contains("seconds") && !k.contains("per_s") && k != "wall");
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let ckpt = std::fs::read(dir.join(state["file"].as_str().unwrap())).unwrap();
+    let policy = std::fs::read(dir.join("models/policy/model.safetensors")).unwrap();
+    (recs, ckpt, policy)
+}
+
+/// Same seed, same binary, grpo.rlx's real model size: two runs on two threads are bit-identical
+/// (every reduction sums its parts in a fixed order; rayon's `reduce`/`sum` combined them as work
+/// stealing split them, and runs differed from the first optimiser step), and so is a run on one
+/// thread; a run killed mid-way (SIGKILL-like abort at a fault point) and resumed ends with the
+/// uninterrupted run's checkpoint, weights and metrics.
+#[test]
+fn same_seed_runs_are_bit_identical_at_the_recipes_model_size() {
+    let a = scratch("bits-a");
+    let b = scratch("bits-b");
+    let one = scratch("bits-one");
+    let count = a.with_extension("count");
+    let o = full_size_grpo(&a, "2").env("RLX_FAULT_COUNT", &count).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference = run_result(&a);
+    let steps = reference.0.iter().filter(|r| r.get("eval").is_none()).count();
+    assert_eq!(steps, 3, "three RL steps recorded");
+    let o = full_size_grpo(&b, "2").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again = run_result(&b);
+    assert_eq!(again.0, reference.0, "two threads, twice: metrics differ");
+    assert!(again.1 == reference.1, "two threads, twice: checkpoints differ");
+    assert!(again.2 == reference.2, "two threads, twice: saved policies differ");
+    let o = full_size_grpo(&one, "1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let single = run_result(&one);
+    assert_eq!(single.0, reference.0, "one thread against two: metrics differ");
+    assert!(single.2 == reference.2, "one thread against two: saved policies differ");
+
+    // Killed two thirds through the run's fault points (inside the RL steps, between a
+    // checkpoint's writes or after a metrics line), then resumed.
+    let points: u64 = std::fs::read_to_string(&count).unwrap().parse().unwrap();
+    for at in [(2 * points) / 3] {
+        let out = scratch(&format!("bits-kill-{at}"));
+        let o = full_size_grpo(&out, "2").env("RLX_FAULT_AT", at.to_string()).output().unwrap();
+        assert!(!o.status.success(), "point {at} of {points}: the run was not killed");
+        assert!(out.join("state.json").exists(), "point {at}: killed before any checkpoint");
+        let o = rlx()
+            .env("RAYON_NUM_THREADS", "2")
+            .arg("run")
+            .arg("--resume")
+            .arg(&out)
+            .arg("--quiet")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "point {at}: {}", String::from_utf8_lossy(&o.stderr));
+        let resumed = run_result(&out);
+        assert_eq!(resumed.0, reference.0, "point {at}: metrics differ after resuming");
+        assert!(resumed.1 == reference.1, "point {at}: the final checkpoint differs");
+        assert!(resumed.2 == reference.2, "point {at}: the saved policy differs");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    for d in [&a, &b, &one] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_file(&count);
+}

@@ -101,13 +101,13 @@ fn column_sums(g: &[f32], c: usize) -> Vec<f32> {
     if g.len() <= n {
         return dispatch(SumRows { g, c });
     }
-    g.par_chunks(n).map(|g| dispatch(SumRows { g, c })).reduce(
-        || vec![0f32; c],
-        |mut a, b| {
-            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-            a
-        },
-    )
+    // Partial sums in chunk order, added in that order (not rayon's `reduce`, whose combining
+    // order follows work stealing): the same bits whatever the scheduling or thread count.
+    let parts: Vec<Vec<f32>> = g.par_chunks(n).map(|g| dispatch(SumRows { g, c })).collect();
+    parts.into_iter().fold(vec![0f32; c], |mut a, b| {
+        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        a
+    })
 }
 
 /// Column sums of some rows.

@@ -80,15 +80,18 @@ fn grad_rows<const K: usize>(
     let sums = if x.len() <= ROWS * c {
         task((&mut dx, (x, g)))
     } else {
-        dx.par_chunks_mut(ROWS * c)
+        // Each task's partial sums, collected in task order and added in that order: a rayon
+        // `reduce` would combine them in an order set by work stealing, so two runs (or two
+        // thread counts) could differ in the last bits of every parameter gradient.
+        let parts: Vec<[Vec<f32>; K]> = dx
+            .par_chunks_mut(ROWS * c)
             .zip(x.par_chunks(ROWS * c).zip(g.par_chunks(ROWS * c)))
             .map(task)
-            .reduce(zeros, |mut a, b| {
-                a.iter_mut()
-                    .zip(b)
-                    .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
-                a
-            })
+            .collect();
+        parts.into_iter().fold(zeros(), |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+            a
+        })
     };
     (dx, sums)
 }

@@ -260,8 +260,12 @@ impl AdamW {
         let mut sq = 0f64;
         for (_, var) in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
+                // Chunk sums collected in order and added in order: rayon's `sum` combines
+                // them as work stealing splits, which moved the norm's last bits between runs.
                 sq += read_host(g, |g| {
-                    g.par_chunks(CHUNK).map(|c| dispatch(SquaredNorm(c))).sum::<f64>()
+                    let parts: Vec<f64> =
+                        g.par_chunks(CHUNK).map(|c| dispatch(SquaredNorm(c))).collect();
+                    parts.iter().sum::<f64>()
                 })?;
             }
         }
