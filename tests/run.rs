@@ -637,26 +637,25 @@ fn same_seed_runs_are_bit_identical_at_the_recipes_model_size() {
     // Killed two thirds through the run's fault points (inside the RL steps, between a
     // checkpoint's writes or after a metrics line), then resumed.
     let points: u64 = std::fs::read_to_string(&count).unwrap().parse().unwrap();
-    for at in [(2 * points) / 3] {
-        let out = scratch(&format!("bits-kill-{at}"));
-        let o = full_size_grpo(&out, "2").env("RLX_FAULT_AT", at.to_string()).output().unwrap();
-        assert!(!o.status.success(), "point {at} of {points}: the run was not killed");
-        assert!(out.join("state.json").exists(), "point {at}: killed before any checkpoint");
-        let o = rlx()
-            .env("RAYON_NUM_THREADS", "2")
-            .arg("run")
-            .arg("--resume")
-            .arg(&out)
-            .arg("--quiet")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "point {at}: {}", String::from_utf8_lossy(&o.stderr));
-        let resumed = run_result(&out);
-        assert_eq!(resumed.0, reference.0, "point {at}: metrics differ after resuming");
-        assert!(resumed.1 == reference.1, "point {at}: the final checkpoint differs");
-        assert!(resumed.2 == reference.2, "point {at}: the saved policy differs");
-        let _ = std::fs::remove_dir_all(&out);
-    }
+    let at = (2 * points) / 3;
+    let out = scratch(&format!("bits-kill-{at}"));
+    let o = full_size_grpo(&out, "2").env("RLX_FAULT_AT", at.to_string()).output().unwrap();
+    assert!(!o.status.success(), "point {at} of {points}: the run was not killed");
+    assert!(out.join("state.json").exists(), "point {at}: killed before any checkpoint");
+    let o = rlx()
+        .env("RAYON_NUM_THREADS", "2")
+        .arg("run")
+        .arg("--resume")
+        .arg(&out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "point {at}: {}", String::from_utf8_lossy(&o.stderr));
+    let resumed = run_result(&out);
+    assert_eq!(resumed.0, reference.0, "point {at}: metrics differ after resuming");
+    assert!(resumed.1 == reference.1, "point {at}: the final checkpoint differs");
+    assert!(resumed.2 == reference.2, "point {at}: the saved policy differs");
+    let _ = std::fs::remove_dir_all(&out);
     for d in [&a, &b, &one] {
         let _ = std::fs::remove_dir_all(d);
     }
