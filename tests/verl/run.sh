@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Recipes exported with `rlx export verl` against verl 0.9.1 itself (tests/verl/parity.py):
+# Recipes exported with `rlx export verl` against verl 0.9.1 itself (tests/verl/parity.py), and
+# the zoo blocks verl also ships against its functions at their edge cases (tests/verl/zoo.py):
 # verl's Hydra config composes with each export's overrides, and the trainer's own advantage
 # code plus the registered policy loss equal `rlx eval` in float64, values and gradients.
 #
 # Makes a Python environment from PyPI in $RLX_VERL_VENV (default target/verl-venv; CI shares
-# the interop environment, which already has torch): torch (pinned in
+# the interop environment, which already has them): torch, transformers and peft (pinned in
 # tests/interop/requirements.txt), verl==0.9.1 without its GPU dependencies, and the modules its
 # CPU code imports (tests/verl/requirements.txt). Fails, never skips, when that cannot be done.
 set -euo pipefail
@@ -15,9 +16,10 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" || { echo "tests/verl: cannot create a Python venv in $venv" >&2; exit 1; }
     "$venv/bin/pip" install --quiet --upgrade pip
 fi
-if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-    torch_pin="$(grep -E '^torch==' tests/interop/requirements.txt)"
-    "$venv/bin/pip" install --quiet "$torch_pin" || { echo "tests/verl: cannot install $torch_pin from PyPI" >&2; exit 1; }
+# verl's trainer modules import transformers and peft: the interop check's pins.
+if ! "$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null; then
+    "$venv/bin/pip" install --quiet -r tests/interop/requirements.txt \
+        || { echo "tests/verl: cannot install tests/interop/requirements.txt from PyPI" >&2; exit 1; }
 fi
 if ! "$venv/bin/python" -c "import verl, hydra, tensordict, ray; assert verl.__version__ == '$verl_version'" 2>/dev/null; then
     "$venv/bin/pip" install --quiet -r tests/verl/requirements.txt \
@@ -48,3 +50,6 @@ done
 echo "tests/verl: ${#dirs[@]} recipes export to verl $verl_version"
 PYTHONWARNINGS=ignore RAY_DEDUP_LOGS=0 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error \
     "$venv/bin/python" tests/verl/parity.py "$rlx" "$work/model" "${dirs[@]}"
+# The zoo blocks verl also ships, one by one at their edge cases (tests/verl/zoo.py).
+PYTHONWARNINGS=ignore RAY_DEDUP_LOGS=0 HF_HUB_OFFLINE=1 \
+    "$venv/bin/python" tests/verl/zoo.py "$rlx"
