@@ -1610,17 +1610,30 @@ fn gmpo_drops_zero_advantage_tokens() {
     close(&g[..3], &[d0, 0.0, d0], 1e-15);
     assert_eq!(g[1], 0.0, "a zero-advantage token gets no gradient");
     // Central differences in f64 at every real token.
-    for (i, h) in [(0usize, 1e-6), (1, 1e-6), (2, 1e-6), (3, 1e-6), (4, 1e-6)] {
-        let at = |d: f64| {
-            let mut v = logp().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let ins_at = |x: Tensor| vec![tok(x, &m), tok(old(), &m), tok(adv(), &m)];
+    matches_central_differences("gmpo", &logp(), ins_at, &[], &g, &[0, 1, 2, 3, 4]);
+}
+
+/// `Σ block(inputs(x))` differentiated by central differences (step 1e-6, f64) at the flat
+/// positions `at` of `x`, against the autodiff gradient `g`.
+fn matches_central_differences(
+    block: &str,
+    x: &Tensor,
+    inputs: impl Fn(Tensor) -> Vec<In>,
+    given: &[(&str, Const)],
+    g: &[f64],
+    at: &[usize],
+) {
+    let v = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    for &i in at {
+        let sum_at = |d: f64| {
+            let mut v = v.clone();
             v[i] += d;
-            let x = Tensor::from_vec(v, (2, 3), &CPU).unwrap();
-            run("gmpo", &[tok(x, &m), tok(old(), &m), tok(adv(), &m)], &[], Level::Seq, None)
-                .iter()
-                .sum::<f64>()
+            let x = Tensor::from_vec(v, x.shape(), &CPU).unwrap();
+            run(block, &inputs(x), given, Level::Seq, None).iter().sum::<f64>()
         };
-        let fd = (at(h) - at(-h)) / (2.0 * h);
-        assert!((fd - g[i]).abs() < 1e-8, "token {i}: finite difference {fd} vs {}", g[i]);
+        let fd = (sum_at(1e-6) - sum_at(-1e-6)) / 2e-6;
+        assert!((fd - g[i]).abs() < 1e-8, "{block} at {i}: finite difference {fd} vs {}", g[i]);
     }
 }
 
@@ -1643,6 +1656,12 @@ fn simpo_with_the_chosen_nll() {
     let g = grad_of("simpo", vec![c(), r()], 0, &[("alpha", num(1.0))], Level::Seq, None);
     let simpo_part = -0.5 * 2.0 / 2.0; // −σ(0)·β/L_0 for row 0's ℓ (gradient of Σ_b ℓ_b)
     close(&g[..2], &[simpo_part - 2.0 / 3.0, simpo_part - 2.0 / 3.0], 1e-12);
+    // And by central differences in f64 on every real chosen token, away from h = 0.
+    let c = || tok(t2(&[&[-0.3, -0.6], &[-0.5, 9.0]]), &m);
+    let g = grad_of("simpo", vec![c(), r()], 0, &[("alpha", num(0.7))], Level::Seq, None);
+    let chosen = t2(&[&[-0.3, -0.6], &[-0.5, 9.0]]);
+    let ins_at = |x: Tensor| vec![tok(x, &m), r()];
+    matches_central_differences("simpo", &chosen, ins_at, &[("alpha", num(0.7))], &g, &[0, 1, 2]);
 }
 
 /// DPO at the reference (the first step of every DPO run: the policy starts as the reference,
