@@ -50,7 +50,7 @@ pub static SPEC: BlockSpec = BlockSpec {
         ),
         peer(
             "TRL 1.16",
-            "the defaults (`singleton = zero`); `scale_rewards = none` is `scale = none`",
+            "`eps = 1e-4` (trl/trainer/grpo_trainer.py: std + 1e-4), `singleton = zero`; `scale_rewards = none` is `scale = none`",
         ),
         peer(
             "NeMo-RL",
