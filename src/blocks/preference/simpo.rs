@@ -1,6 +1,6 @@
 //! `simpo`: Simple Preference Optimization — length-normalised, reference-free, with a margin.
 
-use candle_core::{D, Result};
+use candle_core::{D, DType, Result, Tensor};
 
 use crate::blocks::ctx::{Ctx, Value};
 use crate::blocks::fused::Fused;
@@ -42,14 +42,21 @@ pub static SPEC: BlockSpec = BlockSpec {
 };
 
 /// Mean log-probability over each row's real tokens.
-pub(crate) fn average(ctx: &Ctx, i: usize) -> Result<candle_core::Tensor> {
+pub(crate) fn average(ctx: &Ctx, i: usize) -> Result<Tensor> {
+    let (sums, counts) = row_sums(ctx, i)?;
+    sums.div(&counts.maximum(1.0)?)
+}
+
+/// Each row's sum of log-probabilities over its real tokens, and how many there are.
+fn row_sums(ctx: &Ctx, i: usize) -> Result<(Tensor, Tensor)> {
     let (x, keep) = (ctx.tensor(i)?, ctx.input_mask(i)?.ne(0.0)?);
-    let n = keep.to_dtype(x.dtype())?.sum(D::Minus1)?.maximum(1.0)?;
-    x.kept(&keep)?.sum(D::Minus1)?.div(&n)
+    Ok((x.kept(&keep)?.sum(D::Minus1)?, keep.to_dtype(x.dtype())?.sum(D::Minus1)?))
 }
 
 fn forward(ctx: &Ctx) -> Result<Value> {
-    let h = ((average(ctx, 0)?.sub(&average(ctx, 1)?)? * ctx.num("beta")?)? - ctx.num("gamma")?)?;
+    let (chosen, counts) = row_sums(ctx, 0)?;
+    let h = ((chosen.div(&counts.maximum(1.0)?)?.sub(&average(ctx, 1)?)? * ctx.num("beta")?)?
+        - ctx.num("gamma")?)?;
     let s = ctx.num("label_smoothing")?;
     let ls = super::dpo::log_sigmoid;
     let loss = ((ls(&h)? * -(1.0 - s))? - (ls(&h.neg()?)? * s)?)?;
@@ -57,14 +64,9 @@ fn forward(ctx: &Ctx) -> Result<Value> {
     if alpha == 0.0 {
         return Ok(Value::Tensor(loss));
     }
-    Ok(Value::Tensor((loss + (chosen_nll_share(ctx)? * alpha)?)?))
-}
-
-/// TRL's CPO/SimPO NLL is one cross-entropy over every chosen token of the batch; row b's share
-/// of it, −Σ_t logp_c,bt · B / N_c, makes the mean over rows equal that token mean exactly.
-fn chosen_nll_share(ctx: &Ctx) -> Result<candle_core::Tensor> {
-    let (x, keep) = (ctx.tensor(0)?, ctx.input_mask(0)?.ne(0.0)?);
-    let rows = x.dim(0)? as f64;
-    let tokens = keep.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?.max(1.0);
-    x.kept(&keep)?.sum(D::Minus1)?.neg()? * (rows / tokens)
+    // TRL's CPO/SimPO NLL is one cross-entropy over every chosen token of the batch; row b's
+    // share of it, −Σ_t logp_c,bt · B / N_c, makes the mean over rows equal that token mean.
+    let rows = chosen.dim(0)? as f64;
+    let tokens = counts.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?.max(1.0);
+    Ok(Value::Tensor((loss + (chosen.neg()? * (alpha * rows / tokens))?)?))
 }
