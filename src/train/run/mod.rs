@@ -1,0 +1,119 @@
+//! A training run: tasks, tokenizer and models are set up, then each stage runs in order —
+//! supervised (`data`), preference (`pairs`) or RL (`prompts`) — writing metrics, samples and
+//! atomic checkpoints to the run directory. A resumed run continues from the last checkpoint.
+//!
+//! One file per phase: `setup` (tasks, tokenizer, models, resumption), `stage` (the loop over a
+//! stage's steps, checkpoints), `evaluate` (held-out metrics), `supervised` (data and pairs
+//! steps), `rollout` (sampling, extra texts, rollout-level inputs, the ahead-of-time forward),
+//! `update` (epochs × minibatches, back-propagation, the optimiser) and `record` (metrics and
+//! samples of a step).
+
+mod evaluate;
+mod record;
+mod rollout;
+mod setup;
+mod stage;
+mod supervised;
+mod update;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Device;
+
+use super::metrics::MetricsLog;
+use super::models::Slot;
+use crate::check::Checked;
+use crate::diag::{Diagnostic, Span};
+use crate::rng::Rng;
+use crate::tasks::Task;
+use crate::tokenizer::Tok;
+
+pub use evaluate::stage_sampling;
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    /// Caps every stage's `steps`.
+    pub steps: Option<usize>,
+    pub seed: u64,
+    /// Continue the run in `out` from its last checkpoint.
+    pub resume: bool,
+    pub device: Device,
+    /// No progress output.
+    pub quiet: bool,
+    /// Held-out prompts for the before/after task metric.
+    pub eval_prompts: usize,
+    /// Samples per held-out prompt: metrics are means over them, `pass@k` uses them all.
+    pub eval_samples: usize,
+}
+
+/// Task metrics by name.
+pub type Metrics = Vec<(String, f64)>;
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Per RL stage: the task metrics before and after.
+    pub evals: Vec<(String, Metrics, Metrics)>,
+    pub seconds: f64,
+}
+
+fn run_error(span: Span, message: impl Into<String>) -> Diagnostic {
+    Diagnostic::error("run-error", message).primary(span, "while running this").help(
+        "the recipe checked clean; this is a failure of the run itself (files, memory, or a model setting)",
+    )
+}
+
+struct Run<'a> {
+    checked: &'a Checked,
+    opts: &'a RunOptions,
+    tasks: HashMap<String, Task>,
+    tok: Tok,
+    tokenizer_json: String,
+    slots: BTreeMap<String, Slot>,
+    metrics: MetricsLog,
+    started: Instant,
+    /// Seconds of the run before this process (a resumed run's wall time stays cumulative).
+    wall_before: f64,
+    rng: Rng,
+    summary: Summary,
+}
+
+/// Runs every stage of a checked recipe. `resolved` is the recipe text to store with the run.
+pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summary, Diagnostic> {
+    let whole = checked.program.stages.first().map_or(Span::new(0, 0), |s| s.name.span);
+    let (mut run, first_stage, resume_state) = Run::start(checked, resolved, opts)?;
+    // Stages a resumed run finished before: their evaluations are in the log.
+    for index in 0..first_stage {
+        if let Some((before, after)) = run.recorded_evals(index) {
+            let name = checked.program.stages[index].name.name.clone();
+            run.summary.evals.push((name, before, after));
+        }
+    }
+    let mut resume_state = resume_state;
+    for index in first_stage..checked.program.stages.len() {
+        run.stage(index, resume_state.take())?;
+    }
+    // Every model goes out as a Hugging Face checkpoint, for other tools (and `rlx score`,
+    // `rlx generate`) to load; LoRA adapters also alone, in PEFT's layout.
+    for (name, slot) in &run.slots {
+        let dir = opts.out.join("models").join(name);
+        let adapter = opts.out.join("adapters").join(name);
+        let saved = slot
+            .save(&dir, &adapter, &run.tok, &run.tokenizer_json)
+            .map_err(|e| run_error(whole, format!("saving `{name}`: {e}")))?;
+        crate::train::fault::point();
+        if !opts.quiet {
+            eprintln!("saved `{name}` in {} layout to {}", saved.layout, dir.display());
+            if saved.adapter {
+                eprintln!("  its LoRA adapter alone (PEFT layout) to {}", adapter.display());
+            }
+        }
+    }
+    run.summary.seconds = run.wall();
+    crate::train::fault::report();
+    Ok(run.summary)
+}

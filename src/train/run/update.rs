@@ -1,0 +1,306 @@
+//! The update of a step: epochs × minibatches over the rollout (rollout-level nodes sliced,
+//! the rest recomputed with gradient), back-propagation into the trained models, and the
+//! optimiser step; and when the rollout pass may skip the trained model's forward.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use petgraph::stable_graph::NodeIndex;
+use serde_json::{Map, Value as Json, json};
+
+use super::record::{masked_mean, mean_of};
+use super::rollout::{Rollout, signal_cx};
+use super::stage::{Loop, StagePlan, permutation};
+use super::{Run, run_error};
+use crate::diag::Diagnostic;
+use crate::exec::Options;
+use crate::ir::graph::{ModelRef, Signal};
+use crate::train::optim::AdamW;
+use crate::train::signals::{self, Source, SourceKind};
+
+/// With one epoch of one minibatch, the update's forward runs on `old`'s weights exactly, so
+/// `old.logp` is its detached `policy.logp` and the rollout pass need not run the trained model
+/// (TRL and verl skip it likewise with one iteration). Only when every signal of the trained
+/// model or `old` is a log-probability and no step rollouts (which draw from the run's random
+/// stream before the update) are asked for.
+pub(super) fn old_from_update(
+    sources: &[Source],
+    trained: &str,
+    settings: &Loop,
+    rows: usize,
+) -> bool {
+    if settings.epochs != 1 || settings.minibatch < rows {
+        return false;
+    }
+    let mut reads_old = false;
+    for s in sources {
+        match &s.kind {
+            SourceKind::StepRollouts { .. } => return false,
+            SourceKind::Signal { model, signal, text } => {
+                let of_trained = matches!(model, ModelRef::Named(m) if m == trained);
+                if (of_trained || *model == ModelRef::Old) && *signal != Signal::Logp {
+                    return false;
+                }
+                if of_trained && !s.grad {
+                    return false;
+                }
+                if *model == ModelRef::Old {
+                    if live_logp(sources, trained, text).is_none() {
+                        return false;
+                    }
+                    reads_old = true;
+                }
+            }
+            SourceKind::Score { .. } => {}
+        }
+    }
+    reads_old
+}
+
+/// Whether `s` is a signal of the trained model or of `old`, its snapshot at sampling.
+pub(super) fn of_trained_or_old(s: &Source, trained: &str) -> bool {
+    matches!(&s.kind, SourceKind::Signal { model, .. }
+        if *model == ModelRef::Old || matches!(model, ModelRef::Named(m) if m == trained))
+}
+
+/// The trained model's log-probabilities of `text` with gradient, if the stage reads them.
+pub(super) fn live_logp<'a>(
+    sources: &'a [Source],
+    trained: &str,
+    text: &str,
+) -> Option<&'a Source> {
+    sources.iter().find(|g| {
+        g.grad
+            && matches!(&g.kind, SourceKind::Signal { model: ModelRef::Named(m), signal: Signal::Logp, text: t }
+                if m == trained && t == text)
+    })
+}
+
+/// `t`'s rows put back in rollout order, from the order `perm` listed them in.
+pub(super) fn unpermute(t: &Tensor, perm: &[usize]) -> candle_core::Result<Tensor> {
+    let mut inverse = vec![0u32; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i as u32;
+    }
+    t.index_select(&Tensor::from_vec(inverse, perm.len(), t.device())?, 0)
+}
+
+impl Run<'_> {
+    /// Back-propagates `loss` into the trained models and takes an optimiser step; a non-finite
+    /// gradient stops the run before any weight changes.
+    pub(super) fn update(
+        &self,
+        index: usize,
+        loss: &Tensor,
+        opt: &mut AdamW,
+        record: &mut Map<String, Json>,
+    ) -> Result<(), Diagnostic> {
+        let stage = &self.checked.program.stages[index];
+        let grads = loss.backward().map_err(|e| run_error(stage.loss_span, e.to_string()))?;
+        let norm = opt.grad_norm(&grads).map_err(|e| run_error(stage.loss_span, e.to_string()))?;
+        if !norm.is_finite() {
+            let bad = opt
+                .vars()
+                .iter()
+                .find(|(_, v)| {
+                    grads.get(v.as_tensor()).is_some_and(|g| {
+                        !mean_of(&g.abs().unwrap_or_else(|_| g.clone())).is_finite()
+                    })
+                })
+                .map_or("a parameter".to_string(), |(n, _)| format!("`{n}`"));
+            return Err(Diagnostic::error("non-finite-gradient", format!("the gradient of the loss with respect to {bad} is not finite"))
+                .primary(stage.loss_span, "back-propagated from this loss")
+                .help(self.resume_hint("lower the learning rate, clamp log-ratios, or look for log/sqrt/division of values that reach 0")));
+        }
+        let info = opt.step(&grads).map_err(|e| run_error(stage.loss_span, e.to_string()))?;
+        if let Some(var) = &info.non_finite {
+            // The weights in memory are spoiled; nothing is saved from them.
+            return Err(Diagnostic::error(
+                "non-finite-weights",
+                format!(
+                    "the optimiser step made the weights of `{var}` non-finite (lr {}, gradient norm {:.3e})",
+                    crate::blocks::spec::format_number(info.lr),
+                    info.grad_norm
+                ),
+            )
+            .primary(stage.loss_span, "the update of this loss")
+            .help(self.resume_hint("lower `optim.lr` (or set `clip_grad`)")));
+        }
+        let n = record.get("optim_steps").and_then(Json::as_f64).unwrap_or(0.0);
+        let g = record.get("grad_norm").and_then(Json::as_f64).unwrap_or(0.0);
+        record.insert("grad_norm".into(), json!((g * n + info.grad_norm) / (n + 1.0)));
+        record.insert("optim_steps".into(), json!(n + 1.0));
+        record.insert("lr".into(), json!(info.lr));
+        Ok(())
+    }
+
+    /// Epochs × minibatches over the rollout: each minibatch's inputs are the rollout-level ones
+    /// sliced to its rows, plus the live (gradient) signals computed on them — or, for the
+    /// first minibatch, the ones the rollout already ran ahead. Returns the seconds spent.
+    pub(super) fn update_epochs(
+        &mut self,
+        plan: &StagePlan,
+        rollout: &mut Rollout,
+        values: &HashMap<NodeIndex, Tensor>,
+        opt: &mut AdamW,
+        record: &mut Map<String, Json>,
+    ) -> Result<f64, Diagnostic> {
+        let StagePlan { index, settings, compiled, sources, .. } = *plan;
+        let stage = &self.checked.program.stages[index];
+        let fail = |e: String| run_error(stage.name.span, e);
+        let device = self.opts.device.clone();
+        let trained = stage.trained().unwrap_or("policy").to_string();
+        let given_nodes = compiled.rollout_nodes();
+        let (mut first_perm, mut ahead) = match rollout.ahead.take() {
+            Some((perm, live)) => (Some(perm), Some(live)),
+            None => (None, None),
+        };
+        let rollout = &*rollout;
+        let full = &rollout.full;
+        let b = rollout.rows.len();
+        let mut losses = Vec::new();
+        let mut clipfrac = Vec::new();
+        let t_train = Instant::now();
+        for epoch in 0..settings.epochs {
+            let perm = match first_perm.take() {
+                Some(p) => p,
+                None => permutation(b, self.rng.next_u64(), epoch as u64),
+            };
+            for chunk in perm.chunks(settings.minibatch) {
+                let idx = Tensor::from_vec(
+                    chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                    chunk.len(),
+                    &device,
+                )
+                .map_err(|e| fail(e.to_string()))?;
+                let sub = rollout.rows.select(chunk);
+                let mut batch: HashMap<String, Tensor> = HashMap::new();
+                for (k, t) in full {
+                    let mut s = signals::slice_rows(t, &idx).map_err(|e| fail(e.to_string()))?;
+                    if k.starts_with("vine_values") {
+                        let ids = signals::slice_rows(&full["step_ids"], &idx)
+                            .map_err(|e| fail(e.to_string()))?;
+                        s = signals::narrow_steps(&s, &ids).map_err(|e| fail(e.to_string()))?;
+                    }
+                    batch.insert(k.clone(), s);
+                }
+                let live_cx = signal_cx(&self.tasks, &self.tok, &device, rollout, &trained, false);
+                match ahead.take() {
+                    Some(live) => batch.extend(live),
+                    None => batch.extend(
+                        signals::compute(sources, |s| s.grad, &sub, &live_cx).map_err(fail)?,
+                    ),
+                }
+                let mut given = HashMap::new();
+                for n in &given_nodes {
+                    if let Some(t) = values.get(n) {
+                        let mut s =
+                            signals::slice_rows(t, &idx).map_err(|e| fail(e.to_string()))?;
+                        if compiled.is_step_level(*n) {
+                            s = signals::narrow_steps(&s, &batch["step_ids"])
+                                .map_err(|e| fail(e.to_string()))?;
+                        }
+                        given.insert(*n, s);
+                    }
+                }
+                let (eval, _) = compiled.run_with(
+                    &batch,
+                    &device,
+                    Options { grads: false, profile: false },
+                    &given,
+                )?;
+                self.update(index, &eval.loss, opt, record)?;
+                losses.push(mean_of(&eval.loss));
+                if let (Some(p), Some(o), Some(m)) =
+                    (batch.get("policy.logp"), batch.get("old.logp"), batch.get("mask"))
+                {
+                    let eps = 0.2;
+                    let frac = (p - o)
+                        .and_then(|d| d.exp())
+                        .and_then(|r| (r - 1.0)?.abs())
+                        .and_then(|a| a.gt(eps))
+                        .and_then(|c| c.to_dtype(candle_core::DType::F32))
+                        .map(|c| masked_mean(&c, m))
+                        .unwrap_or(f64::NAN);
+                    clipfrac.push(frac);
+                }
+                for t in &eval.terms {
+                    record.insert(format!("loss.{}", t.name), json!(mean_of(&t.value)));
+                }
+            }
+        }
+        record
+            .insert("loss".into(), json!(losses.iter().sum::<f64>() / losses.len().max(1) as f64));
+        if !clipfrac.is_empty() {
+            record.insert(
+                "clip_fraction".into(),
+                json!(clipfrac.iter().sum::<f64>() / clipfrac.len() as f64),
+            );
+        }
+        Ok(t_train.elapsed().as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::optim::AdamWConfig;
+    use candle_core::Device;
+
+    fn logp(model: ModelRef, text: &str, grad: bool) -> Source {
+        let kind = SourceKind::Signal { model, signal: Signal::Logp, text: text.into() };
+        Source { name: format!("{text}.{grad}"), kind, grad }
+    }
+
+    fn settings(epochs: usize, minibatch: usize) -> Loop {
+        let adam = AdamWConfig {
+            lr: 1e-5,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            clip_grad: None,
+            warmup_steps: 0,
+            decay_steps: None,
+        };
+        Loop { steps: 1, epochs, batch: 8, minibatch, adam }
+    }
+
+    #[test]
+    fn old_log_probs_come_from_the_update_only_for_one_minibatch_of_one_epoch() {
+        let policy = || ModelRef::Named("policy".into());
+        let grpo = [logp(policy(), "response", true), logp(ModelRef::Old, "response", false)];
+        assert!(old_from_update(&grpo, "policy", &settings(1, 8), 8));
+        assert!(!old_from_update(&grpo, "policy", &settings(2, 8), 8), "a second epoch");
+        assert!(!old_from_update(&grpo, "policy", &settings(1, 4), 8), "two minibatches");
+        // Nothing to save without `old`, nor when its text has no live log-probs.
+        assert!(!old_from_update(&grpo[..1], "policy", &settings(1, 8), 8));
+        let other = [logp(policy(), "response", true), logp(ModelRef::Old, "demo", false)];
+        assert!(!old_from_update(&other, "policy", &settings(1, 8), 8));
+        // Another signal of the trained model (a value head) still needs its own forward.
+        let values = Source {
+            name: "policy.values".into(),
+            kind: SourceKind::Signal {
+                model: policy(),
+                signal: Signal::Values,
+                text: "response".into(),
+            },
+            grad: true,
+        };
+        let ppo = [grpo[0].clone(), grpo[1].clone(), values];
+        assert!(!old_from_update(&ppo, "policy", &settings(1, 8), 8));
+        // A reference model's log-probs are not the trained model's.
+        let kl = [grpo[0].clone(), grpo[1].clone(), logp(ModelRef::Ref, "response", false)];
+        assert!(old_from_update(&kl, "policy", &settings(1, 8), 8));
+    }
+
+    #[test]
+    fn unpermute_puts_rows_back() {
+        let perm = [2, 0, 3, 1];
+        let rows: Vec<f32> = perm.iter().map(|&p| p as f32).collect();
+        let t = Tensor::from_vec(rows, (4, 1), &Device::Cpu).unwrap();
+        let back = unpermute(&t, &perm).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(back, [0.0, 1.0, 2.0, 3.0]);
+    }
+}
