@@ -17,6 +17,24 @@ impl SourceFile {
         SourceFile { name: name.into(), text: text.into() }
     }
 
+    /// Reads a recipe file: at most [`syntax::MAX_SOURCE_BYTES`] (a longer file is an error naming
+    /// the file and the limit, found without reading past it), then as [`SourceFile::from_bytes`].
+    pub fn read(path: &std::path::Path) -> Result<(SourceFile, Option<Diagnostic>), String> {
+        use std::io::Read;
+        let cannot = |e: std::io::Error| format!("cannot read `{}`: {e}", path.display());
+        let file = std::fs::File::open(path).map_err(cannot)?;
+        let mut bytes = Vec::new();
+        file.take(syntax::MAX_SOURCE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(cannot)?;
+        if bytes.len() > syntax::MAX_SOURCE_BYTES {
+            return Err(format!(
+                "`{}` is larger than {} MiB, the most a recipe may be: is it a recipe?",
+                path.display(),
+                syntax::MAX_SOURCE_BYTES >> 20
+            ));
+        }
+        Ok(SourceFile::from_bytes(path.display().to_string(), &bytes))
+    }
+
     /// Reads bytes as UTF-8; invalid bytes become a diagnostic (and U+FFFD in the text).
     pub fn from_bytes(name: impl Into<String>, bytes: &[u8]) -> (SourceFile, Option<Diagnostic>) {
         match std::str::from_utf8(bytes) {

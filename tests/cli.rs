@@ -213,3 +213,34 @@ fn a_huge_recipe_is_not_echoed() {
     let shown = rlx::render::human(&analysis.diagnostics[0], &src, rlx::render::Style::plain());
     assert!(shown.len() < 2000, "{} bytes of report", shown.len());
 }
+
+/// Reading a recipe is bounded: a path that never ends (`/dev/zero`) or a file far past the
+/// parser's limit is refused after reading just past the limit, for every command that reads
+/// one, naming the file and the limit.
+#[test]
+fn reading_a_recipe_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.rlx");
+    std::fs::write(&big, vec![b'#'; (1 << 20) + 1]).unwrap();
+    let big = big.display().to_string();
+    let mut paths = vec![big.as_str()];
+    if Path::new("/dev/zero").exists() {
+        paths.push("/dev/zero");
+    }
+    for path in paths {
+        for args in [
+            vec!["lint", path],
+            vec!["fmt", "--check", path],
+            vec!["graph", path],
+            vec!["run", path, "--out", "/nonexistent/never"],
+        ] {
+            let o = rlx(&args);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains(&format!("`{path}` is larger than 1 MiB")),
+                "{args:?}: {}",
+                stderr(&o)
+            );
+        }
+    }
+}

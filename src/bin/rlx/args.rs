@@ -1,0 +1,552 @@
+//! The command line's grammar (clap derive): one `Args` struct per subcommand, and the flag
+//! groups several share (`--device`, `--stage`, `--set`, `--format`) declared once.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// rlx: declarative RL objectives for language models.
+#[derive(Parser)]
+#[command(name = "rlx", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// When to colour output.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Check recipes and report every diagnostic; exit 1 if any is an error.
+    Lint(LintArgs),
+    /// Print a recipe's dataflow graph and the plan of what the runtime must compute.
+    Graph(GraphArgs),
+    /// Semantic diff of two recipes; exit 0 when equivalent, 1 when different.
+    Diff(DiffArgs),
+    /// Format recipes canonically, in place (or check with --check).
+    Fmt(FmtArgs),
+    /// The block reference: every block, or one in full.
+    Blocks(BlocksArgs),
+    /// Train: run every stage of a recipe on the built-in model and tasks, writing a run directory.
+    Run(RunArgs),
+    /// Throughput of the built-in transformer: sampling (new tokens/s) and training (tokens/s of
+    /// forward + backward + AdamW), on random weights of the given shape.
+    Bench(BenchArgs),
+    /// Per-token log-probabilities and the summed NLL of a text under a model: the numbers to
+    /// compare with transformers' for the same ids.
+    Score(ScoreArgs),
+    /// Sample from a model: what a trained run's policy writes.
+    Generate(GenerateArgs),
+    /// Write a tiny random Hugging Face checkpoint (config.json, safetensors, tokenizer.json,
+    /// chat template) of a supported family: try `pretrained(...)` recipes without a download.
+    TinyCheckpoint(TinyCheckpointArgs),
+    /// Evaluate and differentiate a stage's objective on a batch of tensors (no model, no sampling).
+    Eval(EvalArgs),
+    /// Run recipes over several seeds and report them side by side: held-out metrics before →
+    /// after (mean ± standard error), training metrics, wall time, the recipes' diff and curves.
+    Compare(CompareArgs),
+    /// Plot metrics.jsonl fields of runs against steps as an SVG: seeds of one recipe
+    /// (`NAME-sN` directories) as a mean with a ±1 standard-error band, evaluations as points.
+    Plot(PlotArgs),
+    /// Export a recipe's RL stage for another engine: `rlx export verl RECIPE --out DIR` writes
+    /// a verl plugin package (advantage estimator, policy loss, reward function, config
+    /// overrides, launcher), or explains with diagnostics what verl would compute differently.
+    Export(ExportArgs),
+    /// A Language Server Protocol server on stdin/stdout, for editors: diagnostics as you type,
+    /// hover, completion, go to definition, references, symbols, formatting and quick fixes.
+    Lsp,
+    /// Score a finished run's value estimates on held-out prompts: the value head (if the run
+    /// trained one) and a K-rollout Monte-Carlo estimate, against the mean verifier reward of
+    /// many rollouts from every reasoning-step start (VinePPO's value-prediction check).
+    Values(ValuesArgs),
+}
+
+impl Command {
+    /// Commands that compute with tensors, and so want the tuned thread pool and allocator
+    /// (`crate::runtime`); the others start without re-executing.
+    pub fn computes(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_)
+                | Command::Bench(_)
+                | Command::Score(_)
+                | Command::Generate(_)
+                | Command::Eval(_)
+                | Command::Compare(_)
+                | Command::Values(_)
+        )
+    }
+}
+
+/// `--device`.
+#[derive(Args)]
+pub struct DeviceArg {
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// `--stage`, where it defaults to the last stage.
+#[derive(Args)]
+pub struct StageArg {
+    /// The stage (default: the last).
+    #[arg(long)]
+    pub stage: Option<String>,
+}
+
+/// `--set PATH=VALUE`, repeatable.
+#[derive(Args)]
+pub struct SetArg {
+    /// Override a recipe value, e.g. `rl.optim.lr=1e-5`, `policy.layers=1`,
+    /// `arith.problems=200` (repeatable).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Target {
+    /// verl's PPO trainer (`rlx export verl`).
+    Verl,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum LintFormat {
+    /// Rendered diagnostics on stderr.
+    Human,
+    /// One JSON array of diagnostics on stdout.
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum GraphFormat {
+    /// An indented listing and the runtime's plan.
+    Text,
+    /// Graphviz.
+    Dot,
+}
+
+#[derive(Args)]
+pub struct LintArgs {
+    /// Recipe files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = LintFormat::Human)]
+    pub format: LintFormat,
+    /// Silence a lint (repeatable).
+    #[arg(long, value_name = "LINT")]
+    pub allow: Vec<String>,
+    /// Make a lint an error (repeatable); `--deny warnings` makes every warning an error.
+    #[arg(long, value_name = "LINT")]
+    pub deny: Vec<String>,
+    /// Also report what an export to this engine could not run (of the last stage, or
+    /// `--stage`), as `rlx export` would.
+    #[arg(long, value_enum)]
+    pub target: Option<Target>,
+    /// The stage `--target` checks (default: the last).
+    #[arg(long, requires = "target")]
+    pub stage: Option<String>,
+}
+
+#[derive(Args)]
+pub struct GraphArgs {
+    /// The recipe.
+    pub file: PathBuf,
+    /// Only this stage.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    pub format: GraphFormat,
+    /// Show every parameter and setting with its default filled in.
+    #[arg(long)]
+    pub resolved: bool,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The recipe diffed from.
+    pub old: PathBuf,
+    /// The recipe diffed to.
+    pub new: PathBuf,
+}
+
+#[derive(Args)]
+pub struct FmtArgs {
+    /// Recipe files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Report unformatted files instead of rewriting them; exit 1 if any.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Args)]
+pub struct BlocksArgs {
+    /// A block to show in full (default: the index of every block).
+    pub name: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The recipe (optional with --resume: the run directory has a copy).
+    pub recipe: Option<PathBuf>,
+    /// Run directory (default: runs/NAME).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Cap every stage at this many steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// The run's seed (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub set: SetArg,
+    /// Continue the run in this directory from its last checkpoint, with the recipe,
+    /// overrides, steps and seed it was started with.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Clear the run directory first if it holds an earlier run (without it, a non-empty
+    /// directory is refused).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// Held-out prompts for the before/after task metric (default 128).
+    #[arg(long)]
+    pub eval_prompts: Option<usize>,
+    /// Samples per held-out prompt (default 4): metrics are means, `pass@k` uses them all.
+    #[arg(long)]
+    pub eval_samples: Option<usize>,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `rlx bench --preset`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Preset {
+    /// 2 layers × 128.
+    Tiny,
+    /// 4 layers × 256.
+    Small,
+    /// 6 layers × 384.
+    Base,
+}
+
+/// `rlx bench --only`.
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Workload {
+    /// Generating new tokens with a KV cache.
+    Sampling,
+    /// Forward, backward and an AdamW step.
+    Training,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Start from a preset shape; the flags below override it.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub preset: Preset,
+    /// Transformer layers.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Hidden width.
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Attention heads (must divide the width).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 512)]
+    pub vocab: usize,
+    /// Context length (positions).
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// Sampling: rows generated together.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Sampling: prompt tokens per row.
+    #[arg(long, default_value_t = 16)]
+    pub prompt: usize,
+    /// Sampling: new tokens per row.
+    #[arg(long, default_value_t = 48)]
+    pub new_tokens: usize,
+    /// Training: sequences per step.
+    #[arg(long, default_value_t = 16)]
+    pub train_batch: usize,
+    /// Training: tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub train_len: usize,
+    /// Timed runs per workload (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Only these workloads (repeatable; default: both).
+    #[arg(long, value_enum)]
+    pub only: Vec<Workload>,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// Seed of the random weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Benchmark a Hugging Face checkpoint directory instead of a built-in shape.
+    #[arg(long = "model")]
+    pub checkpoint: Option<PathBuf>,
+    /// With `--model`: compute in bfloat16 (GPU).
+    #[arg(long, requires = "checkpoint")]
+    pub bf16: bool,
+}
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    /// A model directory (HF checkpoint, PEFT adapter, RUN/models/NAME) or a run directory.
+    pub model: PathBuf,
+    /// The text to score.
+    #[arg(long, conflicts_with = "jsonl", required_unless_present = "jsonl")]
+    pub text: Option<String>,
+    /// Score one field of every line of a JSON-lines file.
+    #[arg(long)]
+    pub jsonl: Option<PathBuf>,
+    /// The field of each line (with --jsonl).
+    #[arg(long, default_value = "text", requires = "jsonl")]
+    pub field: String,
+    /// Score the text as a `chat = true` recipe feeds a prompt: one user message through the
+    /// chat template, generation prompt included.
+    #[arg(long)]
+    pub chat: bool,
+    /// One JSON object per text instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A model directory or a run directory (its `models/policy`).
+    pub model: PathBuf,
+    /// The prompt to continue.
+    #[arg(long)]
+    pub prompt: String,
+    /// Samples to draw.
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Softmax temperature; 0 decodes greedily.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches this.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// New tokens at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Render the prompt through the chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+/// `rlx tiny-checkpoint --family`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Smollm,
+}
+
+/// `rlx tiny-checkpoint --size`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Size {
+    /// For tests: width 32.
+    Tiny,
+    /// For benchmarks: 6 layers × 384.
+    Small,
+    /// Qwen2.5-0.5B's shape, about 2 GB.
+    #[value(name = "0.5b")]
+    HalfB,
+}
+
+/// `rlx tiny-checkpoint --transformers`: whose file layout.
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Layout {
+    /// rope_theta/rope_scaling, torch_dtype, the template in tokenizer_config.json.
+    #[value(name = "4")]
+    V4,
+    /// rope_parameters, dtype, chat_template.jinja.
+    #[value(name = "5")]
+    V5,
+}
+
+#[derive(Args)]
+pub struct TinyCheckpointArgs {
+    /// The directory to create.
+    pub dir: PathBuf,
+    /// The model family.
+    #[arg(long, value_enum, default_value = "qwen2")]
+    pub family: Family,
+    /// Safetensors files to split the weights into (more than one writes an index).
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// The shape.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub size: Size,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Whose file layout: transformers 5 or 4.
+    #[arg(long, value_enum, default_value = "5")]
+    pub transformers: Layout,
+    /// Store the weights in bfloat16, as most released models are.
+    #[arg(long)]
+    pub bf16: bool,
+}
+
+/// `rlx eval --dtype`.
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Dtype {
+    F32,
+    /// Compares long sums with a float64 reference.
+    F64,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// The recipe.
+    pub recipe: PathBuf,
+    #[command(flatten)]
+    pub stage: StageArg,
+    /// Input tensors by name, as safetensors.
+    #[arg(long, conflicts_with_all = ["synthetic", "inputs"])]
+    pub batch: Option<PathBuf>,
+    /// Evaluate on a deterministic synthetic batch of B sequences × T tokens, e.g. `8x32`.
+    #[arg(long, value_name = "BxT")]
+    pub synthetic: Option<String>,
+    /// Seed of the synthetic batch.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write every binding, the loss, its terms and `grad.INPUT` here, as safetensors.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// List the inputs the stage reads (names, dtypes, shapes) and exit.
+    #[arg(long)]
+    pub inputs: bool,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// Print the time spent on every node.
+    #[arg(long)]
+    pub profile: bool,
+    /// Float precision of the evaluation.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Recipes (the first is the one the others are diffed against).
+    #[arg(required = true)]
+    pub recipes: Vec<PathBuf>,
+    /// Seeds 0..N for every recipe.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Directory for the runs and the report; finished runs in it are reused, stopped ones
+    /// resumed.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Cap every stage at this many steps (every recipe alike).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[command(flatten)]
+    pub set: SetArg,
+    /// Held-out prompts (default 128).
+    #[arg(long)]
+    pub eval_prompts: Option<usize>,
+    /// Samples per held-out prompt (default 4).
+    #[arg(long)]
+    pub eval_samples: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// Run directories, or directories holding them (a compare's `runs/`).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Fields to plot, one panel each (default: reward).
+    #[arg(long = "metric", value_name = "FIELD")]
+    pub metrics: Vec<String>,
+    /// Trailing moving average over this many steps.
+    #[arg(long, default_value_t = 1)]
+    pub smooth: usize,
+    /// Training seconds on the x axis instead of steps (the steps' own times summed; warm starts
+    /// and evaluations left out): compare methods at equal compute time.
+    #[arg(long)]
+    pub wall: bool,
+    /// The file to write: `.svg`, or `.png` (the SVG rasterised with the system's fonts).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The engine to export for.
+    #[arg(value_enum)]
+    pub engine: Target,
+    /// The recipe.
+    pub recipe: PathBuf,
+    #[command(flatten)]
+    pub stage: StageArg,
+    /// The package directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub set: SetArg,
+}
+
+#[derive(Args)]
+pub struct ValuesArgs {
+    /// A run directory (it holds the recipe, the overrides and the trained model).
+    pub run: PathBuf,
+    /// The RL stage whose model and sampling to probe (default: the first that samples).
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Held-out prompts.
+    #[arg(long, default_value_t = 64)]
+    pub prompts: usize,
+    /// Responses per prompt.
+    #[arg(long, default_value_t = 2)]
+    pub samples: usize,
+    /// Rollouts per state for the Monte-Carlo estimate (default: the recipe's
+    /// `vine_values` k, else 9).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Rollouts per state for the reference ("true") value.
+    #[arg(long, default_value_t = 64)]
+    pub truth: usize,
+    /// Seed of the probe's sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}

@@ -1,0 +1,162 @@
+//! `rlx run`: trains every stage of a recipe into a run directory, or resumes one.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use rlx::check::lints::LintConfig;
+use rlx::render::{self, Style};
+use rlx::source::{self, SourceFile};
+
+use crate::args::RunArgs;
+use crate::run_dir::{
+    RunConfig, default_eval_prompts, default_eval_samples, prepare_run_dir, stored_run,
+};
+use crate::ui;
+
+pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
+    if args.steps == Some(0) {
+        return Err("`--steps 0`: a stage needs at least one step".into());
+    }
+    if args.eval_prompts == Some(0) || args.eval_samples == Some(0) {
+        return Err("`--eval-prompts` and `--eval-samples` must be at least 1".into());
+    }
+    let (src, config) = match (&args.resume, &args.recipe) {
+        (Some(dir), recipe) => {
+            let (config, stored) =
+                stored_run(dir, |e| format!("cannot resume `{}`: {e}", dir.display()))?;
+            check_resume_args(dir, &config, &stored, recipe.as_deref(), &args)?;
+            let (src, _) = SourceFile::from_bytes(config.recipe.clone(), &stored);
+            (src, config)
+        }
+        (None, Some(path)) => {
+            let (src, _) = ui::read(path)?;
+            let config = RunConfig {
+                recipe: path.display().to_string(),
+                set: args.set.set.clone(),
+                steps: args.steps,
+                seed: args.seed.unwrap_or(0),
+                eval_prompts: args.eval_prompts.unwrap_or_else(default_eval_prompts),
+                eval_samples: args.eval_samples.unwrap_or_else(default_eval_samples),
+            };
+            (src, config)
+        }
+        (None, None) => return Err("give a recipe, or `--resume DIR`".into()),
+    };
+    let analysis = source::analyze_with(&src, &LintConfig::defaults(), &config.set)?;
+    if ui::reject(&src, &analysis, style) {
+        return Ok(ui::findings());
+    }
+    let checked = ui::checked(&analysis)?;
+    let name = checked.program.name.as_ref().map_or("run".to_string(), |n| n.name.clone());
+    let out = args
+        .resume
+        .clone()
+        .or(args.out.clone())
+        .unwrap_or_else(|| PathBuf::from("runs").join(&name));
+    if args.resume.is_none() {
+        prepare_run_dir(&out, args.force)?;
+    }
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    if args.resume.is_none() {
+        std::fs::write(out.join("recipe.rlx"), &src.text).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+        std::fs::write(out.join("run.json"), json).map_err(|e| e.to_string())?;
+    }
+    let resolved =
+        rlx::graph_view::text(checked, None, rlx::graph_view::ViewOptions { resolved: true });
+    let options = rlx::train::run::RunOptions {
+        out: out.clone(),
+        steps: config.steps,
+        seed: config.seed,
+        resume: args.resume.is_some(),
+        device: rlx::exec::device::device(&args.device.device)?,
+        quiet: args.quiet,
+        eval_prompts: config.eval_prompts,
+        eval_samples: config.eval_samples,
+    };
+    match rlx::train::run::run(checked, &resolved, &options) {
+        Ok(summary) => {
+            for (stage, before, after) in &summary.evals {
+                println!("stage `{stage}` on held-out prompts (before → after, ± standard error):");
+                let se = |m: &[(String, f64)], k: &str| {
+                    m.iter().find(|(n, _)| *n == format!("{k}_se")).map_or(0.0, |(_, v)| *v)
+                };
+                for ((k, b), (_, a)) in before
+                    .iter()
+                    .zip(after)
+                    .filter(|((k, _), _)| !k.ends_with("_se") && !k.starts_with("demo_"))
+                {
+                    println!(
+                        "  {k:<12} {b:>8.3} ± {:<6.3} → {a:>8.3} ± {:.3}",
+                        se(before, k),
+                        se(after, k)
+                    );
+                }
+            }
+            if let Some(line) = rlx::report::curves::read_run(&out)
+                .ok()
+                .as_ref()
+                .and_then(rlx::report::verdict::line)
+            {
+                println!("{line}");
+            }
+            println!("run finished in {:.1}s: {}", summary.seconds, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(d) => {
+            eprint!("{}", render::human(&d, &src, style));
+            // Only when there is a checkpoint to continue from.
+            if out.join("state.json").exists() {
+                eprintln!(
+                    "the last checkpoint in {} is intact; continue with `rlx run --resume {}`",
+                    out.display(),
+                    out.display()
+                );
+            }
+            Ok(ui::findings())
+        }
+    }
+}
+
+/// `--resume` continues a run exactly as it was started: a recipe, `--set`, `--steps` or
+/// `--seed` given with it must be what run.json recorded.
+fn check_resume_args(
+    dir: &Path,
+    config: &RunConfig,
+    stored: &[u8],
+    recipe: Option<&Path>,
+    args: &RunArgs,
+) -> Result<(), String> {
+    let mut differ = Vec::new();
+    if let Some(path) = recipe {
+        let given =
+            std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        if given != stored {
+            differ
+                .push(format!("the recipe {} is not the one the run started with", path.display()));
+        }
+    }
+    if !args.set.set.is_empty() && args.set.set != config.set {
+        differ.push(format!("--set {:?} vs {:?}", args.set.set, config.set));
+    }
+    if args.steps.is_some() && args.steps != config.steps {
+        differ.push(format!("--steps {:?} vs {:?}", args.steps, config.steps));
+    }
+    if let Some(seed) = args.seed.filter(|s| *s != config.seed) {
+        differ.push(format!("--seed {seed} vs {}", config.seed));
+    }
+    if let Some(n) = args.eval_prompts.filter(|n| *n != config.eval_prompts) {
+        differ.push(format!("--eval-prompts {n} vs {}", config.eval_prompts));
+    }
+    if let Some(n) = args.eval_samples.filter(|n| *n != config.eval_samples) {
+        differ.push(format!("--eval-samples {n} vs {}", config.eval_samples));
+    }
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "`--resume {}` continues the run as it was started; these differ: {}. Start a new run with another `--out` instead",
+        dir.display(),
+        differ.join("; ")
+    ))
+}
