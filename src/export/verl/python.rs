@@ -10,7 +10,21 @@ use crate::check::{Checked, CheckedStage};
 use crate::diag::{Diagnostic, Span};
 use crate::ir::graph::*;
 
-use super::plan::{Component, Line};
+/// One generated statement: the recipe text it comes from, and the Python.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub span: Span,
+    pub code: String,
+}
+
+/// A reward component the reward function computes (a verifier of a data set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Component {
+    /// The batch name `rlx eval` reads, e.g. `arith.correct(response)`.
+    pub name: String,
+    pub data: String,
+    pub member: String,
+}
 
 /// The blocks with a torch form in `rlx_blocks.py`: (name, reads the mask, reads the groups).
 pub const BLOCKS: &[(&str, bool, bool)] = &[
