@@ -3,8 +3,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, bail};
 
-use super::spec::Level;
-use crate::check::params::{self, Resolved, Value as Param};
+use super::param::{self as params, Level, Resolved, Value as Param};
 
 /// A text of the batch: which tokens are real (`mask`), and where known its token ids and the
 /// reasoning step of each token.

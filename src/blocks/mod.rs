@@ -10,6 +10,7 @@ mod aggregate;
 mod correction;
 pub mod fused;
 mod maths;
+pub mod param;
 mod advantage {
     pub mod gae;
     pub mod gpg;

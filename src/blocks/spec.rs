@@ -1,37 +1,8 @@
 //! What a block is, as data: inputs with levels and gradient expectations, parameters with types,
 //! defaults and ranges, and the output. The checker, `rlx blocks` and the executor all read this.
 
-use std::fmt;
-
-/// The level of a tensor value. Values of different levels never mix implicitly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Level {
-    /// One number for the whole batch. Scalars combine with any level.
-    Scalar,
-    /// One number per sequence, `[batch]`.
-    Seq,
-    /// One number per reasoning step, `[batch, steps]`, ragged with its own mask.
-    Step,
-    /// One number per response token, `[batch, time]`, masked by the response mask.
-    Token,
-}
-
-impl Level {
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::Scalar => "scalar",
-            Level::Seq => "seq",
-            Level::Step => "step",
-            Level::Token => "token",
-        }
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+// Levels are what block parameters and values are typed by; they live in the leaf `param`.
+pub use super::param::Level;
 
 /// Which levels a tensor input accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,15 +314,8 @@ pub fn default_text(d: DefaultRule) -> String {
     }
 }
 
-/// Shortest faithful rendering of a number: `0.2`, `1e-6`, `64`.
-pub fn format_number(v: f64) -> String {
-    if v == v.trunc() && v.abs() < 1e15 {
-        return format!("{}", v as i64);
-    }
-    let plain = format!("{v}");
-    let sci = format!("{v:e}");
-    if sci.len() < plain.len() { sci } else { plain }
-}
+// Where a parameter is shown, so is a number; the rendering lives with the values.
+pub use super::param::format_number;
 
 // Short constructors keep the block files readable.
 

@@ -5,63 +5,8 @@ use crate::blocks::spec::{DefaultRule, ParamSpec, ParamTy, format_number};
 use crate::diag::{Diagnostic, Span, did_you_mean};
 use crate::ir::graph::Const;
 
-/// A parameter value after validation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Num(f64),
-    Str(String),
-    Bool(bool),
-    /// `none`: the feature is off.
-    Off,
-}
-
-impl Value {
-    pub fn display(&self) -> String {
-        match self {
-            Value::Num(v) => format_number(*v),
-            Value::Str(s)
-                if s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.is_empty() =>
-            {
-                s.clone()
-            }
-            Value::Str(s) => format!("{s:?}"),
-            Value::Bool(b) => b.to_string(),
-            Value::Off => "none".into(),
-        }
-    }
-
-    pub fn num(&self) -> Option<f64> {
-        match self {
-            Value::Num(v) => Some(*v),
-            _ => None,
-        }
-    }
-
-    pub fn str(&self) -> Option<&str> {
-        match self {
-            Value::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-/// One parameter with its final value, and whether the recipe wrote it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Resolved {
-    pub name: &'static str,
-    pub value: Value,
-    pub explicit: bool,
-    /// Where the recipe wrote it, for diagnostics.
-    pub span: Option<Span>,
-}
-
-pub fn get<'a>(resolved: &'a [Resolved], name: &str) -> Option<&'a Value> {
-    resolved.iter().find(|r| r.name == name).map(|r| &r.value)
-}
-
-pub fn get_num(resolved: &[Resolved], name: &str) -> Option<f64> {
-    get(resolved, name).and_then(Value::num)
-}
+// The validated values live with the blocks that read them; checking produces them.
+pub use crate::blocks::param::{Resolved, Value, get, get_num};
 
 /// Validates the given values of `specs` and fills in defaults.
 ///

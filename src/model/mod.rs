@@ -14,6 +14,7 @@ pub mod hf;
 pub mod hf_config;
 pub mod hf_tiny;
 pub mod kv_cache;
+pub mod layers;
 pub mod layout;
 pub mod llama;
 pub mod norm;

@@ -15,8 +15,9 @@ use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::config::{Family, ModelConfig};
 use super::kv_cache::KvCache;
+use super::layers::{EmbeddingRows, Linear};
 use super::layout::Layout;
-use super::llama::{Linear, LlamaTrunk};
+use super::llama::LlamaTrunk;
 use super::params::{Init, Params};
 use crate::rng::Rng;
 
@@ -479,17 +480,4 @@ fn shared_prompts(layout: &Layout) -> Result<Option<(Vec<usize>, Vec<usize>)>> {
     let (b, t) = (layout.batch, layout.text_len);
     let worth = 3 * (firsts.len() * p + b * t) <= 2 * b * (p + t);
     Ok(worth.then_some((firsts, of_row)))
-}
-
-pub(crate) trait EmbeddingRows {
-    fn embedding_rows(&self, ids: &Tensor) -> Result<Tensor>;
-}
-
-impl EmbeddingRows for Tensor {
-    /// Rows of an embedding table `[N, D]` for ids `[B, L]`: `[B, L, D]`.
-    fn embedding_rows(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, l) = ids.dims2()?;
-        let d = self.dim(1)?;
-        self.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, d))
-    }
 }

@@ -3,7 +3,7 @@
 
 use super::errors::*;
 use super::exprs::{const_eval, signal_of};
-use super::stages::{ArgVal, StageCx, Val};
+use super::scope::{ArgVal, StageCx, Val};
 use crate::blocks::{self, spec::BlockSpec};
 use crate::diag::{Diagnostic, Span, did_you_mean};
 use crate::ir::builtins;

@@ -5,7 +5,7 @@ use petgraph::stable_graph::NodeIndex;
 
 use super::MAX_DEPTH;
 use super::errors::*;
-use super::stages::{ArgVal, REWARD_MODEL_MEMBERS, StageCx, Val};
+use super::scope::{ArgVal, REWARD_MODEL_MEMBERS, StageCx, Val};
 use crate::blocks::{self};
 use crate::diag::{Diagnostic, Span, did_you_mean};
 use crate::ir::builtins::{self, MemberKind};

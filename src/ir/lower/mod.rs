@@ -3,13 +3,14 @@
 //! Identical expressions share one node, so the executor computes each value once.
 //!
 //! By construct: `decls` (data, models, rewards), `stages` (a stage and its statements),
-//! `exprs` (names, bindings, members), `calls` (blocks and their arguments), `errors` (the
+//! `exprs` (names, bindings, members), `scope` (what lowering a stage keeps), `calls` (blocks and their arguments), `errors` (the
 //! diagnostics).
 
 mod calls;
 mod decls;
 mod errors;
 mod exprs;
+mod scope;
 mod stages;
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use super::builtins;
 use super::graph::*;
 use crate::diag::{Diagnostic, Span};
 use crate::syntax::ast::*;
-use stages::StageCx;
+use scope::StageCx;
 
 /// Bindings nested deeper than this are reported instead of recursing further.
 const MAX_DEPTH: usize = 200;

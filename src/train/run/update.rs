@@ -11,80 +11,12 @@ use serde_json::{Map, Value as Json, json};
 
 use super::record::{masked_mean, mean_of};
 use super::rollout::{Rollout, signal_cx};
-use super::stage::{Loop, StagePlan, permutation};
+use super::stage::{StagePlan, permutation};
 use super::{Run, run_error};
 use crate::diag::Diagnostic;
 use crate::exec::Options;
-use crate::ir::graph::{ModelRef, Signal};
 use crate::train::optim::AdamW;
-use crate::train::signals::{self, Source, SourceKind};
-
-/// With one epoch of one minibatch, the update's forward runs on `old`'s weights exactly, so
-/// `old.logp` is its detached `policy.logp` and the rollout pass need not run the trained model
-/// (TRL and verl skip it likewise with one iteration). Only when every signal of the trained
-/// model or `old` is a log-probability and no step rollouts (which draw from the run's random
-/// stream before the update) are asked for.
-pub(super) fn old_from_update(
-    sources: &[Source],
-    trained: &str,
-    settings: &Loop,
-    rows: usize,
-) -> bool {
-    if settings.epochs != 1 || settings.minibatch < rows {
-        return false;
-    }
-    let mut reads_old = false;
-    for s in sources {
-        match &s.kind {
-            SourceKind::StepRollouts { .. } => return false,
-            SourceKind::Signal { model, signal, text } => {
-                let of_trained = matches!(model, ModelRef::Named(m) if m == trained);
-                if (of_trained || *model == ModelRef::Old) && *signal != Signal::Logp {
-                    return false;
-                }
-                if of_trained && !s.grad {
-                    return false;
-                }
-                if *model == ModelRef::Old {
-                    if live_logp(sources, trained, text).is_none() {
-                        return false;
-                    }
-                    reads_old = true;
-                }
-            }
-            SourceKind::Score { .. } => {}
-        }
-    }
-    reads_old
-}
-
-/// Whether `s` is a signal of the trained model or of `old`, its snapshot at sampling.
-pub(super) fn of_trained_or_old(s: &Source, trained: &str) -> bool {
-    matches!(&s.kind, SourceKind::Signal { model, .. }
-        if *model == ModelRef::Old || matches!(model, ModelRef::Named(m) if m == trained))
-}
-
-/// The trained model's log-probabilities of `text` with gradient, if the stage reads them.
-pub(super) fn live_logp<'a>(
-    sources: &'a [Source],
-    trained: &str,
-    text: &str,
-) -> Option<&'a Source> {
-    sources.iter().find(|g| {
-        g.grad
-            && matches!(&g.kind, SourceKind::Signal { model: ModelRef::Named(m), signal: Signal::Logp, text: t }
-                if m == trained && t == text)
-    })
-}
-
-/// `t`'s rows put back in rollout order, from the order `perm` listed them in.
-pub(super) fn unpermute(t: &Tensor, perm: &[usize]) -> candle_core::Result<Tensor> {
-    let mut inverse = vec![0u32; perm.len()];
-    for (i, &p) in perm.iter().enumerate() {
-        inverse[p] = i as u32;
-    }
-    t.index_select(&Tensor::from_vec(inverse, perm.len(), t.device())?, 0)
-}
+use crate::train::signals::{self};
 
 impl Run<'_> {
     /// Back-propagates `loss` into the trained models and takes an optimiser step; a non-finite
@@ -239,68 +171,5 @@ impl Run<'_> {
             );
         }
         Ok(t_train.elapsed().as_secs_f64())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::train::optim::AdamWConfig;
-    use candle_core::Device;
-
-    fn logp(model: ModelRef, text: &str, grad: bool) -> Source {
-        let kind = SourceKind::Signal { model, signal: Signal::Logp, text: text.into() };
-        Source { name: format!("{text}.{grad}"), kind, grad }
-    }
-
-    fn settings(epochs: usize, minibatch: usize) -> Loop {
-        let adam = AdamWConfig {
-            lr: 1e-5,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            clip_grad: None,
-            warmup_steps: 0,
-            decay_steps: None,
-        };
-        Loop { steps: 1, epochs, batch: 8, minibatch, adam }
-    }
-
-    #[test]
-    fn old_log_probs_come_from_the_update_only_for_one_minibatch_of_one_epoch() {
-        let policy = || ModelRef::Named("policy".into());
-        let grpo = [logp(policy(), "response", true), logp(ModelRef::Old, "response", false)];
-        assert!(old_from_update(&grpo, "policy", &settings(1, 8), 8));
-        assert!(!old_from_update(&grpo, "policy", &settings(2, 8), 8), "a second epoch");
-        assert!(!old_from_update(&grpo, "policy", &settings(1, 4), 8), "two minibatches");
-        // Nothing to save without `old`, nor when its text has no live log-probs.
-        assert!(!old_from_update(&grpo[..1], "policy", &settings(1, 8), 8));
-        let other = [logp(policy(), "response", true), logp(ModelRef::Old, "demo", false)];
-        assert!(!old_from_update(&other, "policy", &settings(1, 8), 8));
-        // Another signal of the trained model (a value head) still needs its own forward.
-        let values = Source {
-            name: "policy.values".into(),
-            kind: SourceKind::Signal {
-                model: policy(),
-                signal: Signal::Values,
-                text: "response".into(),
-            },
-            grad: true,
-        };
-        let ppo = [grpo[0].clone(), grpo[1].clone(), values];
-        assert!(!old_from_update(&ppo, "policy", &settings(1, 8), 8));
-        // A reference model's log-probs are not the trained model's.
-        let kl = [grpo[0].clone(), grpo[1].clone(), logp(ModelRef::Ref, "response", false)];
-        assert!(old_from_update(&kl, "policy", &settings(1, 8), 8));
-    }
-
-    #[test]
-    fn unpermute_puts_rows_back() {
-        let perm = [2, 0, 3, 1];
-        let rows: Vec<f32> = perm.iter().map(|&p| p as f32).collect();
-        let t = Tensor::from_vec(rows, (4, 1), &Device::Cpu).unwrap();
-        let back = unpermute(&t, &perm).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(back, [0.0, 1.0, 2.0, 3.0]);
     }
 }
