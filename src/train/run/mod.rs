@@ -8,6 +8,7 @@
 //! `update` (epochs × minibatches, back-propagation, the optimiser) and `record` (metrics and
 //! samples of a step).
 
+mod clip;
 mod evaluate;
 mod record;
 mod rollout;

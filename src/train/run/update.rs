@@ -9,7 +9,8 @@ use candle_core::Tensor;
 use petgraph::stable_graph::NodeIndex;
 use serde_json::{Map, Value as Json, json};
 
-use super::record::{masked_mean, mean_of};
+use super::clip::{self, ClipTerm};
+use super::record::mean_of;
 use super::rollout::{Rollout, signal_cx};
 use super::stage::{StagePlan, permutation};
 use super::{Run, run_error};
@@ -92,7 +93,8 @@ impl Run<'_> {
         let full = &rollout.full;
         let b = rollout.rows.len();
         let mut losses = Vec::new();
-        let mut clipfrac = Vec::new();
+        let mut clipped: Vec<(ClipTerm, Vec<f64>)> =
+            clip::clip_terms(self.checked, index).into_iter().map(|t| (t, vec![])).collect();
         let t_train = Instant::now();
         for epoch in 0..settings.epochs {
             let perm = match first_perm.take() {
@@ -144,18 +146,12 @@ impl Run<'_> {
                 )?;
                 self.update(index, &eval.loss, opt, record)?;
                 losses.push(mean_of(&eval.loss));
-                if let (Some(p), Some(o), Some(m)) =
-                    (batch.get("policy.logp"), batch.get("old.logp"), batch.get("mask"))
-                {
-                    let eps = 0.2;
-                    let frac = (p - o)
-                        .and_then(|d| d.exp())
-                        .and_then(|r| (r - 1.0)?.abs())
-                        .and_then(|a| a.gt(eps))
-                        .and_then(|c| c.to_dtype(candle_core::DType::F32))
-                        .map(|c| masked_mean(&c, m))
-                        .unwrap_or(f64::NAN);
-                    clipfrac.push(frac);
+                for (term, fracs) in &mut clipped {
+                    if let (Some(p), Some(o), Some(m)) =
+                        (batch.get(&term.logp), batch.get(&term.old), batch.get("mask"))
+                    {
+                        fracs.push(clip::fraction(term, p, o, m));
+                    }
                 }
                 for t in &eval.terms {
                     record.insert(format!("loss.{}", t.name), json!(mean_of(&t.value)));
@@ -164,11 +160,9 @@ impl Run<'_> {
         }
         record
             .insert("loss".into(), json!(losses.iter().sum::<f64>() / losses.len().max(1) as f64));
-        if !clipfrac.is_empty() {
-            record.insert(
-                "clip_fraction".into(),
-                json!(clipfrac.iter().sum::<f64>() / clipfrac.len() as f64),
-            );
+        for (term, fracs) in clipped.iter().filter(|(_, f)| !f.is_empty()) {
+            record
+                .insert(term.metric.clone(), json!(fracs.iter().sum::<f64>() / fracs.len() as f64));
         }
         Ok(t_train.elapsed().as_secs_f64())
     }
