@@ -299,3 +299,22 @@ fn the_import_scan_finds_a_loop() {
     // Real edges are found: the executor reads the checker.
     assert!(import_graph()[&m("exec")].contains(&m("check")));
 }
+
+/// The checker fills every default (`check::params::resolve`), so code that reads a setting
+/// reads the resolved value (`params::num`, `params::text`) and never restates its default: a
+/// `get_num(..).unwrap_or(..)` is a second copy that drifts (the warm start's fell back to 400
+/// steps where the spec says 800).
+#[test]
+fn settings_are_read_resolved_never_restated() {
+    let mut restated = Vec::new();
+    for path in rust_files(&root().join("src")) {
+        let text = fs::read_to_string(&path).unwrap();
+        for (i, line) in without_tests(&text).lines().enumerate() {
+            let compact: String = line.split_whitespace().collect();
+            if compact.contains("get_num(") && compact.contains(").unwrap_or(") {
+                restated.push(format!("{}:{}: {}", rel(&path), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(restated.is_empty(), "defaults restated where settings are read: {restated:#?}");
+}

@@ -94,6 +94,20 @@ pub fn get_num(resolved: &[Resolved], name: &str) -> Option<f64> {
     get(resolved, name).and_then(Value::num)
 }
 
+/// A numeric setting with a default. The checker resolves every setting of a spec, filling in
+/// defaults, so the value is always there; readers never restate a default. A missing value is
+/// a defect of rlx (reading a setting of another spec), not of the recipe.
+pub fn num(resolved: &[Resolved], name: &str) -> f64 {
+    get_num(resolved, name).unwrap_or_else(|| panic!("internal: setting `{name}` was not resolved"))
+}
+
+/// A text setting with a default; see [`num`].
+pub fn text<'a>(resolved: &'a [Resolved], name: &str) -> &'a str {
+    get(resolved, name)
+        .and_then(Value::str)
+        .unwrap_or_else(|| panic!("internal: setting `{name}` was not resolved"))
+}
+
 /// Shortest faithful rendering of a number: `0.2`, `1e-6`, `64`.
 pub fn format_number(v: f64) -> String {
     if v == v.trunc() && v.abs() < 1e15 {

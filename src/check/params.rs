@@ -6,7 +6,7 @@ use crate::diag::{Diagnostic, Span, did_you_mean};
 use crate::ir::graph::Const;
 
 // The validated values live with the blocks that read them; checking produces them.
-pub use crate::blocks::param::{Resolved, Value, get, get_num};
+pub use crate::blocks::param::{Resolved, Value, get, get_num, num, text};
 
 /// Validates the given values of `specs` and fills in defaults.
 ///
@@ -184,4 +184,10 @@ pub fn resolve_settings(
         }
     }
     resolve(specs, &given, owner, call, &|_| None, diags)
+}
+
+/// Every setting of `specs` at its default: what a stage without the block (`sample { }` of a
+/// stage that does not sample, read for its held-out evaluation) resolves to.
+pub fn defaults(specs: &'static [ParamSpec]) -> Vec<Resolved> {
+    resolve_settings(specs, &[], "", Span::new(0, 0), &mut Vec::new())
 }

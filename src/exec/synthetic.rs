@@ -22,7 +22,8 @@ pub fn batch(
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
     let reqs = requirements(checked, index);
-    let n = params::get_num(&checked.stages[index].sample, "n").unwrap_or(1.0).max(1.0) as usize;
+    // A stage that does not sample has no groups: each sequence is its own (`n = 1`).
+    let n = params::get_num(&checked.stages[index].sample, "n").map_or(1, |n| n.max(1.0) as usize);
     let b = b.div_ceil(n).max(1) * n;
     let t = t.max(2);
     let mut rng = Rng::new(seed);

@@ -71,45 +71,40 @@ const EVAL_PROMPTS: usize = 128;
 impl Task {
     /// Builds a data set from its resolved parameters (`seed`, sizes, a file's path, …).
     pub fn build(name: &str, resolved: &[Resolved]) -> Result<Task, String> {
-        let num = |n: &str, d: f64| params::get_num(resolved, n).unwrap_or(d);
-        let text = |n: &str, d: &str| {
-            params::get(resolved, n).and_then(|v| v.str()).unwrap_or(d).to_string()
-        };
-        let seed = num("seed", 0.0) as u64;
-        let mut rng = Rng::new(seed ^ 0x5EED);
+        let num = |n: &str| params::num(resolved, n);
+        let text = |n: &str| params::text(resolved, n).to_string();
+        // Generated sets have a seed; a file has none.
+        let rng = || Rng::new(num("seed") as u64 ^ 0x5EED);
         match name {
             "jsonl" => {
-                let format = text("format", "gsm8k");
+                let format = text("format");
                 let fields = jsonl::Fields {
-                    prompt: text("prompt", "prompt"),
-                    answer: text("answer", "answer"),
+                    prompt: text("prompt"),
+                    answer: text("answer"),
                     demonstration: params::get(resolved, "demonstration")
                         .and_then(|v| v.str())
                         .map(str::to_string),
-                    chosen: text("chosen", "chosen"),
-                    rejected: text("rejected", "rejected"),
+                    chosen: text("chosen"),
+                    rejected: text("rejected"),
                 };
                 jsonl::load(
-                    Path::new(&text("path", "")),
+                    Path::new(&text("path")),
                     &fields,
                     AnswerFormat::parse(&format)
                         .ok_or_else(|| format!("unknown answer format `{format}`"))?,
-                    num("eval", EVAL_PROMPTS as f64) as usize,
+                    num("eval") as usize,
                 )
             }
             "arith" => Ok(arith::build(
-                &mut rng,
-                num("problems", 2000.0) as usize,
+                &mut rng(),
+                num("problems") as usize,
                 EVAL_PROMPTS,
-                num("min_ops", 2.0) as usize,
-                num("max_ops", 4.0) as usize,
+                num("min_ops") as usize,
+                num("max_ops") as usize,
             )),
-            "reviews" => Ok(reviews::build(
-                &mut rng,
-                num("prompts", 2000.0) as usize,
-                EVAL_PROMPTS,
-                num("noise", 0.1),
-            )),
+            "reviews" => {
+                Ok(reviews::build(&mut rng(), num("prompts") as usize, EVAL_PROMPTS, num("noise")))
+            }
             _ => Err(format!("no data set `{name}`")),
         }
     }
@@ -251,7 +246,8 @@ mod tests {
     #[test]
     fn every_task_text_round_trips_through_its_tokenizer_without_unknowns() {
         for name in ["arith", "reviews"] {
-            let task = Task::build(name, &[]).unwrap();
+            let spec = crate::ir::builtins::data_set(name).unwrap();
+            let task = Task::build(name, &params::defaults(spec.params)).unwrap();
             let tok = Tok::from_json(&Tok::json(&task.pieces)).unwrap();
             for text in task.texts.iter().take(300) {
                 let ids = tok.encode(text);

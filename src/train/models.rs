@@ -194,15 +194,18 @@ fn build_one(
 ) -> std::result::Result<Slot, String> {
     let name = &decl.name.name;
     let resolved = setup.checked.decl_params.get(name).cloned().unwrap_or_default();
-    let cfg = config_of(&resolved, setup.tok.vocab_size())?;
-    if matches!(decl.init, ModelInit::Builtin { .. } | ModelInit::RewardModel)
-        && setup.device.is_cpu()
-    {
-        super::memory::check_parameters(name, super::memory::builtin_parameters(&cfg))?;
-    }
+    // Only a built-in model (or reward model) has a preset and a shape of rlx's own.
+    let builtin_cfg = || -> std::result::Result<ModelConfig, String> {
+        let cfg = config_of(&resolved, setup.tok.vocab_size())?;
+        if setup.device.is_cpu() {
+            super::memory::check_parameters(name, super::memory::builtin_parameters(&cfg))?;
+        }
+        Ok(cfg)
+    };
     let mut mrng = rng.fork(fnv(name));
     let slot = match &decl.init {
         ModelInit::Builtin { warm_start } => {
+            let cfg = builtin_cfg()?;
             let params = init_params(
                 &cfg,
                 Heads { lm: true, ..Default::default() },
@@ -216,8 +219,8 @@ fn build_one(
                     .tasks
                     .get(&ws.data)
                     .ok_or_else(|| format!("no data set `{}`", ws.data))?;
-                let steps = params::get_num(&resolved, "warm_steps").unwrap_or(400.0) as usize;
-                let lr = params::get_num(&resolved, "warm_lr").unwrap_or(1e-3);
+                let steps = params::num(&resolved, "warm_steps") as usize;
+                let lr = params::num(&resolved, "warm_lr");
                 // The key is the content trained on, not the settings that generated it,
                 // so a changed task generator never reuses a stale warm start. The `v2`
                 // names the warm-start procedure itself.
@@ -259,6 +262,7 @@ fn build_one(
             }
         }
         ModelInit::RewardModel => {
+            let cfg = builtin_cfg()?;
             // Like InstructGPT's, the reward model starts from a warm-started language model
             // of the same shape where the recipe has one; its score head is fresh.
             let trunk =
@@ -312,7 +316,7 @@ fn pretrained(
     let asked = match params::get_num(resolved, "lora_rank") {
         Some(rank) => Some(LoraSpec {
             rank: rank as usize,
-            alpha: params::get_num(resolved, "lora_alpha").unwrap_or(16.0),
+            alpha: params::num(resolved, "lora_alpha"),
             targets: lora_targets(&text("lora_targets"))?,
         }),
         None => None,
@@ -520,8 +524,7 @@ fn config_of(
     resolved: &[params::Resolved],
     vocab: usize,
 ) -> std::result::Result<ModelConfig, String> {
-    let preset =
-        params::get(resolved, "preset").and_then(|v| v.str()).unwrap_or("tiny").to_string();
+    let preset = params::text(resolved, "preset").to_string();
     let mut cfg =
         ModelConfig::preset(&preset, vocab).ok_or_else(|| format!("unknown preset `{preset}`"))?;
     if let Some(v) = params::get_num(resolved, "layers") {

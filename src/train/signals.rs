@@ -152,7 +152,7 @@ pub fn sources(checked: &Checked, index: usize) -> (Vec<Source>, Option<String>)
                 SourceKind::StepRollouts {
                     text: text_of(n),
                     reward,
-                    k: params::get_num(p, "k").unwrap_or(9.0) as usize,
+                    k: params::num(p, "k") as usize,
                     max_steps: params::get_num(p, "max_steps").map(|v| v as usize),
                 }
             }

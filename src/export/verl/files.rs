@@ -283,7 +283,7 @@ pub fn overrides(plan: &Plan, cx: &Context, name: &str) -> Vec<(String, String)>
         set("actor_rollout_ref.model.lora_rank", int(rank));
         set(
             "actor_rollout_ref.model.lora_alpha",
-            int(get_num(&model, "lora_alpha").unwrap_or(16.0)),
+            int(crate::check::params::num(&model, "lora_alpha")),
         );
         let targets = match crate::check::params::get(&model, "lora_targets") {
             Some(crate::check::params::Value::Str(t)) => t.clone(),

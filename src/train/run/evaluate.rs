@@ -102,14 +102,21 @@ impl Run<'_> {
     }
 }
 
+/// The resolved `sample { }` settings of stage `index`; a stage that does not sample reads the
+/// defaults (its held-out evaluation samples with them).
+pub(super) fn sample_settings(checked: &Checked, index: usize) -> Vec<params::Resolved> {
+    let s = &checked.stages[index].sample;
+    if s.is_empty() { params::defaults(crate::ir::builtins::SAMPLE) } else { s.clone() }
+}
+
 /// The sampling settings of stage `index` (`sample { }` with its defaults).
 pub fn stage_sampling(checked: &Checked, index: usize) -> Sampling {
-    let s = &checked.stages[index].sample;
+    let s = &sample_settings(checked, index);
     Sampling {
-        temperature: params::get_num(s, "temperature").unwrap_or(1.0),
-        top_p: params::get_num(s, "top_p").unwrap_or(1.0),
-        max_tokens: params::get_num(s, "max_tokens").unwrap_or(64.0) as usize,
-        min_tokens: params::get_num(s, "min_tokens").unwrap_or(0.0) as usize,
+        temperature: params::num(s, "temperature"),
+        top_p: params::num(s, "top_p"),
+        max_tokens: params::num(s, "max_tokens") as usize,
+        min_tokens: params::num(s, "min_tokens") as usize,
         stop: params::get(s, "stop").and_then(|v| v.str()).map(|s| s.replace("\\n", "\n")),
         greedy: false,
     }

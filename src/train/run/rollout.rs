@@ -140,7 +140,7 @@ impl Run<'_> {
         let device = self.opts.device.clone();
         let sampling = self.sampling(index);
         let cs = &checked.stages[index];
-        let n = params::get_num(&cs.sample, "n").unwrap_or(1.0).max(1.0) as usize;
+        let n = params::num(&cs.sample, "n").max(1.0) as usize;
         let from_ref = params::get(&cs.sample, "from").and_then(|v| v.str()) == Some("ref");
         let trained = stage.trained().unwrap_or("policy").to_string();
         // Prompts of this step: a fixed permutation per pass over the prompt set.

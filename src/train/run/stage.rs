@@ -47,22 +47,22 @@ pub(super) struct Loop {
 
 pub(super) fn loop_settings(checked: &Checked, index: usize, cap: Option<usize>) -> Loop {
     let o = &checked.stages[index].optim;
-    let num = |n: &str, d: f64| params::get_num(o, n).unwrap_or(d);
-    let steps = (num("steps", 100.0) as usize).min(cap.unwrap_or(usize::MAX)).max(1);
-    let batch = (num("batch", 32.0) as usize).max(1);
+    let num = |n: &str| params::num(o, n);
+    let steps = (num("steps") as usize).min(cap.unwrap_or(usize::MAX)).max(1);
+    let batch = (num("batch") as usize).max(1);
     Loop {
         steps,
-        epochs: (num("epochs", 1.0) as usize).max(1),
+        epochs: (num("epochs") as usize).max(1),
         batch,
-        minibatch: (num("minibatch", batch as f64) as usize).clamp(1, batch),
+        minibatch: (num("minibatch") as usize).clamp(1, batch),
         adam: AdamWConfig {
-            lr: num("lr", 1e-5),
-            beta1: num("beta1", 0.9),
-            beta2: num("beta2", 0.999),
+            lr: num("lr"),
+            beta1: num("beta1"),
+            beta2: num("beta2"),
             eps: 1e-8,
-            weight_decay: num("weight_decay", 0.0),
+            weight_decay: num("weight_decay"),
             clip_grad: params::get_num(o, "clip_grad"),
-            warmup_steps: (num("warmup", 0.0) * steps as f64).round() as usize,
+            warmup_steps: (num("warmup") * steps as f64).round() as usize,
             decay_steps: None,
         },
     }
@@ -291,7 +291,7 @@ impl Run<'_> {
         settings: &mut Loop,
     ) -> Result<(), Diagnostic> {
         let stage = &self.checked.program.stages[index];
-        let n = params::get_num(&self.checked.stages[index].sample, "n").unwrap_or(1.0) as usize;
+        let n = params::num(&super::evaluate::sample_settings(self.checked, index), "n") as usize;
         let (available, what) = match kw {
             DataKw::Prompts => (task.train.len() * n.max(1), "prompts × samples"),
             _ => (data_len(task, member), "examples"),

@@ -46,7 +46,8 @@ impl AggMode {
             "seq_mean_token_sum" => AggMode::SeqMeanTokenSum,
             "seq_mean_token_mean" => AggMode::SeqMeanTokenMean,
             "seq_mean_token_sum_norm" => AggMode::SeqMeanTokenSumNorm(
-                crate::check::params::get_num(params, "norm").unwrap_or(1.0),
+                // Resolved from `sample.max_tokens` where not written; verl exports RL stages only.
+                crate::check::params::num(params, "norm"),
             ),
             _ => return None,
         })

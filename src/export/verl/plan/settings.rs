@@ -101,10 +101,9 @@ impl Planner<'_> {
             let span = span_of(&optim, "warmup").unwrap_or(stage_span);
             self.err("verl-setting", span, "verl's warm-up is counted in RL steps and starts at a learning rate of 0; rlx's is counted in optimiser steps and starts at lr/w".into(), "a warm-up verl schedules differently", "drop `warmup` here and set verl's actor_rollout_ref.actor.optim.lr_warmup_steps on the command line");
         }
-        let num = |k| crate::check::params::get_num(&sample, k).unwrap_or(1.0);
-        let n = num("n");
+        let n = crate::check::params::num(&sample, "n");
         for key in ["batch", "minibatch"] {
-            let v = crate::check::params::get_num(&optim, key).unwrap_or(n);
+            let v = crate::check::params::num(&optim, key);
             if (v / n).fract() != 0.0 {
                 let span = span_of(&optim, key).unwrap_or(stage_span);
                 self.err("verl-setting", span, format!("verl counts `{key}` in prompts: {v} sequences is not a whole number of prompts of {n} samples"), "not a multiple of `sample.n`", "make it a multiple of n");
