@@ -244,3 +244,51 @@ fn reading_a_recipe_is_bounded() {
         }
     }
 }
+
+/// `rlx explain` reads the one registry of codes: a code's page (summary, origin, explanation,
+/// the UI case that triggers it with its output), the list, JSON, and a near miss suggested.
+#[test]
+fn explain_pages_come_from_the_registry() {
+    let o = rlx(&["explain", "level-mismatch"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.starts_with("level-mismatch: "), "{page}");
+    assert!(page.contains("From the checker.") && page.contains("`rlx lint` reports:"), "{page}");
+    let lint = rlx(&["explain", "unused-binding"]);
+    assert!(stdout(&lint).contains("a lint, a warning by default"), "{}", stdout(&lint));
+    let list = stdout(&rlx(&["explain"]));
+    for code in rlx::diag::codes::CODES {
+        assert!(list.contains(code.name), "{} missing from `rlx explain`", code.name);
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&rlx(&["explain", "singleton-group", "--format", "json"])))
+            .unwrap();
+    assert_eq!(json["default"], "error");
+    let miss = rlx(&["explain", "levle-mismatch"]);
+    assert_eq!(miss.status.code(), Some(2));
+    assert!(stderr(&miss).contains("did you mean `level-mismatch`?"), "{}", stderr(&miss));
+}
+
+/// One output switch: `--format text|json` (`human` still accepted where it was the name);
+/// `--json` kept for old scripts.
+#[test]
+fn format_json_is_one_switch() {
+    let human = rlx(&["lint", "--format", "human", "tests/ui/level_mismatch_input.rlx"]);
+    let text = rlx(&["lint", "--format", "text", "tests/ui/level_mismatch_input.rlx"]);
+    assert_eq!(stderr(&human), stderr(&text));
+    let json = rlx(&["lint", "--format", "json", "tests/ui/level_mismatch_input.rlx"]);
+    let parsed: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(parsed[0]["code"], "level-mismatch");
+    let a = rlx(&["explain", "unused-binding", "--json"]);
+    let b = rlx(&["explain", "unused-binding", "--format", "json"]);
+    assert_eq!(stdout(&a), stdout(&b));
+}
+
+#[test]
+fn completions_for_every_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let o = rlx(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        assert!(stdout(&o).contains("explain") && stdout(&o).contains("--stage"), "{shell}");
+    }
+}

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use rlx::check::lints::{LINTS, LintConfig};
+use rlx::check::lints::LintConfig;
+use rlx::diag::{Kind, codes};
 use rlx::render::{self, Style};
 use rlx::source::{SourceFile, analyze};
 
@@ -84,11 +85,9 @@ fn ui_cases_match_their_golden_output() {
     );
 }
 
-/// Every diagnostic code the front half can emit, and every lint, has at least one UI case.
-/// (Runtime diagnostics, emitted under `src/exec/` and `src/train/`, are covered by
-/// `tests/eval.rs` and `tests/run.rs`.)
-#[test]
-fn every_diagnostic_code_has_a_ui_case() {
+/// Every code emitted under `src/` (as `Diagnostic::error("CODE"`, `Diagnostic::warning(`,
+/// the verl planner's `self.err("CODE"`), read across line breaks.
+fn emitted_codes() -> BTreeSet<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut emitted = BTreeSet::new();
     let mut stack = vec![root.join("src")];
@@ -96,37 +95,125 @@ fn every_diagnostic_code_has_a_ui_case() {
         for entry in fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                if !path.ends_with("exec") && !path.ends_with("train") {
-                    stack.push(path);
-                }
+                stack.push(path);
                 continue;
             }
             let text = fs::read_to_string(&path).unwrap();
-            for marker in ["Diagnostic::error(\"", "Diagnostic::warning(\""] {
+            for marker in ["Diagnostic::error(", "Diagnostic::warning(", "self.err("] {
                 for piece in text.split(marker).skip(1) {
-                    let code = piece.split('"').next().unwrap();
-                    if !code.is_empty() {
+                    let Some(rest) = piece.trim_start().strip_prefix('"') else { continue };
+                    let code = rest.split('"').next().unwrap();
+                    if !code.is_empty() && !code.contains(' ') {
                         emitted.insert(code.to_string());
                     }
                 }
             }
         }
     }
-    emitted.extend(LINTS.iter().map(|l| l.name.to_string()));
-    // Too large to keep as a case; covered by a unit test of the parser.
-    emitted.remove("file-too-large");
-    let mut covered = String::new();
-    for entry in fs::read_dir(root.join("tests/ui")).unwrap() {
+    emitted
+}
+
+/// The codes the UI cases show (each diagnostic's first line is its code).
+fn shown_codes() -> BTreeSet<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui");
+    let mut shown = BTreeSet::new();
+    for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "stderr") {
-            covered.push_str(&fs::read_to_string(path).unwrap());
+            let text = fs::read_to_string(path).unwrap();
+            let mut previous = "";
+            for line in text.lines() {
+                // A code line: kebab-case alone on a line, before a blank or `×`/`⚠` line.
+                if previous.is_empty()
+                    && !line.is_empty()
+                    && line
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && line.contains('-')
+                {
+                    shown.insert(line.to_string());
+                }
+                previous = line;
+            }
         }
     }
-    let missing: Vec<&String> = emitted
-        .iter()
-        .filter(|c| {
-            !covered.contains(&format!("\n{c}\n")) && !covered.starts_with(&format!("{c}\n"))
+    shown
+}
+
+/// One registry of codes: everything `src/` emits is in it (with a summary and explanation for
+/// `rlx explain`), and everything the UI cases show is explained there.
+#[test]
+fn every_code_is_in_the_registry() {
+    let missing: Vec<String> =
+        emitted_codes().into_iter().filter(|c| codes::code(c).is_none()).collect();
+    assert!(missing.is_empty(), "codes emitted but not in diag::codes::CODES: {missing:?}");
+    let unexplained: Vec<String> =
+        shown_codes().into_iter().filter(|c| codes::code(c).is_none()).collect();
+    assert!(
+        unexplained.is_empty(),
+        "codes the UI cases show that `rlx explain` lacks: {unexplained:?}"
+    );
+    for c in codes::CODES {
+        assert!(!c.summary.is_empty() && !c.explanation.is_empty(), "{}", c.name);
+    }
+    let names: Vec<&str> = codes::CODES.iter().map(|c| c.name).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(names, sorted, "CODES is sorted by name, each once");
+}
+
+/// Every code a recipe can trigger has an example — a UI case that shows it — and a code only
+/// runs and evaluations raise (or a file rlx cannot embed) has none.
+#[test]
+fn every_code_a_recipe_can_trigger_has_an_example_that_does() {
+    for c in codes::CODES {
+        let runtime = matches!(c.kind, Kind::Evaluation | Kind::Run);
+        match &c.example {
+            Some(e) => assert!(
+                e.output.lines().any(|l| l == c.name),
+                "{}: its example {} does not show it",
+                c.name,
+                e.case
+            ),
+            None => assert!(
+                runtime || ["file-too-large", "invalid-utf8"].contains(&c.name),
+                "{} has no example",
+                c.name
+            ),
+        }
+    }
+}
+
+/// The README's list of codes and its lint table are the registry's: every code is named, and
+/// the table has exactly the lints with their default levels (it once listed `unknown-lint`,
+/// which `--allow` refuses, and missed `stage-trains-nothing`).
+#[test]
+fn the_readme_lists_the_registrys_codes_and_lints() {
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = &readme[readme.find("## Diagnostics and lints").unwrap()..];
+    let section = &section[..section.find("\n## ").unwrap()];
+    let mut table = BTreeSet::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        table.insert((cells[1].trim_matches('`').to_string(), cells[2].to_string()));
+    }
+    let lints: BTreeSet<(String, String)> = codes::lints()
+        .map(|l| {
+            let level = match l.lint_default() {
+                Some(rlx::diag::Severity::Error) => "deny",
+                _ => "warn",
+            };
+            (l.name.to_string(), level.to_string())
         })
         .collect();
-    assert!(missing.is_empty(), "diagnostics without a UI case: {missing:?}");
+    assert_eq!(table, lints, "the README's lint table is not the registry's lints");
+    for c in codes::CODES.iter().filter(|c| c.kind != Kind::Export) {
+        assert!(
+            section.contains(&format!("`{}`", c.name)),
+            "the README does not name `{}`",
+            c.name
+        );
+    }
 }

@@ -11,96 +11,18 @@ use petgraph::visit::EdgeRef;
 use super::params::{self, Value};
 use super::{Checked, CheckedStage, StageCx, Ty};
 use crate::blocks::spec::{Demand, Family, GradRule, InputKind, Level};
-use crate::diag::{Diagnostic, Severity, Span, did_you_mean};
+use crate::diag::{Code, Diagnostic, Severity, Span, codes, did_you_mean};
 use crate::ir::graph::*;
 use crate::syntax::ast::SourceKind;
 
-/// A lint's identity and documentation.
-#[derive(Debug)]
-pub struct LintSpec {
-    pub name: &'static str,
-    pub default: Severity,
-    pub summary: &'static str,
-    /// A recipe fragment that triggers it.
-    pub example: &'static str,
-}
-
-/// Every lint, sorted by name.
-pub static LINTS: &[LintSpec] = &[
-    LintSpec {
-        name: "advantage-carries-gradient",
-        default: Severity::Warning,
-        summary: "an advantage, reward or target depends on a signal with gradient",
-        example: "let adv = gae(r, policy.values)   # should be old.values",
-    },
-    LintSpec {
-        name: "biased-kl-gradient",
-        default: Severity::Warning,
-        summary: "a KL estimator whose gradient is zero in expectation (k1) or biased (k3, abs) is minimised in the loss",
-        example: "loss = ... + 0.04 * token_mean(kl(policy.logp, ref.logp, estimator = k3))",
-    },
-    LintSpec {
-        name: "kl-in-reward-and-loss",
-        default: Severity::Warning,
-        summary: "a KL penalty is both folded into the reward and added to the loss",
-        example: "let r = at_end(rm(response)) - 0.05 * kl(old.logp, ref.logp)\nloss = ... + 0.01 * token_mean(kl(policy.logp, ref.logp))",
-    },
-    LintSpec {
-        name: "missing-checkpoint",
-        default: Severity::Warning,
-        summary: "a `pretrained(...)` directory does not exist (yet)",
-        example: "model policy = pretrained(\"models/qwen\")   # no such directory",
-    },
-    LintSpec {
-        name: "singleton-group",
-        default: Severity::Error,
-        summary: "a group-relative block with one sample per prompt gives zero advantages",
-        example: "sample { n = 1 }\nlet adv = group_zscore(arith.correct(response))",
-    },
-    LintSpec {
-        name: "unmasked-loss",
-        default: Severity::Warning,
-        summary: "a loss reduction averages padding positions (`mask = none`)",
-        example: "loss = token_mean(ppo_clip(...), mask = none)",
-    },
-    LintSpec {
-        name: "unregularized-reward",
-        default: Severity::Warning,
-        summary: "a learned reward is maximised with neither a KL term nor a calibration (over-optimisation risk)",
-        example: "loss = token_mean(pg(policy.logp, spread(whiten(rm(response)))))",
-    },
-    LintSpec {
-        name: "unused-binding",
-        default: Severity::Warning,
-        summary: "a `let` binding that nothing reads",
-        example: "let kl = kl(old.logp, ref.logp)   # never used",
-    },
-    LintSpec {
-        name: "unused-declaration",
-        default: Severity::Warning,
-        summary: "a data set, model or reward that no stage uses",
-        example: "data reviews = builtin(\"reviews\")   # never used",
-    },
-    LintSpec {
-        name: "unused-value-head",
-        default: Severity::Warning,
-        summary: "a value head is trained but no value is read",
-        example: "train policy, value_head(policy)   # policy.values never read",
-    },
-    LintSpec {
-        name: "verl-kl-clamp",
-        default: Severity::Warning,
-        summary: "(`--target verl`) verl clamps the k3 KL estimate into [-10, 10]; the recipe does not",
-        example: "kl(policy.logp, ref.logp, estimator = k3)   # add clamp = 10 for an exact export",
-    },
-];
-
-pub fn lint(name: &str) -> Option<&'static LintSpec> {
-    LINTS.iter().find(|l| l.name == name)
+/// The lint named `name`: its entry in the one registry of codes (`diag::codes`), which holds
+/// its default level, summary and explanation.
+pub fn lint(name: &str) -> Option<&'static Code> {
+    codes::code(name).filter(|c| c.lint_default().is_some())
 }
 
 pub(super) fn push(diags: &mut Vec<Diagnostic>, name: &'static str, diag: Diagnostic) {
-    let severity = lint(name).map_or(Severity::Warning, |l| l.default);
+    let severity = lint(name).and_then(Code::lint_default).unwrap_or(Severity::Warning);
     diags.push(Diagnostic { code: name, severity, ..diag });
 }
 
@@ -426,7 +348,7 @@ impl LintConfig {
             .iter()
             .chain(&self.deny)
             .filter(|n| lint(n).is_none() && *n != "warnings")
-            .map(|n| match did_you_mean(n, LINTS.iter().map(|l| l.name)) {
+            .map(|n| match did_you_mean(n, codes::lints().map(|l| l.name)) {
                 Some(s) => format!("unknown lint `{n}` (did you mean `{s}`?)"),
                 None => format!("unknown lint `{n}`"),
             })
@@ -457,9 +379,9 @@ pub fn configure(
                     format!("unknown lint `{name}` in a suppression comment"),
                 )
                 .primary(*span, "not a lint name");
-                out.push(match did_you_mean(name, LINTS.iter().map(|l| l.name)) {
+                out.push(match did_you_mean(name, codes::lints().map(|l| l.name)) {
                     Some(m) => d.help(format!("did you mean `{m}`?")),
-                    None => d.help("`rlx lint --help` lists the lints"),
+                    None => d.help("`rlx explain` lists the lints"),
                 });
             }
         }

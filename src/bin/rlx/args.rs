@@ -67,6 +67,11 @@ pub enum Command {
     /// trained one) and a K-rollout Monte-Carlo estimate, against the mean verifier reward of
     /// many rollouts from every reasoning-step start (VinePPO's value-prediction check).
     Values(ValuesArgs),
+    /// What a diagnostic code means, with an example: `rlx explain level-mismatch`; every code
+    /// and lint without one.
+    Explain(ExplainArgs),
+    /// A shell completion script on stdout: `rlx completions bash > /etc/bash_completion.d/rlx`.
+    Completions(CompletionsArgs),
 }
 
 impl Command {
@@ -117,12 +122,31 @@ pub enum Target {
     Verl,
 }
 
+/// `--format`: what a command with machine output prints.
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
-pub enum LintFormat {
-    /// Rendered diagnostics on stderr.
-    Human,
-    /// One JSON array of diagnostics on stdout.
+pub enum Format {
+    /// For people (`human` is accepted too).
+    #[value(alias = "human")]
+    Text,
+    /// JSON on stdout, for programs.
     Json,
+}
+
+/// `--format text|json`, on every command with machine output.
+#[derive(Args)]
+pub struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// The same as `--format json` (kept for scripts written before `--format`).
+    #[arg(long, hide = true)]
+    pub json: bool,
+}
+
+impl FormatArg {
+    pub fn json(&self) -> bool {
+        self.json || self.format == Format::Json
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -138,10 +162,9 @@ pub struct LintArgs {
     /// Recipe files.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = LintFormat::Human)]
-    pub format: LintFormat,
-    /// Silence a lint (repeatable).
+    #[command(flatten)]
+    pub format: FormatArg,
+    /// Silence a lint (repeatable; `rlx explain` lists the lints).
     #[arg(long, value_name = "LINT")]
     pub allow: Vec<String>,
     /// Make a lint an error (repeatable); `--deny warnings` makes every warning an error.
@@ -300,9 +323,8 @@ pub struct BenchArgs {
     /// Seed of the random weights and inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// One JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub format: FormatArg,
     /// Benchmark a Hugging Face checkpoint directory instead of a built-in shape.
     #[arg(long = "model")]
     pub checkpoint: Option<PathBuf>,
@@ -328,9 +350,8 @@ pub struct ScoreArgs {
     /// chat template, generation prompt included.
     #[arg(long)]
     pub chat: bool,
-    /// One JSON object per text instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub format: FormatArg,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -544,9 +565,23 @@ pub struct ValuesArgs {
     /// Seed of the probe's sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub format: FormatArg,
     #[command(flatten)]
     pub device: DeviceArg,
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// A diagnostic code or lint, e.g. `level-mismatch` (default: list them all).
+    pub code: Option<String>,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }

@@ -42,6 +42,8 @@ fn main() -> ExitCode {
         Command::Export(args) => cmd::export::main(args, style),
         Command::Lsp => Ok(ExitCode::from(rlx::lsp::serve_stdio() as u8)),
         Command::Values(args) => cmd::values::main(args, style),
+        Command::Explain(args) => cmd::explain::main(args),
+        Command::Completions(args) => cmd::completions::main(args),
     };
     match result {
         Ok(code) => code,

@@ -9,7 +9,7 @@ mod python;
 use std::path::Path;
 
 pub use files::{File, Rows, VERL_VERSION, registry_name};
-pub use plan::{CODES, Plan};
+pub use plan::Plan;
 
 use crate::check::Checked;
 use crate::diag::Diagnostic;

@@ -28,7 +28,7 @@ pub fn main(args: BenchArgs) -> Result<ExitCode, String> {
         only,
         device,
         seed,
-        json,
+        format,
         checkpoint,
         bf16,
     } = args;
@@ -85,7 +85,7 @@ pub fn main(args: BenchArgs) -> Result<ExitCode, String> {
     } else {
         only.iter().map(name).collect()
     };
-    report(&cfg, checkpoint.as_deref().map(|m| (m, bf16)), &which, &device.device, json)
+    report(&cfg, checkpoint.as_deref().map(|m| (m, bf16)), &which, &device.device, format.json())
 }
 
 /// Measures and prints.

@@ -6,7 +6,7 @@ use rlx::check::lints::LintConfig;
 use rlx::render::{self, Style};
 use rlx::source;
 
-use crate::args::{LintArgs, LintFormat, Target};
+use crate::args::{LintArgs, Target};
 use crate::ui;
 
 pub fn main(args: LintArgs, style: Style) -> Result<ExitCode, String> {
@@ -26,19 +26,17 @@ pub fn main(args: LintArgs, style: Style) -> Result<ExitCode, String> {
             source::add_diagnostics(&src, &mut analysis, found, &config);
         }
         failed |= analysis.has_errors();
-        match args.format {
-            LintFormat::Human => {
+        match args.format.json() {
+            false => {
                 ui::print_diagnostics(&src, &analysis, style);
                 if !analysis.diagnostics.is_empty() {
                     eprintln!("{}: {}", src.name, render::summary(&analysis.diagnostics));
                 }
             }
-            LintFormat::Json => {
-                json.extend(analysis.diagnostics.iter().map(|d| render::json(d, &src)))
-            }
+            true => json.extend(analysis.diagnostics.iter().map(|d| render::json(d, &src))),
         }
     }
-    if args.format == LintFormat::Json {
+    if args.format.json() {
         println!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
     }
     Ok(if failed { ui::findings() } else { ExitCode::SUCCESS })

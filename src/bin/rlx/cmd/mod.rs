@@ -3,8 +3,10 @@
 pub mod bench;
 pub mod blocks;
 pub mod compare;
+pub mod completions;
 pub mod diff;
 pub mod eval;
+pub mod explain;
 pub mod export;
 pub mod fmt;
 pub mod generate;

@@ -6,7 +6,8 @@ use crate::args::ScoreArgs;
 
 /// `rlx score`: one text, or a field of every line of a JSON-lines file.
 pub fn main(args: ScoreArgs) -> Result<ExitCode, String> {
-    let ScoreArgs { model, text, jsonl, field, chat, json, device } = args;
+    let ScoreArgs { model, text, jsonl, field, chat, format, device } = args;
+    let json = format.json();
     let (model, text, jsonl, field, device) =
         (&model, text.as_deref(), jsonl.as_deref(), &field, &device.device);
     let device = rlx::exec::device::device(device)?;

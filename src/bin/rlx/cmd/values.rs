@@ -13,7 +13,8 @@ use crate::ui;
 
 /// `rlx values RUN`: the run's recipe is checked again with its overrides, then probed.
 pub fn main(args: ValuesArgs, style: Style) -> Result<ExitCode, String> {
-    let ValuesArgs { run, stage, prompts, samples, k, truth, seed, json, device } = args;
+    let ValuesArgs { run, stage, prompts, samples, k, truth, seed, format, device } = args;
+    let json = format.json();
     let opts = &rlx::report::values::ProbeOptions { stage, prompts, samples, k, truth, seed };
     let (run, device) = (&run, &device.device);
     if opts.prompts == 0 || opts.samples == 0 || opts.k == Some(0) || opts.truth < 2 {

@@ -149,20 +149,3 @@ pub fn plan(checked: &Checked, index: usize) -> (Option<Plan>, Vec<Diagnostic>) 
     let plan = if p.diags.iter().any(Diagnostic::is_error) { None } else { plan };
     (plan, p.diags)
 }
-
-/// The codes of export diagnostics, with what each means (for `rlx lint --target verl`).
-pub const CODES: &[(&str, &str)] = &[
-    ("verl-stage", "the stage is not an RL stage verl's PPO trainer runs"),
-    ("verl-earlier-stage", "the stage uses a model an earlier stage trains"),
-    ("verl-engine", "something verl's trainer does not produce: step rollouts, rewrites"),
-    ("verl-loss-shape", "the loss is not a weighted sum of aggregated token terms"),
-    ("verl-aggregation", "terms aggregated differently where verl uses one mode"),
-    ("verl-signal", "a signal verl does not pass to the place that needs it"),
-    ("verl-advantage", "the policy loss reads more than one advantage, or one per sequence"),
-    ("verl-reward", "a reward verl's reward function and KL penalty cannot express"),
-    ("verl-unsupported-block", "a block without a verl export yet"),
-    ("verl-kl", "a KL term verl computes differently"),
-    ("verl-kl-clamp", "verl clamps k3 into [-10, 10] where the recipe does not"),
-    ("verl-setting", "a sampling or optimiser setting verl cannot express"),
-    ("verl-critic", "a value loss or GAE verl's critic computes differently"),
-];

@@ -2,6 +2,8 @@
 //!
 //! Every phase returns these values; only `render` turns them into text.
 
+pub mod codes;
+
 use serde::Serialize;
 
 /// A byte range in one source file.
@@ -131,6 +133,75 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+// The registry's entries (`codes::CODES`).
+
+/// Where a code comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The parser: the text is not a recipe.
+    Syntax,
+    /// Name resolution and graph construction.
+    Lowering,
+    /// Levels, texts, gradients, parameters, stage structure.
+    Check,
+    /// A finding that is usually a mistake but may be intended: `--allow`/`--deny` switch it,
+    /// `# rlx: allow(NAME)` silences one statement. Carries its default level.
+    Lint(Severity),
+    /// Evaluating a stage (`rlx eval`, and every step of `rlx run`).
+    Evaluation,
+    /// A training run, outside the objective itself.
+    Run,
+    /// What verl would compute differently (`rlx export verl`, `rlx lint --target verl`).
+    Export,
+}
+
+impl Kind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Syntax => "the parser",
+            Kind::Lowering => "name resolution",
+            Kind::Check => "the checker",
+            Kind::Lint(Severity::Error) => "a lint, an error by default",
+            Kind::Lint(Severity::Warning) => "a lint, a warning by default",
+            Kind::Evaluation => "evaluating a stage (`rlx eval`, every step of `rlx run`)",
+            Kind::Run => "a training run",
+            Kind::Export => "`rlx export verl` and `rlx lint --target verl`",
+        }
+    }
+}
+
+/// A recipe that triggers a code, and what `rlx lint` prints for it.
+#[derive(Debug)]
+pub struct Example {
+    /// The `tests/ui` case it is.
+    pub case: &'static str,
+    pub recipe: &'static str,
+    pub output: &'static str,
+}
+
+/// One code.
+#[derive(Debug)]
+pub struct Code {
+    /// Stable kebab-case name, e.g. `level-mismatch`.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub summary: &'static str,
+    pub explanation: &'static str,
+    /// For lints: the shape of recipe text that triggers it.
+    pub fragment: Option<&'static str>,
+    pub example: Option<Example>,
+}
+
+impl Code {
+    /// A lint's default level; `None` for codes that are always errors.
+    pub fn lint_default(&self) -> Option<Severity> {
+        match self.kind {
+            Kind::Lint(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
