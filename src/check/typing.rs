@@ -36,7 +36,9 @@ pub(super) fn infer(cx: &StageCx, out: &mut CheckedStage, diags: &mut Vec<Diagno
             Op::Rewrite { model } => {
                 check_model_ready(cx, model, node.span, diags);
                 match wires.first().map(|(i, s)| (&out.types[i], *s)) {
-                    Some((Ty::Text(t), _)) => Ty::Text(format!("{model}.rewrite({t})")),
+                    Some((Ty::Text(t), _)) => {
+                        Ty::Text(TextName::rewrite(model, TextName::parse(t)).to_string())
+                    }
                     Some((other, s)) => {
                         diags.push(expected_text(other, s));
                         Ty::Unknown

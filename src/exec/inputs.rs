@@ -114,11 +114,12 @@ pub fn source_name(stage: &StageIr, n: NodeIndex) -> Option<String> {
 /// The name of a rewrite text, as the checker spells it.
 pub(crate) fn rewrite_text(stage: &StageIr, n: NodeIndex, model: &str) -> String {
     let g = &stage.graph;
-    let of = match inputs(g, n).first().map(|t| &g[*t].op) {
-        Some(Op::Text(t)) => t.to_string(),
-        _ => "response".into(),
+    let of = match inputs(g, n).first().map(|t| (*t, &g[*t].op)) {
+        Some((_, Op::Text(t))) => TextName::Own(t.to_string()),
+        Some((inner, Op::Rewrite { model })) => TextName::parse(&rewrite_text(stage, inner, model)),
+        _ => TextName::Own("response".into()),
     };
-    format!("{model}.rewrite({of})")
+    TextName::rewrite(model, of).to_string()
 }
 
 /// Nodes the loss depends on.

@@ -9,6 +9,7 @@ use candle_core::{Device, Result, Tensor};
 use super::inputs::{Dim, Kind, requirements};
 use crate::check::Checked;
 use crate::check::params;
+use crate::ir::graph::TextName;
 
 pub use crate::rng::Rng;
 
@@ -155,8 +156,10 @@ fn token_ids(
     if let Some(ids) = known.get(text) {
         return ids.clone();
     }
-    let original =
-        text.split_once(".rewrite(").map(|(_, rest)| rest.trim_end_matches(')').to_string());
+    let original = match TextName::parse(text) {
+        TextName::Rewrite { of, .. } => Some(of.to_string()),
+        TextName::Own(_) => None,
+    };
     let ids: Vec<Vec<i64>> = match original.and_then(|o| known.get(&o).cloned()) {
         Some(orig) => orig
             .iter()

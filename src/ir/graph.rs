@@ -89,6 +89,44 @@ impl ScorerRef {
     }
 }
 
+/// The name of a text a stage reads: one of its own (`response`, `chosen`, `demonstration`, …)
+/// or a model's rewrite of another text (`grm.rewrite(response)`, nested as deep as written).
+/// Batch inputs are named by its display (`mask(grm.rewrite(response))`); this type is the one
+/// place that writes that form and reads it back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TextName {
+    Own(String),
+    Rewrite { model: String, of: Box<TextName> },
+}
+
+impl TextName {
+    pub fn rewrite(model: &str, of: TextName) -> TextName {
+        TextName::Rewrite { model: model.to_string(), of: Box::new(of) }
+    }
+
+    /// Reads a name back from its display.
+    pub fn parse(name: &str) -> TextName {
+        let rewrite = name.strip_suffix(')').and_then(|rest| rest.split_once(".rewrite("));
+        match rewrite {
+            Some((model, of))
+                if !model.is_empty() && model.chars().all(|c| c.is_alphanumeric() || c == '_') =>
+            {
+                TextName::rewrite(model, TextName::parse(of))
+            }
+            _ => TextName::Own(name.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for TextName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TextName::Own(name) => f.write_str(name),
+            TextName::Rewrite { model, of } => write!(f, "{model}.rewrite({of})"),
+        }
+    }
+}
+
 /// A per-token signal of a language model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Signal {
@@ -348,5 +386,25 @@ impl Program {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextName;
+
+    #[test]
+    fn text_names_round_trip_nested_rewrites_included() {
+        for name in
+            ["response", "chosen", "grm.rewrite(response)", "a.rewrite(b.rewrite(response))"]
+        {
+            assert_eq!(TextName::parse(name).to_string(), name);
+        }
+        // The rewrite of a rewrite: the inner name keeps its own closing parenthesis (reading
+        // it back by trimming every trailing `)` lost it).
+        let nested = TextName::parse("a.rewrite(b.rewrite(response))");
+        let TextName::Rewrite { model, of } = &nested else { panic!("{nested:?}") };
+        assert_eq!((model.as_str(), of.to_string().as_str()), ("a", "b.rewrite(response)"));
+        assert_eq!(TextName::parse("mask(response)"), TextName::Own("mask(response)".into()));
     }
 }

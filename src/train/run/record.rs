@@ -8,6 +8,7 @@ use super::Run;
 use super::rollout::Rollout;
 use super::stage::StagePlan;
 use crate::exec::Evaluation;
+use crate::ir::graph::TextName;
 use crate::train::signals::{SourceKind, TextRows};
 
 /// Mean of all of a tensor's values.
@@ -93,7 +94,9 @@ impl Run<'_> {
             .rows
             .texts
             .iter()
-            .filter(|(name, _)| *name == "greedy" || name.contains(".rewrite("))
+            .filter(|(name, _)| {
+                *name == "greedy" || matches!(TextName::parse(name), TextName::Rewrite { .. })
+            })
             .collect();
         let lines: Vec<Json> = r
             .rows

@@ -12,6 +12,7 @@ use super::stage::{Loop, StagePlan, permutation};
 use super::{Run, run_error};
 use crate::check::params;
 use crate::diag::Diagnostic;
+use crate::ir::graph::TextName;
 use crate::ir::graph::{ModelRef, ScorerRef, Signal};
 use crate::model::Transformer;
 use crate::sample::{self, Generation, Sampling};
@@ -289,10 +290,8 @@ impl Run<'_> {
                 sample::generate(sampler, &self.tok, prompt_toks, &greedy, &mut self.rng, &device)
                     .map_err(|e| fail(e.to_string()))?
                     .tokens
-            } else if let Some((model, of)) = text
-                .split_once(".rewrite(")
-                .map(|(m, r)| (m.to_string(), r.trim_end_matches(')').to_string()))
-            {
+            } else if let TextName::Rewrite { model, of } = TextName::parse(text) {
+                let of = of.to_string();
                 let base = rows
                     .texts
                     .get(&of)
