@@ -318,3 +318,38 @@ fn settings_are_read_resolved_never_restated() {
     }
     assert!(restated.is_empty(), "defaults restated where settings are read: {restated:#?}");
 }
+
+/// `metrics.jsonl`'s field names are spelled once (`train::metrics::field`): the trainer that
+/// writes them and `report/` that reads them use the constants, never a literal.
+#[test]
+fn metric_field_names_have_one_owner() {
+    let owner = fs::read_to_string(root().join("src/train/metrics.rs")).unwrap();
+    let names: Vec<String> = owner
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub const "))
+        .filter_map(|l| l.split('"').nth(1))
+        .map(|name| format!("\"{name}\""))
+        .collect();
+    assert!(names.len() > 20, "{names:?}");
+    let mut files = rust_files(&root().join("src/train/run"));
+    files.extend(rust_files(&root().join("src/report")));
+    let mut literal = Vec::new();
+    for path in files {
+        let text = fs::read_to_string(&path).unwrap();
+        for (i, line) in without_tests(&text).lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for name in &names {
+                let written = [".insert(", ".get(", "== ", "= ["].iter().any(|p| {
+                    code.contains(&format!("{p}{name}")) || code.contains(&format!("{p}&{name}"))
+                });
+                if written {
+                    literal.push(format!("{}:{}: {}", rel(&path), i + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        literal.is_empty(),
+        "metric fields spelled outside train::metrics::field: {literal:#?}"
+    );
+}

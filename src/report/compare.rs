@@ -13,6 +13,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use super::curves::{RunMetrics, mean_se, read_run};
+use crate::train::metrics::field;
 
 /// What to run.
 pub struct Plan {
@@ -312,7 +313,7 @@ fn eval_table(recipes: &[RecipeRuns]) -> EvalTable {
 }
 
 /// Training metrics worth a column, averaged over each run's last tenth of steps.
-const TRAIN_COLUMNS: [&str; 4] = ["reward", "kl", "entropy", "response_tokens"];
+const TRAIN_COLUMNS: [&str; 4] = [field::REWARD, field::KL, field::ENTROPY, field::RESPONSE_TOKENS];
 
 fn tail_mean(m: &RunMetrics, metric: &str) -> Option<f64> {
     let s = m.steps.get(metric)?;
@@ -327,14 +328,14 @@ pub fn default_plot_metrics(recipes: &[RecipeRuns]) -> Vec<String> {
     let runs: Vec<&RunMetrics> = recipes.iter().flat_map(|r| &r.runs).collect();
     let logged = |k: &str| runs.iter().any(|m| m.steps.contains_key(k));
     let mut out: Vec<String> = Vec::new();
-    let first: Vec<String> = ["reward"]
+    let first: Vec<String> = [field::REWARD]
         .iter()
         .chain(&super::verdict::HEADLINES)
         .chain(&super::verdict::GUARDS)
         .map(|s| s.to_string())
         .collect();
     let task_metrics = runs.iter().flat_map(|m| m.stage_evals.iter().flat_map(|e| e.after.keys()));
-    for k in first.iter().chain(task_metrics).chain(&["kl".to_string()]) {
+    for k in first.iter().chain(task_metrics).chain(&[field::KL.to_string()]) {
         if !k.ends_with("_se") && logged(k) && !out.contains(k) && out.len() < 4 {
             out.push(k.clone());
         }

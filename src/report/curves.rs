@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::train::metrics::field;
 use serde_json::Value;
 
 /// One run's metrics: per field, `(step, value)`; evaluations as `(step, name, value)`.
@@ -64,16 +65,17 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics, String> {
         let v: Value =
             serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
         let Some(obj) = v.as_object() else { continue };
-        if let Some(when) = obj.get("eval").and_then(Value::as_str) {
-            let stage = obj.get("stage").and_then(Value::as_str).unwrap_or_default();
+        if let Some(when) = obj.get(field::EVAL).and_then(Value::as_str) {
+            let stage = obj.get(field::STAGE).and_then(Value::as_str).unwrap_or_default();
             if out.stage_evals.last().is_none_or(|e| e.stage != stage) {
                 out.stage_evals.push(StageEval { stage: stage.to_string(), ..Default::default() });
             }
             let into = out.stage_evals.last_mut().expect("pushed above");
             for (k, val) in obj {
-                if let (Some(name), Some(y)) = (k.strip_prefix("eval/"), val.as_f64()) {
+                if let (Some(name), Some(y)) = (k.strip_prefix(field::EVAL_PREFIX), val.as_f64()) {
                     out.evals.push((x, name.to_string(), y));
-                    let map = if when == "before" { &mut into.before } else { &mut into.after };
+                    let map =
+                        if when == field::BEFORE { &mut into.before } else { &mut into.after };
                     map.insert(name.to_string(), y);
                 }
             }
@@ -85,10 +87,10 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics, String> {
                 out.steps.entry(k.clone()).or_default().push((x, y));
             }
         }
-        if let Some(w) = obj.get("wall").and_then(Value::as_f64) {
+        if let Some(w) = obj.get(field::WALL).and_then(Value::as_f64) {
             out.wall = w;
         }
-        if let Some(secs) = obj.get("seconds").and_then(Value::as_f64) {
+        if let Some(secs) = obj.get(field::SECONDS).and_then(Value::as_f64) {
             spent += secs;
             out.walls.push((x, spent));
         }

@@ -4,6 +4,7 @@
 //! steps to the last — beside the demonstrations' score where the recipe binds one (`demo`).
 
 use super::curves::{RunMetrics, StageEval};
+use crate::train::metrics::field;
 
 /// Held-out metrics worth a verdict, most important first: what the task is solved by, then
 /// what over-optimisation destroys.
@@ -51,7 +52,7 @@ pub fn line(run: &RunMetrics) -> Option<String> {
         let (b, a, word) = judge(e, m)?;
         parts.push(format!("{m} {b:.3} → {a:.3} ({word})"));
     }
-    if let Some((first, last)) = run.steps.get("reward").and_then(|s| tenth_means(s)) {
+    if let Some((first, last)) = run.steps.get(field::REWARD).and_then(|s| tenth_means(s)) {
         parts.push(format!("training reward {first:.3} → {last:.3}"));
     }
     if let Some((_, last)) = run.steps.get("demo.mean").and_then(|s| tenth_means(s)) {

@@ -6,6 +6,52 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+/// The names of `metrics.jsonl`'s fields: the trainer writes them, `report/` and `rlx run`
+/// read them, and this is the one place they are spelled. (A task's own metrics — `accuracy`,
+/// `gold`, … with `NAME_se` — are the task's; `loss.TERM` and `BINDING.mean`/`.std` are built
+/// by the functions below.)
+pub mod field {
+    /// Every line: which stage and step it belongs to.
+    pub const STAGE: &str = "stage";
+    pub const STAGE_INDEX: &str = "stage_index";
+    pub const STEP: &str = "step";
+    /// An evaluation line: `before` or `after`, its metrics under `eval/NAME`.
+    pub const EVAL: &str = "eval";
+    pub const BEFORE: &str = "before";
+    pub const AFTER: &str = "after";
+    pub const EVAL_PREFIX: &str = "eval/";
+    /// A training step.
+    pub const LOSS: &str = "loss";
+    pub const REWARD: &str = "reward";
+    pub const KL: &str = "kl";
+    pub const ENTROPY: &str = "entropy";
+    pub const RESPONSE_TOKENS: &str = "response_tokens";
+    pub const VINE_ROLLOUTS: &str = "vine_rollouts";
+    pub const PAIR_ACCURACY: &str = "pair_accuracy";
+    pub const CLIP_FRACTION: &str = "clip_fraction";
+    pub const GRAD_NORM: &str = "grad_norm";
+    pub const OPTIM_STEPS: &str = "optim_steps";
+    pub const LR: &str = "lr";
+    pub const TOKENS: &str = "tokens";
+    pub const TOKENS_PER_S: &str = "tokens_per_s";
+    pub const SAMPLE_SECONDS: &str = "sample_seconds";
+    pub const TRAIN_SECONDS: &str = "train_seconds";
+    pub const SAMPLE_TOKENS_PER_S: &str = "sample_tokens_per_s";
+    /// The step's own seconds, and the run's wall time so far.
+    pub const SECONDS: &str = "seconds";
+    pub const WALL: &str = "wall";
+
+    /// One term of the loss: `loss.NAME`.
+    pub fn loss_term(name: &str) -> String {
+        format!("{LOSS}.{name}")
+    }
+
+    /// A held-out metric on an evaluation line: `eval/NAME`.
+    pub fn eval(metric: &str) -> String {
+        format!("{EVAL_PREFIX}{metric}")
+    }
+}
+
 pub struct MetricsLog {
     file: std::fs::File,
 }
@@ -28,11 +74,11 @@ impl MetricsLog {
             .lines()
             .filter(|l| {
                 let Ok(v) = serde_json::from_str::<Value>(l) else { return false };
-                let s = v.get("stage_index").and_then(Value::as_u64).unwrap_or(0) as usize;
-                let t = v.get("step").and_then(Value::as_u64).unwrap_or(0) as usize;
-                match v.get("eval").and_then(Value::as_str) {
+                let s = v.get(field::STAGE_INDEX).and_then(Value::as_u64).unwrap_or(0) as usize;
+                let t = v.get(field::STEP).and_then(Value::as_u64).unwrap_or(0) as usize;
+                match v.get(field::EVAL).and_then(Value::as_str) {
                     _ if s != stage => s < stage,
-                    Some("after") => false,
+                    Some(field::AFTER) => false,
                     Some(_) => step > 0,
                     None => t <= step,
                 }
@@ -61,16 +107,16 @@ pub fn evals(dir: &Path, stage: usize) -> (Map<String, Value>, Map<String, Value
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
     let (mut before, mut after) = (Map::new(), Map::new());
     for v in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
-        if v.get("stage_index").and_then(Value::as_u64) != Some(stage as u64) {
+        if v.get(field::STAGE_INDEX).and_then(Value::as_u64) != Some(stage as u64) {
             continue;
         }
-        let into = match v.get("eval").and_then(Value::as_str) {
-            Some("before") => &mut before,
-            Some("after") => &mut after,
+        let into = match v.get(field::EVAL).and_then(Value::as_str) {
+            Some(field::BEFORE) => &mut before,
+            Some(field::AFTER) => &mut after,
             _ => continue,
         };
         if let Some(o) = v.as_object() {
-            for (k, x) in o.iter().filter(|(k, _)| k.starts_with("eval/")) {
+            for (k, x) in o.iter().filter(|(k, _)| k.starts_with(field::EVAL_PREFIX)) {
                 into.insert(k.clone(), x.clone());
             }
         }

@@ -12,6 +12,7 @@ use super::record::masked_mean;
 use crate::check::Checked;
 use crate::exec::source_name;
 use crate::ir::graph::{Op, inputs};
+use crate::train::metrics::field;
 
 /// A clipped term the metric follows: where its log-ratios come from, and its interval.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +62,11 @@ pub(super) fn clip_terms(checked: &Checked, index: usize) -> Vec<ClipTerm> {
     }
     let several = terms.len() > 1;
     for (i, t) in terms.iter_mut().enumerate() {
-        t.metric =
-            if several { format!("clip_fraction.{}", i + 1) } else { "clip_fraction".into() };
+        t.metric = if several {
+            format!("{}.{}", field::CLIP_FRACTION, i + 1)
+        } else {
+            field::CLIP_FRACTION.into()
+        };
     }
     terms
 }

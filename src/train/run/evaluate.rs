@@ -10,6 +10,7 @@ use crate::model::Transformer;
 use crate::rng::Rng;
 use crate::sample::{self, Sampling};
 use crate::tasks::Task;
+use crate::train::metrics::field;
 
 impl Run<'_> {
     /// A stage's `before` and `after` evaluations from the metrics log, in the task's metric
@@ -27,7 +28,7 @@ impl Run<'_> {
             .map(|t| t.metrics(&[], &[]).into_iter().map(|(k, _)| k).collect())
             .unwrap_or_default();
         for k in before.keys().chain(after.keys()) {
-            let k = k.trim_start_matches("eval/").to_string();
+            let k = k.trim_start_matches(field::EVAL_PREFIX).to_string();
             if !order.contains(&k) {
                 order.push(k);
             }
@@ -36,7 +37,7 @@ impl Run<'_> {
             order
                 .iter()
                 .filter_map(|k| {
-                    m.get(&format!("eval/{k}")).and_then(Json::as_f64).map(|v| (k.clone(), v))
+                    m.get(&field::eval(k)).and_then(Json::as_f64).map(|v| (k.clone(), v))
                 })
                 .collect()
         };
@@ -52,12 +53,12 @@ impl Run<'_> {
     ) -> Result<(), Diagnostic> {
         let stage = &self.checked.program.stages[index];
         let mut r = Map::new();
-        r.insert("stage".into(), json!(stage.name.name));
-        r.insert("stage_index".into(), json!(index));
-        r.insert("step".into(), json!(step));
-        r.insert("eval".into(), json!(when));
+        r.insert(field::STAGE.into(), json!(stage.name.name));
+        r.insert(field::STAGE_INDEX.into(), json!(index));
+        r.insert(field::STEP.into(), json!(step));
+        r.insert(field::EVAL.into(), json!(when));
         for (k, v) in m {
-            r.insert(format!("eval/{k}"), json!(v));
+            r.insert(field::eval(k), json!(v));
         }
         self.metrics.write(&r).map_err(|e| run_error(stage.name.span, e.to_string()))
     }

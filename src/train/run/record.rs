@@ -9,6 +9,7 @@ use super::rollout::Rollout;
 use super::stage::StagePlan;
 use crate::exec::Evaluation;
 use crate::ir::graph::TextName;
+use crate::train::metrics::field;
 use crate::train::signals::{SourceKind, TextRows};
 
 /// Mean of all of a tensor's values.
@@ -51,14 +52,14 @@ impl Run<'_> {
             .iter()
             .find(|s| matches!(&s.kind, SourceKind::Score { text, .. } if text == "response"))
         {
-            record.insert("reward".into(), json!(mean_of(&full[&s.name])));
+            record.insert(field::REWARD.into(), json!(mean_of(&full[&s.name])));
         }
         if let Some(m) = &mask {
             if let Some(old) = full.get("old.logp").or_else(|| full.get("policy.logp")) {
-                record.insert("entropy".into(), json!(-masked_mean(old, m)));
+                record.insert(field::ENTROPY.into(), json!(-masked_mean(old, m)));
                 if let Some(rf) = full.get("ref.logp") {
                     let d = (old - rf).map(|d| masked_mean(&d, m)).unwrap_or(f64::NAN);
-                    record.insert("kl".into(), json!(d));
+                    record.insert(field::KL.into(), json!(d));
                 }
             }
             record.insert(
@@ -83,7 +84,7 @@ impl Run<'_> {
             }
         }
         if r.vine_rollouts > 0 {
-            record.insert("vine_rollouts".into(), json!(r.vine_rollouts));
+            record.insert(field::VINE_ROLLOUTS.into(), json!(r.vine_rollouts));
         }
     }
 

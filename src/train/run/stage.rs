@@ -20,6 +20,7 @@ use crate::rng::Rng;
 use crate::syntax::ast::SourceKind as DataKw;
 use crate::tasks::Task;
 use crate::train::checkpoint::{self, State};
+use crate::train::metrics::field;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::progress::Progress;
 use crate::train::signals::{self, Source};
@@ -177,7 +178,7 @@ impl Run<'_> {
         }
         if evaluated && start == 0 {
             let before = self.evaluate(index, &task, &ref_model).map_err(fail)?;
-            self.record_eval(index, 0, "before", &before)?;
+            self.record_eval(index, 0, field::BEFORE, &before)?;
             self.summary.evals.push((stage.name.name.clone(), before, vec![]));
         } else if evaluated {
             // Resumed mid-stage: the `before` evaluation is in the log.
@@ -200,21 +201,21 @@ impl Run<'_> {
         for step in start..steps {
             let t0 = Instant::now();
             let mut record = Map::new();
-            record.insert("stage".into(), json!(stage.name.name));
-            record.insert("stage_index".into(), json!(index));
-            record.insert("step".into(), json!(step + 1));
+            record.insert(field::STAGE.into(), json!(stage.name.name));
+            record.insert(field::STAGE_INDEX.into(), json!(index));
+            record.insert(field::STEP.into(), json!(step + 1));
             match kw {
                 DataKw::Prompts => self.rl_step(&plan, step, &mut opt, &mut record)?,
                 _ => self.supervised_step(&plan, step, data.kind, &mut opt, &mut record)?,
             }
             let secs = t0.elapsed().as_secs_f64();
-            record.insert("seconds".into(), json!(secs));
-            record.insert("wall".into(), json!(self.wall()));
-            if let Some(t) = record.get("tokens").and_then(Json::as_f64) {
-                record.insert("tokens_per_s".into(), json!(t / secs.max(1e-9)));
+            record.insert(field::SECONDS.into(), json!(secs));
+            record.insert(field::WALL.into(), json!(self.wall()));
+            if let Some(t) = record.get(field::TOKENS).and_then(Json::as_f64) {
+                record.insert(field::TOKENS_PER_S.into(), json!(t / secs.max(1e-9)));
             }
             self.metrics.write(&record).map_err(|e| fail(e.to_string()))?;
-            let headline = ["loss", "reward", task.headline()]
+            let headline = [field::LOSS, field::REWARD, task.headline()]
                 .iter()
                 .filter_map(|k| {
                     record.get(*k).and_then(Json::as_f64).map(|v| format!("{k} {v:.3}"))
@@ -230,7 +231,7 @@ impl Run<'_> {
         if evaluated {
             let policy = self.slots[&trained].frozen().map_err(|e| fail(e.to_string()))?;
             let after = self.evaluate(index, &task, &policy).map_err(fail)?;
-            self.record_eval(index, steps, "after", &after)?;
+            self.record_eval(index, steps, field::AFTER, &after)?;
             if let Some(e) = self.summary.evals.last_mut() {
                 e.2 = after;
             }
@@ -410,11 +411,13 @@ impl Run<'_> {
         let train_secs =
             self.update_epochs(plan, &mut rollout, &values, opt, record)? + rollout.ahead_secs;
         let (new_tokens, sample_secs) = (rollout.new_tokens, rollout.sample_secs);
-        record.insert("tokens".into(), json!(new_tokens));
-        record.insert("sample_seconds".into(), json!(sample_secs));
-        record.insert("train_seconds".into(), json!(train_secs));
-        record
-            .insert("sample_tokens_per_s".into(), json!(new_tokens as f64 / sample_secs.max(1e-9)));
+        record.insert(field::TOKENS.into(), json!(new_tokens));
+        record.insert(field::SAMPLE_SECONDS.into(), json!(sample_secs));
+        record.insert(field::TRAIN_SECONDS.into(), json!(train_secs));
+        record.insert(
+            field::SAMPLE_TOKENS_PER_S.into(),
+            json!(new_tokens as f64 / sample_secs.max(1e-9)),
+        );
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ use crate::diag::Diagnostic;
 use crate::exec::Options;
 use crate::ir::builtins::MemberKind;
 use crate::ir::graph::ScorerRef;
+use crate::train::metrics::field;
 use crate::train::optim::AdamW;
 use crate::train::signals::{self, ModelView, Rows, SignalCx, Source, SourceKind, TextRows};
 
@@ -103,9 +104,9 @@ impl Run<'_> {
             &HashMap::new(),
         )?;
         self.update(index, &eval.loss, opt, record)?;
-        record.insert("loss".into(), json!(mean_of(&eval.loss)));
+        record.insert(field::LOSS.into(), json!(mean_of(&eval.loss)));
         for t in &eval.terms {
-            record.insert(format!("loss.{}", t.name), json!(mean_of(&t.value)));
+            record.insert(field::loss_term(&t.name), json!(mean_of(&t.value)));
         }
         // Reward-model accuracy on the batch's pairs.
         let scores: Vec<&Source> = sources
@@ -121,11 +122,11 @@ impl Run<'_> {
                 .and_then(|m| m.to_dtype(DType::F32))
                 .map(|m| mean_of(&m))
                 .unwrap_or(f64::NAN);
-            record.insert("pair_accuracy".into(), json!(acc));
+            record.insert(field::PAIR_ACCURACY.into(), json!(acc));
         }
         let tokens: usize =
             rows.texts.values().map(|t| t.toks.iter().map(Vec::len).sum::<usize>()).sum();
-        record.insert("tokens".into(), json!(tokens));
+        record.insert(field::TOKENS.into(), json!(tokens));
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ use super::stage::{StagePlan, permutation};
 use super::{Run, run_error};
 use crate::diag::Diagnostic;
 use crate::exec::Options;
+use crate::train::metrics::field;
 use crate::train::optim::AdamW;
 use crate::train::signals::{self};
 
@@ -60,11 +61,11 @@ impl Run<'_> {
             .primary(stage.loss_span, "the update of this loss")
             .help(self.resume_hint("lower `optim.lr` (or set `clip_grad`)")));
         }
-        let n = record.get("optim_steps").and_then(Json::as_f64).unwrap_or(0.0);
-        let g = record.get("grad_norm").and_then(Json::as_f64).unwrap_or(0.0);
-        record.insert("grad_norm".into(), json!((g * n + info.grad_norm) / (n + 1.0)));
-        record.insert("optim_steps".into(), json!(n + 1.0));
-        record.insert("lr".into(), json!(info.lr));
+        let n = record.get(field::OPTIM_STEPS).and_then(Json::as_f64).unwrap_or(0.0);
+        let g = record.get(field::GRAD_NORM).and_then(Json::as_f64).unwrap_or(0.0);
+        record.insert(field::GRAD_NORM.into(), json!((g * n + info.grad_norm) / (n + 1.0)));
+        record.insert(field::OPTIM_STEPS.into(), json!(n + 1.0));
+        record.insert(field::LR.into(), json!(info.lr));
         Ok(())
     }
 
@@ -154,12 +155,14 @@ impl Run<'_> {
                     }
                 }
                 for t in &eval.terms {
-                    record.insert(format!("loss.{}", t.name), json!(mean_of(&t.value)));
+                    record.insert(field::loss_term(&t.name), json!(mean_of(&t.value)));
                 }
             }
         }
-        record
-            .insert("loss".into(), json!(losses.iter().sum::<f64>() / losses.len().max(1) as f64));
+        record.insert(
+            field::LOSS.into(),
+            json!(losses.iter().sum::<f64>() / losses.len().max(1) as f64),
+        );
         for (term, fracs) in clipped.iter().filter(|(_, f)| !f.is_empty()) {
             record
                 .insert(term.metric.clone(), json!(fracs.iter().sum::<f64>() / fracs.len() as f64));

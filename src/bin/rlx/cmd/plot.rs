@@ -16,7 +16,11 @@ pub fn main(args: PlotArgs) -> Result<ExitCode, String> {
     }
     let runs =
         dirs.iter().map(|d| rlx::report::curves::read_run(d)).collect::<Result<Vec<_>, _>>()?;
-    let metrics = if metrics.is_empty() { vec!["reward".to_string()] } else { metrics };
+    let metrics = if metrics.is_empty() {
+        vec![rlx::train::metrics::field::REWARD.to_string()]
+    } else {
+        metrics
+    };
     let spec =
         rlx::report::plot::PlotSpec { metrics: &metrics, smooth: smooth.max(1), title: "", wall };
     rlx::report::plot::write(runs, &spec, out)?;
