@@ -4,6 +4,12 @@
 //! `check` (levels, gradient flow, parameters, stages, lints) → `plan` (what the runtime must
 //! compute). `blocks` is the registry every phase reads; `diff` compares two checked recipes;
 //! `render` turns diagnostics into text at the edge; `lsp` serves the same analysis to editors.
+//!
+//! **The library API is not stable.** The crate is the `rlx` program's library: its modules are
+//! public so the binary, the tests and the benchmarks can reach them, not as a promise to other
+//! crates. What is stable is the command line, the recipe language and the files a run writes
+//! (`metrics.jsonl`, checkpoints, Hugging Face layouts). Any release may rename or remove a
+//! public item; depend on the binary, or pin an exact version.
 
 pub mod bench;
 pub mod blocks;
