@@ -12,6 +12,7 @@ use super::stage::{Loop, StagePlan, permutation};
 use super::{Run, run_error};
 use crate::check::params;
 use crate::diag::Diagnostic;
+use crate::exec::Dim;
 use crate::ir::graph::TextName;
 use crate::ir::graph::{ModelRef, ScorerRef, Signal};
 use crate::model::Transformer;
@@ -254,11 +255,15 @@ impl Run<'_> {
         let device = self.opts.device.clone();
         let sampling = self.sampling(index);
         let sampler = &frozen[sampler_name];
+        // Every text an input is laid out along (its tokens or steps), and every text a signal
+        // or a score reads.
         let needed: Vec<String> = compiled
             .requirements()
             .iter()
-            .filter_map(|r| {
-                r.name.strip_prefix("mask(").and_then(|s| s.strip_suffix(')')).map(String::from)
+            .flat_map(|r| r.shape.iter())
+            .filter_map(|d| match d {
+                Dim::Tokens(t) | Dim::Steps(t) => Some(t.clone()),
+                Dim::Batch => None,
             })
             .chain(sources.iter().filter_map(|s| match &s.kind {
                 SourceKind::Signal { text, .. } | SourceKind::Score { text, .. } => {

@@ -15,7 +15,7 @@ use crate::ir::builtins::MemberKind;
 use crate::ir::graph::ScorerRef;
 use crate::train::metrics::field;
 use crate::train::optim::AdamW;
-use crate::train::signals::{self, ModelView, Rows, SignalCx, Source, SourceKind, TextRows};
+use crate::train::signals::{self, ModelView, Rows, SignalCx, SourceKind, TextRows};
 
 impl Run<'_> {
     pub(super) fn supervised_step(
@@ -109,14 +109,16 @@ impl Run<'_> {
             record.insert(field::loss_term(&t.name), json!(mean_of(&t.value)));
         }
         // Reward-model accuracy on the batch's pairs.
-        let scores: Vec<&Source> = sources
-            .iter()
-            .filter(|s| matches!(s.kind, SourceKind::Score { scorer: ScorerRef::Model(_), .. }))
-            .collect();
-        if let (Some(c), Some(r)) = (
-            scores.iter().find(|s| s.name.ends_with("(chosen)")).and_then(|s| batch.get(&s.name)),
-            scores.iter().find(|s| s.name.ends_with("(rejected)")).and_then(|s| batch.get(&s.name)),
-        ) {
+        let score_of = |of: &str| {
+            sources
+                .iter()
+                .find(|s| {
+                    matches!(&s.kind, SourceKind::Score { scorer: ScorerRef::Model(_), text }
+                        if text == of)
+                })
+                .and_then(|s| batch.get(&s.name))
+        };
+        if let (Some(c), Some(r)) = (score_of("chosen"), score_of("rejected")) {
             let acc = c
                 .gt(r)
                 .and_then(|m| m.to_dtype(DType::F32))
