@@ -17,6 +17,7 @@ pub mod chat;
 pub mod check;
 pub mod diag;
 pub mod diff;
+pub mod engine;
 pub mod exec;
 pub mod export;
 pub mod graph_view;

@@ -79,7 +79,7 @@ fn suffixed(base: &str, text: &str) -> String {
     if is_primary(text) { base.to_string() } else { format!("{base}({text})") }
 }
 
-pub(crate) fn mask_name(text: &str) -> String {
+pub fn mask_name(text: &str) -> String {
     suffixed("mask", text)
 }
 

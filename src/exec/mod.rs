@@ -17,7 +17,7 @@ use crate::check::{Checked, Ty};
 use crate::diag::{Diagnostic, Span};
 use crate::ir::graph::*;
 pub(crate) use inputs::demanded as demanded_nodes;
-pub use inputs::{Dim, Kind, Requirement, requirements, source_name};
+pub use inputs::{Dim, Kind, Requirement, mask_name, requirements, source_name};
 
 /// A loss term: a top-level summand of the loss.
 #[derive(Debug, Clone)]
