@@ -79,7 +79,7 @@ pub static DATA_SETS: &[DataSetSpec] = &[
             DataMember {
                 name: "solutions",
                 kind: MemberKind::Texts,
-                doc: "problems with worked solutions, for warm starts",
+                doc: "worked solutions of other problems (disjoint from `problems` and the held-out set), for warm starts",
             },
             DataMember {
                 name: "correct",

@@ -105,7 +105,7 @@ pub fn build(rng: &mut Rng, problems: usize, eval: usize, min_ops: usize, max_op
         all.push(Prompt { text: prompt, demonstration: solution });
     }
     let eval_set = all.split_off(problems);
-    let texts = all.iter().map(|p| format!("{}{}", p.text, p.demonstration)).collect();
+    let texts = warm_start_texts(rng, problems, &all, &eval_set, min_ops, max_ops);
     let mut words: Vec<String> = (0..10).map(|d| d.to_string()).collect();
     words.extend(["+", "-", "*", "=", ":", "answer"].map(String::from));
     Task {
@@ -119,6 +119,38 @@ pub fn build(rng: &mut Rng, problems: usize, eval: usize, min_ops: usize, max_op
         corrections,
         answers: Default::default(),
     }
+}
+
+/// Worked solutions for warm starts, of `n` problems disjoint from the RL prompts and the
+/// held-out ones: a warm start on the very problems RL then samples lets a method "gain" by
+/// re-fitting memorised items (measured: accuracy on them was the held-out accuracy + 0.07).
+/// Drawn after the prompts, so the prompts and held-out set are those of earlier versions.
+fn warm_start_texts(
+    rng: &mut Rng,
+    n: usize,
+    train: &[Prompt],
+    eval: &[Prompt],
+    min_ops: usize,
+    max_ops: usize,
+) -> Vec<String> {
+    let taken: std::collections::HashSet<&str> =
+        train.iter().chain(eval).map(|p| p.text.as_str()).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut texts = Vec::with_capacity(n);
+    // A small problem space (few operations) may hold fewer than `n` unseen problems: stop
+    // after a bounded number of draws rather than loop.
+    for _ in 0..n.saturating_mul(20) {
+        if texts.len() == n {
+            break;
+        }
+        let (start, ops) = random_problem(rng, min_ops.max(1), max_ops.max(min_ops.max(1)));
+        let prompt = problem_text(start, &ops);
+        if taken.contains(prompt.as_str()) || !seen.insert(prompt.clone()) {
+            continue;
+        }
+        texts.push(format!("{prompt}{}", solution_text(start, &ops, None)));
+    }
+    texts
 }
 
 /// The true answer of a problem line.
@@ -163,6 +195,22 @@ pub fn metrics(prompts: &[&str], responses: &[String]) -> Vec<(String, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The warm start's solutions are of other problems than RL samples and evaluates on (they
+    /// were the RL prompts' own), and correct.
+    #[test]
+    fn warm_start_solutions_are_of_other_problems() {
+        let t = build(&mut Rng::new(3), 400, 100, 2, 4);
+        assert_eq!(t.texts.len(), 400);
+        let prompts: std::collections::HashSet<&str> =
+            t.train.iter().chain(&t.eval).map(|p| p.text.as_str()).collect();
+        for text in &t.texts {
+            let prompt = text.lines().next().unwrap();
+            let line = format!("{prompt}\n");
+            assert!(!prompts.contains(line.as_str()), "{prompt} is also an RL or held-out prompt");
+            assert_eq!(correct(&line, &text[line.len()..]), 1.0, "{text}");
+        }
+    }
 
     #[test]
     fn solutions_verify_and_corruptions_do_not() {
