@@ -79,6 +79,8 @@ pub struct Report {
     pub parameters: usize,
     pub device: String,
     pub threads: usize,
+    /// What the figures were measured on: AVX2 and AVX-512 machines differ.
+    pub cpu: Cpu,
     pub measurements: Vec<Measurement>,
 }
 
@@ -136,6 +138,7 @@ fn run_on(
         parameters,
         device: format!("{device:?}"),
         threads,
+        cpu: cpu(),
         measurements,
     })
 }
@@ -312,4 +315,68 @@ mod tests {
         assert_eq!(m(vec![3.0, 1.0, 2.0]).median_seconds(), 2.0);
         assert_eq!(m(vec![4.0, 1.0, 2.0, 3.0]).median_seconds(), 2.5);
     }
+}
+
+/// The CPU a benchmark ran on: its model, the vector instruction sets it has, and which copy
+/// of rlx's own kernels `fastmath::dispatch` runs (candle's matmuls, from the `gemm` crate, pick
+/// the same level).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Cpu {
+    pub model: String,
+    pub features: Vec<&'static str>,
+    pub kernels: &'static str,
+}
+
+pub fn cpu() -> Cpu {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    Cpu { model, features: features(), kernels: kernels() }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn features() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    macro_rules! probe {
+        ($($f:tt),*) => { $( if std::arch::is_x86_feature_detected!($f) { out.push($f); } )* };
+    }
+    probe!(
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512vnni",
+        "avx512bf16"
+    );
+    out
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn features() -> Vec<&'static str> {
+    Vec::new()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn kernels() -> &'static str {
+    if pulp::x86::V4::try_new().is_some() {
+        "AVX-512 (x86-64-v4)"
+    } else if pulp::x86::V3::try_new().is_some() {
+        "AVX2 + FMA (x86-64-v3)"
+    } else {
+        "baseline x86-64"
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn kernels() -> &'static str {
+    "portable"
 }

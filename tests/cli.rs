@@ -182,6 +182,13 @@ fn bench_reports_both_workloads() {
     assert_eq!(m[1]["name"], "training");
     assert_eq!(m[1]["tokens"], 16);
     assert_eq!(report["config"]["layers"], 1);
+    // Which CPU and which copy of the kernels: AVX2 and AVX-512 figures differ.
+    assert!(!report["cpu"]["model"].as_str().unwrap().is_empty());
+    assert!(!report["cpu"]["kernels"].as_str().unwrap().is_empty());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        assert!(report["cpu"]["features"].as_array().unwrap().contains(&"avx2".into()));
+    }
 
     let bad = rlx(&["bench", "--width", "30", "--heads", "4"]);
     assert_eq!(bad.status.code(), Some(2));

@@ -343,6 +343,24 @@ def peer(worker_args, args):
     return json.loads(out.strip().splitlines()[-1])["seconds"]
 
 
+def cpu_description():
+    """The CPU model and its vector instruction sets: AVX2-only and AVX-512 machines give
+    different ratios (rlx's kernels and candle's matmuls pick the widest the CPU has)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"]
+    kernels = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "baseline")
+    return {"model": model, "features": [f for f in wanted if f in flags], "kernels": kernels}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rlx", default=str(REPO / "target/release/rlx"))
@@ -385,7 +403,9 @@ def main():
     import trl
 
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}, TRL {trl.__version__}"
-    print(f"{len(chosen)} rows × {args.rounds} rounds, {args.threads} threads; {versions}", file=sys.stderr)
+    cpu = cpu_description()
+    machine = f"{cpu['model']} ({', '.join(cpu['features'])}; rlx kernels {cpu['kernels']})"
+    print(f"{len(chosen)} rows × {args.rounds} rounds, {args.threads} threads; {versions}; {machine}", file=sys.stderr)
     results = []
     for name, what, peer_name, rlx_fn, worker_args in chosen:
         rounds = []
@@ -409,9 +429,9 @@ def main():
     for r in results:
         lines.append(f"| {r['what']} | {r['rlx_seconds']:.4g} | {r['peer']} {r['peer_seconds']:.4g} | **{r['ratio']:.2f}×** |")
     table = "\n".join(lines)
-    footer = f"\n\n{args.rounds} alternating rounds, medians; {args.threads} threads; {versions}."
+    footer = f"\n\n{args.rounds} alternating rounds, medians; {args.threads} threads on {machine}; {versions}."
     (work / "peers.md").write_text(table + footer + "\n")
-    (work / "peers.json").write_text(json.dumps({"versions": versions, "threads": args.threads, "rows": results}, indent=1))
+    (work / "peers.json").write_text(json.dumps({"versions": versions, "threads": args.threads, "cpu": cpu, "rows": results}, indent=1))
     print(table + footer)
 
 

@@ -120,6 +120,12 @@ fn report(
         "device: {}, {} threads; median of {} runs",
         report.device, report.threads, cfg.repeats
     );
+    println!(
+        "cpu: {} ({}); rlx's kernels: {}",
+        report.cpu.model,
+        report.cpu.features.join(", "),
+        report.cpu.kernels
+    );
     for x in &report.measurements {
         println!(
             "{:<9} {:<28} {:>10.0} tokens/s  ({:.1} ms per run)",
