@@ -365,18 +365,7 @@ fn features() -> Vec<&'static str> {
     Vec::new()
 }
 
-#[cfg(target_arch = "x86_64")]
+/// Which copy of rlx's kernels runs, with `RLX_SIMD`'s cap applied.
 fn kernels() -> &'static str {
-    if pulp::x86::V4::try_new().is_some() {
-        "AVX-512 (x86-64-v4)"
-    } else if pulp::x86::V3::try_new().is_some() {
-        "AVX2 + FMA (x86-64-v3)"
-    } else {
-        "baseline x86-64"
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn kernels() -> &'static str {
-    "portable"
+    crate::model::fastmath::kernel_level()
 }

@@ -12,11 +12,63 @@ pub trait Kernel {
 }
 
 /// Runs a kernel compiled for the widest vector instructions the CPU has (AVX-512, AVX2 + FMA,
-/// else baseline x86-64), chosen at run time by `pulp`. Every copy computes the same values:
-/// Rust neither reassociates nor fuses float operations, whatever the vector width.
+/// else baseline x86-64), chosen at run time by `pulp`, or for a narrower set when `RLX_SIMD`
+/// caps it. Every copy computes the same values: Rust neither reassociates nor fuses float
+/// operations, whatever the vector width.
 #[inline(always)]
 pub fn dispatch<K: Kernel>(kernel: K) -> K::Output {
-    pulp::Arch::new().dispatch(Simd(kernel))
+    arch().dispatch(Simd(kernel))
+}
+
+/// The widest copy of the kernels rlx may run: `RLX_SIMD=avx2` or `RLX_SIMD=baseline` runs the
+/// AVX2 + FMA or baseline x86-64 copy on a CPU that has more — to measure and test those
+/// copies on an AVX-512 machine (candle's own matmuls are not capped). Read once per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    Widest,
+    Avx2,
+    Baseline,
+}
+
+pub fn cap() -> Cap {
+    static CAP: std::sync::OnceLock<Cap> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var("RLX_SIMD").as_deref() {
+        Ok("avx2") => Cap::Avx2,
+        Ok("baseline") => Cap::Baseline,
+        _ => Cap::Widest,
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn arch() -> pulp::Arch {
+    match cap() {
+        Cap::Widest => pulp::Arch::new(),
+        Cap::Avx2 => pulp::x86::V3::try_new().map_or(pulp::Arch::Scalar, pulp::Arch::V3),
+        Cap::Baseline => pulp::Arch::Scalar,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn arch() -> pulp::Arch {
+    pulp::Arch::new()
+}
+
+/// The name of the copy `dispatch` runs, for benchmark reports.
+pub fn kernel_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match arch() {
+            pulp::Arch::V4(_) => "AVX-512 (x86-64-v4)",
+            pulp::Arch::V3(_) => "AVX2 + FMA (x86-64-v3)",
+            _ => "baseline x86-64",
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        "portable"
+    }
 }
 
 struct Simd<K>(K);
