@@ -39,9 +39,16 @@ pub fn cap() -> Cap {
     })
 }
 
-#[cfg(target_arch = "x86_64")]
+/// The copy to run, detected once: one load per kernel call (detecting the CPU's features on
+/// every call, as `pulp::Arch::new` does, costs several).
 #[inline(always)]
 fn arch() -> pulp::Arch {
+    static ARCH: std::sync::OnceLock<pulp::Arch> = std::sync::OnceLock::new();
+    *ARCH.get_or_init(detect)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> pulp::Arch {
     match cap() {
         Cap::Widest => pulp::Arch::new(),
         Cap::Avx2 => pulp::x86::V3::try_new().map_or(pulp::Arch::Scalar, pulp::Arch::V3),
@@ -50,8 +57,7 @@ fn arch() -> pulp::Arch {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn arch() -> pulp::Arch {
+fn detect() -> pulp::Arch {
     pulp::Arch::new()
 }
 
