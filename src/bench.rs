@@ -337,7 +337,8 @@ pub fn cpu() -> Cpu {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    Cpu { model, features: features(), kernels: kernels() }
+    // Which copy of rlx's kernels runs, with `RLX_SIMD`'s cap applied.
+    Cpu { model, features: features(), kernels: crate::model::fastmath::kernel_level() }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -363,9 +364,4 @@ fn features() -> Vec<&'static str> {
 #[cfg(not(target_arch = "x86_64"))]
 fn features() -> Vec<&'static str> {
     Vec::new()
-}
-
-/// Which copy of rlx's kernels runs, with `RLX_SIMD`'s cap applied.
-fn kernels() -> &'static str {
-    crate::model::fastmath::kernel_level()
 }

@@ -113,13 +113,18 @@ pub fn source_name(stage: &StageIr, n: NodeIndex) -> Option<String> {
 
 /// The name of a rewrite text, as the checker spells it.
 pub(crate) fn rewrite_text(stage: &StageIr, n: NodeIndex, model: &str) -> String {
+    rewrite_name(stage, n, model).to_string()
+}
+
+/// The text `model` rewrites at node `n`, nested rewrites included.
+fn rewrite_name(stage: &StageIr, n: NodeIndex, model: &str) -> TextName {
     let g = &stage.graph;
     let of = match inputs(g, n).first().map(|t| (*t, &g[*t].op)) {
         Some((_, Op::Text(t))) => TextName::Own(t.to_string()),
-        Some((inner, Op::Rewrite { model })) => TextName::parse(&rewrite_text(stage, inner, model)),
+        Some((inner, Op::Rewrite { model })) => rewrite_name(stage, inner, model),
         _ => TextName::Own("response".into()),
     };
-    TextName::rewrite(model, of).to_string()
+    TextName::rewrite(model, of)
 }
 
 /// Nodes the loss depends on.

@@ -23,11 +23,6 @@ pub fn style(color: Color) -> Style {
     Style { color, width: 100 }
 }
 
-/// Reads a recipe; invalid UTF-8 is a diagnostic, a file over the size bound an error.
-pub fn read(path: &Path) -> Result<(SourceFile, Option<rlx::diag::Diagnostic>), String> {
-    SourceFile::read(path)
-}
-
 /// Reads and analyses a file (with `--set` overrides); an encoding error is reported like any
 /// other diagnostic.
 pub fn analyze(
@@ -35,7 +30,7 @@ pub fn analyze(
     config: &LintConfig,
     set: &[String],
 ) -> Result<(SourceFile, Analysis), String> {
-    let (src, encoding) = read(path)?;
+    let (src, encoding) = SourceFile::read(path)?;
     let mut analysis = source::analyze_with(&src, config, set)?;
     if let Some(d) = encoding {
         analysis.diagnostics.insert(0, d);

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use rlx::render::{self, Style};
+use rlx::source::SourceFile;
 
 use crate::args::FmtArgs;
 use crate::ui;
@@ -10,7 +11,7 @@ use crate::ui;
 pub fn main(args: FmtArgs, style: Style) -> Result<ExitCode, String> {
     let mut unformatted = false;
     for path in &args.files {
-        let (src, encoding) = ui::read(path)?;
+        let (src, encoding) = SourceFile::read(path)?;
         if let Some(d) = encoding {
             eprint!("{}", render::human(&d, &src, style));
             return Ok(ui::findings());

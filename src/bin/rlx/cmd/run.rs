@@ -29,7 +29,7 @@ pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
             (src, config)
         }
         (None, Some(path)) => {
-            let (src, _) = ui::read(path)?;
+            let (src, _) = SourceFile::read(path)?;
             let config = RunConfig {
                 recipe: path.display().to_string(),
                 set: args.set.set.clone(),
