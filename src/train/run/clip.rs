@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::record::masked_mean;
+use super::masked_mean;
 use crate::check::Checked;
 use crate::exec::source_name;
 use crate::ir::graph::{Op, inputs};

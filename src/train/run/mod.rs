@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 
 use super::metrics::MetricsLog;
 use super::models::Slot;
@@ -117,4 +117,22 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
     run.summary.seconds = run.wall();
     crate::train::fault::report();
     Ok(run.summary)
+}
+
+/// Mean of all of a tensor's values.
+fn mean_of(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.mean_all())
+        .and_then(|t| t.to_scalar::<f32>())
+        .map_or(f64::NAN, |v| v as f64)
+}
+
+/// Mean of a token tensor over a mask.
+fn masked_mean(t: &Tensor, mask: &Tensor) -> f64 {
+    let num = t.mul(mask).and_then(|x| x.sum_all()).and_then(|x| x.to_scalar::<f32>());
+    let den = mask.sum_all().and_then(|x| x.to_scalar::<f32>());
+    match (num, den) {
+        (Ok(n), Ok(d)) if d > 0.0 => (n / d) as f64,
+        _ => f64::NAN,
+    }
 }

@@ -1,34 +1,16 @@
 //! What a step leaves behind besides the weights: the rollout's metrics in `metrics.jsonl`
 //! and a few samples in `samples.jsonl`.
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use serde_json::{Map, Value as Json, json};
 
-use super::Run;
 use super::rollout::Rollout;
 use super::stage::StagePlan;
+use super::{Run, masked_mean, mean_of};
 use crate::exec::Evaluation;
 use crate::ir::graph::TextName;
 use crate::train::metrics::field;
 use crate::train::signals::{SourceKind, TextRows};
-
-/// Mean of all of a tensor's values.
-pub(super) fn mean_of(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F32)
-        .and_then(|t| t.mean_all())
-        .and_then(|t| t.to_scalar::<f32>())
-        .map_or(f64::NAN, |v| v as f64)
-}
-
-/// Mean of a token tensor over a mask.
-pub(super) fn masked_mean(t: &Tensor, mask: &Tensor) -> f64 {
-    let num = t.mul(mask).and_then(|x| x.sum_all()).and_then(|x| x.to_scalar::<f32>());
-    let den = mask.sum_all().and_then(|x| x.to_scalar::<f32>());
-    match (num, den) {
-        (Ok(n), Ok(d)) if d > 0.0 => (n / d) as f64,
-        _ => f64::NAN,
-    }
-}
 
 impl Run<'_> {
     /// The rollout's metrics: the task's, the mean reward, entropy, KL to `ref`, response

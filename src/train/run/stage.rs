@@ -8,6 +8,7 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 use serde_json::{Map, Value as Json, json};
 
+use super::clip::ClipTerm;
 use super::setup::Resumed;
 use super::{Run, run_error};
 use crate::check::{Checked, params};
@@ -35,6 +36,8 @@ pub(super) struct StagePlan<'a> {
     pub(super) delimiter: Option<&'a str>,
     pub(super) task: &'a Task,
     pub(super) reference: &'a Transformer,
+    /// The PPO-clipped terms `clip_fraction` follows.
+    pub(super) clip_terms: &'a [ClipTerm],
 }
 
 /// Optimiser and loop settings of a stage.
@@ -193,6 +196,7 @@ impl Run<'_> {
             delimiter: delimiter.as_deref(),
             task: &task,
             reference: &ref_model,
+            clip_terms: &super::clip::clip_terms(checked, index),
         };
         let mut progress =
             Progress::new(&format!("stage {}", stage.name.name), steps as u64, self.opts.quiet);

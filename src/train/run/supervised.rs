@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use candle_core::DType;
 use serde_json::{Map, Value as Json, json};
 
-use super::record::mean_of;
+use super::mean_of;
 use super::stage::{StagePlan, data_len, permutation};
 use super::{Run, run_error};
 use crate::diag::Diagnostic;

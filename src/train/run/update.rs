@@ -10,7 +10,7 @@ use petgraph::stable_graph::NodeIndex;
 use serde_json::{Map, Value as Json, json};
 
 use super::clip::{self, ClipTerm};
-use super::record::mean_of;
+use super::mean_of;
 use super::rollout::{Rollout, signal_cx};
 use super::stage::{StagePlan, permutation};
 use super::{Run, run_error};
@@ -80,7 +80,7 @@ impl Run<'_> {
         opt: &mut AdamW,
         record: &mut Map<String, Json>,
     ) -> Result<f64, Diagnostic> {
-        let StagePlan { index, settings, compiled, sources, .. } = *plan;
+        let StagePlan { index, settings, compiled, sources, clip_terms, .. } = *plan;
         let stage = &self.checked.program.stages[index];
         let fail = |e: String| run_error(stage.name.span, e);
         let device = self.opts.device.clone();
@@ -94,8 +94,8 @@ impl Run<'_> {
         let full = &rollout.full;
         let b = rollout.rows.len();
         let mut losses = Vec::new();
-        let mut clipped: Vec<(ClipTerm, Vec<f64>)> =
-            clip::clip_terms(self.checked, index).into_iter().map(|t| (t, vec![])).collect();
+        let mut clipped: Vec<(&ClipTerm, Vec<f64>)> =
+            clip_terms.iter().map(|t| (t, vec![])).collect();
         let t_train = Instant::now();
         for epoch in 0..settings.epochs {
             let perm = match first_perm.take() {
