@@ -12,10 +12,10 @@ use rlx::diag::{Kind, codes};
 use rlx::render::{self, Style};
 use rlx::source::{SourceFile, analyze};
 
-/// The lint configuration of a case, and whether it lints `--target verl`.
-fn config_from(text: &str) -> (LintConfig, bool) {
+/// The lint configuration of a case, and the `--target` it lints for.
+fn config_from(text: &str) -> (LintConfig, Option<&'static str>) {
     let mut config = LintConfig::defaults();
-    let mut verl = false;
+    let mut target = None;
     if let Some(args) = text.lines().next().and_then(|l| l.strip_prefix("# args:")) {
         let words: Vec<&str> = args.split_whitespace().collect();
         for pair in words.chunks(2) {
@@ -23,26 +23,31 @@ fn config_from(text: &str) -> (LintConfig, bool) {
                 ["--deny", "warnings"] => config.deny_warnings = true,
                 ["--deny", l] => config.deny.push(l.to_string()),
                 ["--allow", l] => config.allow.push(l.to_string()),
-                ["--target", "verl"] => verl = true,
+                ["--target", "verl"] => target = Some("verl"),
+                ["--target", "tinker"] => target = Some("tinker"),
                 other => panic!("bad args header: {other:?}"),
             }
         }
     }
-    (config, verl)
+    (config, target)
 }
 
 /// What `rlx lint` prints for a file.
 fn render_case(name: &str, bytes: &[u8]) -> String {
     let (src, encoding) = SourceFile::from_bytes(name, bytes);
-    let (config, verl) = config_from(&src.text);
+    let (config, target) = config_from(&src.text);
     let mut analysis = analyze(&src, &config);
     if let Some(d) = encoding {
         analysis.diagnostics.insert(0, d);
     }
-    // As `rlx lint --target verl`: the last stage, when the recipe itself is sound.
-    if verl && !analysis.has_errors() {
+    // As `rlx lint --target verl` (the last stage) or `--target tinker` (every stage), when
+    // the recipe itself is sound.
+    if let Some(target) = target.filter(|_| !analysis.has_errors()) {
         let checked = analysis.checked.as_ref().unwrap();
-        let found = rlx::export::verl::check(checked, checked.program.stages.len() - 1);
+        let found = match target {
+            "verl" => rlx::export::verl::check(checked, checked.program.stages.len() - 1),
+            _ => rlx::engine::tinker::lint::check(checked, None),
+        };
         rlx::source::add_diagnostics(&src, &mut analysis, found, &config);
     }
     let mut out = String::new();

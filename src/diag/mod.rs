@@ -155,6 +155,9 @@ pub enum Kind {
     Run,
     /// What verl would compute differently (`rlx export verl`, `rlx lint --target verl`).
     Export,
+    /// What a Tinker-protocol server cannot run (`rlx run --engine tinker`,
+    /// `rlx lint --target tinker`).
+    Remote,
 }
 
 impl Kind {
@@ -168,6 +171,7 @@ impl Kind {
             Kind::Evaluation => "evaluating a stage (`rlx eval`, every step of `rlx run`)",
             Kind::Run => "a training run",
             Kind::Export => "`rlx export verl` and `rlx lint --target verl`",
+            Kind::Remote => "`rlx run --engine tinker` and `rlx lint --target tinker`",
         }
     }
 }

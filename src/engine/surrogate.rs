@@ -66,23 +66,36 @@ pub fn backward_inputs(
     let mut out = Vec::with_capacity(g.len());
     for ((g, l), m) in g.iter().zip(&l).zip(&m) {
         let live: Vec<usize> = (0..m.len()).filter(|&t| m[t] > 0.0).collect();
-        let n = live.len() as f64;
-        out.push(match reduction {
-            Reduction::Sum => DatumBackward {
-                loss_fn: LossFn::CrossEntropy,
-                weights: live.iter().map(|&t| -g[t]).collect(),
-                logprobs: vec![],
-                advantages: vec![],
-            },
-            Reduction::PerSequenceMean => DatumBackward {
-                loss_fn: LossFn::ImportanceSampling,
-                weights: vec![1.0; live.len()],
-                logprobs: live.iter().map(|&t| l[t]).collect(),
-                advantages: live.iter().map(|&t| -(datums as f64) * n * g[t]).collect(),
-            },
-        });
+        let g: Vec<f64> = live.iter().map(|&t| g[t]).collect();
+        let l: Vec<f64> = live.iter().map(|&t| l[t]).collect();
+        out.push(datum_backward(reduction, &g, &l, datums));
     }
     Ok(out)
+}
+
+/// One datum's backward inputs from ∂L/∂ℓ `grad` and the forward's ℓ `logp` over its text
+/// tokens, in an optimiser step of `datums` datums.
+pub fn datum_backward(
+    reduction: Reduction,
+    grad: &[f64],
+    logp: &[f64],
+    datums: usize,
+) -> DatumBackward {
+    let n = grad.len() as f64;
+    match reduction {
+        Reduction::Sum => DatumBackward {
+            loss_fn: LossFn::CrossEntropy,
+            weights: grad.iter().map(|g| -g).collect(),
+            logprobs: vec![],
+            advantages: vec![],
+        },
+        Reduction::PerSequenceMean => DatumBackward {
+            loss_fn: LossFn::ImportanceSampling,
+            weights: vec![1.0; grad.len()],
+            logprobs: logp.to_vec(),
+            advantages: grad.iter().map(|g| -(datums as f64) * n * g).collect(),
+        },
+    }
 }
 
 /// What a server computes from a datum's backward inputs and its current log-probabilities

@@ -122,6 +122,15 @@ pub enum Target {
     Verl,
 }
 
+/// What `rlx lint --target` checks a recipe against.
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum LintTarget {
+    /// verl's PPO trainer (`rlx export verl`).
+    Verl,
+    /// A Tinker-protocol training server (`rlx run --engine tinker`).
+    Tinker,
+}
+
 /// `--format`: what a command with machine output prints.
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 pub enum Format {
@@ -170,11 +179,12 @@ pub struct LintArgs {
     /// Make a lint an error (repeatable); `--deny warnings` makes every warning an error.
     #[arg(long, value_name = "LINT")]
     pub deny: Vec<String>,
-    /// Also report what an export to this engine could not run (of the last stage, or
-    /// `--stage`), as `rlx export` would.
+    /// Also report what this engine could not run: verl (the last stage, or `--stage`, as
+    /// `rlx export verl` would), a Tinker server (every stage, or `--stage`, as `rlx run
+    /// --engine tinker` would).
     #[arg(long, value_enum)]
-    pub target: Option<Target>,
-    /// The stage `--target` checks (default: the last).
+    pub target: Option<LintTarget>,
+    /// The stage `--target` checks (verl: default the last; tinker: default every stage).
     #[arg(long, requires = "target")]
     pub stage: Option<String>,
 }

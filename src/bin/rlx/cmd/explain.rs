@@ -66,6 +66,7 @@ fn short(kind: Kind) -> &'static str {
         Kind::Evaluation => "eval",
         Kind::Run => "run",
         Kind::Export => "verl",
+        Kind::Remote => "tinker",
     }
 }
 

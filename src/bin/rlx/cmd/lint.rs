@@ -6,7 +6,7 @@ use rlx::check::lints::LintConfig;
 use rlx::render::{self, Style};
 use rlx::source;
 
-use crate::args::{LintArgs, Target};
+use crate::args::{LintArgs, LintTarget};
 use crate::ui;
 
 pub fn main(args: LintArgs, style: Style) -> Result<ExitCode, String> {
@@ -19,10 +19,20 @@ pub fn main(args: LintArgs, style: Style) -> Result<ExitCode, String> {
     let mut json = Vec::new();
     for path in &args.files {
         let (src, mut analysis) = ui::analyze(path, &config, &[])?;
-        if args.target == Some(Target::Verl) && !analysis.has_errors() {
+        if let Some(target) = args.target.filter(|_| !analysis.has_errors()) {
             let checked = ui::checked(&analysis)?;
-            let index = ui::stage_of(checked, args.stage.as_deref())?;
-            let found = rlx::export::verl::check(checked, index);
+            let found = match target {
+                LintTarget::Verl => {
+                    rlx::export::verl::check(checked, ui::stage_of(checked, args.stage.as_deref())?)
+                }
+                LintTarget::Tinker => {
+                    let only = match args.stage.as_deref() {
+                        Some(s) => Some(ui::stage_of(checked, Some(s))?),
+                        None => None,
+                    };
+                    rlx::engine::tinker::lint::check(checked, only)
+                }
+            };
             source::add_diagnostics(&src, &mut analysis, found, &config);
         }
         failed |= analysis.has_errors();

@@ -1,0 +1,317 @@
+//! The HTTP side of the Tinker protocol: JSON control calls, protobuf bodies and results,
+//! futures, retries. Every mutating call answers a future (`{"request_id": …}`) whose result
+//! comes from `retrieve_future`, which long-polls: 408 means "not yet, ask again", a
+//! `{"type": "try_again"}` body likewise, 410 means the future expired (the call is sent
+//! again), 400 carries the server's refusal. Connection losses and 5xx answers are retried a
+//! bounded number of times with exponential backoff; after that the error names the server and
+//! the call. The API key (`TINKER_API_KEY`) travels only in the `X-API-Key` header and is never
+//! printed.
+
+use std::fmt;
+use std::io::Read;
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+
+/// Largest reply body read (a sample or forward result of a large batch stays far below).
+const MAX_REPLY: u64 = 256 << 20;
+
+/// An error of one call to one server.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    pub server: String,
+    pub call: String,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Not reachable, or the connection dropped (after the retries).
+    Connection,
+    /// The server refused the request (4xx with a reason).
+    Refused,
+    /// The server failed (5xx, after the retries).
+    Server,
+    /// The future expired before it was collected.
+    Expired,
+    /// The reply was not what the protocol says.
+    Protocol,
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tinker server {}: `{}`: {}", self.server, self.call, self.message)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// A request body.
+pub enum Body {
+    Json(Json),
+    Proto(Vec<u8>),
+}
+
+/// A result body.
+#[derive(Debug)]
+pub enum Reply {
+    Json(Json),
+    Proto(Vec<u8>),
+}
+
+impl Reply {
+    pub fn json(self) -> Option<Json> {
+        match self {
+            Reply::Json(j) => Some(j),
+            Reply::Proto(_) => None,
+        }
+    }
+}
+
+/// A submitted request whose result is collected later: submit several, then wait on each,
+/// and the server works on them together.
+#[derive(Debug, Clone)]
+pub struct Future {
+    pub request_id: String,
+    pub call: String,
+}
+
+/// How many times, and how patiently, a failed transport is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry { attempts: 5, first_backoff: Duration::from_millis(200) }
+    }
+}
+
+/// One Tinker server.
+pub struct Client {
+    /// `NAME (URL)` or `URL`, for errors.
+    label: String,
+    /// `URL/api/v1/`.
+    base: String,
+    agent: ureq::Agent,
+    api_key: Option<String>,
+    retry: Retry,
+}
+
+impl Client {
+    /// A client for the server at `url` (`http://host:port`, with or without `/api/v1`),
+    /// checked with `healthz`.
+    pub fn connect(name: Option<&str>, url: &str, retry: Retry) -> Result<Client, CallError> {
+        let trimmed = url.trim_end_matches('/');
+        let base = match trimmed.strip_suffix("/api/v1") {
+            Some(root) => format!("{root}/api/v1/"),
+            None => format!("{trimmed}/api/v1/"),
+        };
+        let label = match name {
+            Some(n) => format!("`{n}` ({trimmed})"),
+            None => trimmed.to_string(),
+        };
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            // `retrieve_future` long-polls (SkyRL: up to 300 s, then 408).
+            .timeout_read(Duration::from_secs(400))
+            .timeout_write(Duration::from_secs(120))
+            .build();
+        let api_key = std::env::var("TINKER_API_KEY").ok().filter(|k| !k.is_empty());
+        let client = Client { label, base, agent, api_key, retry };
+        client.get("healthz")?;
+        Ok(client)
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn error(&self, call: &str, kind: ErrorKind, message: impl Into<String>) -> CallError {
+        CallError { server: self.label.clone(), call: call.into(), kind, message: message.into() }
+    }
+
+    /// `GET path`, as JSON.
+    pub fn get(&self, path: &str) -> Result<Json, CallError> {
+        let reply = self.send(path, None)?;
+        reply.json().ok_or_else(|| self.error(path, ErrorKind::Protocol, "a protobuf reply"))
+    }
+
+    /// `POST path` with a direct (not future) JSON reply.
+    pub fn post_json(&self, path: &str, body: Json) -> Result<Json, CallError> {
+        let reply = self.send(path, Some(&Body::Json(body)))?;
+        reply.json().ok_or_else(|| self.error(path, ErrorKind::Protocol, "a protobuf reply"))
+    }
+
+    /// Submits a call whose result is a future. `idempotent`: sending it twice does no harm,
+    /// so a dropped connection is retried; otherwise (a backward, an optimiser step) a
+    /// connection lost after the request may have been sent is an error, never a second send
+    /// that could apply it twice.
+    pub fn submit(&self, path: &str, body: &Body, idempotent: bool) -> Result<Future, CallError> {
+        let reply = if idempotent {
+            self.send(path, Some(body))?
+        } else {
+            self.send_once(path, Some(body), false).map_err(|(_, mut e)| {
+                if e.kind == ErrorKind::Connection {
+                    e.message = format!(
+                        "{}; the request may or may not have reached the server, so it is not sent again",
+                        e.message
+                    );
+                }
+                e
+            })?
+        };
+        let id = reply.json().and_then(|j| {
+            j.get("request_id").or_else(|| j.get("future_id")).and_then(|v| match v {
+                Json::String(s) => Some(s.clone()),
+                Json::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+        });
+        match id {
+            Some(request_id) => Ok(Future { request_id, call: path.to_string() }),
+            None => Err(self.error(path, ErrorKind::Protocol, "the reply names no request_id")),
+        }
+    }
+
+    /// Waits for a future's result.
+    pub fn wait(&self, future: &Future) -> Result<Reply, CallError> {
+        let body = Body::Json(json!({ "request_id": future.request_id }));
+        let mut failures = 0;
+        loop {
+            match self.send_once("retrieve_future", Some(&body), true) {
+                Ok(Reply::Json(j)) if j.get("type").and_then(Json::as_str) == Some("try_again") => {
+                }
+                Ok(Reply::Json(j)) if j.get("error").is_some() => {
+                    let e = &j["error"];
+                    let msg = e.as_str().map_or_else(|| e.to_string(), str::to_string);
+                    return Err(self.error(&future.call, ErrorKind::Refused, msg));
+                }
+                Ok(reply) => return Ok(reply),
+                Err((Some(408), _)) => {}
+                Err((Some(410), _)) => {
+                    return Err(self.error(&future.call, ErrorKind::Expired, "the future expired"));
+                }
+                // The result stays on the server: poll again after a pause, a bounded number of
+                // times.
+                Err((_, e)) if transient(&e) && failures < self.retry.attempts => {
+                    std::thread::sleep(self.retry.first_backoff * 2u32.pow(failures.min(8)));
+                    failures += 1;
+                }
+                Err((_, mut e)) => {
+                    e.call = future.call.clone();
+                    if failures > 0 {
+                        e.message = format!("{} (after {failures} retries)", e.message);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Submits and waits; an expired future of an idempotent call is submitted again once.
+    pub fn call(&self, path: &str, body: &Body, idempotent: bool) -> Result<Reply, CallError> {
+        let f = self.submit(path, body, idempotent)?;
+        match self.wait(&f) {
+            Err(e) if e.kind == ErrorKind::Expired && idempotent => {
+                let f = self.submit(path, body, idempotent)?;
+                self.wait(&f)
+            }
+            r => r,
+        }
+    }
+
+    /// A call with retries on connection loss and 5xx.
+    fn send(&self, path: &str, body: Option<&Body>) -> Result<Reply, CallError> {
+        let mut backoff = self.retry.first_backoff;
+        let mut tries = 0;
+        loop {
+            match self.send_once(path, body, false) {
+                Ok(r) => return Ok(r),
+                Err((_, e)) if transient(&e) && tries < self.retry.attempts => {
+                    tries += 1;
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                }
+                Err((_, e)) if tries > 0 => {
+                    return Err(self.error(
+                        path,
+                        e.kind,
+                        format!("{} (after {tries} retries)", e.message),
+                    ));
+                }
+                Err((_, e)) => return Err(e),
+            }
+        }
+    }
+
+    /// One HTTP exchange. Errors carry the status where there was one.
+    fn send_once(
+        &self,
+        path: &str,
+        body: Option<&Body>,
+        accept_proto: bool,
+    ) -> Result<Reply, (Option<u16>, CallError)> {
+        let url = format!("{}{path}", self.base);
+        let mut req = match body {
+            Some(_) => self.agent.post(&url),
+            None => self.agent.get(&url),
+        };
+        req = req.set("User-Agent", concat!("rlx/", env!("CARGO_PKG_VERSION")));
+        if let Some(key) = &self.api_key {
+            req = req.set("X-API-Key", key);
+        }
+        if accept_proto {
+            req = req.set("Accept", "application/x-protobuf, application/json");
+        }
+        let sent = match body {
+            None => req.call(),
+            Some(Body::Json(j)) => {
+                req.set("Content-Type", "application/json").send_string(&j.to_string())
+            }
+            Some(Body::Proto(b)) => req.set("Content-Type", "application/x-protobuf").send_bytes(b),
+        };
+        let resp = match sent {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                let detail = serde_json::from_str::<Json>(&text)
+                    .ok()
+                    .and_then(|j| j.get("detail").or_else(|| j.get("error")).cloned())
+                    .map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_string))
+                    .unwrap_or_else(|| text.chars().take(300).collect());
+                let kind = if code >= 500 { ErrorKind::Server } else { ErrorKind::Refused };
+                return Err((Some(code), self.error(path, kind, format!("HTTP {code}: {detail}"))));
+            }
+            Err(e) => {
+                return Err((None, self.error(path, ErrorKind::Connection, e.to_string())));
+            }
+        };
+        let proto = resp.content_type().contains("protobuf");
+        let mut bytes = Vec::new();
+        resp.into_reader()
+            .take(MAX_REPLY + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| (None, self.error(path, ErrorKind::Connection, e.to_string())))?;
+        if bytes.len() as u64 > MAX_REPLY {
+            return Err((
+                None,
+                self.error(path, ErrorKind::Protocol, format!("a reply over {MAX_REPLY} bytes")),
+            ));
+        }
+        if proto {
+            return Ok(Reply::Proto(bytes));
+        }
+        serde_json::from_slice(&bytes).map(Reply::Json).map_err(|e| {
+            (None, self.error(path, ErrorKind::Protocol, format!("a reply that is not JSON: {e}")))
+        })
+    }
+}
+
+/// Worth trying again: no answer at all, or a server failure.
+fn transient(e: &CallError) -> bool {
+    matches!(e.kind, ErrorKind::Connection | ErrorKind::Server)
+}

@@ -1,0 +1,484 @@
+//! The Tinker protocol (hosted Tinker, SkyRL, verl_tinker) as an [`Engine`]: one session per
+//! run with a heartbeat, models as LoRA adapters over the server's base model, log-probabilities
+//! from forward-only passes (trained models) or prompt log-probabilities of a sampler (the base
+//! model, snapshots), backwards in the form the server's reduction needs (`surrogate`), and a
+//! reduction profile checked by a self-test before any step (`profile`). The wire is read from
+//! the `tinker` SDK 0.38 and SkyRL 0.4.0 (`../shared/reference/tinker-2026.md` §4).
+
+pub mod client;
+mod heartbeat;
+pub mod lint;
+pub mod profile;
+pub mod proto;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prost::Message;
+use serde_json::{Value as Json, json};
+
+use self::client::{Body, CallError, Client, Reply, Retry};
+use self::heartbeat::Heartbeat;
+use super::surrogate::{DatumBackward, LossFn, Reduction};
+use super::{Adam, Engine, Lora, ModelId, SampleParams, Sampled, Sampler, Seq};
+
+/// LoRA rank of a model whose recipe trains every weight (Tinker servers train adapters).
+pub const DEFAULT_RANK: usize = 32;
+
+/// A session on one Tinker server.
+pub struct Remote {
+    client: Arc<Client>,
+    session: String,
+    base_model: String,
+    reduction: Reduction,
+    /// The next `seq_id` of each model: its requests run in this order.
+    seq: HashMap<String, i32>,
+    _heartbeat: Heartbeat,
+}
+
+fn msg(e: CallError) -> String {
+    e.to_string()
+}
+
+impl Remote {
+    /// Connects, picks the base model (`base_model`, or the server's only one), opens a session
+    /// and checks the server's reduction with a self-test (`profile`): a server whose gradients
+    /// are not what either profile predicts is refused before any training.
+    pub fn connect(
+        name: Option<&str>,
+        url: &str,
+        base_model: Option<&str>,
+        reduction: Option<Reduction>,
+        retry: Retry,
+    ) -> Result<Remote, String> {
+        let client = Arc::new(Client::connect(name, url, retry).map_err(msg)?);
+        let caps = client.get("get_server_capabilities").map_err(msg)?;
+        let models: Vec<String> = caps["supported_models"]
+            .as_array()
+            .map(|a| {
+                a.iter().filter_map(|m| m["model_name"].as_str().map(str::to_string)).collect()
+            })
+            .unwrap_or_default();
+        let base_model = match (base_model, models.as_slice()) {
+            (Some(b), []) => b.to_string(),
+            (Some(b), list) if list.iter().any(|m| m == b) => b.to_string(),
+            (Some(b), list) => {
+                return Err(format!(
+                    "Tinker server {}: the base model `{b}` is not one it serves ({})",
+                    client.label(),
+                    list.join(", ")
+                ));
+            }
+            (None, [one]) => one.clone(),
+            (None, list) => {
+                return Err(format!(
+                    "Tinker server {} serves {} base models ({}): say which with `--base-model`",
+                    client.label(),
+                    list.len(),
+                    list.join(", ")
+                ));
+            }
+        };
+        let session = client
+            .post_json(
+                "create_session",
+                json!({"tags": ["rlx"], "user_metadata": {}, "sdk_version": concat!("rlx-", env!("CARGO_PKG_VERSION"))}),
+            )
+            .map_err(msg)?;
+        let session = session["session_id"].as_str().map(str::to_string).ok_or_else(|| {
+            format!("Tinker server {}: `create_session` named no session", client.label())
+        })?;
+        let heartbeat = Heartbeat::start(client.clone(), session.clone());
+        let mut remote = Remote {
+            client,
+            session,
+            base_model,
+            reduction: Reduction::Sum,
+            seq: HashMap::new(),
+            _heartbeat: heartbeat,
+        };
+        remote.reduction = profile::detect(&mut remote, reduction)?;
+        Ok(remote)
+    }
+
+    pub fn base_model(&self) -> &str {
+        &self.base_model
+    }
+
+    fn next_seq(&mut self, model: &ModelId) -> i32 {
+        let s = self.seq.entry(model.0.clone()).or_insert(1);
+        *s += 1;
+        *s - 1
+    }
+
+    fn call_json(&self, path: &str, body: Json, idempotent: bool) -> Result<Json, String> {
+        match self.client.call(path, &Body::Json(body), idempotent).map_err(msg)? {
+            Reply::Json(j) => Ok(j),
+            Reply::Proto(_) => Err(format!(
+                "Tinker server {}: `{path}`: a protobuf result where JSON was expected",
+                self.client.label()
+            )),
+        }
+    }
+
+    fn protocol(&self, call: &str, what: impl std::fmt::Display) -> String {
+        format!("Tinker server {}: `{call}`: {what}", self.client.label())
+    }
+
+    /// One forward-backward request; returns its outputs.
+    fn forward_backward(
+        &mut self,
+        model: &ModelId,
+        data: Vec<proto::Datum>,
+        loss_fn: &str,
+        forward_only: bool,
+    ) -> Result<proto::ForwardBackwardOutput, String> {
+        let n = data.len();
+        let request = proto::ForwardBackwardRequest {
+            model_id: model.0.clone(),
+            seq_id: self.next_seq(model),
+            data,
+            loss_fn: loss_fn.into(),
+            loss_fn_config: HashMap::new(),
+            forward_only,
+        };
+        let call = if forward_only { "forward" } else { "forward_backward" };
+        // A backward accumulates gradient: never sent twice.
+        let reply = self
+            .client
+            .call("forward_backward", &Body::Proto(request.encode_to_vec()), forward_only)
+            .map_err(|mut e| {
+                e.call = call.into();
+                msg(e)
+            })?;
+        let Reply::Proto(bytes) = reply else {
+            return Err(self.protocol(call, "a JSON result where protobuf was expected"));
+        };
+        let out = proto::ForwardBackwardOutput::decode(bytes.as_slice())
+            .map_err(|e| self.protocol(call, format!("an undecodable result: {e}")))?;
+        let datums: i64 = out.loss_fn_outputs.iter().map(|r| r.num_datums).sum();
+        if datums as usize != n {
+            return Err(self.protocol(call, format!("{datums} outputs for {n} datums")));
+        }
+        Ok(out)
+    }
+
+    fn sample_body(
+        &self,
+        sampler: &Sampler,
+        prompt: &[u32],
+        n: usize,
+        p: &SampleParams,
+        prompt_logprobs: bool,
+    ) -> Json {
+        let mut body = json!({
+            "num_samples": n,
+            "prompt": {"chunks": [{"type": "encoded_text", "tokens": prompt}]},
+            "sampling_params": {
+                "max_tokens": p.max_tokens,
+                "temperature": p.temperature,
+                "top_p": p.top_p,
+                "seed": p.seed % (1 << 31),
+            },
+            "prompt_logprobs": prompt_logprobs,
+        });
+        // Servers take stop strings or stop token ids, not both.
+        body["sampling_params"]["stop"] = match &p.stop_text {
+            Some(t) => json!([t]),
+            None => json!(p.stop_tokens),
+        };
+        match sampler {
+            Sampler::Base => body["base_model"] = json!(self.base_model),
+            Sampler::Weights(path) => body["model_path"] = json!(path),
+        }
+        body
+    }
+}
+
+/// The datum of a sequence: input = context ⊕ text without its last token, targets = the
+/// sequence shifted by one; `fill` gives the text positions' values of each per-target input.
+fn datum(seq: &Seq, inputs: &[(&str, &[f64])]) -> proto::Datum {
+    let full: Vec<u32> = seq.ctx.iter().chain(&seq.toks).copied().collect();
+    let targets: Vec<i64> = full[1..].iter().map(|&t| t as i64).collect();
+    let lead = targets.len() - seq.toks.len();
+    let mut loss_fn_inputs = HashMap::new();
+    loss_fn_inputs.insert("target_tokens".to_string(), proto::Tensor::i64(&targets));
+    for (name, values) in inputs {
+        let mut v = vec![0f32; lead];
+        v.extend(values.iter().map(|&x| x as f32));
+        loss_fn_inputs.insert(name.to_string(), proto::Tensor::f32(&v));
+    }
+    proto::Datum {
+        model_input: vec![proto::Chunk::tokens(&full[..full.len() - 1])],
+        loss_fn_inputs,
+    }
+}
+
+/// The last `n` values of a row of per-target (or per-prompt-token) log-probabilities.
+fn tail(row: &[f32], n: usize) -> Option<Vec<f32>> {
+    (row.len() >= n).then(|| row[row.len() - n..].to_vec())
+}
+
+fn decode_sample(reply: Reply, call: &str, label: &str) -> Result<proto::SampleResponse, String> {
+    match reply {
+        Reply::Proto(b) => proto::SampleResponse::decode(b.as_slice())
+            .map_err(|e| format!("Tinker server {label}: `{call}`: an undecodable result: {e}")),
+        // Older servers answer JSON with the same fields.
+        Reply::Json(j) => {
+            let seqs = j["sequences"].as_array().cloned().unwrap_or_default();
+            let ints = |v: &Json| -> Vec<i32> {
+                v.as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_i64()).map(|x| x as i32).collect())
+                    .unwrap_or_default()
+            };
+            let floats = |v: &Json| -> Vec<f32> {
+                v.as_array()
+                    .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(f64::NAN) as f32).collect())
+                    .unwrap_or_default()
+            };
+            Ok(proto::SampleResponse {
+                sequences: seqs
+                    .iter()
+                    .map(|s| proto::SampledSequence {
+                        stop_reason: 0,
+                        tokens: proto::i32_bytes(ints(&s["tokens"])),
+                        logprobs: Some(proto::f32_bytes(floats(&s["logprobs"]))),
+                    })
+                    .collect(),
+                prompt_logprobs: j
+                    .get("prompt_logprobs")
+                    .filter(|v| !v.is_null())
+                    .map(|v| proto::f32_bytes(floats(v))),
+                prompt_cache_hit_tokens: 0,
+            })
+        }
+    }
+}
+
+impl Engine for Remote {
+    fn label(&self) -> String {
+        format!("Tinker server {}", self.client.label())
+    }
+
+    fn reduction(&self) -> Reduction {
+        self.reduction
+    }
+
+    fn create_model(&mut self, lora: Option<Lora>, seed: u64) -> Result<ModelId, String> {
+        let rank = lora.map_or(DEFAULT_RANK, |l| l.rank);
+        let mut lora_config = json!({"rank": rank, "seed": seed % (1 << 31)});
+        if let Some(l) = lora {
+            lora_config["alpha"] = json!(l.alpha);
+        }
+        let r = self.call_json(
+            "create_model",
+            json!({"session_id": self.session, "base_model": self.base_model, "lora_config": lora_config, "model_role": "policy"}),
+            false,
+        )?;
+        r["model_id"]
+            .as_str()
+            .map(|s| ModelId(s.to_string()))
+            .ok_or_else(|| self.protocol("create_model", "no model_id in the result"))
+    }
+
+    fn sampler(&mut self, model: &ModelId, name: &str) -> Result<Sampler, String> {
+        let seq_id = self.next_seq(model);
+        let r = self.call_json(
+            "save_weights_for_sampler",
+            json!({"model_id": model.0, "path": name, "seq_id": seq_id}),
+            false,
+        )?;
+        let path = r["path"].as_str().or_else(|| r["sampling_session_id"].as_str());
+        path.map(|p| Sampler::Weights(p.to_string()))
+            .ok_or_else(|| self.protocol("save_weights_for_sampler", "no path in the result"))
+    }
+
+    fn sample(
+        &mut self,
+        sampler: &Sampler,
+        prompts: &[Vec<u32>],
+        n: usize,
+        params: &SampleParams,
+    ) -> Result<Vec<Vec<Sampled>>, String> {
+        // Every prompt's request first, then the results: the server batches them.
+        let mut futures = Vec::with_capacity(prompts.len());
+        for (i, prompt) in prompts.iter().enumerate() {
+            let p = SampleParams { seed: params.seed.wrapping_add(i as u64), ..params.clone() };
+            let body = Body::Json(self.sample_body(sampler, prompt, n, &p, false));
+            futures.push(self.client.submit("asample", &body, true).map_err(msg)?);
+        }
+        let mut out = Vec::with_capacity(prompts.len());
+        for f in &futures {
+            let r =
+                decode_sample(self.client.wait(f).map_err(msg)?, "asample", self.client.label())?;
+            if r.sequences.len() != n {
+                return Err(self.protocol(
+                    "asample",
+                    format!("{} sequences for num_samples {n}", r.sequences.len()),
+                ));
+            }
+            let mut rows = Vec::with_capacity(n);
+            for s in &r.sequences {
+                let tokens: Vec<u32> = proto::read_i32(&s.tokens, "tokens")
+                    .map_err(|e| self.protocol("asample", e))?
+                    .into_iter()
+                    .map(|t| t as u32)
+                    .collect();
+                let logprobs = match &s.logprobs {
+                    Some(b) => {
+                        proto::read_f32(b, "logprobs").map_err(|e| self.protocol("asample", e))?
+                    }
+                    None => vec![f32::NAN; tokens.len()],
+                };
+                rows.push(Sampled { tokens, logprobs });
+            }
+            out.push(rows);
+        }
+        Ok(out)
+    }
+
+    fn logp(
+        &mut self,
+        model: Option<&ModelId>,
+        sampler: &Sampler,
+        seqs: &[Seq],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        if let Some(model) = model {
+            let data =
+                seqs.iter().map(|s| datum(s, &[("weights", &vec![0.0; s.toks.len()])])).collect();
+            let out = self.forward_backward(model, data, "cross_entropy", true)?;
+            let mut rows = Vec::new();
+            for rec in &out.loss_fn_outputs {
+                let lp = rec
+                    .fields
+                    .get("logprobs")
+                    .ok_or_else(|| self.protocol("forward", "no logprobs in the result"))?;
+                rows.extend(
+                    lp.rows_f32(rec.num_datums as usize)
+                        .map_err(|e| self.protocol("forward", e))?,
+                );
+            }
+            return seqs
+                .iter()
+                .zip(rows)
+                .map(|(s, r)| {
+                    tail(&r, s.toks.len()).ok_or_else(|| {
+                        self.protocol("forward", "fewer log-probabilities than targets")
+                    })
+                })
+                .collect();
+        }
+        // Prompt log-probabilities of the whole sequence, one token sampled and thrown away.
+        let once = SampleParams {
+            max_tokens: 1,
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_text: None,
+            stop_tokens: vec![],
+        };
+        let mut futures = Vec::new();
+        for s in seqs {
+            let full: Vec<u32> = s.ctx.iter().chain(&s.toks).copied().collect();
+            let body = Body::Json(self.sample_body(sampler, &full, 1, &once, true));
+            futures.push(self.client.submit("asample", &body, true).map_err(msg)?);
+        }
+        let mut out = Vec::new();
+        for (s, f) in seqs.iter().zip(&futures) {
+            let r =
+                decode_sample(self.client.wait(f).map_err(msg)?, "asample", self.client.label())?;
+            let lp = r
+                .prompt_logprobs
+                .ok_or_else(|| self.protocol("asample", "no prompt_logprobs in the result"))?;
+            let lp =
+                proto::read_f32(&lp, "prompt_logprobs").map_err(|e| self.protocol("asample", e))?;
+            // Servers differ by one leading undefined entry: align by the end.
+            out.push(tail(&lp, s.toks.len()).ok_or_else(|| {
+                self.protocol("asample", "fewer prompt log-probabilities than tokens")
+            })?);
+        }
+        Ok(out)
+    }
+
+    fn backward(
+        &mut self,
+        model: &ModelId,
+        seqs: &[Seq],
+        data: &[DatumBackward],
+    ) -> Result<(), String> {
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut loss_fn = "cross_entropy";
+        for (s, d) in seqs.iter().zip(data) {
+            if d.weights.len() != s.toks.len() {
+                return Err(format!(
+                    "a backward of {} weights for a text of {} tokens",
+                    d.weights.len(),
+                    s.toks.len()
+                ));
+            }
+            out.push(match d.loss_fn {
+                LossFn::CrossEntropy => datum(s, &[("weights", &d.weights)]),
+                LossFn::ImportanceSampling => {
+                    loss_fn = "importance_sampling";
+                    datum(
+                        s,
+                        &[
+                            ("weights", &d.weights),
+                            ("logprobs", &d.logprobs),
+                            ("advantages", &d.advantages),
+                        ],
+                    )
+                }
+            });
+        }
+        self.forward_backward(model, out, loss_fn, false).map(|_| ())
+    }
+
+    fn optim_step(&mut self, model: &ModelId, adam: &Adam) -> Result<Vec<(String, f64)>, String> {
+        let seq_id = self.next_seq(model);
+        let mut params = json!({
+            "learning_rate": adam.lr, "beta1": adam.beta1, "beta2": adam.beta2,
+            "eps": adam.eps, "weight_decay": adam.weight_decay,
+        });
+        if let Some(c) = adam.clip_grad {
+            params["grad_clip_norm"] = json!(c);
+        }
+        let r = self.call_json(
+            "optim_step",
+            json!({"model_id": model.0, "seq_id": seq_id, "adam_params": params}),
+            false,
+        )?;
+        let metrics = r["metrics"].as_object().cloned().unwrap_or_default();
+        Ok(metrics.into_iter().filter_map(|(k, v)| v.as_f64().map(|v| (k, v))).collect())
+    }
+
+    fn save(&mut self, model: &ModelId, name: &str) -> Result<String, String> {
+        let seq_id = self.next_seq(model);
+        let r = self.call_json(
+            "save_weights",
+            json!({"model_id": model.0, "path": name, "seq_id": seq_id}),
+            true,
+        )?;
+        r["path"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| self.protocol("save_weights", "no path in the result"))
+    }
+
+    fn load(&mut self, model: &ModelId, path: &str) -> Result<(), String> {
+        let seq_id = self.next_seq(model);
+        self.call_json(
+            "load_weights",
+            json!({"model_id": model.0, "path": path, "optimizer": true, "seq_id": seq_id}),
+            true,
+        )
+        .map(|_| ())
+    }
+}
+
+impl Remote {
+    /// Frees a model on the server (the self-test's throwaway one).
+    pub fn unload(&mut self, model: &ModelId) -> Result<(), String> {
+        self.call_json("unload_model", json!({"model_id": model.0}), true).map(|_| ())
+    }
+}
