@@ -264,7 +264,7 @@ fn explain_pages_come_from_the_registry() {
     let lint = rlx(&["explain", "unused-binding"]);
     assert!(stdout(&lint).contains("a lint, a warning by default"), "{}", stdout(&lint));
     let list = stdout(&rlx(&["explain"]));
-    for code in rlx::diag::codes::CODES {
+    for code in rlx::diag::codes::all() {
         assert!(list.contains(code.name), "{} missing from `rlx explain`", code.name);
     }
     let json: serde_json::Value =

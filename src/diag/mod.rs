@@ -135,7 +135,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-// The registry's entries (`codes::CODES`).
+// The registry's entries (`codes::all()`).
 
 /// Where a code comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

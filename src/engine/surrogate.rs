@@ -31,6 +31,16 @@ pub enum Reduction {
     PerSequenceMean,
 }
 
+impl Reduction {
+    /// As `--reduction` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reduction::Sum => "sum",
+            Reduction::PerSequenceMean => "mean",
+        }
+    }
+}
+
 /// The server loss a datum's backward uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossFn {

@@ -31,6 +31,20 @@ pub struct State {
     /// Seconds the run had been going at this checkpoint, so `wall` stays cumulative.
     #[serde(default)]
     pub wall: f64,
+    /// A run on a Tinker server: where the server saved its models at this checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteCheckpoint>,
+}
+
+/// The server side of a checkpoint: the weights (and optimiser state) each trained model was
+/// saved as, and `ref`'s sampler snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RemoteCheckpoint {
+    /// The server, as the run named it (no API key).
+    pub server: String,
+    /// Model name → the path the server's `load_weights` takes.
+    pub models: BTreeMap<String, String>,
+    pub reference: Option<String>,
 }
 
 /// `crc32:XXXXXXXX` of a file's bytes.
@@ -147,6 +161,7 @@ mod tests {
             seed: 0,
             checksum: None,
             wall: 0.0,
+            remote: None,
         }
     }
 

@@ -125,6 +125,19 @@ impl Slot {
     }
 }
 
+/// A checkpoint directory with every weight trainable (no LoRA, f32): a model to serve, as
+/// the in-process engine does.
+pub fn open_full(dir: &Path, device: &Device) -> std::result::Result<Slot, String> {
+    let md = crate::model::dir::open(dir, device)?;
+    let mut params = Params::new();
+    for (k, v) in &md.weights {
+        params.insert(k, Var::from_tensor(v).map_err(|e| e.to_string())?);
+    }
+    let source =
+        Source { dir: md.dir.clone(), raw_config: md.raw_config.clone(), save_dtype: DType::F32 };
+    Ok(Slot { cfg: md.cfg, params, base: Arc::default(), source: Some(Arc::new(source)) })
+}
+
 /// New variables holding a copy of `values`.
 pub fn params_from(values: &BTreeMap<String, Tensor>) -> Result<Params> {
     let mut p = Params::new();

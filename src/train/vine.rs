@@ -16,6 +16,79 @@ use crate::tokenizer::Tok;
 /// Rollouts per forked batch (bounds memory).
 const CHUNK: usize = 512;
 
+/// The distinct step starts of a batch of responses, and which one each step of each row is.
+pub struct Prefixes {
+    /// (representative row, token offset in its response) of each distinct prefix.
+    pub prefixes: Vec<(usize, usize)>,
+    /// Per row and step: the prefix whose rollouts estimate the value before that step.
+    slot_of: Vec<Vec<Option<usize>>>,
+}
+
+/// Step starts of every response (`max_steps` at most per row); identical prefixes (prompt and
+/// response so far) — all samples of a prompt share the empty one — are estimated once.
+pub fn prefixes(
+    prompts: &[Vec<u32>],
+    responses: &[Vec<u32>],
+    tok: &Tok,
+    max_steps: Option<usize>,
+    delimiter: &str,
+) -> Prefixes {
+    let starts: Vec<Vec<usize>> =
+        responses.iter().map(|r| step_starts(r, tok, delimiter)).collect();
+    let width = starts.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let mut unique: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut jobs: Vec<(usize, usize)> = Vec::new();
+    let mut slot_of: Vec<Vec<Option<usize>>> = vec![vec![None; width]; responses.len()];
+    for (row, st) in starts.iter().enumerate() {
+        for (s, &o) in st.iter().enumerate() {
+            if max_steps.is_some_and(|m| s >= m) {
+                continue;
+            }
+            let key = [prompts[row].as_slice(), &responses[row][..o]].concat();
+            let id = *unique.entry(key).or_insert_with(|| {
+                jobs.push((row, o));
+                jobs.len() - 1
+            });
+            slot_of[row][s] = Some(id);
+        }
+    }
+    Prefixes { prefixes: jobs, slot_of }
+}
+
+impl Prefixes {
+    /// `[B, S]` values from the continuations of each prefix (`outs[j]`: prefix j's rollouts):
+    /// the mean verifier score of prefix ⊕ continuation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn values(
+        &self,
+        outs: &[Vec<Vec<u32>>],
+        responses: &[Vec<u32>],
+        prompt_texts: &[String],
+        tok: &Tok,
+        task: &Task,
+        member: &str,
+        device: &Device,
+    ) -> Result<Tensor, String> {
+        let mut estimates = vec![0f32; self.prefixes.len()];
+        for (j, rollouts) in outs.iter().enumerate() {
+            let (row, cut) = self.prefixes[j];
+            let prefix = &responses[row][..cut];
+            for out in rollouts {
+                let text = tok.decode(&[prefix, out.as_slice()].concat());
+                estimates[j] +=
+                    task.verify(member, &prompt_texts[row], &text) / rollouts.len() as f32;
+            }
+        }
+        let width = self.slot_of.first().map_or(1, Vec::len);
+        let flat: Vec<f32> = self
+            .slot_of
+            .iter()
+            .flat_map(|r| r.iter().map(|s| s.map_or(0.0, |id| estimates[id])))
+            .collect();
+        Tensor::from_vec(flat, (responses.len(), width), device).map_err(|e| e.to_string())
+    }
+}
+
 /// `[B, S]` values of the state before each step of each response, and the rollouts run.
 #[allow(clippy::too_many_arguments)]
 pub fn values(
@@ -46,36 +119,17 @@ pub fn values(
             c
         })
         .collect();
-    let starts: Vec<Vec<usize>> =
-        responses.iter().map(|r| step_starts(r, tok, delimiter)).collect();
-    let width = starts.iter().map(Vec::len).max().unwrap_or(1).max(1);
-    // Unique prefixes (prompt + response so far) → (representative row, cut).
-    let mut unique: HashMap<Vec<u32>, usize> = HashMap::new();
-    let mut jobs: Vec<(usize, usize)> = Vec::new();
-    let mut slot_of: Vec<Vec<Option<usize>>> = vec![vec![None; width]; responses.len()];
-    for (row, st) in starts.iter().enumerate() {
-        for (s, &o) in st.iter().enumerate() {
-            if max_steps.is_some_and(|m| s >= m) {
-                continue;
-            }
-            let key = [prompts[row].as_slice(), &responses[row][..o]].concat();
-            let id = *unique.entry(key).or_insert_with(|| {
-                jobs.push((row, p + o));
-                jobs.len() - 1
-            });
-            slot_of[row][s] = Some(id);
-        }
-    }
+    let plan = prefixes(prompts, responses, tok, max_steps, delimiter);
     let budget = sampling.max_tokens;
-    let mut estimates = vec![0f32; jobs.len()];
+    let mut outs: Vec<Vec<Vec<u32>>> = vec![Vec::with_capacity(k); plan.prefixes.len()];
     let all: Vec<(usize, usize)> =
-        jobs.iter().enumerate().flat_map(|(j, _)| (0..k).map(move |i| (j, i))).collect();
+        (0..plan.prefixes.len()).flat_map(|j| (0..k).map(move |i| (j, i))).collect();
     for chunk in all.chunks(CHUNK) {
-        let rws: Vec<usize> = chunk.iter().map(|(j, _)| jobs[*j].0).collect();
-        let cuts: Vec<usize> = chunk.iter().map(|(j, _)| jobs[*j].1).collect();
+        let rws: Vec<usize> = chunk.iter().map(|(j, _)| plan.prefixes[*j].0).collect();
+        let cuts: Vec<usize> = chunk.iter().map(|(j, _)| p + plan.prefixes[*j].1).collect();
         let budgets: Vec<usize> =
             cuts.iter().map(|c| budget.saturating_sub(c - p).max(1)).collect();
-        let outs = continue_from(
+        let continued = continue_from(
             model,
             tok,
             &generation.cache,
@@ -88,15 +142,10 @@ pub fn values(
             device,
         )
         .map_err(|e| e.to_string())?;
-        for ((j, _), out) in chunk.iter().zip(outs) {
-            let (row, cut) = jobs[*j];
-            let prefix = &responses[row][..cut - p];
-            let text = tok.decode(&[prefix, out.as_slice()].concat());
-            estimates[*j] += task.verify(member, &prompt_texts[row], &text) / k as f32;
+        for ((j, _), out) in chunk.iter().zip(continued) {
+            outs[*j].push(out);
         }
     }
-    let flat: Vec<f32> =
-        slot_of.iter().flat_map(|r| r.iter().map(|s| s.map_or(0.0, |id| estimates[id]))).collect();
-    let t = Tensor::from_vec(flat, (responses.len(), width), device).map_err(|e| e.to_string())?;
+    let t = plan.values(&outs, responses, prompt_texts, tok, task, member, device)?;
     Ok((t, all.len()))
 }

@@ -262,6 +262,42 @@ pub struct RunArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// Where the models train: this machine, or a Tinker-protocol server (`--server`).
+    #[arg(long, value_enum, default_value_t = EngineKind::Local)]
+    pub engine: EngineKind,
+    /// The Tinker server's URL, e.g. `http://HOST:8000` (`--engine tinker`; its API key is
+    /// read from `TINKER_API_KEY` and never written anywhere). On `--resume`, a new URL for the
+    /// same server.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The server's base model, as the server names it (default: the only one it serves).
+    #[arg(long, value_name = "NAME")]
+    pub base_model: Option<String>,
+    /// How the server reduces a backward (default: what its start-up self-test finds; needed
+    /// for servers that report no gradient norm).
+    #[arg(long, value_enum)]
+    pub reduction: Option<ReductionArg>,
+}
+
+/// `rlx run --engine`.
+#[derive(Clone, Copy, ValueEnum, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// rlx's own trainer on this machine (CPU, or CUDA with `--device`).
+    Local,
+    /// A Tinker-protocol training server: hosted Tinker, SkyRL, verl_tinker.
+    Tinker,
+}
+
+/// `rlx run --reduction`.
+#[derive(Clone, Copy, ValueEnum, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReductionArg {
+    /// Cross-entropy summed over tokens and datums (hosted Tinker, SkyRL FSDP/Megatron,
+    /// verl_tinker).
+    Sum,
+    /// Normalised per datum, then averaged (SkyRL's JAX backend, skyrl-tx).
+    Mean,
 }
 
 /// `rlx bench --preset`.

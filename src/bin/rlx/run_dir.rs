@@ -41,6 +41,17 @@ pub struct RunConfig {
     pub eval_prompts: usize,
     #[serde(default = "default_eval_samples")]
     pub eval_samples: usize,
+    /// A run on a Tinker server: where (never the API key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tinker: Option<TinkerConfig>,
+}
+
+/// The server of a `--engine tinker` run.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+pub struct TinkerConfig {
+    pub server: String,
+    pub base_model: Option<String>,
+    pub reduction: Option<crate::args::ReductionArg>,
 }
 
 /// A run directory's `run.json` and the recipe bytes it ran; `missing` phrases a failure to

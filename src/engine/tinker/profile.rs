@@ -60,7 +60,9 @@ pub fn detect(remote: &mut Remote, expected: Option<Reduction>) -> Result<Reduct
         };
         if let Some(e) = expected.filter(|e| *e != found) {
             return Err(format!(
-                "{label}: `--reduction` says {e:?} but the self-test finds {found:?}"
+                "{label}: `--reduction {}` was given, but the self-test finds `{}`",
+                e.name(),
+                found.name()
             ));
         }
         // The surrogate of that profile, for ∂L/∂ℓ summing below zero, at g and 2g.
@@ -69,7 +71,8 @@ pub fn detect(remote: &mut Remote, expected: Option<Reduction>) -> Result<Reduct
         let b = norm_of(remote, found, &g2)?.unwrap_or(f64::NAN);
         if !(a.is_finite() && b.is_finite() && a > 0.0 && ((b / a) - 2.0).abs() < 2.0 * TOLERANCE) {
             return Err(format!(
-                "{label}: rlx's backward for a {found:?} server is not linear there (gradient norms {a:.4e} at g, {b:.4e} at 2g): no step is taken"
+                "{label}: rlx's backward for a `{}` server is not linear there (gradient norms {a:.4e} at g, {b:.4e} at 2g): no step is taken",
+                found.name()
             ));
         }
         Ok(found)

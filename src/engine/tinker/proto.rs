@@ -194,11 +194,20 @@ impl Tensor {
 }
 
 impl BatchedTensor {
-    /// One f32 row per datum, from the data and its byte offsets.
+    /// One f32 row per datum, from the data and its byte offsets (float32, or bfloat16: the
+    /// upper half of a float32).
     pub fn rows_f32(&self, datums: usize) -> Result<Vec<Vec<f32>>, String> {
-        if DType::try_from(self.dtype).ok() != Some(DType::Float32) {
-            return Err(format!("a batched tensor of dtype {} (float32 expected)", self.dtype));
-        }
+        let read: fn(&[u8]) -> Result<Vec<f32>, String> = match DType::try_from(self.dtype) {
+            Ok(DType::Float32) => |b| read_f32(b, "batched tensor"),
+            Ok(DType::Bfloat16) => |b| {
+                Ok(chunks::<2>(b, "batched tensor")?
+                    .map(|h| f32::from_bits((u16::from_le_bytes(h) as u32) << 16))
+                    .collect())
+            },
+            _ => {
+                return Err(format!("a batched tensor of dtype {} (float32 expected)", self.dtype));
+            }
+        };
         let offsets = read_i64(&self.offsets, "offsets")?;
         let len = self.data.len() as i64;
         // Starts of every datum, then an end: with n offsets for n datums, the end is the data's.
@@ -215,7 +224,7 @@ impl BatchedTensor {
             if a < 0 || b < a || b > len {
                 return Err(format!("offsets {a}..{b} outside {len} bytes"));
             }
-            out.push(read_f32(&self.data[a as usize..b as usize], "batched tensor")?);
+            out.push(read(&self.data[a as usize..b as usize])?);
         }
         Ok(out)
     }

@@ -11,6 +11,7 @@
 mod clip;
 mod evaluate;
 mod record;
+mod remote;
 mod rollout;
 mod setup;
 mod stage;
@@ -49,6 +50,18 @@ pub struct RunOptions {
     pub eval_prompts: usize,
     /// Samples per held-out prompt: metrics are means over them, `pass@k` uses them all.
     pub eval_samples: usize,
+    /// Train on a Tinker-protocol server instead of this machine.
+    pub tinker: Option<TinkerOptions>,
+}
+
+/// Where and how to reach a Tinker-protocol server (its API key: `TINKER_API_KEY`).
+#[derive(Debug, Clone)]
+pub struct TinkerOptions {
+    pub url: String,
+    /// The server's base model (default: the only one it serves).
+    pub base_model: Option<String>,
+    /// How the server reduces a backward (default: what its self-test finds).
+    pub reduction: Option<crate::engine::surrogate::Reduction>,
 }
 
 /// Task metrics by name.
@@ -81,12 +94,15 @@ struct Run<'a> {
     wall_before: f64,
     rng: Rng,
     summary: Summary,
+    /// The Tinker server the trained models live on (`None`: this machine).
+    remote: Option<remote::RemoteRun>,
 }
 
 /// Runs every stage of a checked recipe. `resolved` is the recipe text to store with the run.
 pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summary, Diagnostic> {
     let whole = checked.program.stages.first().map_or(Span::new(0, 0), |s| s.name.span);
-    let (mut run, first_stage, resume_state) = Run::start(checked, resolved, opts)?;
+    let (mut run, first_stage, resume_state, engine) = Run::start(checked, resolved, opts)?;
+    run.remote = engine.map(remote::RemoteRun::new);
     // Stages a resumed run finished before: their evaluations are in the log.
     for index in 0..first_stage {
         if let Some((before, after)) = run.recorded_evals(index) {
@@ -97,6 +113,20 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
     let mut resume_state = resume_state;
     for index in first_stage..checked.program.stages.len() {
         run.stage(index, resume_state.take())?;
+    }
+    if let Some(r) = &run.remote {
+        // The trained weights are the server's: the last checkpoint names them.
+        if !opts.quiet {
+            for (name, id) in &r.models {
+                eprintln!(
+                    "`{name}` was trained on {} as `{}`; its weights are the server's (state.json names the last save)",
+                    r.engine.label(),
+                    id.0
+                );
+            }
+        }
+        run.summary.seconds = run.wall();
+        return Ok(run.summary);
     }
     // Every model goes out as a Hugging Face checkpoint, for other tools (and `rlx score`,
     // `rlx generate`) to load; LoRA adapters also alone, in PEFT's layout.

@@ -24,7 +24,9 @@ use crate::train::signals::{self, ModelView, Rows, SignalCx, Source, SourceKind,
 /// What one step sampled, and every rollout-level input of the stage graph.
 pub(super) struct Rollout {
     pub rows: Rows,
-    pub generation: Generation,
+    /// The local sampler's output, with the KV cache VinePPO's rollouts continue (`None` on a
+    /// remote engine).
+    pub generation: Option<Generation>,
     /// Frozen views of every model, `old` and `ref`; and the trained models' live ones.
     pub frozen: HashMap<String, Transformer>,
     pub live: HashMap<String, Transformer>,
@@ -132,20 +134,21 @@ pub(super) fn unpermute(t: &Tensor, perm: &[usize]) -> candle_core::Result<Tenso
     t.index_select(&Tensor::from_vec(inverse, perm.len(), t.device())?, 0)
 }
 
+/// The prompts of one step, each repeated for its `n` samples (next to each other).
+pub(super) struct StepPrompts {
+    /// Indices into the task's training prompts.
+    pub chosen: Vec<usize>,
+    pub n: usize,
+    pub prompt_toks: Vec<Vec<u32>>,
+    /// The rows' prompts and groups (no texts yet).
+    pub rows: Rows,
+}
+
 impl Run<'_> {
-    /// Samples the step's batch and computes its rollout-level inputs.
-    pub(super) fn rollout(&mut self, plan: &StagePlan, step: usize) -> Result<Rollout, Diagnostic> {
-        let StagePlan { index, settings, sources, delimiter, task, reference, .. } = *plan;
-        let checked = self.checked;
-        let stage = &checked.program.stages[index];
-        let fail = |e: String| run_error(stage.name.span, e);
-        let device = self.opts.device.clone();
-        let sampling = self.sampling(index);
-        let cs = &checked.stages[index];
-        let n = params::num(&cs.sample, "n").max(1.0) as usize;
-        let from_ref = params::get(&cs.sample, "from").and_then(|v| v.str()) == Some("ref");
-        let trained = stage.trained().unwrap_or("policy").to_string();
-        // Prompts of this step: a fixed permutation per pass over the prompt set.
+    /// The step's prompts: a fixed permutation per pass over the prompt set.
+    pub(super) fn step_prompts(&self, plan: &StagePlan, step: usize) -> StepPrompts {
+        let StagePlan { index, settings, task, .. } = *plan;
+        let n = params::num(&self.checked.stages[index].sample, "n").max(1.0) as usize;
         let per_step = (settings.batch / n).max(1);
         let total = task.train.len();
         let per_epoch = (total / per_step).max(1);
@@ -161,6 +164,21 @@ impl Run<'_> {
                 rows.group.push(g as i64);
             }
         }
+        StepPrompts { chosen, n, prompt_toks, rows }
+    }
+
+    /// Samples the step's batch and computes its rollout-level inputs.
+    pub(super) fn rollout(&mut self, plan: &StagePlan, step: usize) -> Result<Rollout, Diagnostic> {
+        let StagePlan { index, settings, sources, delimiter, reference, .. } = *plan;
+        let checked = self.checked;
+        let stage = &checked.program.stages[index];
+        let fail = |e: String| run_error(stage.name.span, e);
+        let device = self.opts.device.clone();
+        let sampling = self.sampling(index);
+        let cs = &checked.stages[index];
+        let from_ref = params::get(&cs.sample, "from").and_then(|v| v.str()) == Some("ref");
+        let trained = stage.trained().unwrap_or("policy").to_string();
+        let StepPrompts { chosen, n, prompt_toks, mut rows } = self.step_prompts(plan, step);
         let frozen = self.frozen_views(&trained, reference).map_err(fail)?;
         let sampler_name = if from_ref { "ref" } else { "old" };
         let t_sample = Instant::now();
@@ -185,7 +203,7 @@ impl Run<'_> {
         let live = self.live_views(stage).map_err(fail)?;
         let mut r = Rollout {
             rows,
-            generation,
+            generation: Some(generation),
             frozen,
             live,
             widths,
@@ -341,10 +359,12 @@ impl Run<'_> {
                 };
                 let vtask =
                     self.tasks.get(data).ok_or_else(|| fail(format!("no data set `{data}`")))?;
+                let generation =
+                    r.generation.as_ref().ok_or_else(|| fail("no local generation".into()))?;
                 let (values, count) = crate::train::vine::values(
                     &r.frozen[sampler_name],
                     &self.tok,
-                    &r.generation,
+                    generation,
                     prompt_toks,
                     &r.rows.prompts,
                     &r.rows.texts["response"].toks,

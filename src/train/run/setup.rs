@@ -20,18 +20,29 @@ use crate::train::models::{self, Slot};
 /// A checkpoint to continue a stage from: its state and tensors.
 pub(super) type Resumed = (State, BTreeMap<String, Tensor>);
 
+/// The Tinker server a run trains on.
+pub(super) type Server = Box<dyn crate::engine::Engine>;
+
 impl<'a> Run<'a> {
-    /// Everything before the first stage. Returns the run, the stage to start at and the
-    /// checkpoint to continue that stage from.
+    /// Everything before the first stage. Returns the run, the stage to start at, the
+    /// checkpoint to continue that stage from, and the Tinker server it trains on, if any.
     pub(super) fn start(
         checked: &'a Checked,
         resolved: &str,
         opts: &'a RunOptions,
-    ) -> Result<(Run<'a>, usize, Option<Resumed>), Diagnostic> {
+    ) -> Result<(Run<'a>, usize, Option<Resumed>, Option<Server>), Diagnostic> {
         // Wall time counts the warm start too: it is part of what a run costs.
         let started = Instant::now();
         let whole = checked.program.stages.first().map_or(Span::new(0, 0), |s| s.name.span);
         let io = |e: std::io::Error| run_error(whole, format!("{}: {e}", opts.out.display()));
+        // What a Tinker server cannot run is refused before anything else is spent.
+        if opts.tinker.is_some()
+            && let Some(e) = crate::engine::tinker::lint::check(checked, None)
+                .into_iter()
+                .find(|d| d.severity == crate::diag::Severity::Error)
+        {
+            return Err(e);
+        }
         std::fs::create_dir_all(&opts.out).map_err(io)?;
         let resumed = if opts.resume {
             Some(
@@ -87,6 +98,28 @@ impl<'a> Run<'a> {
             None => (0, None),
         };
         let wall_before = resume_state.as_ref().map_or(0.0, |(s, _)| s.wall);
+        let remote = match &opts.tinker {
+            Some(t) => {
+                let engine = crate::engine::tinker::Remote::connect(
+                    None,
+                    &t.url,
+                    t.base_model.as_deref(),
+                    t.reduction,
+                    crate::engine::tinker::client::Retry::default(),
+                )
+                .map_err(|e| run_error(whole, e))?;
+                if !opts.quiet {
+                    eprintln!(
+                        "Tinker server {}: base model `{}`, reduction `{}` (self-test passed)",
+                        t.url,
+                        engine.base_model(),
+                        crate::engine::Engine::reduction(&engine).name()
+                    );
+                }
+                Some(Box::new(engine) as Server)
+            }
+            None => None,
+        };
         let run = Run {
             checked,
             opts,
@@ -99,8 +132,9 @@ impl<'a> Run<'a> {
             wall_before,
             rng,
             summary: Summary::default(),
+            remote: None,
         };
-        Ok((run, first_stage, resume_state))
+        Ok((run, first_stage, resume_state, remote))
     }
 }
 

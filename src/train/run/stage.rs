@@ -179,8 +179,16 @@ impl Run<'_> {
                 self.opts.eval_prompts
             );
         }
+        if self.remote.is_some() {
+            let resumed = resume.as_ref().and_then(|(s, _)| s.remote.as_ref());
+            self.remote_stage_start(index, resumed, start)?;
+        }
         if evaluated && start == 0 {
-            let before = self.evaluate(index, &task, &ref_model).map_err(fail)?;
+            let before = match self.remote.as_ref().map(|r| r.reference.clone()) {
+                Some(reference) => self.remote_evaluate(index, &task, &reference),
+                None => self.evaluate(index, &task, &ref_model),
+            }
+            .map_err(fail)?;
             self.record_eval(index, 0, field::BEFORE, &before)?;
             self.summary.evals.push((stage.name.name.clone(), before, vec![]));
         } else if evaluated {
@@ -233,8 +241,18 @@ impl Run<'_> {
         }
         progress.finish();
         if evaluated {
-            let policy = self.slots[&trained].frozen().map_err(|e| fail(e.to_string()))?;
-            let after = self.evaluate(index, &task, &policy).map_err(fail)?;
+            let after = match self.remote.as_mut() {
+                Some(r) => {
+                    let id = r.models[&trained].clone();
+                    let sampler = r.engine.sampler(&id, &format!("after-{index}")).map_err(fail)?;
+                    self.remote_evaluate(index, &task, &sampler)
+                }
+                None => {
+                    let policy = self.slots[&trained].frozen().map_err(|e| fail(e.to_string()))?;
+                    self.evaluate(index, &task, &policy)
+                }
+            }
+            .map_err(fail)?;
             self.record_eval(index, steps, field::AFTER, &after)?;
             if let Some(e) = self.summary.evals.last_mut() {
                 e.2 = after;
@@ -251,7 +269,7 @@ impl Run<'_> {
     }
 
     pub(super) fn save(
-        &self,
+        &mut self,
         stage: usize,
         step: usize,
         opt: &AdamW,
@@ -273,6 +291,7 @@ impl Run<'_> {
             seed: self.opts.seed,
             checksum: None,
             wall: self.wall(),
+            remote: None,
         };
         let span = self
             .checked
@@ -280,6 +299,14 @@ impl Run<'_> {
             .stages
             .get(stage.min(self.checked.program.stages.len() - 1))
             .map_or(Span::new(0, 0), |s| s.name.span);
+        let remote = match self.remote.is_some() {
+            true => Some(
+                self.remote_save(stage, step)
+                    .map_err(|e| run_error(span, format!("cannot save on the server: {e}")))?,
+            ),
+            false => None,
+        };
+        let state = State { remote, ..state };
         checkpoint::save(&self.opts.out, &state, &tensors)
             .map_err(|e| run_error(span, format!("cannot write a checkpoint: {e}")))
     }
@@ -402,12 +429,15 @@ impl Run<'_> {
         opt: &mut AdamW,
         record: &mut Map<String, Json>,
     ) -> Result<(), Diagnostic> {
-        let mut rollout = self.rollout(plan, step)?;
+        let mut rollout = match self.remote.is_some() {
+            true => self.remote_rollout(plan, step)?,
+            false => self.rollout(plan, step)?,
+        };
         let options = Options { grads: false, profile: false };
         let (first, values) =
             plan.compiled.run_with(&rollout.full, &self.opts.device, options, &HashMap::new())?;
         let responses: Vec<String> =
-            rollout.generation.tokens.iter().map(|t| self.tok.decode(t)).collect();
+            rollout.rows.texts["response"].toks.iter().map(|t| self.tok.decode(t)).collect();
         self.record_rollout(plan, &rollout, &first, &responses, record);
         if step.is_multiple_of(10) {
             self.write_samples(step, &rollout, &responses);

@@ -121,8 +121,12 @@ impl Run<'_> {
                     batch.insert(k.clone(), s);
                 }
                 let live_cx = signal_cx(&self.tasks, &self.tok, &device, rollout, &trained, false);
+                let remote = self.remote.is_some();
                 match ahead.take() {
                     Some(live) => batch.extend(live),
+                    None if remote => {
+                        batch.extend(self.remote_live(plan, &sub, &rollout.widths)?)
+                    }
                     None => batch.extend(
                         signals::compute(sources, |s| s.grad, &sub, &live_cx).map_err(fail)?,
                     ),
@@ -139,13 +143,17 @@ impl Run<'_> {
                         given.insert(*n, s);
                     }
                 }
+                // Remotely, the gradient stops at the inputs: the server takes it from there.
                 let (eval, _) = compiled.run_with(
                     &batch,
                     &device,
-                    Options { grads: false, profile: false },
+                    Options { grads: remote, profile: false },
                     &given,
                 )?;
-                self.update(index, &eval.loss, opt, record)?;
+                match remote {
+                    true => self.remote_update(plan, &sub, &batch, &eval, opt, record)?,
+                    false => self.update(index, &eval.loss, opt, record)?,
+                }
                 losses.push(mean_of(&eval.loss));
                 for (term, fracs) in &mut clipped {
                     if let (Some(p), Some(o), Some(m)) =

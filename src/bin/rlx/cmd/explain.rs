@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use rlx::diag::codes::{self, CODES};
+use rlx::diag::codes;
 use rlx::diag::{Code, Kind};
 
 use crate::args::ExplainArgs;
@@ -12,14 +12,14 @@ use crate::args::ExplainArgs;
 pub fn main(args: ExplainArgs) -> Result<ExitCode, String> {
     let Some(name) = args.code else {
         if args.format.json() {
-            println!("{}", json(&CODES.iter().map(entry).collect::<Vec<_>>())?);
+            println!("{}", json(&codes::all().iter().copied().map(entry).collect::<Vec<_>>())?);
         } else {
             print!("{}", index());
         }
         return Ok(ExitCode::SUCCESS);
     };
     let Some(code) = codes::code(&name) else {
-        let hint = rlx::diag::did_you_mean(&name, CODES.iter().map(|c| c.name))
+        let hint = rlx::diag::did_you_mean(&name, codes::all().iter().map(|c| c.name))
             .map_or(String::new(), |m| format!("; did you mean `{m}`?"));
         return Err(format!("no diagnostic code `{name}`{hint} (`rlx explain` lists them)"));
     };
@@ -44,7 +44,7 @@ fn index() -> String {
     let mut out = String::new();
     for (title, lints) in groups {
         out.push_str(&format!("{title}:\n"));
-        for c in CODES.iter().filter(|c| c.lint_default().is_some() == lints) {
+        for c in codes::all().iter().filter(|c| c.lint_default().is_some() == lints) {
             let level = match c.kind {
                 Kind::Lint(s) => format!("{s:?}").to_lowercase(),
                 _ => short(c.kind).to_string(),

@@ -7,9 +7,10 @@ use rlx::check::lints::LintConfig;
 use rlx::render::{self, Style};
 use rlx::source::{self, SourceFile};
 
-use crate::args::RunArgs;
+use crate::args::{EngineKind, ReductionArg, RunArgs};
 use crate::run_dir::{
-    RunConfig, default_eval_prompts, default_eval_samples, prepare_run_dir, stored_run,
+    RunConfig, TinkerConfig, default_eval_prompts, default_eval_samples, prepare_run_dir,
+    stored_run,
 };
 use crate::ui;
 
@@ -37,12 +38,25 @@ pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
                 seed: args.seed.unwrap_or(0),
                 eval_prompts: args.eval_prompts.unwrap_or_else(default_eval_prompts),
                 eval_samples: args.eval_samples.unwrap_or_else(default_eval_samples),
+                tinker: tinker_config(&args)?,
             };
             (src, config)
         }
         (None, None) => return Err("give a recipe, or `--resume DIR`".into()),
     };
-    let analysis = source::analyze_with(&src, &LintConfig::defaults(), &config.set)?;
+    let mut analysis = source::analyze_with(&src, &LintConfig::defaults(), &config.set)?;
+    // On a resumed remote run, a new URL for its server.
+    let tinker = config
+        .tinker
+        .clone()
+        .map(|t| TinkerConfig { server: args.server.clone().unwrap_or(t.server), ..t });
+    if tinker.is_some() && !analysis.has_errors() {
+        let found = rlx::engine::tinker::lint::check(ui::checked(&analysis)?, None);
+        source::add_diagnostics(&src, &mut analysis, found, &LintConfig::defaults());
+        if !analysis.has_errors() && !analysis.diagnostics.is_empty() && !args.quiet {
+            ui::print_diagnostics(&src, &analysis, style);
+        }
+    }
     if ui::reject(&src, &analysis, style) {
         return Ok(ui::findings());
     }
@@ -73,6 +87,14 @@ pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
         quiet: args.quiet,
         eval_prompts: config.eval_prompts,
         eval_samples: config.eval_samples,
+        tinker: tinker.map(|t| rlx::train::run::TinkerOptions {
+            url: t.server,
+            base_model: t.base_model,
+            reduction: t.reduction.map(|r| match r {
+                ReductionArg::Sum => rlx::engine::surrogate::Reduction::Sum,
+                ReductionArg::Mean => rlx::engine::surrogate::Reduction::PerSequenceMean,
+            }),
+        }),
     };
     match rlx::train::run::run(checked, &resolved, &options) {
         Ok(summary) => {
@@ -115,6 +137,24 @@ pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
             }
             Ok(ui::findings())
         }
+    }
+}
+
+/// The server settings of a new run: `--server` and friends belong with `--engine tinker`.
+fn tinker_config(args: &RunArgs) -> Result<Option<TinkerConfig>, String> {
+    match (args.engine, &args.server) {
+        (EngineKind::Tinker, Some(server)) => Ok(Some(TinkerConfig {
+            server: server.clone(),
+            base_model: args.base_model.clone(),
+            reduction: args.reduction,
+        })),
+        (EngineKind::Tinker, None) => Err("`--engine tinker` needs `--server URL`".into()),
+        (EngineKind::Local, _)
+            if args.server.is_some() || args.base_model.is_some() || args.reduction.is_some() =>
+        {
+            Err("`--server`, `--base-model` and `--reduction` belong with `--engine tinker`".into())
+        }
+        (EngineKind::Local, _) => Ok(None),
     }
 }
 

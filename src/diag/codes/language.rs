@@ -1,34 +1,10 @@
-//! Every diagnostic code rlx emits, in one registry: its name, where it comes from (the parser,
-//! lowering, the checker, a lint with its default level, evaluation, a run, the verl export), a
-//! one-line summary and an explanation, and — for every code a recipe can trigger — a recipe
-//! that does, with what `rlx lint` prints for it (the `tests/ui` case, embedded). `rlx explain`
-//! prints an entry; `--allow`/`--deny` and `# rlx: allow(..)` accept exactly the lints here;
-//! `tests/ui.rs` requires every code emitted under `src/` to be here and every entry with an
-//! example to be a UI case that shows it.
+//! The codes of a recipe itself: the parser, name resolution, the checker, the lints, evaluating
+//! a stage and running one.
 
-use super::{Code, Example, Kind, Severity};
+use super::ui;
+use crate::diag::{Code, Kind, Severity};
 
-macro_rules! ui {
-    ($case:literal) => {
-        Example {
-            case: $case,
-            recipe: include_str!(concat!("../../tests/ui/", $case, ".rlx")),
-            output: include_str!(concat!("../../tests/ui/", $case, ".stderr")),
-        }
-    };
-}
-
-/// The code named `name`.
-pub fn code(name: &str) -> Option<&'static Code> {
-    CODES.iter().find(|c| c.name == name)
-}
-
-/// Every lint, sorted by name.
-pub fn lints() -> impl Iterator<Item = &'static Code> {
-    CODES.iter().filter(|c| c.lint_default().is_some())
-}
-
-/// Every code, sorted by name.
+/// Sorted by name.
 pub static CODES: &[Code] = &[
     Code {
         name: "advantage-carries-gradient",
@@ -378,74 +354,6 @@ pub static CODES: &[Code] = &[
         example: Some(ui!("text_mismatch")),
     },
     Code {
-        name: "tinker-critic",
-        kind: Kind::Remote,
-        summary: "a value head, which the remote engine has no critic for",
-        explanation: "`rlx lint --target tinker` and `rlx run --engine tinker` check, before any GPU time, that every part of every stage can run on a Tinker-protocol server (hosted Tinker, SkyRL, verl_tinker): one trained language model whose loss reaches it only through log-probabilities of texts rlx holds, of the trained model, `old` and `ref`, with rewards from verifiers and VinePPO's step rollouts. A run refuses on an error.",
-        fragment: None,
-        example: Some(ui!("tinker_critic")),
-    },
-    Code {
-        name: "tinker-logits",
-        kind: Kind::Remote,
-        summary: "a signal that needs the full next-token distribution (entropy, sum_p2)",
-        explanation: "`rlx lint --target tinker` and `rlx run --engine tinker` check, before any GPU time, that every part of every stage can run on a Tinker-protocol server (hosted Tinker, SkyRL, verl_tinker): one trained language model whose loss reaches it only through log-probabilities of texts rlx holds, of the trained model, `old` and `ref`, with rewards from verifiers and VinePPO's step rollouts. A run refuses on an error.",
-        fragment: None,
-        example: Some(ui!("tinker_logits")),
-    },
-    Code {
-        name: "tinker-lora",
-        kind: Kind::Lint(Severity::Warning),
-        summary: "(`--target tinker`) a model that trains every weight is trained as a LoRA adapter on the server",
-        explanation: "`rlx lint --target tinker` and `rlx run --engine tinker` check, before any GPU time, that every part of every stage can run on a Tinker-protocol server (hosted Tinker, SkyRL, verl_tinker): one trained language model whose loss reaches it only through log-probabilities of texts rlx holds, of the trained model, `old` and `ref`, with rewards from verifiers and VinePPO's step rollouts. A run refuses on an error.",
-        fragment: Some(
-            "model policy = pretrained(\"DIR\", lora_rank = 32)   # the rank the server uses",
-        ),
-        example: Some(ui!("tinker_lora")),
-    },
-    Code {
-        name: "tinker-models",
-        kind: Kind::Remote,
-        summary: "a model the remote engine does not hold: a rewriter, a second model, keep-probabilities",
-        explanation: "`rlx lint --target tinker` and `rlx run --engine tinker` check, before any GPU time, that every part of every stage can run on a Tinker-protocol server (hosted Tinker, SkyRL, verl_tinker): one trained language model whose loss reaches it only through log-probabilities of texts rlx holds, of the trained model, `old` and `ref`, with rewards from verifiers and VinePPO's step rollouts. A run refuses on an error.",
-        fragment: None,
-        example: Some(ui!("tinker_models")),
-    },
-    Code {
-        name: "tinker-optim",
-        kind: Kind::Lint(Severity::Warning),
-        summary: "(`--target tinker`) an optimiser setting SkyRL's servers ignore (they apply only the learning rate)",
-        explanation: "`rlx lint --target tinker` and `rlx run --engine tinker` check, before any GPU time, that every part of every stage can run on a Tinker-protocol server (hosted Tinker, SkyRL, verl_tinker): one trained language model whose loss reaches it only through log-probabilities of texts rlx holds, of the trained model, `old` and `ref`, with rewards from verifiers and VinePPO's step rollouts. A run refuses on an error.",
-        fragment: Some(
-            "optim { lr = 1e-5 }   # betas, weight decay, clipping: in the server's --backend-config",
-        ),
-        example: Some(ui!("tinker_optim")),
-    },
-    Code {
-        name: "tinker-rm-head",
-        kind: Kind::Remote,
-        summary: "a reward model's score head, which no Tinker server trains or serves",
-        explanation: "`rlx lint --target tinker` and `rlx run --engine tinker` check, before any GPU time, that every part of every stage can run on a Tinker-protocol server (hosted Tinker, SkyRL, verl_tinker): one trained language model whose loss reaches it only through log-probabilities of texts rlx holds, of the trained model, `old` and `ref`, with rewards from verifiers and VinePPO's step rollouts. A run refuses on an error.",
-        fragment: None,
-        example: Some(ui!("tinker_rm_head")),
-    },
-    Code {
-        name: "tinker-stage",
-        kind: Kind::Remote,
-        summary: "a stage the remote engine does not run: supervised, preference, or several trained models",
-        explanation: "`rlx lint --target tinker` and `rlx run --engine tinker` check, before any GPU time, that every part of every stage can run on a Tinker-protocol server (hosted Tinker, SkyRL, verl_tinker): one trained language model whose loss reaches it only through log-probabilities of texts rlx holds, of the trained model, `old` and `ref`, with rewards from verifiers and VinePPO's step rollouts. A run refuses on an error.",
-        fragment: None,
-        example: Some(ui!("tinker_stage")),
-    },
-    Code {
-        name: "tinker-temperature",
-        kind: Kind::Lint(Severity::Warning),
-        summary: "(`--target tinker`) log-probabilities at temperature 1 on the server, divided by the sampling temperature locally",
-        explanation: "`rlx lint --target tinker` and `rlx run --engine tinker` check, before any GPU time, that every part of every stage can run on a Tinker-protocol server (hosted Tinker, SkyRL, verl_tinker): one trained language model whose loss reaches it only through log-probabilities of texts rlx holds, of the trained model, `old` and `ref`, with rewards from verifiers and VinePPO's step rollouts. A run refuses on an error.",
-        fragment: Some("sample { n = 8, temperature = 1.0 }"),
-        example: Some(ui!("tinker_temperature")),
-    },
-    Code {
         name: "too-many-arguments",
         kind: Kind::Lowering,
         summary: "more positional arguments than the callee takes",
@@ -580,112 +488,6 @@ pub static CODES: &[Code] = &[
         explanation: "Ranges are part of a parameter's spec (a probability in [0, 1], a count ≥ 1, …) and are checked before any run.",
         fragment: None,
         example: Some(ui!("value_out_of_range")),
-    },
-    Code {
-        name: "verl-advantage",
-        kind: Kind::Export,
-        summary: "the policy loss reads more than one advantage, or one per sequence",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_advantage")),
-    },
-    Code {
-        name: "verl-aggregation",
-        kind: Kind::Export,
-        summary: "terms aggregated differently where verl uses one mode",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_aggregation")),
-    },
-    Code {
-        name: "verl-critic",
-        kind: Kind::Export,
-        summary: "a value loss or GAE verl's critic computes differently",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_critic")),
-    },
-    Code {
-        name: "verl-earlier-stage",
-        kind: Kind::Export,
-        summary: "the stage uses a model an earlier stage trains",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_earlier_stage")),
-    },
-    Code {
-        name: "verl-engine",
-        kind: Kind::Export,
-        summary: "something verl's trainer does not produce: step rollouts, rewrites",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_engine")),
-    },
-    Code {
-        name: "verl-kl",
-        kind: Kind::Export,
-        summary: "a KL term verl computes differently",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_kl")),
-    },
-    Code {
-        name: "verl-kl-clamp",
-        kind: Kind::Lint(Severity::Warning),
-        summary: "(`--target verl`) verl clamps the k3 KL estimate into [-10, 10]; the recipe does not",
-        explanation: "verl's `low_var_kl` clamps the k3 estimate into [-10, 10]; add `clamp = 10` to the recipe's `kl` for an export verl computes identically.",
-        fragment: Some(
-            "kl(policy.logp, ref.logp, estimator = k3)   # add clamp = 10 for an exact export",
-        ),
-        example: Some(ui!("verl_kl_clamp")),
-    },
-    Code {
-        name: "verl-loss-shape",
-        kind: Kind::Export,
-        summary: "the loss is not a weighted sum of aggregated token terms",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_loss_shape")),
-    },
-    Code {
-        name: "verl-reward",
-        kind: Kind::Export,
-        summary: "a reward verl's reward function and KL penalty cannot express",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_reward")),
-    },
-    Code {
-        name: "verl-setting",
-        kind: Kind::Export,
-        summary: "a sampling or optimiser setting verl cannot express",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_setting")),
-    },
-    Code {
-        name: "verl-signal",
-        kind: Kind::Export,
-        summary: "a signal verl does not pass to the place that needs it",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_signal")),
-    },
-    Code {
-        name: "verl-stage",
-        kind: Kind::Export,
-        summary: "the stage is not an RL stage verl's PPO trainer runs",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_stage")),
-    },
-    Code {
-        name: "verl-unsupported-block",
-        kind: Kind::Export,
-        summary: "a block without a verl export yet",
-        explanation: "`rlx export verl` and `rlx lint --target verl` assign every node of the stage's loss to the place verl computes it — reward function, KL penalty, advantage estimator, policy loss, KL loss, critic — and refuse, at the node, what verl would compute differently. Nothing is exported that verl would not compute exactly.",
-        fragment: None,
-        example: Some(ui!("verl_unsupported_block")),
     },
     Code {
         name: "wrong-arity",

@@ -1,0 +1,524 @@
+//! A run's stages on a Tinker-protocol server (`--engine tinker`): the same rollout, graph,
+//! record and checkpoints as a local run, with the trained models on the server. Sampling is
+//! `asample` from a snapshot of the policy; `old` and the trained model's log-probabilities are
+//! forwards of the server's model, `ref` the prompt log-probabilities of its snapshot at the
+//! stage's start; the update evaluates the stage graph on the host with gradients with respect
+//! to those log-probabilities and sends their exact linearisation as one backward per text
+//! (`engine::surrogate`), then an optimiser step per minibatch, as locally.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde_json::{Map, Value as Json, json};
+
+use super::rollout::{Rollout, StepPrompts};
+use super::stage::StagePlan;
+use super::{Metrics, Run, run_error};
+use crate::check::params;
+use crate::diag::Diagnostic;
+use crate::engine::surrogate::backward_inputs;
+use crate::engine::{Adam, Engine, Lora, ModelId, SampleParams, Sampler, Seq};
+use crate::exec::{Evaluation, mask_name};
+use crate::ir::graph::{ModelRef, ScorerRef, Signal};
+use crate::tasks::Task;
+use crate::train::checkpoint::RemoteCheckpoint;
+use crate::train::metrics::field;
+use crate::train::optim::AdamW;
+use crate::train::signals::{self, ModelView, Rows, SignalCx, Source, SourceKind, TextRows};
+
+/// How far the server's base model may be from the recipe's model on a probe before the run
+/// is refused (mean |Δ log p| per token; servers compute in bf16).
+const BASE_TOLERANCE: f64 = 0.05;
+
+/// The engine and what the run holds on it.
+pub(super) struct RemoteRun {
+    pub engine: Box<dyn Engine>,
+    /// The server's model of each trained model, by the recipe's name.
+    pub models: BTreeMap<String, ModelId>,
+    /// `ref`: the trained model's snapshot at the current stage's start.
+    pub reference: Sampler,
+}
+
+impl RemoteRun {
+    pub fn new(engine: Box<dyn Engine>) -> RemoteRun {
+        RemoteRun { engine, models: BTreeMap::new(), reference: Sampler::Base }
+    }
+}
+
+/// `[B, width]` rows padded with zeros.
+fn padded(rows: &[Vec<f32>], width: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let mut flat = vec![0f32; rows.len() * width];
+    for (r, row) in rows.iter().enumerate() {
+        for (t, v) in row.iter().take(width).enumerate() {
+            flat[r * width + t] = *v;
+        }
+    }
+    Tensor::from_vec(flat, (rows.len(), width), device)
+}
+
+fn seqs_of(text: &TextRows) -> Vec<Seq> {
+    text.ctx.iter().zip(&text.toks).map(|(c, t)| Seq { ctx: c.clone(), toks: t.clone() }).collect()
+}
+
+/// Sources computed on the host without a model: verifier rewards, the sampler's recorded
+/// log-probabilities.
+fn on_host(s: &Source) -> bool {
+    matches!(
+        &s.kind,
+        SourceKind::Score { scorer: ScorerRef::Verifier { .. }, .. }
+            | SourceKind::Signal { model: ModelRef::Rollout, .. }
+    )
+}
+
+impl Run<'_> {
+    fn remote(&mut self) -> &mut RemoteRun {
+        self.remote.as_mut().expect("a remote run")
+    }
+
+    /// Before a stage's first step: the trained model on the server (created, checked against
+    /// the recipe's own, or loaded from the checkpoint) and `ref`'s snapshot.
+    pub(super) fn remote_stage_start(
+        &mut self,
+        index: usize,
+        resumed: Option<&RemoteCheckpoint>,
+        step: usize,
+    ) -> Result<(), Diagnostic> {
+        let stage = &self.checked.program.stages[index];
+        let fail = |e: String| run_error(stage.name.span, e);
+        let trained = stage.trained().unwrap_or("policy").to_string();
+        if !self.remote().models.contains_key(&trained) {
+            let resolved = self.checked.decl_params.get(&trained).cloned().unwrap_or_default();
+            let lora = params::get_num(&resolved, "lora_rank")
+                .map(|r| Lora { rank: r as usize, alpha: params::num(&resolved, "lora_alpha") });
+            let seed = self.opts.seed;
+            let id = self.remote().engine.create_model(lora, seed).map_err(fail)?;
+            match resumed.and_then(|r| r.models.get(&trained)) {
+                Some(path) => self.remote().engine.load(&id, path).map_err(fail)?,
+                None => self.check_base(&trained).map_err(fail)?,
+            }
+            self.remote().models.insert(trained.clone(), id);
+        }
+        let reference = match resumed.and_then(|r| r.reference.clone()).filter(|_| step > 0) {
+            Some(path) => Sampler::Weights(path),
+            None => {
+                let id = self.remote().models[&trained].clone();
+                self.remote().engine.sampler(&id, &format!("ref-{index}")).map_err(fail)?
+            }
+        };
+        self.remote().reference = reference;
+        Ok(())
+    }
+
+    /// The server's base model must be the recipe's `trained` model as it starts: compared on
+    /// a probe (a training prompt's tokens) by log-probabilities at temperature 1.
+    fn check_base(&mut self, trained: &str) -> Result<(), String> {
+        let Some(prompt) = self.tasks.values().find_map(|t| t.train.first()) else { return Ok(()) };
+        let toks = self.tok.prompt(&prompt.text);
+        if toks.len() < 3 {
+            return Ok(());
+        }
+        let probe = Seq { ctx: toks[..1].to_vec(), toks: toks[1..].to_vec() };
+        let local = {
+            let model = self.slots[trained].frozen().map_err(|e| e.to_string())?;
+            let rows = Rows {
+                prompts: vec![String::new()],
+                texts: [(
+                    "response".to_string(),
+                    TextRows { ctx: vec![probe.ctx.clone()], toks: vec![probe.toks.clone()] },
+                )]
+                .into(),
+                group: vec![0],
+                rollout_logp: vec![],
+            };
+            let widths = rows.widths();
+            let frozen: HashMap<String, crate::model::Transformer> =
+                [("probe".to_string(), model)].into();
+            let live = HashMap::new();
+            let cx = SignalCx {
+                models: ModelView { live: &live, frozen: &frozen },
+                temperature: 1.0,
+                tasks: &self.tasks,
+                tok: &self.tok,
+                device: &self.opts.device,
+                widths: &widths,
+                frozen_only: true,
+                old_is: None,
+            };
+            let source = Source {
+                name: "probe".into(),
+                kind: SourceKind::Signal {
+                    model: ModelRef::Named("probe".into()),
+                    signal: Signal::Logp,
+                    text: "response".into(),
+                },
+                grad: false,
+            };
+            let t = signals::compute(std::slice::from_ref(&source), |_| true, &rows, &cx)?;
+            t["probe"].flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?
+        };
+        let engine = &mut self.remote().engine;
+        let remote = engine.logp(None, &Sampler::Base, std::slice::from_ref(&probe))?;
+        let n = probe.toks.len();
+        let diff =
+            local.iter().zip(&remote[0]).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / n as f64;
+        if diff.is_nan() || diff > BASE_TOLERANCE {
+            return Err(format!(
+                "{}'s base model is not the recipe's `{trained}`: on a probe of {n} tokens their log-probabilities differ by {diff:.3} per token on average (at most {BASE_TOLERANCE} is accepted); start the server with `{trained}`'s weights as its base model (a built-in model: save it with a local `rlx run --steps 1` and serve `models/{trained}`)",
+                engine.label()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Samples the step's batch on the server and computes its rollout-level inputs there and
+    /// on the host.
+    pub(super) fn remote_rollout(
+        &mut self,
+        plan: &StagePlan,
+        step: usize,
+    ) -> Result<Rollout, Diagnostic> {
+        let StagePlan { index, sources, delimiter, .. } = *plan;
+        let checked = self.checked;
+        let stage = &checked.program.stages[index];
+        let fail = |e: String| run_error(stage.name.span, e);
+        let device = self.opts.device.clone();
+        let sampling = self.sampling(index);
+        let from_ref =
+            params::get(&checked.stages[index].sample, "from").and_then(|v| v.str()) == Some("ref");
+        let trained = stage.trained().unwrap_or("policy").to_string();
+        let StepPrompts { chosen, n, prompt_toks, mut rows } = self.step_prompts(plan, step);
+        let policy = self.remote().models[&trained].clone();
+        let t_sample = Instant::now();
+        let sampler = match from_ref {
+            true => self.remote().reference.clone(),
+            false => {
+                self.remote().engine.sampler(&policy, &format!("s{index}-{step}")).map_err(fail)?
+            }
+        };
+        let params = SampleParams {
+            max_tokens: sampling.max_tokens,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            seed: self.rng.next_u64(),
+            stop_text: sampling.stop.clone(),
+            stop_tokens: self.tok.stops.clone(),
+        };
+        let unique: Vec<Vec<u32>> = prompt_toks.iter().step_by(n).cloned().collect();
+        let sampled = self.remote().engine.sample(&sampler, &unique, n, &params).map_err(fail)?;
+        let (toks, logps): (Vec<Vec<u32>>, Vec<Vec<f32>>) =
+            sampled.into_iter().flatten().map(|s| (s.tokens, s.logprobs)).unzip();
+        let sample_secs = t_sample.elapsed().as_secs_f64();
+        let new_tokens = toks.iter().map(Vec::len).sum();
+        rows.texts.insert("response".into(), TextRows { ctx: prompt_toks.clone(), toks });
+        rows.rollout_logp = logps;
+        self.remote_extra_texts(plan, &chosen, n, &prompt_toks, &sampler, &params, &mut rows)?;
+        let widths = rows.widths();
+        let empty = HashMap::new();
+        let cx = SignalCx {
+            models: ModelView { live: &empty, frozen: &empty },
+            temperature: sampling.temperature,
+            tasks: &self.tasks,
+            tok: &self.tok,
+            device: &device,
+            widths: &widths,
+            frozen_only: true,
+            old_is: None,
+        };
+        let mut full = signals::base_inputs(&rows, &cx, delimiter).map_err(fail)?;
+        full.extend(signals::compute(sources, on_host, &rows, &cx).map_err(fail)?);
+        let t_forward = Instant::now();
+        let mut by_text: HashMap<(bool, String), Tensor> = HashMap::new();
+        for s in sources.iter().filter(|s| !on_host(s)) {
+            let SourceKind::Signal { model, signal: Signal::Logp, text } = &s.kind else {
+                if matches!(s.kind, SourceKind::StepRollouts { .. }) {
+                    continue;
+                }
+                return Err(fail(format!("`{}` cannot be computed on a Tinker server", s.name)));
+            };
+            let is_ref = *model == ModelRef::Ref;
+            let key = (is_ref, text.clone());
+            if !by_text.contains_key(&key) {
+                let t = rows.texts.get(text).ok_or_else(|| fail(format!("no text `{text}`")))?;
+                let seqs = seqs_of(t);
+                let reference = self.remote().reference.clone();
+                let engine = &mut self.remote().engine;
+                let lp = match is_ref {
+                    true => engine.logp(None, &reference, &seqs),
+                    false => engine.logp(Some(&policy), &Sampler::Base, &seqs),
+                }
+                .map_err(fail)?;
+                by_text.insert(
+                    key.clone(),
+                    padded(&lp, widths[text], &device).map_err(|e| fail(e.to_string()))?,
+                );
+            }
+            full.insert(s.name.clone(), by_text[&key].clone());
+        }
+        let ahead_secs = t_forward.elapsed().as_secs_f64();
+        let mut r = Rollout {
+            rows,
+            generation: None,
+            frozen: HashMap::new(),
+            live: HashMap::new(),
+            widths,
+            temperature: sampling.temperature,
+            full,
+            ahead: None,
+            sample_secs,
+            ahead_secs,
+            new_tokens,
+            vine_rollouts: 0,
+        };
+        self.remote_step_rollouts(plan, &sampler, &params, &mut r)?;
+        Ok(r)
+    }
+
+    /// The demonstrations and greedy responses the graph reads besides the response.
+    #[allow(clippy::too_many_arguments)]
+    fn remote_extra_texts(
+        &mut self,
+        plan: &StagePlan,
+        chosen: &[usize],
+        n: usize,
+        prompt_toks: &[Vec<u32>],
+        sampler: &Sampler,
+        params: &SampleParams,
+        rows: &mut Rows,
+    ) -> Result<(), Diagnostic> {
+        let StagePlan { index, sources, task, .. } = *plan;
+        let fail = |e: String| run_error(self.checked.program.stages[index].name.span, e);
+        for s in sources {
+            let (SourceKind::Signal { text, .. } | SourceKind::Score { text, .. }) = &s.kind else {
+                continue;
+            };
+            if rows.texts.contains_key(text) {
+                continue;
+            }
+            let toks: Vec<Vec<u32>> = match text.as_str() {
+                "demonstration" => chosen
+                    .iter()
+                    .flat_map(|&i| {
+                        std::iter::repeat_n(self.tok.response(&task.train[i].demonstration), n)
+                    })
+                    .collect(),
+                "greedy" => {
+                    let greedy = SampleParams { temperature: 0.0, ..params.clone() };
+                    let out = self
+                        .remote()
+                        .engine
+                        .sample(sampler, prompt_toks, 1, &greedy)
+                        .map_err(fail)?;
+                    out.into_iter().map(|mut v| v.remove(0).tokens).collect()
+                }
+                other => {
+                    return Err(fail(format!(
+                        "the text `{other}` cannot be made on a Tinker server"
+                    )));
+                }
+            };
+            rows.texts.insert(text.clone(), TextRows { ctx: prompt_toks.to_vec(), toks });
+        }
+        Ok(())
+    }
+
+    /// VinePPO's values on the server: `k` samples from every distinct step start.
+    fn remote_step_rollouts(
+        &mut self,
+        plan: &StagePlan,
+        sampler: &Sampler,
+        params: &SampleParams,
+        r: &mut Rollout,
+    ) -> Result<(), Diagnostic> {
+        let StagePlan { index, sources, delimiter, .. } = *plan;
+        let fail = |e: String| run_error(self.checked.program.stages[index].name.span, e);
+        for s in sources {
+            let SourceKind::StepRollouts { reward, k, max_steps, .. } = &s.kind else { continue };
+            let ScorerRef::Verifier { data, member } = reward else {
+                return Err(fail("`vine_values` needs a verifier reward".into()));
+            };
+            let response = &r.rows.texts["response"];
+            let jobs = crate::train::vine::prefixes(
+                &response.ctx,
+                &response.toks,
+                &self.tok,
+                *max_steps,
+                delimiter.unwrap_or("\n"),
+            );
+            let prompts: Vec<Vec<u32>> = jobs
+                .prefixes
+                .iter()
+                .map(|(row, cut)| {
+                    [response.ctx[*row].as_slice(), &response.toks[*row][..*cut]].concat()
+                })
+                .collect();
+            let mut outs = Vec::with_capacity(prompts.len());
+            // One request per prefix with its remaining budget; every request before any result.
+            let mut by_budget: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for (j, (_, cut)) in jobs.prefixes.iter().enumerate() {
+                by_budget.entry(params.max_tokens.saturating_sub(*cut).max(1)).or_default().push(j);
+            }
+            outs.resize(prompts.len(), vec![]);
+            for (budget, js) in by_budget {
+                let p = SampleParams {
+                    max_tokens: budget,
+                    seed: self.rng.next_u64(),
+                    ..params.clone()
+                };
+                let batch: Vec<Vec<u32>> = js.iter().map(|&j| prompts[j].clone()).collect();
+                let got = self.remote().engine.sample(sampler, &batch, *k, &p).map_err(fail)?;
+                for (j, g) in js.into_iter().zip(got) {
+                    outs[j] = g.into_iter().map(|s| s.tokens).collect();
+                }
+            }
+            let task = self.tasks.get(data).ok_or_else(|| fail(format!("no data set `{data}`")))?;
+            let values = jobs
+                .values(
+                    &outs,
+                    &response.toks,
+                    &r.rows.prompts,
+                    &self.tok,
+                    task,
+                    member,
+                    &self.opts.device,
+                )
+                .map_err(fail)?;
+            r.vine_rollouts += prompts.len() * k;
+            r.full.insert(s.name.clone(), values);
+        }
+        Ok(())
+    }
+
+    /// The trained model's log-probabilities of a minibatch's texts, from the server.
+    pub(super) fn remote_live(
+        &mut self,
+        plan: &StagePlan,
+        sub: &Rows,
+        widths: &HashMap<String, usize>,
+    ) -> Result<HashMap<String, Tensor>, Diagnostic> {
+        let StagePlan { index, sources, .. } = *plan;
+        let stage = &self.checked.program.stages[index];
+        let fail = |e: String| run_error(stage.name.span, e);
+        let policy = self.remote().models[stage.trained().unwrap_or("policy")].clone();
+        let mut out = HashMap::new();
+        for s in sources.iter().filter(|s| s.grad) {
+            let SourceKind::Signal { signal: Signal::Logp, text, .. } = &s.kind else {
+                return Err(fail(format!("`{}` cannot be computed on a Tinker server", s.name)));
+            };
+            let seqs = seqs_of(&sub.texts[text]);
+            let lp =
+                self.remote().engine.logp(Some(&policy), &Sampler::Base, &seqs).map_err(fail)?;
+            out.insert(
+                s.name.clone(),
+                padded(&lp, widths[text], &self.opts.device).map_err(|e| fail(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// One optimiser step on the server from a minibatch's evaluation with input gradients:
+    /// one backward per text the trained model's log-probabilities were read on.
+    pub(super) fn remote_update(
+        &mut self,
+        plan: &StagePlan,
+        sub: &Rows,
+        batch: &HashMap<String, Tensor>,
+        eval: &Evaluation,
+        opt: &mut AdamW,
+        record: &mut Map<String, Json>,
+    ) -> Result<(), Diagnostic> {
+        let StagePlan { index, sources, settings, .. } = *plan;
+        let stage = &self.checked.program.stages[index];
+        let fail = |e: String| run_error(stage.loss_span, e);
+        let policy = self.remote().models[stage.trained().unwrap_or("policy")].clone();
+        let reduction = self.remote().engine.reduction();
+        let live: Vec<(&Source, &str)> = sources
+            .iter()
+            .filter(|s| s.grad)
+            .filter_map(|s| match &s.kind {
+                SourceKind::Signal { text, .. } => Some((s, text.as_str())),
+                _ => None,
+            })
+            .collect();
+        let datums: usize = live.iter().map(|(_, t)| sub.texts[*t].toks.len()).sum();
+        for (s, text) in &live {
+            let Some((_, grad)) = eval.grads.iter().find(|(n, _)| *n == s.name) else { continue };
+            let data =
+                backward_inputs(grad, &batch[&s.name], &batch[&mask_name(text)], reduction, datums)
+                    .map_err(|e| fail(e.to_string()))?;
+            let seqs = seqs_of(&sub.texts[*text]);
+            self.remote().engine.backward(&policy, &seqs, &data).map_err(fail)?;
+        }
+        let adam = Adam {
+            lr: opt.current_lr(),
+            beta1: settings.adam.beta1,
+            beta2: settings.adam.beta2,
+            eps: settings.adam.eps,
+            weight_decay: settings.adam.weight_decay,
+            clip_grad: settings.adam.clip_grad,
+        };
+        let metrics = self.remote().engine.optim_step(&policy, &adam).map_err(fail)?;
+        opt.steps += 1;
+        let norm = metrics.iter().find(|(k, _)| k.ends_with("grad_norm")).map(|(_, v)| *v);
+        if norm.is_some_and(|g| !g.is_finite()) {
+            return Err(Diagnostic::error("non-finite-gradient", "the server reports a non-finite gradient norm")
+                .primary(stage.loss_span, "back-propagated from this loss")
+                .help(self.resume_hint("lower the learning rate, clamp log-ratios, or look for log/sqrt/division of values that reach 0")));
+        }
+        let n = record.get(field::OPTIM_STEPS).and_then(Json::as_f64).unwrap_or(0.0);
+        if let Some(g) = norm {
+            let mean = record.get(field::GRAD_NORM).and_then(Json::as_f64).unwrap_or(0.0);
+            record.insert(field::GRAD_NORM.into(), json!((mean * n + g) / (n + 1.0)));
+        }
+        record.insert(field::OPTIM_STEPS.into(), json!(n + 1.0));
+        record.insert(field::LR.into(), json!(adam.lr));
+        Ok(())
+    }
+
+    /// The task metrics of a sampler on held-out prompts (as `evaluate`, sampled on the server).
+    pub(super) fn remote_evaluate(
+        &mut self,
+        index: usize,
+        task: &Task,
+        sampler: &Sampler,
+    ) -> Result<Metrics, String> {
+        let n = self.opts.eval_prompts.min(task.eval.len());
+        let k = self.opts.eval_samples.max(1);
+        let sampling = self.sampling(index);
+        let prompts: Vec<Vec<u32>> =
+            task.eval[..n].iter().map(|p| self.tok.prompt(&p.text)).collect();
+        let params = SampleParams {
+            max_tokens: sampling.max_tokens,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            seed: 0xE7A1,
+            stop_text: sampling.stop.clone(),
+            stop_tokens: self.tok.stops.clone(),
+        };
+        let out = self.remote().engine.sample(sampler, &prompts, k, &params)?;
+        let responses: Vec<String> =
+            out.iter().flatten().map(|s| self.tok.decode(&s.tokens)).collect();
+        let texts: Vec<&str> = task.eval[..n].iter().map(|p| p.text.as_str()).collect();
+        let mut metrics = task.held_out_metrics(&texts, &responses, k);
+        metrics.extend(task.demonstration_metrics(n));
+        Ok(metrics)
+    }
+
+    /// Saves every server model for a checkpoint; returns what `state.json` records.
+    pub(super) fn remote_save(
+        &mut self,
+        stage: usize,
+        step: usize,
+    ) -> Result<RemoteCheckpoint, String> {
+        let r = self.remote();
+        let mut models = BTreeMap::new();
+        for (name, id) in r.models.clone() {
+            models.insert(name, r.engine.save(&id, &format!("ckpt-{stage}-{step}"))?);
+        }
+        let reference = match &r.reference {
+            Sampler::Weights(p) => Some(p.clone()),
+            Sampler::Base => None,
+        };
+        Ok(RemoteCheckpoint { server: r.engine.label(), models, reference })
+    }
+}

@@ -1,0 +1,351 @@
+//! A fake Tinker server on loopback for the tests: the HTTP and wire format of SkyRL 0.4.0
+//! (JSON control calls, protobuf `forward_backward` bodies and results, futures collected with
+//! `retrieve_future`), whose model is rlx's own candle engine (`rlx::engine::candle`) in either
+//! reduction profile. Faults can be queued: a 408 or `try_again` while a result is pending, a
+//! 500, a dropped connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use rlx::engine::candle::CandleEngine;
+use rlx::engine::surrogate::{DatumBackward, LossFn};
+use rlx::engine::tinker::proto;
+use rlx::engine::{Adam, Engine, ModelId, SampleParams, Sampler, Seq};
+use serde_json::{Value as Json, json};
+
+/// What the next matching request meets instead of its answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// `retrieve_future` answers 408 (still pending).
+    Pending,
+    /// `retrieve_future` answers `{"type": "try_again"}`.
+    TryAgain,
+    /// The request (on this path) answers 500.
+    ServerError(&'static str),
+    /// The connection closes without an answer (on this path).
+    Drop(&'static str),
+    /// The connection closes without an answer to a backward (after the server applied it:
+    /// the client cannot know whether it did).
+    DropAfterBackward,
+}
+
+pub enum Reply {
+    Json(Json),
+    Proto(Vec<u8>),
+    Status(u16, Json),
+}
+
+pub struct State {
+    pub engine: CandleEngine,
+    pub base_model: String,
+    pub faults: VecDeque<Fault>,
+    /// Every call, by path, in order.
+    pub calls: Vec<String>,
+    /// Every backward: the loss function and its datums' inputs.
+    pub backwards: Vec<(String, Vec<DatumBackward>)>,
+    futures: HashMap<String, Reply>,
+    next: u64,
+}
+
+pub struct Fake {
+    pub url: String,
+    pub state: Arc<Mutex<State>>,
+}
+
+impl Fake {
+    pub fn start(engine: CandleEngine, base_model: &str) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State {
+            engine,
+            base_model: base_model.into(),
+            faults: VecDeque::new(),
+            calls: vec![],
+            backwards: vec![],
+            futures: HashMap::new(),
+            next: 1,
+        }));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let state = shared.clone();
+                std::thread::spawn(move || serve(stream, &state));
+            }
+        });
+        Fake { url, state }
+    }
+}
+
+fn serve(mut stream: TcpStream, state: &Mutex<State>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (_method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").to_string());
+        let mut length = 0;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let path = path.trim_start_matches("/api/v1/").to_string();
+        let reply = {
+            let mut s = state.lock().unwrap();
+            s.calls.push(path.clone());
+            match s.faults.front().cloned() {
+                Some(Fault::Drop(p)) if p == path => {
+                    s.faults.pop_front();
+                    drop(s);
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                Some(Fault::ServerError(p)) if p == path => {
+                    s.faults.pop_front();
+                    Reply::Status(500, json!({"detail": "injected failure"}))
+                }
+                Some(f @ (Fault::Pending | Fault::TryAgain)) if path == "retrieve_future" => {
+                    s.faults.pop_front();
+                    match f {
+                        Fault::Pending => Reply::Status(408, json!({"detail": "pending"})),
+                        _ => Reply::Json(json!({"type": "try_again"})),
+                    }
+                }
+                Some(Fault::DropAfterBackward)
+                    if path == "forward_backward"
+                        && proto::ForwardBackwardRequest::decode(body.as_slice())
+                            .is_ok_and(|r| !r.forward_only) =>
+                {
+                    s.faults.pop_front();
+                    let _ = route(&mut s, &path, &body);
+                    drop(s);
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                _ => route(&mut s, &path, &body),
+            }
+        };
+        let (status, kind, bytes) = match reply {
+            Reply::Json(j) => (200, "application/json", j.to_string().into_bytes()),
+            Reply::Proto(b) => (200, "application/x-protobuf", b),
+            Reply::Status(code, j) => (code, "application/json", j.to_string().into_bytes()),
+        };
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
+            bytes.len()
+        );
+        if stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&bytes)).is_err() {
+            return;
+        }
+    }
+}
+
+fn refused(message: String) -> Reply {
+    Reply::Status(400, json!({ "detail": message }))
+}
+
+fn future(s: &mut State, result: Result<Reply, String>) -> Reply {
+    let id = s.next.to_string();
+    s.next += 1;
+    s.futures.insert(id.clone(), result.unwrap_or_else(refused));
+    Reply::Json(json!({"request_id": id, "future_id": id, "status": "pending"}))
+}
+
+fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
+    let j = || serde_json::from_slice::<Json>(body).unwrap_or(Json::Null);
+    let model = |j: &Json| ModelId(j["model_id"].as_str().unwrap_or("").to_string());
+    match path {
+        "healthz" => Reply::Json(json!({"status": "ok"})),
+        "get_server_capabilities" => {
+            Reply::Json(json!({"supported_models": [{"model_name": s.base_model}]}))
+        }
+        "create_session" => Reply::Json(json!({"session_id": "session_1"})),
+        "session_heartbeat" => Reply::Json(json!({})),
+        "retrieve_future" => {
+            let id = j()["request_id"].as_str().unwrap_or("").to_string();
+            s.futures.remove(&id).unwrap_or_else(|| refused(format!("no future {id}")))
+        }
+        "create_model" => {
+            let body = j();
+            let r = if body["base_model"].as_str() != Some(s.base_model.as_str()) {
+                Err(format!("base model {} is not served", body["base_model"]))
+            } else {
+                s.engine.create_model(None, 0).map(|m| Reply::Json(json!({"model_id": m.0})))
+            };
+            future(s, r)
+        }
+        "unload_model" => {
+            let m = model(&j());
+            s.engine.unload(&m);
+            future(s, Ok(Reply::Json(json!({"model_id": m.0, "status": "unloaded"}))))
+        }
+        "optim_step" => {
+            let body = j();
+            let p = &body["adam_params"];
+            let adam = Adam {
+                lr: p["learning_rate"].as_f64().unwrap_or(0.0),
+                beta1: p["beta1"].as_f64().unwrap_or(0.9),
+                beta2: p["beta2"].as_f64().unwrap_or(0.95),
+                eps: p["eps"].as_f64().unwrap_or(1e-8),
+                weight_decay: p["weight_decay"].as_f64().unwrap_or(0.0),
+                clip_grad: p["grad_clip_norm"].as_f64(),
+            };
+            let r = s.engine.optim_step(&model(&body), &adam).map(|m| {
+                let metrics: serde_json::Map<String, Json> =
+                    m.into_iter().map(|(k, v)| (format!("fake/{k}"), json!(v))).collect();
+                Reply::Json(json!({ "metrics": metrics }))
+            });
+            future(s, r)
+        }
+        "save_weights_for_sampler" => {
+            let body = j();
+            let name = body["path"].as_str().unwrap_or("").to_string();
+            let r = s.engine.sampler(&model(&body), &name).map(|p| match p {
+                Sampler::Weights(p) => {
+                    Reply::Json(json!({"path": p, "type": "save_weights_for_sampler"}))
+                }
+                Sampler::Base => Reply::Json(json!({})),
+            });
+            future(s, r)
+        }
+        "save_weights" => {
+            let body = j();
+            let name = body["path"].as_str().unwrap_or("").to_string();
+            let r = s.engine.save(&model(&body), &name).map(|p| Reply::Json(json!({"path": p})));
+            future(s, r)
+        }
+        "load_weights" => {
+            let body = j();
+            let path = body["path"].as_str().unwrap_or("").to_string();
+            let r = s
+                .engine
+                .load(&model(&body), &path)
+                .map(|_| Reply::Json(json!({"type": "load_weights"})));
+            future(s, r)
+        }
+        "asample" => {
+            let r = sample(s, &j());
+            future(s, r)
+        }
+        "forward_backward" => {
+            let r = forward_backward(s, body);
+            future(s, r)
+        }
+        other => Reply::Status(404, json!({"detail": format!("no route {other}")})),
+    }
+}
+
+fn sample(s: &mut State, body: &Json) -> Result<Reply, String> {
+    let prompt: Vec<u32> = body["prompt"]["chunks"][0]["tokens"]
+        .as_array()
+        .ok_or("no prompt tokens")?
+        .iter()
+        .map(|t| t.as_u64().unwrap_or(0) as u32)
+        .collect();
+    let sampler = match body["model_path"].as_str() {
+        Some(p) => Sampler::Weights(p.to_string()),
+        None => Sampler::Base,
+    };
+    let sp = &body["sampling_params"];
+    let stop_text =
+        sp["stop"].as_array().and_then(|a| a.first()).and_then(|v| v.as_str()).map(str::to_string);
+    let params = SampleParams {
+        max_tokens: sp["max_tokens"].as_u64().unwrap_or(16) as usize,
+        temperature: sp["temperature"].as_f64().unwrap_or(1.0),
+        top_p: sp["top_p"].as_f64().unwrap_or(1.0),
+        seed: sp["seed"].as_u64().unwrap_or(0),
+        stop_text,
+        stop_tokens: vec![],
+    };
+    let n = body["num_samples"].as_u64().unwrap_or(1) as usize;
+    let out = s.engine.sample(&sampler, std::slice::from_ref(&prompt), n, &params)?;
+    // The JAX backend's prompt log-probabilities: one per prompt token after the first.
+    let prompt_logprobs = match body["prompt_logprobs"].as_bool() {
+        Some(true) => {
+            let seq = Seq { ctx: prompt[..1].to_vec(), toks: prompt[1..].to_vec() };
+            let lp = s.engine.logp(None, &sampler, &[seq])?;
+            Some(proto::f32_bytes(lp[0].iter().copied()))
+        }
+        _ => None,
+    };
+    let response = proto::SampleResponse {
+        sequences: out[0]
+            .iter()
+            .map(|x| proto::SampledSequence {
+                stop_reason: 0,
+                tokens: proto::i32_bytes(x.tokens.iter().map(|&t| t as i32)),
+                logprobs: Some(proto::f32_bytes(x.logprobs.iter().copied())),
+            })
+            .collect(),
+        prompt_logprobs,
+        prompt_cache_hit_tokens: 0,
+    };
+    Ok(Reply::Proto(response.encode_to_vec()))
+}
+
+/// A datum as the sequence it scores: the first token as context, every target after it.
+fn seq_of(d: &proto::Datum) -> Result<(Seq, Vec<f64>), String> {
+    let mut full = d.input_tokens()?;
+    let targets = d.loss_fn_inputs.get("target_tokens").ok_or("no target_tokens")?.values()?;
+    full.push(*targets.last().ok_or("no targets")? as u32);
+    Ok((Seq { ctx: full[..1].to_vec(), toks: full[1..].to_vec() }, targets))
+}
+
+fn forward_backward(s: &mut State, body: &[u8]) -> Result<Reply, String> {
+    let req = proto::ForwardBackwardRequest::decode(body).map_err(|e| e.to_string())?;
+    let model = ModelId(req.model_id.clone());
+    let mut seqs = Vec::new();
+    let mut data = Vec::new();
+    for d in &req.data {
+        let (seq, _) = seq_of(d)?;
+        let input = |k: &str| d.loss_fn_inputs.get(k).map(|t| t.values()).transpose();
+        let weights = input("weights")?.unwrap_or_else(|| vec![1.0; seq.toks.len()]);
+        data.push(match req.loss_fn.as_str() {
+            "cross_entropy" => DatumBackward {
+                loss_fn: LossFn::CrossEntropy,
+                weights,
+                logprobs: vec![],
+                advantages: vec![],
+            },
+            "importance_sampling" => DatumBackward {
+                loss_fn: LossFn::ImportanceSampling,
+                weights,
+                logprobs: input("logprobs")?.ok_or("no logprobs")?,
+                advantages: input("advantages")?.ok_or("no advantages")?,
+            },
+            other => return Err(format!("loss_fn {other} is not served")),
+        });
+        seqs.push(seq);
+    }
+    let logprobs = s.engine.logp(Some(&model), &Sampler::Base, &seqs)?;
+    if !req.forward_only {
+        s.engine.backward(&model, &seqs, &data)?;
+        s.backwards.push((req.loss_fn.clone(), data));
+    }
+    let record = proto::ArrayRecord {
+        type_tag: "ArrayRecord".into(),
+        fields: [("logprobs".to_string(), proto::BatchedTensor::from_rows_f32(&logprobs))].into(),
+        num_datums: logprobs.len() as i64,
+    };
+    let out = proto::ForwardBackwardOutput {
+        loss_fn_output_type: "ArrayRecord".into(),
+        loss_fn_outputs: vec![record],
+        metrics: HashMap::new(),
+    };
+    Ok(Reply::Proto(out.encode_to_vec()))
+}

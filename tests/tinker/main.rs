@@ -1,0 +1,364 @@
+//! `rlx run --engine tinker` against a fake Tinker server on loopback whose model is rlx's own
+//! (`fake.rs`): a remote run ends where the local run of the same recipe ends, in both
+//! reduction profiles; every shipped recipe that lints clean for `--target tinker` trains
+//! remotely; faults of the server are survived or stop the run cleanly, resumably.
+
+mod fake;
+mod goldens;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor};
+use fake::{Fake, Fault};
+use rlx::engine::candle::CandleEngine;
+use rlx::engine::surrogate::Reduction;
+use rlx::tokenizer::Tok;
+
+fn rlx() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rlx"));
+    c.env("RLX_CACHE", std::env::temp_dir().join("rlx-test-cache"));
+    c.env_remove("TINKER_API_KEY");
+    c
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rlx-tinker-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn ok(out: &Output) -> &Output {
+    assert!(
+        out.status.success(),
+        "rlx failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The settings every run here shares: a two-step warm start of the arith recipes' built-in
+/// policy (a full one takes minutes in a debug build), small batches.
+const SMALL: [&str; 2] = ["--set", "policy.warm_steps=2"];
+
+/// The warm-started built-in policy of the arith recipes, saved as a checkpoint directory: a
+/// local run at a learning rate too small to move a weight.
+fn base_model() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = scratch("base");
+        let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/grpo.rlx");
+        ok(&rlx()
+            .arg("run")
+            .arg(&recipe)
+            .args(["--steps", "1", "--quiet", "--eval-prompts", "1", "--eval-samples", "1"])
+            .args(["--set", "rl.optim.lr=1e-30", "--set", "rl.optim.batch=8"])
+            .args(["--set", "rl.optim.minibatch=8"])
+            .args(SMALL)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap());
+        out.join("models/policy")
+    })
+}
+
+fn serve(reduction: Reduction) -> Fake {
+    let dir = base_model();
+    let slot = rlx::train::models::open_full(dir, &Device::Cpu).unwrap();
+    let tok = Tok::from_file(&dir.join("tokenizer.json")).unwrap();
+    let engine = CandleEngine::new(slot, tok, reduction, Device::Cpu).unwrap();
+    Fake::start(engine, &dir.display().to_string())
+}
+
+/// A recipe on the saved base whose every step moves the weights whatever the rewards: near
+/// greedy sampling (so a local and a remote run sample the same responses), a clipped
+/// policy-gradient term over a batch baseline, a KL to `ref`, and imitation of the
+/// demonstrations; two epochs of one minibatch (a local run's minibatch permutations follow
+/// its sampler's random stream, which a server's sampling does not advance).
+fn equal_recipe(dir: &Path) -> PathBuf {
+    let text = format!(
+        r#"data  arith  = builtin("arith")
+model policy = pretrained("{}")
+
+stage rl {{
+    train   policy
+    prompts arith.problems
+    sample  {{ n = 2, max_tokens = 12, temperature = 1.0, top_p = 0.0001 }}
+    let adv = whiten(arith.correct(response), scope = batch)
+    let kl  = kl(policy.logp, ref.logp, estimator = k2)
+    loss    = token_mean(ppo_clip(policy.logp, old.logp, spread(adv), eps = 0.2)) + 0.1 * token_mean(kl) - 0.5 * seq_mean_token_mean(policy.logp(demonstration))
+    optim   {{ lr = 1e-3, steps = 2, batch = 8, minibatch = 8, epochs = 2 }}
+}}
+"#,
+        base_model().display()
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("equal.rlx");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// stderr with the renderer's line wrapping undone.
+fn flat(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr);
+    let words: Vec<&str> =
+        text.split_whitespace().filter(|w| !["│", "×", "·"].contains(w)).collect();
+    words.join(" ")
+}
+
+fn run_args(recipe: &Path, out: &Path) -> Command {
+    let mut c = rlx();
+    c.arg("run").arg(recipe).arg("--out").arg(out);
+    c.args(["--quiet", "--eval-prompts", "2", "--eval-samples", "1"]);
+    c
+}
+
+/// The trained weights in a run's last checkpoint, by name.
+fn checkpoint_weights(run: &Path, model: &str) -> Vec<(String, Tensor)> {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    let file = run.join(state["file"].as_str().unwrap());
+    let all = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let prefix = format!("model.{model}.");
+    let mut out: Vec<(String, Tensor)> = all
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v)))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|j| j["loss"].as_f64())
+        .collect()
+}
+
+fn remote_ends_where_local_ends(reduction: Reduction, name: &str) {
+    let dir = scratch(name);
+    let recipe = equal_recipe(&dir);
+    let local = dir.join("local");
+    ok(&run_args(&recipe, &local).output().unwrap());
+    let fake = serve(reduction);
+    let remote = dir.join("remote");
+    let out = run_args(&recipe, &remote)
+        .args(["--engine", "tinker", "--server", &fake.url])
+        .output()
+        .unwrap();
+    ok(&out);
+    let (l, r) = (losses(&local), losses(&remote));
+    assert_eq!(l.len(), 2);
+    for (a, b) in l.iter().zip(&r) {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "step losses differ: local {l:?}, remote {r:?}"
+        );
+    }
+    let state = fake.state.lock().unwrap();
+    // The self-test's throwaway model is gone; the one left is the policy.
+    let ids = state.engine.model_ids();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let served = state.engine.weights(&ids[0]).unwrap();
+    let base = rlx::train::models::open_full(base_model(), &Device::Cpu).unwrap();
+    let base = base.params.snapshot().unwrap();
+    let mut moved = 0f64;
+    let mut worst = 0f64;
+    for (k, local_w) in checkpoint_weights(&local, "policy") {
+        let remote_w = &served[&k];
+        let d = (&local_w - remote_w).unwrap().abs().unwrap().max_all().unwrap();
+        worst = worst.max(d.to_scalar::<f32>().unwrap() as f64);
+        let m = (&local_w - &base[&k]).unwrap().abs().unwrap().max_all().unwrap();
+        moved = moved.max(m.to_scalar::<f32>().unwrap() as f64);
+    }
+    assert!(moved > 1e-3, "training moved no weight (max |Δw| {moved:e})");
+    assert!(
+        worst <= 1e-5,
+        "remote and local weights differ by up to {worst:e} (training moved them by up to {moved:e})"
+    );
+    let expected = match reduction {
+        Reduction::Sum => "cross_entropy",
+        Reduction::PerSequenceMean => "importance_sampling",
+    };
+    assert!(
+        state.backwards.iter().skip(4).all(|(f, _)| f == expected),
+        "the profile's backward form"
+    );
+}
+
+#[test]
+fn a_remote_run_on_a_summing_server_ends_where_the_local_run_ends() {
+    remote_ends_where_local_ends(Reduction::Sum, "sum");
+}
+
+#[test]
+fn a_remote_run_on_a_per_sequence_mean_server_ends_where_the_local_run_ends() {
+    remote_ends_where_local_ends(Reduction::PerSequenceMean, "mean");
+}
+
+/// The shipped recipes the remote engine runs: every one that lints clean for `--target
+/// tinker` (warnings aside) and trains the arith recipes' built-in policy.
+fn remote_recipes() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    let mut out = Vec::new();
+    for dir in [root.clone(), root.join("baselines"), root.join("peers")] {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let Ok(text) = std::fs::read_to_string(&p) else { continue };
+            if p.extension().is_none_or(|x| x != "rlx")
+                || !text.contains(r#"model policy = builtin("tiny", warm_start = arith.solutions"#)
+                || text.contains("\nmodel ") && text.matches("\nmodel ").count() > 1
+            {
+                continue;
+            }
+            let lint = rlx().args(["lint", "--target", "tinker"]).arg(&p).output().unwrap();
+            if lint.status.success() {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_shipped_recipe_that_lints_clean_for_tinker_trains_remotely() {
+    let recipes = remote_recipes();
+    let names: Vec<String> =
+        recipes.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into()).collect();
+    // The seed among them, and the group baselines users compare it with.
+    for must in ["vineppo", "grpo", "dr_grpo", "rloo"] {
+        assert!(names.iter().any(|n| n == must), "{must} should run remotely: {names:?}");
+    }
+    let fake = serve(Reduction::Sum);
+    let dir = scratch("shipped");
+    for (recipe, name) in recipes.iter().zip(&names) {
+        let stage = stage_of(recipe);
+        let out = run_args(recipe, &dir.join(name))
+            .args(["--steps", "2", "--engine", "tinker", "--server", &fake.url])
+            .args(SMALL)
+            .args(["--set", &format!("{stage}.sample.n=4")])
+            .args(["--set", &format!("{stage}.optim.batch=8")])
+            .args(["--set", &format!("{stage}.optim.minibatch=8")])
+            .args(["--set", &format!("{stage}.sample.max_tokens=12")])
+            .output()
+            .unwrap();
+        ok(&out);
+        let l = losses(&dir.join(name));
+        assert_eq!(l.len(), 2, "{name}: {l:?}");
+        assert!(l.iter().all(|x| x.is_finite()), "{name}: {l:?}");
+    }
+}
+
+/// The name of a recipe's (only) RL stage.
+fn stage_of(recipe: &Path) -> String {
+    let text = std::fs::read_to_string(recipe).unwrap();
+    let line = text.lines().find(|l| l.starts_with("stage ")).unwrap();
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
+#[test]
+fn server_faults_are_survived_or_stop_the_run_resumably() {
+    let dir = scratch("faults");
+    let recipe = equal_recipe(&dir);
+    let fake = serve(Reduction::Sum);
+    // Pending results, a busy server, a failed poll, a dropped idempotent submit: survived.
+    fake.state.lock().unwrap().faults.extend([
+        Fault::Pending,
+        Fault::TryAgain,
+        Fault::ServerError("retrieve_future"),
+        Fault::Drop("asample"),
+    ]);
+    let run = dir.join("survives");
+    ok(&run_args(&recipe, &run)
+        .args(["--engine", "tinker", "--server", &fake.url])
+        .output()
+        .unwrap());
+    assert!(fake.state.lock().unwrap().faults.is_empty(), "every fault was met");
+    assert_eq!(losses(&run).len(), 2);
+    // A connection lost after a backward: never sent again (it may have been applied), so the
+    // run stops naming the server and the call, and resumes from its last checkpoint.
+    let fake = serve(Reduction::Sum);
+    let run = dir.join("stops");
+    let recipe4 = dir.join("four.rlx");
+    std::fs::write(
+        &recipe4,
+        std::fs::read_to_string(&recipe).unwrap().replace("steps = 2", "steps = 4"),
+    )
+    .unwrap();
+    // Stop in the third step: after the checkpoint of step 2 (every tenth of 4 steps = each).
+    let out = {
+        let state = fake.state.clone();
+        let watcher = std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let mut s = state.lock().unwrap();
+                if s.calls.iter().filter(|c| *c == "save_weights").count() >= 2 {
+                    s.faults.push_back(Fault::DropAfterBackward);
+                    return;
+                }
+            }
+        });
+        let out = run_args(&recipe4, &run)
+            .args(["--engine", "tinker", "--server", &fake.url])
+            .output()
+            .unwrap();
+        watcher.join().unwrap();
+        out
+    };
+    assert!(!out.status.success(), "the run must stop");
+    let err = flat(&out);
+    assert!(err.contains(&fake.url) && err.contains("forward_backward"), "{err}");
+    assert!(err.contains("not sent again"), "{err}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert!(state["step"].as_u64().unwrap() >= 2, "{state}");
+    assert!(state["remote"]["models"]["policy"].as_str().is_some(), "{state}");
+    let resumed = rlx().args(["run", "--quiet", "--resume"]).arg(&run).output().unwrap();
+    ok(&resumed);
+    assert_eq!(losses(&run).len(), 4);
+}
+
+#[test]
+fn a_server_with_another_base_model_or_none_at_all_is_refused() {
+    let dir = scratch("refused");
+    let recipe = equal_recipe(&dir);
+    // The recipe's policy is not the server's base model.
+    let other = dir.join("other.rlx");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&recipe)
+            .unwrap()
+            .replace(&format!("pretrained(\"{}\")", base_model().display()), "builtin(\"tiny\")"),
+    )
+    .unwrap();
+    let fake = serve(Reduction::Sum);
+    let out = run_args(&other, &dir.join("other"))
+        .args(["--engine", "tinker", "--server", &fake.url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = flat(&out);
+    assert!(err.contains("base model is not the recipe's `policy`"), "{err}");
+    // Nothing listens.
+    let out = run_args(&recipe, &dir.join("none"))
+        .args(["--engine", "tinker", "--server", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = flat(&out);
+    assert!(err.contains("http://127.0.0.1:9") && err.contains("healthz"), "{err}");
+    // A stated reduction the self-test contradicts.
+    let out = run_args(&recipe, &dir.join("mean"))
+        .args(["--engine", "tinker", "--server", &fake.url, "--reduction", "mean"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = flat(&out);
+    assert!(err.contains("the self-test finds `sum`"), "{err}");
+}
