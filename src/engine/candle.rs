@@ -42,6 +42,8 @@ pub struct CandleEngine {
     device: Device,
     models: HashMap<String, Trained>,
     snapshots: HashMap<String, BTreeMap<String, Tensor>>,
+    /// The models of the snapshots (and of the base), built once each.
+    samplers: HashMap<String, Transformer>,
     saved: HashMap<String, SavedWeights>,
 }
 
@@ -65,6 +67,7 @@ impl CandleEngine {
             device,
             models: HashMap::new(),
             snapshots: HashMap::new(),
+            samplers: HashMap::new(),
             saved: HashMap::new(),
         })
     }
@@ -89,14 +92,23 @@ impl CandleEngine {
         self.models.remove(&model.0);
     }
 
-    fn sampler_model(&self, sampler: &Sampler) -> Result<Transformer, String> {
+    fn sampler_model(&mut self, sampler: &Sampler) -> Result<Transformer, String> {
+        let key = match sampler {
+            Sampler::Base => String::new(),
+            Sampler::Weights(p) => p.clone(),
+        };
+        if let Some(m) = self.samplers.get(&key) {
+            return Ok(m.clone());
+        }
         let values = match sampler {
             Sampler::Base => &self.base_values,
             Sampler::Weights(p) => {
                 self.snapshots.get(p).ok_or_else(|| format!("no sampler `{p}`"))?
             }
         };
-        self.base.with_values(values).map_err(err)
+        let model = self.base.with_values(values).map_err(err)?;
+        self.samplers.insert(key, model.clone());
+        Ok(model)
     }
 
     /// Log-probabilities `[B, W]` of the texts of `seqs` under `model`.

@@ -45,6 +45,9 @@ pub struct RemoteCheckpoint {
     /// Model name → the path the server's `load_weights` takes.
     pub models: BTreeMap<String, String>,
     pub reference: Option<String>,
+    /// Sampler snapshots of the models earlier stages trained.
+    #[serde(default)]
+    pub samplers: BTreeMap<String, String>,
 }
 
 /// `crc32:XXXXXXXX` of a file's bytes.

@@ -36,6 +36,10 @@ pub mod field {
     pub const TOKENS_PER_S: &str = "tokens_per_s";
     pub const SAMPLE_SECONDS: &str = "sample_seconds";
     pub const TRAIN_SECONDS: &str = "train_seconds";
+    /// A remote run's seconds in the server's forwards (rollout and minibatches), and in its
+    /// backwards and optimiser steps; the rest of `train_seconds` is the host's graph.
+    pub const SERVER_FORWARD_SECONDS: &str = "server_forward_seconds";
+    pub const SERVER_BACKWARD_SECONDS: &str = "server_backward_seconds";
     pub const SAMPLE_TOKENS_PER_S: &str = "sample_tokens_per_s";
     /// The step's own seconds, and the run's wall time so far.
     pub const SECONDS: &str = "seconds";

@@ -140,9 +140,31 @@ fn losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
-fn remote_ends_where_local_ends(reduction: Reduction, name: &str) {
+/// A supervised stage on the saved base: the imitation of corrected solutions, after the
+/// wrong one (RLMEC's rewriter stage, on the policy).
+fn supervised_recipe(dir: &Path) -> PathBuf {
+    let text = format!(
+        r#"data  arith  = builtin("arith")
+model policy = pretrained("{}")
+
+stage sft {{
+    train policy
+    data  arith.corrections
+    loss  = token_mean(nll(policy.logp))
+    optim {{ lr = 1e-3, steps = 3, epochs = 1, batch = 8 }}
+}}
+"#,
+        base_model().display()
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("sft.rlx");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn remote_ends_where_local_ends(reduction: Reduction, name: &str, supervised: bool) {
     let dir = scratch(name);
-    let recipe = equal_recipe(&dir);
+    let recipe = if supervised { supervised_recipe(&dir) } else { equal_recipe(&dir) };
     let local = dir.join("local");
     ok(&run_args(&recipe, &local).output().unwrap());
     let fake = serve(reduction);
@@ -153,7 +175,7 @@ fn remote_ends_where_local_ends(reduction: Reduction, name: &str) {
         .unwrap();
     ok(&out);
     let (l, r) = (losses(&local), losses(&remote));
-    assert_eq!(l.len(), 2);
+    assert_eq!(l.len(), if supervised { 3 } else { 2 });
     for (a, b) in l.iter().zip(&r) {
         assert!(
             (a - b).abs() <= 1e-4 * a.abs().max(1.0),
@@ -193,12 +215,17 @@ fn remote_ends_where_local_ends(reduction: Reduction, name: &str) {
 
 #[test]
 fn a_remote_run_on_a_summing_server_ends_where_the_local_run_ends() {
-    remote_ends_where_local_ends(Reduction::Sum, "sum");
+    remote_ends_where_local_ends(Reduction::Sum, "sum", false);
 }
 
 #[test]
 fn a_remote_run_on_a_per_sequence_mean_server_ends_where_the_local_run_ends() {
-    remote_ends_where_local_ends(Reduction::PerSequenceMean, "mean");
+    remote_ends_where_local_ends(Reduction::PerSequenceMean, "mean", false);
+}
+
+#[test]
+fn a_remote_supervised_stage_ends_where_the_local_one_ends() {
+    remote_ends_where_local_ends(Reduction::PerSequenceMean, "sft", true);
 }
 
 /// The shipped recipes the remote engine runs: every one that lints clean for `--target
@@ -210,9 +237,14 @@ fn remote_recipes() -> Vec<PathBuf> {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             let Ok(text) = std::fs::read_to_string(&p) else { continue };
+            // Every model is the arith policy or a copy of it: one base model serves them all.
+            let one_base = text.lines().filter(|l| l.starts_with("model ")).all(|l| {
+                l.contains(r#"builtin("tiny", warm_start = arith.solutions"#)
+                    || l.contains("copy(policy)")
+            });
             if p.extension().is_none_or(|x| x != "rlx")
-                || !text.contains(r#"model policy = builtin("tiny", warm_start = arith.solutions"#)
-                || text.contains("\nmodel ") && text.matches("\nmodel ").count() > 1
+                || !text.contains("model policy")
+                || !one_base
             {
                 continue;
             }
@@ -231,35 +263,41 @@ fn every_shipped_recipe_that_lints_clean_for_tinker_trains_remotely() {
     let recipes = remote_recipes();
     let names: Vec<String> =
         recipes.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into()).collect();
-    // The seed among them, and the group baselines users compare it with.
-    for must in ["vineppo", "grpo", "dr_grpo", "rloo"] {
+    // The seeds among them, and the group baselines users compare them with.
+    for must in ["vineppo", "rlmec", "grpo", "dr_grpo", "rloo"] {
         assert!(names.iter().any(|n| n == must), "{must} should run remotely: {names:?}");
     }
     let fake = serve(Reduction::Sum);
     let dir = scratch("shipped");
     for (recipe, name) in recipes.iter().zip(&names) {
-        let stage = stage_of(recipe);
-        let out = run_args(recipe, &dir.join(name))
-            .args(["--steps", "2", "--engine", "tinker", "--server", &fake.url])
-            .args(SMALL)
-            .args(["--set", &format!("{stage}.sample.n=4")])
-            .args(["--set", &format!("{stage}.optim.batch=8")])
-            .args(["--set", &format!("{stage}.optim.minibatch=8")])
-            .args(["--set", &format!("{stage}.sample.max_tokens=12")])
-            .output()
-            .unwrap();
+        let mut run = run_args(recipe, &dir.join(name));
+        run.args(["--steps", "2", "--engine", "tinker", "--server", &fake.url]).args(SMALL);
+        for (stage, samples) in stages_of(recipe) {
+            run.args(["--set", &format!("{stage}.optim.batch=8")]);
+            run.args(["--set", &format!("{stage}.optim.minibatch=8")]);
+            if samples {
+                run.args(["--set", &format!("{stage}.sample.n=4")]);
+                run.args(["--set", &format!("{stage}.sample.max_tokens=12")]);
+            }
+        }
+        let out = run.output().unwrap();
         ok(&out);
         let l = losses(&dir.join(name));
-        assert_eq!(l.len(), 2, "{name}: {l:?}");
+        assert_eq!(l.len(), 2 * stages_of(recipe).len(), "{name}: {l:?}");
         assert!(l.iter().all(|x| x.is_finite()), "{name}: {l:?}");
     }
 }
 
-/// The name of a recipe's (only) RL stage.
-fn stage_of(recipe: &Path) -> String {
+/// A recipe's stages, and whether each samples (`prompts`).
+fn stages_of(recipe: &Path) -> Vec<(String, bool)> {
     let text = std::fs::read_to_string(recipe).unwrap();
-    let line = text.lines().find(|l| l.starts_with("stage ")).unwrap();
-    line.split_whitespace().nth(1).unwrap().to_string()
+    text.split("\nstage ")
+        .skip(1)
+        .map(|block| {
+            let name = block.split_whitespace().next().unwrap().to_string();
+            (name, block.contains("\n    prompts "))
+        })
+        .collect()
 }
 
 #[test]
@@ -361,4 +399,53 @@ fn a_server_with_another_base_model_or_none_at_all_is_refused() {
     assert!(!out.status.success());
     let err = flat(&out);
     assert!(err.contains("the self-test finds `sum`"), "{err}");
+}
+
+/// Where a step's time goes, locally and through the fake server (the same 2 cores do the
+/// server's work): `cargo test --release --test tinker -- --ignored --nocapture phases`.
+#[test]
+#[ignore]
+fn phases() {
+    let dir = scratch("phases");
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/grpo.rlx");
+    let steps = "4";
+    let local = dir.join("local");
+    ok(&run_args(&recipe, &local).args(["--steps", steps]).output().unwrap());
+    let fake = {
+        // The base is grpo's own warm-started policy (the full warm start, cached by then).
+        let base = dir.join("base");
+        ok(&run_args(&recipe, &base)
+            .args(["--steps", "1", "--set", "rl.optim.lr=1e-30"])
+            .output()
+            .unwrap());
+        let slot =
+            rlx::train::models::open_full(&base.join("models/policy"), &Device::Cpu).unwrap();
+        let tok = Tok::from_file(&base.join("models/policy/tokenizer.json")).unwrap();
+        let engine = CandleEngine::new(slot, tok, Reduction::Sum, Device::Cpu).unwrap();
+        Fake::start(engine, "grpo-base")
+    };
+    let remote = dir.join("remote");
+    ok(&run_args(&recipe, &remote)
+        .args(["--steps", steps, "--engine", "tinker", "--server", &fake.url])
+        .output()
+        .unwrap());
+    for (name, run) in [("local", &local), ("remote", &remote)] {
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|j: &serde_json::Value| j["loss"].is_number())
+            .skip(1)
+            .collect();
+        let mean =
+            |k: &str| rows.iter().filter_map(|r| r[k].as_f64()).sum::<f64>() / rows.len() as f64;
+        let (fwd, bwd) = (mean("server_forward_seconds"), mean("server_backward_seconds"));
+        println!(
+            "{name}: step {:.2}s = sampling {:.2}s + training {:.2}s (server forwards {fwd:.2}s, host graph {:.2}s, server backward+optim {bwd:.2}s)",
+            mean("seconds"),
+            mean("sample_seconds"),
+            mean("train_seconds"),
+            mean("train_seconds") - fwd - bwd,
+        );
+    }
 }

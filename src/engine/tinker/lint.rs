@@ -1,14 +1,15 @@
 //! What a Tinker-protocol server cannot run of a recipe, before any GPU time: `rlx lint
 //! --target tinker` and `rlx run --engine tinker` (which refuses on an error). The remote engine
-//! runs a stage that samples (`prompts`) and trains one language model whose loss reaches it
-//! only through log-probabilities of texts rlx holds (the response, demonstrations, greedy
-//! responses) — of the trained model, `old` (its snapshot at sampling) and `ref` (at the stage's
-//! start) — with rewards from verifiers and VinePPO's step rollouts. Everything else gets a
-//! code saying why, at the node that needs it.
+//! runs stages — RL, supervised and preference — that train one language model whose loss
+//! reaches it only through log-probabilities of texts rlx holds (responses, demonstrations,
+//! greedy responses, pairs, rewrites) of the trained model, `old` (its snapshot at sampling),
+//! `ref` (at the stage's start) and models earlier stages trained (frozen: log-probabilities,
+//! keep-probabilities, greedy rewrites), with rewards from verifiers and VinePPO's step
+//! rollouts. Everything else gets a code saying why, at the node that needs it.
 
 use crate::check::Checked;
 use crate::diag::{Diagnostic, Span};
-use crate::ir::graph::{ModelRef, Op, ScorerRef, Signal};
+use crate::ir::graph::{ModelInit, ModelRef, Op, ScorerRef, Signal};
 use crate::syntax::ast::SourceKind as DataKw;
 
 /// Optimiser settings SkyRL's `optim_step` ignores (it applies only the learning rate).
@@ -29,15 +30,29 @@ pub fn check(checked: &Checked, only: Option<usize>) -> Vec<Diagnostic> {
 fn check_stage(checked: &Checked, index: usize, out: &mut Vec<Diagnostic>) {
     let stage = &checked.program.stages[index];
     let name = &stage.name.name;
-    if stage.source_kind() != Some(DataKw::Prompts) {
+    let Some(trained) = stage.trained() else { return };
+    // Models an earlier stage trained: on the server, frozen, read through sampler snapshots.
+    let earlier: Vec<&str> = checked.program.stages[..index]
+        .iter()
+        .flat_map(|s| s.train.iter().map(|t| t.model.name.as_str()))
+        .collect();
+    let reward_model = checked
+        .program
+        .models
+        .iter()
+        .any(|m| m.name.name == trained && matches!(m.init, ModelInit::RewardModel));
+    if reward_model {
+        let span = stage.train.first().map_or(stage.name.span, |t| t.span);
         out.push(
-            Diagnostic::error("tinker-stage", format!("stage `{name}` does not sample: rlx's remote engine runs RL (`prompts`) stages only"))
-                .primary(stage.name.span, "a supervised or preference stage")
-                .help("run this stage locally (`rlx run`), save its model, and start the remote run from it as `pretrained(\"DIR\")` served by the Tinker server"),
+            Diagnostic::error("tinker-rm-head", format!("stage `{name}` trains `{trained}`, a reward model with a score head; no Tinker server trains one"))
+                .primary(span, "a score head")
+                .help("train it locally and score with a verifier remotely, or (not yet in rlx) re-parametrise the head as a Yes/No logit difference of a language model"),
         );
         return;
     }
-    let Some(trained) = stage.trained() else { return };
+    if stage.source_kind() != Some(DataKw::Prompts) && stage.has_value_head(trained) {
+        out.push(critic(stage.name.span, "a value head in a supervised stage"));
+    }
     if stage.train.len() > 1 && stage.train.iter().any(|t| t.model.name != trained) {
         let t = stage.train.iter().find(|t| t.model.name != trained).expect("found above");
         out.push(
@@ -72,8 +87,13 @@ fn check_stage(checked: &Checked, index: usize, out: &mut Vec<Diagnostic>) {
             Op::Signal { signal: Signal::Values, .. } => {}
             Op::Signal { model, signal } => {
                 let own = matches!(model, ModelRef::Named(m) if m == trained);
-                let known = own || matches!(model, ModelRef::Old | ModelRef::Ref | ModelRef::Rollout);
-                if !known || *signal == Signal::KeepProb {
+                let frozen = matches!(model, ModelRef::Named(m) if m != trained && earlier.contains(&m.as_str()));
+                let known = own || frozen || matches!(model, ModelRef::Old | ModelRef::Ref | ModelRef::Rollout);
+                let readable = match signal {
+                    Signal::KeepProb => frozen,
+                    _ => true,
+                };
+                if !known || !readable {
                     out.push(models(node.span, &node.op.label()));
                 } else if temperature != 1.0 && !warned_temperature && *model != ModelRef::Rollout {
                     warned_temperature = true;
@@ -84,7 +104,9 @@ fn check_stage(checked: &Checked, index: usize, out: &mut Vec<Diagnostic>) {
                     );
                 }
             }
-            Op::Rewrite { model } => out.push(models(node.span, &format!("{model}.rewrite"))),
+            Op::Rewrite { model } if !earlier.contains(&model.as_str()) => {
+                out.push(models(node.span, &format!("{model}.rewrite")))
+            }
             Op::Score(ScorerRef::Model(m)) => out.push(
                 Diagnostic::error("tinker-rm-head", format!("`{m}` is a reward model with a score head; no Tinker server trains or serves one"))
                     .primary(node.span, "a learned reward")
@@ -123,7 +145,7 @@ fn critic(span: Span, label: &str) -> Diagnostic {
 }
 
 fn models(span: Span, what: &str) -> Diagnostic {
-    Diagnostic::error("tinker-models", format!("`{what}` reads a model the remote engine does not hold: it holds the trained model, `old` and `ref`"))
+    Diagnostic::error("tinker-models", format!("`{what}` reads a model the remote engine does not hold: it holds the trained model, `old`, `ref`, and the models earlier stages trained"))
         .primary(span, "another model's output")
-        .help("run this recipe locally; rewriters and second models on a server are not yet implemented")
+        .help("train that model in an earlier stage of the recipe (it then lives on the server as an adapter of the same base model), or run the recipe locally")
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde_json::{Map, Value as Json, json};
 
-use super::rollout::{Rollout, StepPrompts};
+use super::rollout::{Rollout, StepPrompts, needed_texts};
 use super::stage::StagePlan;
 use super::{Metrics, Run, run_error};
 use crate::check::params;
@@ -20,7 +20,7 @@ use crate::diag::Diagnostic;
 use crate::engine::surrogate::backward_inputs;
 use crate::engine::{Adam, Engine, Lora, ModelId, SampleParams, Sampler, Seq};
 use crate::exec::{Evaluation, mask_name};
-use crate::ir::graph::{ModelRef, ScorerRef, Signal};
+use crate::ir::graph::{ModelRef, ScorerRef, Signal, TextName};
 use crate::tasks::Task;
 use crate::train::checkpoint::RemoteCheckpoint;
 use crate::train::metrics::field;
@@ -38,11 +38,23 @@ pub(super) struct RemoteRun {
     pub models: BTreeMap<String, ModelId>,
     /// `ref`: the trained model's snapshot at the current stage's start.
     pub reference: Sampler,
+    /// Sampler snapshots of the models earlier stages trained, frozen since.
+    pub samplers: BTreeMap<String, Sampler>,
+    /// This step's seconds in server forwards, and in backwards with optimiser steps.
+    pub forward_secs: f64,
+    pub backward_secs: f64,
 }
 
 impl RemoteRun {
     pub fn new(engine: Box<dyn Engine>) -> RemoteRun {
-        RemoteRun { engine, models: BTreeMap::new(), reference: Sampler::Base }
+        RemoteRun {
+            engine,
+            models: BTreeMap::new(),
+            reference: Sampler::Base,
+            samplers: BTreeMap::new(),
+            forward_secs: 0.0,
+            backward_secs: 0.0,
+        }
     }
 }
 
@@ -87,6 +99,11 @@ impl Run<'_> {
         let stage = &self.checked.program.stages[index];
         let fail = |e: String| run_error(stage.name.span, e);
         let trained = stage.trained().unwrap_or("policy").to_string();
+        if let Some(r) = resumed {
+            for (name, path) in &r.samplers {
+                self.remote().samplers.insert(name.clone(), Sampler::Weights(path.clone()));
+            }
+        }
         if !self.remote().models.contains_key(&trained) {
             let resolved = self.checked.decl_params.get(&trained).cloned().unwrap_or_default();
             let lora = params::get_num(&resolved, "lora_rank")
@@ -228,34 +245,11 @@ impl Run<'_> {
         let mut full = signals::base_inputs(&rows, &cx, delimiter).map_err(fail)?;
         full.extend(signals::compute(sources, on_host, &rows, &cx).map_err(fail)?);
         let t_forward = Instant::now();
-        let mut by_text: HashMap<(bool, String), Tensor> = HashMap::new();
-        for s in sources.iter().filter(|s| !on_host(s)) {
-            let SourceKind::Signal { model, signal: Signal::Logp, text } = &s.kind else {
-                if matches!(s.kind, SourceKind::StepRollouts { .. }) {
-                    continue;
-                }
-                return Err(fail(format!("`{}` cannot be computed on a Tinker server", s.name)));
-            };
-            let is_ref = *model == ModelRef::Ref;
-            let key = (is_ref, text.clone());
-            if !by_text.contains_key(&key) {
-                let t = rows.texts.get(text).ok_or_else(|| fail(format!("no text `{text}`")))?;
-                let seqs = seqs_of(t);
-                let reference = self.remote().reference.clone();
-                let engine = &mut self.remote().engine;
-                let lp = match is_ref {
-                    true => engine.logp(None, &reference, &seqs),
-                    false => engine.logp(Some(&policy), &Sampler::Base, &seqs),
-                }
-                .map_err(fail)?;
-                by_text.insert(
-                    key.clone(),
-                    padded(&lp, widths[text], &device).map_err(|e| fail(e.to_string()))?,
-                );
-            }
-            full.insert(s.name.clone(), by_text[&key].clone());
-        }
+        full.extend(self.remote_inputs(plan, &rows, &widths, |_| true)?);
         let ahead_secs = t_forward.elapsed().as_secs_f64();
+        let timing = self.remote();
+        timing.forward_secs = ahead_secs;
+        timing.backward_secs = 0.0;
         let mut r = Rollout {
             rows,
             generation: None,
@@ -286,23 +280,20 @@ impl Run<'_> {
         params: &SampleParams,
         rows: &mut Rows,
     ) -> Result<(), Diagnostic> {
-        let StagePlan { index, sources, task, .. } = *plan;
+        let StagePlan { index, task, .. } = *plan;
         let fail = |e: String| run_error(self.checked.program.stages[index].name.span, e);
-        for s in sources {
-            let (SourceKind::Signal { text, .. } | SourceKind::Score { text, .. }) = &s.kind else {
-                continue;
-            };
-            if rows.texts.contains_key(text) {
+        for text in needed_texts(plan) {
+            if rows.texts.contains_key(&text) {
                 continue;
             }
-            let toks: Vec<Vec<u32>> = match text.as_str() {
-                "demonstration" => chosen
+            let toks: Vec<Vec<u32>> = match TextName::parse(&text) {
+                _ if text == "demonstration" => chosen
                     .iter()
                     .flat_map(|&i| {
                         std::iter::repeat_n(self.tok.response(&task.train[i].demonstration), n)
                     })
                     .collect(),
-                "greedy" => {
+                _ if text == "greedy" => {
                     let greedy = SampleParams { temperature: 0.0, ..params.clone() };
                     let out = self
                         .remote()
@@ -311,11 +302,32 @@ impl Run<'_> {
                         .map_err(fail)?;
                     out.into_iter().map(|mut v| v.remove(0).tokens).collect()
                 }
-                other => {
-                    return Err(fail(format!(
-                        "the text `{other}` cannot be made on a Tinker server"
-                    )));
+                // A frozen model's greedy rewrite of another text, after `context text <sep>`.
+                TextName::Rewrite { model, of } => {
+                    let base = rows
+                        .texts
+                        .get(&of.to_string())
+                        .cloned()
+                        .ok_or_else(|| fail(format!("cannot rewrite `{of}`")))?;
+                    let rewriter =
+                        self.remote().samplers.get(&model).cloned().ok_or_else(|| {
+                            fail(format!(
+                                "`{model}` is not on the server: no earlier stage trained it"
+                            ))
+                        })?;
+                    let ctx: Vec<Vec<u32>> = base
+                        .ctx
+                        .iter()
+                        .zip(&base.toks)
+                        .map(|(c, t)| [c.as_slice(), t.as_slice(), &[self.tok.sep]].concat())
+                        .collect();
+                    let greedy =
+                        SampleParams { temperature: 0.0, stop_text: None, ..params.clone() };
+                    let out =
+                        self.remote().engine.sample(&rewriter, &ctx, 1, &greedy).map_err(fail)?;
+                    out.into_iter().map(|mut v| v.remove(0).tokens).collect()
                 }
+                _ => continue,
             };
             rows.texts.insert(text.clone(), TextRows { ctx: prompt_toks.to_vec(), toks });
         }
@@ -389,6 +401,74 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The model signals among `sources` that `want` selects, from the server: log-probabilities
+    /// of the trained model (and `old`, the same weights before an update) from its forward;
+    /// of `ref` and of models earlier stages trained from their sampler snapshots' prompt
+    /// log-probabilities; a rewriter's keep-probabilities likewise after `context text <sep>`.
+    pub(super) fn remote_inputs(
+        &mut self,
+        plan: &StagePlan,
+        rows: &Rows,
+        widths: &HashMap<String, usize>,
+        want: impl Fn(&Source) -> bool,
+    ) -> Result<HashMap<String, Tensor>, Diagnostic> {
+        let StagePlan { index, sources, .. } = *plan;
+        let stage = &self.checked.program.stages[index];
+        let fail = |e: String| run_error(stage.name.span, e);
+        let trained = stage.trained().unwrap_or("policy").to_string();
+        let policy = self.remote().models[&trained].clone();
+        let mut done: HashMap<(String, bool, String), Tensor> = HashMap::new();
+        let mut out = HashMap::new();
+        for s in sources.iter().filter(|s| want(s) && !on_host(s)) {
+            let (model, keep, text) = match &s.kind {
+                SourceKind::StepRollouts { .. } => continue,
+                SourceKind::Signal { model, signal: Signal::Logp, text } => (model, false, text),
+                SourceKind::Signal { model, signal: Signal::KeepProb, text } => (model, true, text),
+                _ => {
+                    return Err(fail(format!("`{}` cannot be computed on a Tinker server", s.name)));
+                }
+            };
+            // Whose forward: `None` for the trained model, else a sampler snapshot.
+            let sampler = match model {
+                ModelRef::Old => None,
+                ModelRef::Named(m) if *m == trained => None,
+                ModelRef::Ref => Some(self.remote().reference.clone()),
+                ModelRef::Named(m) => {
+                    Some(self.remote().samplers.get(m).cloned().ok_or_else(|| {
+                        fail(format!("`{m}` is not on the server: no earlier stage trained it"))
+                    })?)
+                }
+                ModelRef::Rollout => continue,
+            };
+            let who = sampler.as_ref().map_or(String::new(), |s| format!("{s:?}"));
+            let key = (who, keep, text.clone());
+            if !done.contains_key(&key) {
+                let t = rows.texts.get(text).ok_or_else(|| fail(format!("no text `{text}`")))?;
+                let mut seqs = seqs_of(t);
+                if keep {
+                    let sep = self.tok.sep;
+                    for q in &mut seqs {
+                        q.ctx = [q.ctx.as_slice(), &q.toks, &[sep]].concat();
+                    }
+                }
+                let engine = &mut self.remote().engine;
+                let mut lp = match &sampler {
+                    None => engine.logp(Some(&policy), &Sampler::Base, &seqs),
+                    Some(sampler) => engine.logp(None, sampler, &seqs),
+                }
+                .map_err(fail)?;
+                if keep {
+                    lp.iter_mut().flatten().for_each(|v| *v = v.exp());
+                }
+                let t = padded(&lp, widths[text], &self.opts.device)
+                    .map_err(|e| fail(e.to_string()))?;
+                done.insert(key.clone(), t);
+            }
+            out.insert(s.name.clone(), done[&key].clone());
+        }
+        Ok(out)
+    }
+
     /// The trained model's log-probabilities of a minibatch's texts, from the server.
     pub(super) fn remote_live(
         &mut self,
@@ -396,23 +476,9 @@ impl Run<'_> {
         sub: &Rows,
         widths: &HashMap<String, usize>,
     ) -> Result<HashMap<String, Tensor>, Diagnostic> {
-        let StagePlan { index, sources, .. } = *plan;
-        let stage = &self.checked.program.stages[index];
-        let fail = |e: String| run_error(stage.name.span, e);
-        let policy = self.remote().models[stage.trained().unwrap_or("policy")].clone();
-        let mut out = HashMap::new();
-        for s in sources.iter().filter(|s| s.grad) {
-            let SourceKind::Signal { signal: Signal::Logp, text, .. } = &s.kind else {
-                return Err(fail(format!("`{}` cannot be computed on a Tinker server", s.name)));
-            };
-            let seqs = seqs_of(&sub.texts[text]);
-            let lp =
-                self.remote().engine.logp(Some(&policy), &Sampler::Base, &seqs).map_err(fail)?;
-            out.insert(
-                s.name.clone(),
-                padded(&lp, widths[text], &self.opts.device).map_err(|e| fail(e.to_string()))?,
-            );
-        }
+        let started = Instant::now();
+        let out = self.remote_inputs(plan, sub, widths, |s| s.grad)?;
+        self.remote().forward_secs += started.elapsed().as_secs_f64();
         Ok(out)
     }
 
@@ -441,6 +507,7 @@ impl Run<'_> {
             })
             .collect();
         let datums: usize = live.iter().map(|(_, t)| sub.texts[*t].toks.len()).sum();
+        let started = Instant::now();
         for (s, text) in &live {
             let Some((_, grad)) = eval.grads.iter().find(|(n, _)| *n == s.name) else { continue };
             let data =
@@ -458,6 +525,7 @@ impl Run<'_> {
             clip_grad: settings.adam.clip_grad,
         };
         let metrics = self.remote().engine.optim_step(&policy, &adam).map_err(fail)?;
+        self.remote().backward_secs += started.elapsed().as_secs_f64();
         opt.steps += 1;
         let norm = metrics.iter().find(|(k, _)| k.ends_with("grad_norm")).map(|(_, v)| *v);
         if norm.is_some_and(|g| !g.is_finite()) {
@@ -504,6 +572,23 @@ impl Run<'_> {
         Ok(metrics)
     }
 
+    /// After a stage: a sampler snapshot of every model it trained, for later stages to read.
+    pub(super) fn remote_stage_end(&mut self, index: usize) -> Result<(), Diagnostic> {
+        let stage = &self.checked.program.stages[index];
+        let fail = |e: String| run_error(stage.name.span, e);
+        for t in &stage.train {
+            let name = &t.model.name;
+            let Some(id) = self.remote().models.get(name).cloned() else { continue };
+            let sampler = self
+                .remote()
+                .engine
+                .sampler(&id, &format!("frozen-{name}-{index}"))
+                .map_err(fail)?;
+            self.remote().samplers.insert(name.clone(), sampler);
+        }
+        Ok(())
+    }
+
     /// Saves every server model for a checkpoint; returns what `state.json` records.
     pub(super) fn remote_save(
         &mut self,
@@ -519,6 +604,14 @@ impl Run<'_> {
             Sampler::Weights(p) => Some(p.clone()),
             Sampler::Base => None,
         };
-        Ok(RemoteCheckpoint { server: r.engine.label(), models, reference })
+        let samplers = r
+            .samplers
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Sampler::Weights(p) => Some((k.clone(), p.clone())),
+                Sampler::Base => None,
+            })
+            .collect();
+        Ok(RemoteCheckpoint { server: r.engine.label(), models, reference, samplers })
     }
 }

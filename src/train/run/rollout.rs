@@ -134,6 +134,31 @@ pub(super) fn unpermute(t: &Tensor, perm: &[usize]) -> candle_core::Result<Tenso
     t.index_select(&Tensor::from_vec(inverse, perm.len(), t.device())?, 0)
 }
 
+/// Every text the stage reads, in order of first use: each text an input is laid out along (its
+/// tokens or steps), and each text a signal or a score reads.
+pub(super) fn needed_texts(plan: &StagePlan) -> Vec<String> {
+    let needed = plan
+        .compiled
+        .requirements()
+        .iter()
+        .flat_map(|r| r.shape.iter())
+        .filter_map(|d| match d {
+            Dim::Tokens(t) | Dim::Steps(t) => Some(t.clone()),
+            Dim::Batch => None,
+        })
+        .chain(plan.sources.iter().filter_map(|s| match &s.kind {
+            SourceKind::Signal { text, .. } | SourceKind::Score { text, .. } => Some(text.clone()),
+            _ => None,
+        }));
+    let mut unique: Vec<String> = Vec::new();
+    for t in needed {
+        if !unique.contains(&t) {
+            unique.push(t);
+        }
+    }
+    unique
+}
+
 /// The prompts of one step, each repeated for its `n` samples (next to each other).
 pub(super) struct StepPrompts {
     /// Indices into the task's training prompts.
@@ -267,35 +292,13 @@ impl Run<'_> {
         sampler_name: &str,
         rows: &mut Rows,
     ) -> Result<(), Diagnostic> {
-        let StagePlan { index, compiled, sources, task, .. } = *plan;
+        let StagePlan { index, task, .. } = *plan;
         let stage = &self.checked.program.stages[index];
         let fail = |e: String| run_error(stage.name.span, e);
         let device = self.opts.device.clone();
         let sampling = self.sampling(index);
         let sampler = &frozen[sampler_name];
-        // Every text an input is laid out along (its tokens or steps), and every text a signal
-        // or a score reads.
-        let needed: Vec<String> = compiled
-            .requirements()
-            .iter()
-            .flat_map(|r| r.shape.iter())
-            .filter_map(|d| match d {
-                Dim::Tokens(t) | Dim::Steps(t) => Some(t.clone()),
-                Dim::Batch => None,
-            })
-            .chain(sources.iter().filter_map(|s| match &s.kind {
-                SourceKind::Signal { text, .. } | SourceKind::Score { text, .. } => {
-                    Some(text.clone())
-                }
-                _ => None,
-            }))
-            .collect();
-        let mut needed_unique: Vec<String> = Vec::new();
-        for t in needed {
-            if !needed_unique.contains(&t) {
-                needed_unique.push(t);
-            }
-        }
+        let needed_unique = needed_texts(plan);
         for text in &needed_unique {
             if rows.texts.contains_key(text) {
                 continue;

@@ -258,6 +258,9 @@ impl Run<'_> {
                 e.2 = after;
             }
         }
+        if self.remote.is_some() {
+            self.remote_stage_end(index)?;
+        }
         // The stage is done: the next one starts from here.
         self.save(
             index + 1,
@@ -448,6 +451,10 @@ impl Run<'_> {
         record.insert(field::TOKENS.into(), json!(new_tokens));
         record.insert(field::SAMPLE_SECONDS.into(), json!(sample_secs));
         record.insert(field::TRAIN_SECONDS.into(), json!(train_secs));
+        if let Some(r) = &self.remote {
+            record.insert(field::SERVER_FORWARD_SECONDS.into(), json!(r.forward_secs));
+            record.insert(field::SERVER_BACKWARD_SECONDS.into(), json!(r.backward_secs));
+        }
         record.insert(
             field::SAMPLE_TOKENS_PER_S.into(),
             json!(new_tokens as f64 / sample_secs.max(1e-9)),

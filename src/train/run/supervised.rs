@@ -96,14 +96,22 @@ impl Run<'_> {
             old_is: None,
         };
         let mut batch = signals::base_inputs(&rows, &cx, None).map_err(fail)?;
-        batch.extend(signals::compute(sources, |_| true, &rows, &cx).map_err(fail)?);
+        let remote = self.remote.is_some();
+        match remote {
+            // On a server: its forwards, and the gradient stops at the inputs.
+            true => batch.extend(self.remote_inputs(plan, &rows, &widths, |_| true)?),
+            false => batch.extend(signals::compute(sources, |_| true, &rows, &cx).map_err(fail)?),
+        }
         let (eval, _) = compiled.run_with(
             &batch,
             &self.opts.device,
-            Options { grads: false, profile: false },
+            Options { grads: remote, profile: false },
             &HashMap::new(),
         )?;
-        self.update(index, &eval.loss, opt, record)?;
+        match remote {
+            true => self.remote_update(plan, &rows, &batch, &eval, opt, record)?,
+            false => self.update(index, &eval.loss, opt, record)?,
+        }
         record.insert(field::LOSS.into(), json!(mean_of(&eval.loss)));
         for t in &eval.terms {
             record.insert(field::loss_term(&t.name), json!(mean_of(&t.value)));

@@ -191,6 +191,17 @@ fn check_resume_args(
     if let Some(n) = args.eval_samples.filter(|n| *n != config.eval_samples) {
         differ.push(format!("--eval-samples {n} vs {}", config.eval_samples));
     }
+    // The engine stays; only a remote run's server may move to a new URL.
+    let remote = config.tinker.is_some();
+    if (args.engine == EngineKind::Tinker || args.server.is_some()) && !remote {
+        differ.push("the run trained on this machine, not on a Tinker server".into());
+    }
+    if let Some(t) = &config.tinker
+        && (args.base_model.as_ref().is_some_and(|b| Some(b) != t.base_model.as_ref())
+            || args.reduction.is_some_and(|r| Some(r) != t.reduction))
+    {
+        differ.push("--base-model or --reduction vs the run's".into());
+    }
     if differ.is_empty() {
         return Ok(());
     }
