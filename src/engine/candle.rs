@@ -88,10 +88,6 @@ impl CandleEngine {
         ids
     }
 
-    pub fn unload(&mut self, model: &ModelId) {
-        self.models.remove(&model.0);
-    }
-
     fn sampler_model(&mut self, sampler: &Sampler) -> Result<Transformer, String> {
         let key = match sampler {
             Sampler::Base => String::new(),
@@ -288,6 +284,11 @@ impl Engine for CandleEngine {
         let path = format!("candle://{}/weights/{name}", model.0);
         self.saved.insert(path.clone(), SavedWeights { values, optim, steps });
         Ok(path)
+    }
+
+    fn unload(&mut self, model: &ModelId) -> Result<(), String> {
+        self.models.remove(&model.0);
+        Ok(())
     }
 
     fn load(&mut self, model: &ModelId, path: &str) -> Result<(), String> {

@@ -116,4 +116,6 @@ pub trait Engine {
     fn save(&mut self, model: &ModelId, name: &str) -> Result<String, String>;
     /// Loads weights saved by `save` into `model`, a model just created.
     fn load(&mut self, model: &ModelId, path: &str) -> Result<(), String>;
+    /// Frees a model (its adapter slot on a server).
+    fn unload(&mut self, model: &ModelId) -> Result<(), String>;
 }

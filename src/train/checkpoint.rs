@@ -45,6 +45,9 @@ pub struct RemoteCheckpoint {
     /// Model name → the path the server's `load_weights` takes.
     pub models: BTreeMap<String, String>,
     pub reference: Option<String>,
+    /// The weights of `ref`'s frozen copy (`None`: a fresh model over the base).
+    #[serde(default)]
+    pub reference_weights: Option<String>,
     /// Sampler snapshots of the models earlier stages trained.
     #[serde(default)]
     pub samplers: BTreeMap<String, String>,

@@ -191,7 +191,7 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
         }
         "unload_model" => {
             let m = model(&j());
-            s.engine.unload(&m);
+            let _ = s.engine.unload(&m);
             future(s, Ok(Reply::Json(json!({"model_id": m.0, "status": "unloaded"}))))
         }
         "optim_step" => {

@@ -6,9 +6,10 @@
 mod fake;
 mod goldens;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use candle_core::{Device, Tensor};
 use fake::{Fake, Fault};
@@ -43,30 +44,45 @@ fn ok(out: &Output) -> &Output {
 /// policy (a full one takes minutes in a debug build), small batches.
 const SMALL: [&str; 2] = ["--set", "policy.warm_steps=2"];
 
-/// The warm-started built-in policy of the arith recipes, saved as a checkpoint directory: a
-/// local run at a learning rate too small to move a weight.
+/// The warm-started built-in policy of a shipped recipe (`recipes/NAME.rlx`, its stage
+/// `stage`), saved as a checkpoint directory: a local run at a learning rate too small to move
+/// a weight. Built once per test process.
+fn base_of(recipe: &str, stage: &str) -> PathBuf {
+    static DIRS: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut dirs = DIRS.lock().unwrap();
+    if let Some(d) = dirs.get(recipe) {
+        return d.clone();
+    }
+    let out = scratch(&format!("base-{recipe}"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes").join(format!("{recipe}.rlx"));
+    ok(&rlx()
+        .arg("run")
+        .arg(&path)
+        .args(["--steps", "1", "--quiet", "--eval-prompts", "1", "--eval-samples", "1"])
+        .args(["--set", &format!("{stage}.optim.lr=1e-30")])
+        .args(["--set", &format!("{stage}.optim.batch=8")])
+        .args(["--set", &format!("{stage}.optim.minibatch=8")])
+        .args(SMALL)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap());
+    let dir = out.join("models/policy");
+    dirs.insert(recipe.to_string(), dir.clone());
+    dir
+}
+
+/// The arith recipes' policy.
 fn base_model() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = scratch("base");
-        let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/grpo.rlx");
-        ok(&rlx()
-            .arg("run")
-            .arg(&recipe)
-            .args(["--steps", "1", "--quiet", "--eval-prompts", "1", "--eval-samples", "1"])
-            .args(["--set", "rl.optim.lr=1e-30", "--set", "rl.optim.batch=8"])
-            .args(["--set", "rl.optim.minibatch=8"])
-            .args(SMALL)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap());
-        out.join("models/policy")
-    })
+    DIR.get_or_init(|| base_of("grpo", "rl"))
 }
 
 fn serve(reduction: Reduction) -> Fake {
-    let dir = base_model();
+    serve_base(base_model(), reduction)
+}
+
+fn serve_base(dir: &Path, reduction: Reduction) -> Fake {
     let slot = rlx::train::models::open_full(dir, &Device::Cpu).unwrap();
     let tok = Tok::from_file(&dir.join("tokenizer.json")).unwrap();
     let engine = CandleEngine::new(slot, tok, reduction, Device::Cpu).unwrap();
@@ -229,8 +245,8 @@ fn a_remote_supervised_stage_ends_where_the_local_one_ends() {
 }
 
 /// The shipped recipes the remote engine runs: every one that lints clean for `--target
-/// tinker` (warnings aside) and trains the arith recipes' built-in policy.
-fn remote_recipes() -> Vec<PathBuf> {
+/// tinker` (warnings aside) whose models are all `family`'s built-in policy or copies of it.
+fn remote_recipes(family: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
     let mut out = Vec::new();
     for dir in [root.clone(), root.join("baselines"), root.join("peers")] {
@@ -239,7 +255,7 @@ fn remote_recipes() -> Vec<PathBuf> {
             let Ok(text) = std::fs::read_to_string(&p) else { continue };
             // Every model is the arith policy or a copy of it: one base model serves them all.
             let one_base = text.lines().filter(|l| l.starts_with("model ")).all(|l| {
-                l.contains(r#"builtin("tiny", warm_start = arith.solutions"#)
+                l.contains(&format!(r#"builtin("tiny", warm_start = {family}"#))
                     || l.contains("copy(policy)")
             });
             if p.extension().is_none_or(|x| x != "rlx")
@@ -259,16 +275,30 @@ fn remote_recipes() -> Vec<PathBuf> {
 }
 
 #[test]
-fn every_shipped_recipe_that_lints_clean_for_tinker_trains_remotely() {
-    let recipes = remote_recipes();
+fn every_shipped_arith_recipe_that_lints_clean_for_tinker_trains_remotely() {
+    // The seeds among them, and the group baselines users compare them with.
+    shipped_recipes_train_remotely(
+        "arith",
+        base_model(),
+        &["vineppo", "rlmec", "grpo", "dr_grpo", "rloo"],
+    );
+}
+
+#[test]
+fn every_shipped_preference_recipe_that_lints_clean_for_tinker_trains_remotely() {
+    let base = base_of("dpo", "dpo");
+    shipped_recipes_train_remotely("reviews", &base, &["dpo", "kto", "orpo", "simpo"]);
+}
+
+fn shipped_recipes_train_remotely(family: &str, base: &Path, must: &[&str]) {
+    let recipes = remote_recipes(family);
     let names: Vec<String> =
         recipes.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into()).collect();
-    // The seeds among them, and the group baselines users compare them with.
-    for must in ["vineppo", "rlmec", "grpo", "dr_grpo", "rloo"] {
+    for must in must {
         assert!(names.iter().any(|n| n == must), "{must} should run remotely: {names:?}");
     }
-    let fake = serve(Reduction::Sum);
-    let dir = scratch("shipped");
+    let fake = serve_base(base, Reduction::Sum);
+    let dir = scratch(&format!("shipped-{family}"));
     for (recipe, name) in recipes.iter().zip(&names) {
         let mut run = run_args(recipe, &dir.join(name));
         run.args(["--steps", "2", "--engine", "tinker", "--server", &fake.url]).args(SMALL);

@@ -465,6 +465,10 @@ impl Engine for Remote {
             .ok_or_else(|| self.protocol("save_weights", "no path in the result"))
     }
 
+    fn unload(&mut self, model: &ModelId) -> Result<(), String> {
+        self.call_json("unload_model", json!({"model_id": model.0}), true).map(|_| ())
+    }
+
     fn load(&mut self, model: &ModelId, path: &str) -> Result<(), String> {
         let seq_id = self.next_seq(model);
         self.call_json(
@@ -473,12 +477,5 @@ impl Engine for Remote {
             true,
         )
         .map(|_| ())
-    }
-}
-
-impl Remote {
-    /// Frees a model on the server (the self-test's throwaway one).
-    pub fn unload(&mut self, model: &ModelId) -> Result<(), String> {
-        self.call_json("unload_model", json!({"model_id": model.0}), true).map(|_| ())
     }
 }

@@ -1,0 +1,307 @@
+//! A run's stages on a Tinker-protocol server (`--engine tinker`): the same rollout, graph,
+//! record and checkpoints as a local run, with the trained models on the server. Sampling is
+//! `asample` from a snapshot of the policy; `old` and the trained model's log-probabilities are
+//! forwards of the server's model, `ref` the prompt log-probabilities of its snapshot at the
+//! stage's start; the update evaluates the stage graph on the host with gradients with respect
+//! to those log-probabilities and sends their exact linearisation as one backward per text
+//! (`engine::surrogate`), then an optimiser step per minibatch, as locally.
+//!
+//! This file holds what the run keeps on the server across steps (models, `ref`, frozen
+//! models' snapshots, checkpoints, held-out evaluation); `step.rs` a step's rollout and update.
+
+mod step;
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{Device, Tensor};
+
+use super::{Metrics, Run, run_error};
+use crate::check::params;
+use crate::diag::Diagnostic;
+use crate::engine::{Engine, Lora, ModelId, SampleParams, Sampler, Seq};
+use crate::ir::graph::{ModelRef, ScorerRef, Signal};
+use crate::tasks::Task;
+use crate::train::checkpoint::RemoteCheckpoint;
+use crate::train::signals::{self, ModelView, Rows, SignalCx, Source, SourceKind, TextRows};
+
+/// How far the server's base model may be from the recipe's model on a probe before the run
+/// is refused (mean |Δ log p| per token; servers compute in bf16).
+const BASE_TOLERANCE: f64 = 0.05;
+
+/// The engine and what the run holds on it.
+pub(super) struct RemoteRun {
+    pub engine: Box<dyn Engine>,
+    /// The server's model of each trained model, by the recipe's name.
+    pub models: BTreeMap<String, ModelId>,
+    /// `ref`: the trained model's sampler snapshot at the current stage's start (to sample
+    /// from), and a frozen copy of it on the server (to read log-probabilities with the
+    /// trainer's forward, batched) with the weights it was loaded from.
+    pub reference: Sampler,
+    pub reference_model: Option<ModelId>,
+    pub reference_weights: Option<String>,
+    /// Sampler snapshots of the models earlier stages trained, frozen since.
+    pub samplers: BTreeMap<String, Sampler>,
+    /// This step's seconds in server forwards, and in backwards with optimiser steps.
+    pub forward_secs: f64,
+    pub backward_secs: f64,
+}
+
+impl RemoteRun {
+    pub fn new(engine: Box<dyn Engine>) -> RemoteRun {
+        RemoteRun {
+            engine,
+            models: BTreeMap::new(),
+            reference: Sampler::Base,
+            reference_model: None,
+            reference_weights: None,
+            samplers: BTreeMap::new(),
+            forward_secs: 0.0,
+            backward_secs: 0.0,
+        }
+    }
+}
+
+/// `[B, width]` rows padded with zeros.
+pub(super) fn padded(
+    rows: &[Vec<f32>],
+    width: usize,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let mut flat = vec![0f32; rows.len() * width];
+    for (r, row) in rows.iter().enumerate() {
+        for (t, v) in row.iter().take(width).enumerate() {
+            flat[r * width + t] = *v;
+        }
+    }
+    Tensor::from_vec(flat, (rows.len(), width), device)
+}
+
+pub(super) fn seqs_of(text: &TextRows) -> Vec<Seq> {
+    text.ctx.iter().zip(&text.toks).map(|(c, t)| Seq { ctx: c.clone(), toks: t.clone() }).collect()
+}
+
+/// Sources computed on the host without a model: verifier rewards, the sampler's recorded
+/// log-probabilities.
+pub(super) fn on_host(s: &Source) -> bool {
+    matches!(
+        &s.kind,
+        SourceKind::Score { scorer: ScorerRef::Verifier { .. }, .. }
+            | SourceKind::Signal { model: ModelRef::Rollout, .. }
+    )
+}
+
+impl Run<'_> {
+    fn remote(&mut self) -> &mut RemoteRun {
+        self.remote.as_mut().expect("a remote run")
+    }
+
+    /// Before a stage's first step: the trained model on the server (created, checked against
+    /// the recipe's own, or loaded from the checkpoint) and `ref`'s snapshot.
+    pub(super) fn remote_stage_start(
+        &mut self,
+        index: usize,
+        resumed: Option<&RemoteCheckpoint>,
+        step: usize,
+    ) -> Result<(), Diagnostic> {
+        let stage = &self.checked.program.stages[index];
+        let fail = |e: String| run_error(stage.name.span, e);
+        let trained = stage.trained().unwrap_or("policy").to_string();
+        if let Some(r) = resumed {
+            for (name, path) in &r.samplers {
+                self.remote().samplers.insert(name.clone(), Sampler::Weights(path.clone()));
+            }
+        }
+        // Whether the trained model is on the server exactly as its base (a fresh adapter).
+        let mut fresh = false;
+        let lora = self.lora_of(&trained);
+        if !self.remote().models.contains_key(&trained) {
+            let seed = self.opts.seed;
+            let id = self.remote().engine.create_model(lora, seed).map_err(fail)?;
+            match resumed.and_then(|r| r.models.get(&trained)) {
+                Some(path) => self.remote().engine.load(&id, path).map_err(fail)?,
+                None => {
+                    self.check_base(&trained).map_err(fail)?;
+                    fresh = true;
+                }
+            }
+            self.remote().models.insert(trained.clone(), id);
+        }
+        let reference = match resumed.and_then(|r| r.reference.clone()).filter(|_| step > 0) {
+            Some(path) => Sampler::Weights(path),
+            None => {
+                let id = self.remote().models[&trained].clone();
+                self.remote().engine.sampler(&id, &format!("ref-{index}")).map_err(fail)?
+            }
+        };
+        self.remote().reference = reference;
+        // `ref`'s frozen copy: over the base while nothing has trained the model, else loaded
+        // from its weights as the stage starts (saved now, or named by the checkpoint).
+        let policy = self.remote().models[&trained].clone();
+        let weights = match resumed.filter(|_| step > 0) {
+            Some(r) => r.reference_weights.clone(),
+            None if fresh => None,
+            None => {
+                Some(self.remote().engine.save(&policy, &format!("ref-{index}")).map_err(fail)?)
+            }
+        };
+        let seed = self.opts.seed;
+        let copy = self.remote().engine.create_model(lora, seed).map_err(fail)?;
+        if let Some(path) = &weights {
+            self.remote().engine.load(&copy, path).map_err(fail)?;
+        }
+        let r = self.remote();
+        r.reference_model = Some(copy);
+        r.reference_weights = weights;
+        Ok(())
+    }
+
+    /// The LoRA settings a model's declaration asks for.
+    fn lora_of(&self, name: &str) -> Option<Lora> {
+        let resolved = self.checked.decl_params.get(name).cloned().unwrap_or_default();
+        params::get_num(&resolved, "lora_rank")
+            .map(|r| Lora { rank: r as usize, alpha: params::num(&resolved, "lora_alpha") })
+    }
+
+    /// The server's base model must be the recipe's `trained` model as it starts: compared on
+    /// a probe (a training prompt's tokens) by log-probabilities at temperature 1.
+    fn check_base(&mut self, trained: &str) -> Result<(), String> {
+        let Some(prompt) = self.tasks.values().find_map(|t| t.train.first()) else { return Ok(()) };
+        let toks = self.tok.prompt(&prompt.text);
+        if toks.len() < 3 {
+            return Ok(());
+        }
+        let probe = Seq { ctx: toks[..1].to_vec(), toks: toks[1..].to_vec() };
+        let local = {
+            let model = self.slots[trained].frozen().map_err(|e| e.to_string())?;
+            let rows = Rows {
+                prompts: vec![String::new()],
+                texts: [(
+                    "response".to_string(),
+                    TextRows { ctx: vec![probe.ctx.clone()], toks: vec![probe.toks.clone()] },
+                )]
+                .into(),
+                group: vec![0],
+                rollout_logp: vec![],
+            };
+            let widths = rows.widths();
+            let frozen: HashMap<String, crate::model::Transformer> =
+                [("probe".to_string(), model)].into();
+            let live = HashMap::new();
+            let cx = SignalCx {
+                models: ModelView { live: &live, frozen: &frozen },
+                temperature: 1.0,
+                tasks: &self.tasks,
+                tok: &self.tok,
+                device: &self.opts.device,
+                widths: &widths,
+                frozen_only: true,
+                old_is: None,
+            };
+            let source = Source {
+                name: "probe".into(),
+                kind: SourceKind::Signal {
+                    model: ModelRef::Named("probe".into()),
+                    signal: Signal::Logp,
+                    text: "response".into(),
+                },
+                grad: false,
+            };
+            let t = signals::compute(std::slice::from_ref(&source), |_| true, &rows, &cx)?;
+            t["probe"].flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?
+        };
+        let engine = &mut self.remote().engine;
+        let remote = engine.logp(None, &Sampler::Base, std::slice::from_ref(&probe))?;
+        let n = probe.toks.len();
+        let diff =
+            local.iter().zip(&remote[0]).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / n as f64;
+        if diff.is_nan() || diff > BASE_TOLERANCE {
+            return Err(format!(
+                "{}'s base model is not the recipe's `{trained}`: on a probe of {n} tokens their log-probabilities differ by {diff:.3} per token on average (at most {BASE_TOLERANCE} is accepted); start the server with `{trained}`'s weights as its base model (a built-in model: save it with a local `rlx run --steps 1` and serve `models/{trained}`)",
+                engine.label()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The task metrics of a sampler on held-out prompts (as `evaluate`, sampled on the server).
+    pub(super) fn remote_evaluate(
+        &mut self,
+        index: usize,
+        task: &Task,
+        sampler: &Sampler,
+    ) -> Result<Metrics, String> {
+        let n = self.opts.eval_prompts.min(task.eval.len());
+        let k = self.opts.eval_samples.max(1);
+        let sampling = self.sampling(index);
+        let prompts: Vec<Vec<u32>> =
+            task.eval[..n].iter().map(|p| self.tok.prompt(&p.text)).collect();
+        let params = SampleParams {
+            max_tokens: sampling.max_tokens,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            seed: 0xE7A1,
+            stop_text: sampling.stop.clone(),
+            stop_tokens: self.tok.stops.clone(),
+        };
+        let out = self.remote().engine.sample(sampler, &prompts, k, &params)?;
+        let responses: Vec<String> =
+            out.iter().flatten().map(|s| self.tok.decode(&s.tokens)).collect();
+        let texts: Vec<&str> = task.eval[..n].iter().map(|p| p.text.as_str()).collect();
+        let mut metrics = task.held_out_metrics(&texts, &responses, k);
+        metrics.extend(task.demonstration_metrics(n));
+        Ok(metrics)
+    }
+
+    /// After a stage: a sampler snapshot of every model it trained, for later stages to read.
+    pub(super) fn remote_stage_end(&mut self, index: usize) -> Result<(), Diagnostic> {
+        let stage = &self.checked.program.stages[index];
+        let fail = |e: String| run_error(stage.name.span, e);
+        if let Some(copy) = self.remote().reference_model.take() {
+            // A server's adapter slots are few: `ref`'s copy goes with its stage.
+            self.remote().engine.unload(&copy).map_err(fail)?;
+        }
+        for t in &stage.train {
+            let name = &t.model.name;
+            let Some(id) = self.remote().models.get(name).cloned() else { continue };
+            let sampler = self
+                .remote()
+                .engine
+                .sampler(&id, &format!("frozen-{name}-{index}"))
+                .map_err(fail)?;
+            self.remote().samplers.insert(name.clone(), sampler);
+        }
+        Ok(())
+    }
+
+    /// Saves every server model for a checkpoint; returns what `state.json` records.
+    pub(super) fn remote_save(
+        &mut self,
+        stage: usize,
+        step: usize,
+    ) -> Result<RemoteCheckpoint, String> {
+        let r = self.remote();
+        let mut models = BTreeMap::new();
+        for (name, id) in r.models.clone() {
+            models.insert(name, r.engine.save(&id, &format!("ckpt-{stage}-{step}"))?);
+        }
+        let reference = match &r.reference {
+            Sampler::Weights(p) => Some(p.clone()),
+            Sampler::Base => None,
+        };
+        let samplers = r
+            .samplers
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Sampler::Weights(p) => Some((k.clone(), p.clone())),
+                Sampler::Base => None,
+            })
+            .collect();
+        Ok(RemoteCheckpoint {
+            server: r.engine.label(),
+            models,
+            reference,
+            reference_weights: r.reference_weights.clone(),
+            samplers,
+        })
+    }
+}
