@@ -22,6 +22,8 @@ use crate::train::optim::{AdamW, AdamWConfig};
 struct Trained {
     slot: Slot,
     opt: Option<AdamW>,
+    /// Optimiser state loaded with the weights, for the optimiser's first step.
+    restore: Option<(BTreeMap<String, Tensor>, usize)>,
     /// Losses of the backwards since the last optimiser step, and how many datums they hold.
     pending: Vec<Tensor>,
     datums: usize,
@@ -142,7 +144,10 @@ impl Engine for CandleEngine {
         let id = format!("model_{}", self.models.len() + self.saved.len() + self.snapshots.len());
         let id =
             (0..).map(|i| format!("{id}_{i}")).find(|k| !self.models.contains_key(k)).unwrap_or(id);
-        self.models.insert(id.clone(), Trained { slot, opt: None, pending: vec![], datums: 0 });
+        self.models.insert(
+            id.clone(),
+            Trained { slot, opt: None, restore: None, pending: vec![], datums: 0 },
+        );
         Ok(ModelId(id))
     }
 
@@ -252,7 +257,11 @@ impl Engine for CandleEngine {
         };
         if t.opt.is_none() {
             let vars = t.slot.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            t.opt = Some(AdamW::new(vars, cfg.clone()).map_err(err)?);
+            let mut opt = AdamW::new(vars, cfg.clone()).map_err(err)?;
+            if let Some((state, steps)) = t.restore.take() {
+                opt.restore(&state, "", steps).map_err(err)?;
+            }
+            t.opt = Some(opt);
         }
         let opt = t.opt.as_mut().expect("set above");
         opt.cfg = cfg;
@@ -299,25 +308,9 @@ impl Engine for CandleEngine {
             let new = values.get(k).ok_or_else(|| format!("`{path}` holds no `{k}`"))?;
             v.set(new).map_err(err)?;
         }
-        if steps > 0 {
-            let vars = t.slot.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            let mut opt = AdamW::new(
-                vars,
-                AdamWConfig {
-                    lr: 0.0,
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    eps: 1e-8,
-                    weight_decay: 0.0,
-                    clip_grad: None,
-                    warmup_steps: 0,
-                    decay_steps: None,
-                },
-            )
-            .map_err(err)?;
-            opt.restore(&optim, "", steps).map_err(err)?;
-            t.opt = Some(opt);
-        }
+        // The moments go into the optimiser its first step creates.
+        t.opt = None;
+        t.restore = (steps > 0).then_some((optim, steps));
         Ok(())
     }
 }

@@ -384,18 +384,22 @@ fn model_output_finite(
     ))
 }
 
+impl TextRows {
+    /// Each row's `context text <sep>`: what a rewriter reads before its rewrite (and before
+    /// the text again, for keep-probabilities).
+    pub fn then_sep(&self, sep: u32) -> Vec<Vec<u32>> {
+        self.ctx
+            .iter()
+            .zip(&self.toks)
+            .map(|(c, x)| [c.as_slice(), x.as_slice(), &[sep]].concat())
+            .collect()
+    }
+}
+
 /// The layout of a text after its context; for keep-probabilities, after `context text <sep>`.
 fn layout_for(rows: &Rows, text: &str, keep: bool, cx: &SignalCx) -> Result<Layout, String> {
     let t = rows.texts.get(text).ok_or_else(|| format!("the batch has no text `{text}`"))?;
-    let ctx: Vec<Vec<u32>> = if keep {
-        t.ctx
-            .iter()
-            .zip(&t.toks)
-            .map(|(c, x)| [c.as_slice(), x.as_slice(), &[cx.tok.sep]].concat())
-            .collect()
-    } else {
-        t.ctx.clone()
-    };
+    let ctx: Vec<Vec<u32>> = if keep { t.then_sep(cx.tok.sep) } else { t.ctx.clone() };
     let ctx_refs: Vec<&[u32]> = ctx.iter().map(Vec::as_slice).collect();
     let toks: Vec<&[u32]> = t.toks.iter().map(Vec::as_slice).collect();
     let w = cx.widths.get(text).copied().unwrap_or(1);

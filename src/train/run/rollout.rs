@@ -323,12 +323,7 @@ impl Run<'_> {
                     .get(&of)
                     .cloned()
                     .ok_or_else(|| fail(format!("cannot rewrite `{of}`")))?;
-                let ctx: Vec<Vec<u32>> = base
-                    .ctx
-                    .iter()
-                    .zip(&base.toks)
-                    .map(|(c, t)| [c.as_slice(), t.as_slice(), &[self.tok.sep]].concat())
-                    .collect();
+                let ctx = base.then_sep(self.tok.sep);
                 let greedy = Sampling { greedy: true, stop: None, ..sampling.clone() };
                 let m = frozen.get(&model).ok_or_else(|| fail(format!("no model `{model}`")))?;
                 sample::generate(m, &self.tok, &ctx, &greedy, &mut self.rng, &device)

@@ -150,12 +150,7 @@ impl Run<'_> {
                                 "`{model}` is not on the server: no earlier stage trained it"
                             ))
                         })?;
-                    let ctx: Vec<Vec<u32>> = base
-                        .ctx
-                        .iter()
-                        .zip(&base.toks)
-                        .map(|(c, t)| [c.as_slice(), t.as_slice(), &[self.tok.sep]].concat())
-                        .collect();
+                    let ctx = base.then_sep(self.tok.sep);
                     let greedy =
                         SampleParams { temperature: 0.0, stop_text: None, ..params.clone() };
                     let out =
@@ -290,9 +285,8 @@ impl Run<'_> {
                 let t = rows.texts.get(text).ok_or_else(|| fail(format!("no text `{text}`")))?;
                 let mut seqs = seqs_of(t);
                 if keep {
-                    let sep = self.tok.sep;
-                    for q in &mut seqs {
-                        q.ctx = [q.ctx.as_slice(), &q.toks, &[sep]].concat();
+                    for (q, ctx) in seqs.iter_mut().zip(t.then_sep(self.tok.sep)) {
+                        q.ctx = ctx;
                     }
                 }
                 let engine = &mut self.remote().engine;
