@@ -108,21 +108,35 @@ impl CandleEngine {
         self.samplers.insert(key, model.clone());
         Ok(model)
     }
+}
 
-    /// Log-probabilities `[B, W]` of the texts of `seqs` under `model`.
-    fn forward(&self, model: &Transformer, seqs: &[Seq], grad: bool) -> Result<Tensor, String> {
-        let ctx: Vec<&[u32]> = seqs.iter().map(|s| s.ctx.as_slice()).collect();
-        let toks: Vec<&[u32]> = seqs.iter().map(|s| s.toks.as_slice()).collect();
-        let layout = Layout::with_text_len(&ctx, &toks, 1, &self.device).map_err(err)?;
-        let hidden = model.hidden_of(&layout, grad).map_err(err)?;
-        model.token_logp(&hidden, &layout, 1.0).map_err(err)
-    }
+/// Log-probabilities `[B, W]` (temperature 1) of the texts of `seqs` under `model`, with the
+/// graph for a backward when `grad`.
+fn forward(
+    model: &Transformer,
+    seqs: &[Seq],
+    grad: bool,
+    device: &Device,
+) -> Result<Tensor, String> {
+    let ctx: Vec<&[u32]> = seqs.iter().map(|s| s.ctx.as_slice()).collect();
+    let toks: Vec<&[u32]> = seqs.iter().map(|s| s.toks.as_slice()).collect();
+    let layout = Layout::with_text_len(&ctx, &toks, 1, device).map_err(err)?;
+    let hidden = model.hidden_of(&layout, grad).map_err(err)?;
+    model.token_logp(&hidden, &layout, 1.0).map_err(err)
+}
 
-    fn rows(logp: &Tensor, seqs: &[Seq]) -> Result<Vec<Vec<f32>>, String> {
-        let all =
-            logp.to_dtype(candle_core::DType::F32).and_then(|t| t.to_vec2::<f32>()).map_err(err)?;
-        Ok(all.into_iter().zip(seqs).map(|(r, s)| r[..s.toks.len()].to_vec()).collect())
-    }
+/// Each sequence's text log-probabilities (temperature 1) under `model`, as a server's forward
+/// returns them.
+pub fn text_logp(
+    model: &Transformer,
+    seqs: &[Seq],
+    device: &Device,
+) -> Result<Vec<Vec<f32>>, String> {
+    let all = forward(model, seqs, false, device)?
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.to_vec2::<f32>())
+        .map_err(err)?;
+    Ok(all.into_iter().zip(seqs).map(|(r, s)| r[..s.toks.len()].to_vec()).collect())
 }
 
 impl Engine for CandleEngine {
@@ -207,8 +221,7 @@ impl Engine for CandleEngine {
                 .map_err(err)?,
             None => self.sampler_model(sampler)?,
         };
-        let lp = self.forward(&m, seqs, false)?;
-        Self::rows(&lp, seqs)
+        text_logp(&m, seqs, &self.device)
     }
 
     fn backward(
@@ -219,7 +232,7 @@ impl Engine for CandleEngine {
     ) -> Result<(), String> {
         let reduction = self.reduction;
         let live = self.trained(model)?.slot.live().map_err(err)?;
-        let lp = self.forward(&live, seqs, true)?;
+        let lp = forward(&live, seqs, true, &self.device)?;
         let mut total: Option<Tensor> = None;
         for (i, (s, d)) in seqs.iter().zip(data).enumerate() {
             if d.weights.len() != s.toks.len() {

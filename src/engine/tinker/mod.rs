@@ -121,6 +121,21 @@ impl Remote {
         }
     }
 
+    /// `asample` for every body, all submitted before any result is collected (the server
+    /// batches them), results in order.
+    fn asample_all(&self, bodies: Vec<Json>) -> Result<Vec<proto::SampleResponse>, String> {
+        let mut futures = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            futures.push(self.client.submit("asample", &Body::Json(body), true).map_err(msg)?);
+        }
+        futures
+            .iter()
+            .map(|f| {
+                decode_sample(self.client.wait(f).map_err(msg)?, "asample", self.client.label())
+            })
+            .collect()
+    }
+
     fn protocol(&self, call: &str, what: impl std::fmt::Display) -> String {
         format!("Tinker server {}: `{call}`: {what}", self.client.label())
     }
@@ -300,17 +315,13 @@ impl Engine for Remote {
         n: usize,
         params: &SampleParams,
     ) -> Result<Vec<Vec<Sampled>>, String> {
-        // Every prompt's request first, then the results: the server batches them.
-        let mut futures = Vec::with_capacity(prompts.len());
-        for (i, prompt) in prompts.iter().enumerate() {
+        let bodies = prompts.iter().enumerate().map(|(i, prompt)| {
             let p = SampleParams { seed: params.seed.wrapping_add(i as u64), ..params.clone() };
-            let body = Body::Json(self.sample_body(sampler, prompt, n, &p, false));
-            futures.push(self.client.submit("asample", &body, true).map_err(msg)?);
-        }
+            self.sample_body(sampler, prompt, n, &p, false)
+        });
+        let bodies: Vec<Json> = bodies.collect();
         let mut out = Vec::with_capacity(prompts.len());
-        for f in &futures {
-            let r =
-                decode_sample(self.client.wait(f).map_err(msg)?, "asample", self.client.label())?;
+        for r in self.asample_all(bodies)? {
             if r.sequences.len() != n {
                 return Err(self.protocol(
                     "asample",
@@ -377,16 +388,15 @@ impl Engine for Remote {
             stop_text: None,
             stop_tokens: vec![],
         };
-        let mut futures = Vec::new();
-        for s in seqs {
-            let full: Vec<u32> = s.ctx.iter().chain(&s.toks).copied().collect();
-            let body = Body::Json(self.sample_body(sampler, &full, 1, &once, true));
-            futures.push(self.client.submit("asample", &body, true).map_err(msg)?);
-        }
+        let bodies: Vec<Json> = seqs
+            .iter()
+            .map(|s| {
+                let full: Vec<u32> = s.ctx.iter().chain(&s.toks).copied().collect();
+                self.sample_body(sampler, &full, 1, &once, true)
+            })
+            .collect();
         let mut out = Vec::new();
-        for (s, f) in seqs.iter().zip(&futures) {
-            let r =
-                decode_sample(self.client.wait(f).map_err(msg)?, "asample", self.client.label())?;
+        for (s, r) in seqs.iter().zip(self.asample_all(bodies)?) {
             let lp = r
                 .prompt_logprobs
                 .ok_or_else(|| self.protocol("asample", "no prompt_logprobs in the result"))?;

@@ -11,7 +11,7 @@
 
 mod step;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 
@@ -19,10 +19,10 @@ use super::{Metrics, Run, run_error};
 use crate::check::params;
 use crate::diag::Diagnostic;
 use crate::engine::{Engine, Lora, ModelId, SampleParams, Sampler, Seq};
-use crate::ir::graph::{ModelRef, ScorerRef, Signal};
+use crate::ir::graph::{ModelRef, ScorerRef};
 use crate::tasks::Task;
 use crate::train::checkpoint::RemoteCheckpoint;
-use crate::train::signals::{self, ModelView, Rows, SignalCx, Source, SourceKind, TextRows};
+use crate::train::signals::{Source, SourceKind, TextRows};
 
 /// How far the server's base model may be from the recipe's model on a probe before the run
 /// is refused (mean |Δ log p| per token; servers compute in bf16).
@@ -171,49 +171,17 @@ impl Run<'_> {
             return Ok(());
         }
         let probe = Seq { ctx: toks[..1].to_vec(), toks: toks[1..].to_vec() };
-        let local = {
-            let model = self.slots[trained].frozen().map_err(|e| e.to_string())?;
-            let rows = Rows {
-                prompts: vec![String::new()],
-                texts: [(
-                    "response".to_string(),
-                    TextRows { ctx: vec![probe.ctx.clone()], toks: vec![probe.toks.clone()] },
-                )]
-                .into(),
-                group: vec![0],
-                rollout_logp: vec![],
-            };
-            let widths = rows.widths();
-            let frozen: HashMap<String, crate::model::Transformer> =
-                [("probe".to_string(), model)].into();
-            let live = HashMap::new();
-            let cx = SignalCx {
-                models: ModelView { live: &live, frozen: &frozen },
-                temperature: 1.0,
-                tasks: &self.tasks,
-                tok: &self.tok,
-                device: &self.opts.device,
-                widths: &widths,
-                frozen_only: true,
-                old_is: None,
-            };
-            let source = Source {
-                name: "probe".into(),
-                kind: SourceKind::Signal {
-                    model: ModelRef::Named("probe".into()),
-                    signal: Signal::Logp,
-                    text: "response".into(),
-                },
-                grad: false,
-            };
-            let t = signals::compute(std::slice::from_ref(&source), |_| true, &rows, &cx)?;
-            t["probe"].flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?
-        };
+        let model = self.slots[trained].frozen().map_err(|e| e.to_string())?;
+        let local = crate::engine::candle::text_logp(
+            &model,
+            std::slice::from_ref(&probe),
+            &self.opts.device,
+        )?;
         let engine = &mut self.remote().engine;
         let remote = engine.logp(None, &Sampler::Base, std::slice::from_ref(&probe))?;
         let n = probe.toks.len();
-        let diff =
-            local.iter().zip(&remote[0]).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / n as f64;
+        let diff = local[0].iter().zip(&remote[0]).map(|(a, b)| (a - b).abs() as f64).sum::<f64>()
+            / n as f64;
         if diff.is_nan() || diff > BASE_TOLERANCE {
             return Err(format!(
                 "{}'s base model is not the recipe's `{trained}`: on a probe of {n} tokens their log-probabilities differ by {diff:.3} per token on average (at most {BASE_TOLERANCE} is accepted); start the server with `{trained}`'s weights as its base model (a built-in model: save it with a local `rlx run --steps 1` and serve `models/{trained}`)",
