@@ -28,6 +28,7 @@ pub mod lsp;
 pub mod model;
 pub mod render;
 pub mod report;
+pub mod rewards;
 pub mod rng;
 pub mod sample;
 pub mod source;

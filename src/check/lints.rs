@@ -275,8 +275,12 @@ pub(super) fn program_lints(checked: &Checked, diags: &mut Vec<Diagnostic>) {
         }
     }
     for r in &p.rewards {
-        let (ScorerRef::Model(m) | ScorerRef::Verifier { data: m, .. }) = &r.scorer;
-        used.insert(m.clone());
+        match &r.scorer {
+            ScorerRef::Model(m) | ScorerRef::Verifier { data: m, .. } => {
+                used.insert(m.clone());
+            }
+            ScorerRef::External { .. } => {}
+        }
     }
     let reward_names: Vec<(&str, &ScorerRef)> =
         p.rewards.iter().map(|r| (r.name.name.as_str(), &r.scorer)).collect();
@@ -294,6 +298,7 @@ pub(super) fn program_lints(checked: &Checked, diags: &mut Vec<Diagnostic>) {
                     match sc {
                         ScorerRef::Model(m) => used.insert(m.clone()),
                         ScorerRef::Verifier { data, .. } => used.insert(data.clone()),
+                        ScorerRef::External { reward, .. } => used.insert(reward.clone()),
                     };
                     for (name, r) in &reward_names {
                         if *r == sc {

@@ -176,6 +176,7 @@ pub fn check(program: Program) -> (Checked, Vec<Diagnostic>) {
     let checked = Checked { program, stages, decl_params };
     lints::program_lints(&checked, &mut diags);
     files::check_models(&checked, &mut diags);
+    files::check_reward_programs(&checked, &mut diags);
     (checked, diags)
 }
 

@@ -101,6 +101,7 @@ pub(super) fn plan(cx: &StageCx, out: &CheckedStage) -> Plan {
                 scorers.insert(match s {
                     ScorerRef::Model(m) => format!("{m} (reward model)"),
                     ScorerRef::Verifier { .. } => format!("{} (verifier)", s.display()),
+                    ScorerRef::External { .. } => format!("{} (external reward)", s.display()),
                 });
             }
             Op::Text(t) => {

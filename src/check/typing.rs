@@ -53,7 +53,7 @@ pub(super) fn infer(cx: &StageCx, out: &mut CheckedStage, diags: &mut Vec<Diagno
                         check_model_ready(cx, m, node.span, diags);
                         stage.trains(m)
                     }
-                    ScorerRef::Verifier { .. } => false,
+                    ScorerRef::Verifier { .. } | ScorerRef::External { .. } => false,
                 };
                 match wires.first().map(|(i, s)| (&out.types[i], *s)) {
                     Some((Ty::Text(_), _)) => Ty::Tensor {

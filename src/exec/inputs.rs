@@ -247,6 +247,7 @@ pub(crate) fn requirements_with(
                 doc: match s {
                     ScorerRef::Model(m) => format!("score of reward model `{m}`"),
                     ScorerRef::Verifier { .. } => "verifier reward (1 correct, 0 wrong)".into(),
+                    ScorerRef::External { .. } => format!("external reward `{}`", s.display()),
                 },
             }),
             Op::Block { spec, .. } => {

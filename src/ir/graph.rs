@@ -78,6 +78,9 @@ pub enum ScorerRef {
     Model(String),
     /// A data set's verifier, e.g. `arith.correct`.
     Verifier { data: String, member: String },
+    /// A reward computed outside rlx (`reward r = command(...)` or `http(...)`): `part` names
+    /// one of several named scores it replies with (`r.format(response)`).
+    External { reward: String, part: Option<String> },
 }
 
 impl ScorerRef {
@@ -85,6 +88,8 @@ impl ScorerRef {
         match self {
             ScorerRef::Model(m) => m.clone(),
             ScorerRef::Verifier { data, member } => format!("{data}.{member}"),
+            ScorerRef::External { reward, part: None } => reward.clone(),
+            ScorerRef::External { reward, part: Some(p) } => format!("{reward}.{p}"),
         }
     }
 }
@@ -273,7 +278,36 @@ pub struct DataDecl {
 pub struct RewardDecl {
     pub name: Ident,
     pub scorer: ScorerRef,
+    /// How an external reward is reached (`command(...)`, `http(...)`).
+    pub external: Option<ExternalSpec>,
     pub span: Span,
+}
+
+/// An external reward as declared: `command("…")` or `http("…")`, with its timeout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalSpec {
+    pub kind: ExternalKind,
+    /// Seconds one batch may take.
+    pub timeout_s: f64,
+    /// The command line's or URL's string in the recipe.
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExternalKind {
+    /// An argument vector; the first word is the program.
+    Command(Vec<String>),
+    /// An OpenRLHF-style reward server's URL.
+    Http(String),
+}
+
+impl ExternalSpec {
+    pub fn display(&self) -> String {
+        match &self.kind {
+            ExternalKind::Command(argv) => format!("command `{}`", argv.join(" ")),
+            ExternalKind::Http(url) => format!("server {url}"),
+        }
+    }
 }
 
 /// `arith.problems`.

@@ -5,6 +5,9 @@
 //! fresh rollouts from it, and each estimator — the run's value head (when it has one) and a
 //! K-rollout Monte-Carlo estimate drawn independently — is scored against it.
 
+use crate::ir::graph::ScorerRef;
+use crate::rewards::Rewards;
+use crate::train::scoring::HostScorers;
 use std::path::Path;
 
 use candle_core::Device;
@@ -196,6 +199,8 @@ pub fn probe(
     let generation = sample::generate(&model, &tok, &prompt_toks, &sampling, &mut rng, device)
         .map_err(|e| e.to_string())?;
     let responses = generation.tokens.clone();
+    let verifier = ScorerRef::Verifier { data: data.data.clone(), member: "correct".into() };
+    let tasks = std::collections::HashMap::from([(data.data.clone(), task.clone())]);
     let estimate = |k: usize, seed: u64| -> Result<Vec<Vec<f32>>, String> {
         let mut rng = Rng::new(seed);
         let (t, _) = vine::values(
@@ -205,8 +210,8 @@ pub fn probe(
             &prompt_toks,
             &prompt_texts,
             &responses,
-            &task,
-            "correct",
+            HostScorers { tasks: &tasks, rewards: &Rewards::default() },
+            &verifier,
             k,
             None,
             &delimiter,

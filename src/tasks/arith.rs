@@ -118,6 +118,7 @@ pub fn build(rng: &mut Rng, problems: usize, eval: usize, min_ops: usize, max_op
         pairs: vec![],
         corrections,
         answers: Default::default(),
+        rows: Default::default(),
     }
 }
 

@@ -1,9 +1,12 @@
 //! A data set read from a JSON-lines file, with configurable field names: prompt + answer
 //! (GSM8K's `question`/`answer`, MATH's `\boxed{}` solutions), prompt + demonstration, or
-//! prompt + chosen + rejected. Every line must parse and have its fields; an error names the
-//! file and line, and nothing is skipped.
+//! prompt + chosen + rejected. A field may be nested, named by its path (`extra_info.answer`,
+//! `reward_model.ground_truth` in verl's layout). Every line must parse and have its fields; an
+//! error names the file and line, and nothing is skipped. A line longer than [`MAX_LINE`] is an
+//! error too (a file that is not JSON lines, or `/dev/zero`, must not fill the memory).
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use serde_json::Value;
@@ -23,10 +26,54 @@ pub struct Fields {
     pub rejected: String,
 }
 
+/// Longest line (one row) read from a data file.
+pub const MAX_LINE: usize = 16 << 20;
+
 /// One line's content.
 enum Record {
-    Solved { prompt: String, demonstration: String, answer: Option<String> },
+    Solved { prompt: String, demonstration: String, answer: Option<String>, row: Value },
     Pair(Pair),
+}
+
+/// The lines of a file, each at most `max` bytes; an error names the file and line.
+pub fn capped_lines(path: &Path, max: usize) -> Result<Vec<String>, String> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read data file {}: {e}", path.display()))?;
+    let mut reader = BufReader::new(file);
+    let mut lines = Vec::new();
+    loop {
+        let mut buf = Vec::new();
+        let n = (&mut reader)
+            .take(max as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| format!("cannot read data file {}: {e}", path.display()))?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        let at = lines.len() + 1;
+        if buf.last() != Some(&b'\n') && buf.len() > max {
+            return Err(format!(
+                "{}:{at}: a line longer than {} MiB (the cap on one row; is this a JSON-lines file?)",
+                path.display(),
+                max >> 20
+            ));
+        }
+        let text = String::from_utf8(buf)
+            .map_err(|_| format!("{}:{at}: the line is not UTF-8", path.display()))?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        lines.push(text.strip_suffix('\r').unwrap_or(text).to_string());
+    }
+}
+
+/// The value at a field name, or at a dotted path into nested objects when no field has the
+/// whole name (`extra_info.answer`).
+pub fn field_at<'v>(row: &'v Value, path: &str) -> Option<&'v Value> {
+    row.get(path).or_else(|| {
+        path.split('.').try_fold(row, |v, key| match v {
+            Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => v.get(key),
+        })
+    })
 }
 
 /// Reads a file: held-out prompts are the last `eval` lines (at most a fifth of the file).
@@ -36,13 +83,17 @@ pub fn load(
     format: AnswerFormat,
     eval: usize,
 ) -> Result<Task, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read data file {}: {e}", path.display()))?;
+    let mut lines = capped_lines(path, MAX_LINE)?;
     // Editors on Windows save UTF-8 with a byte-order mark; it is not part of the first line.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    if let Some(first) = lines.first_mut()
+        && let Some(rest) = first.strip_prefix('\u{feff}')
+    {
+        *first = rest.to_string();
+    }
+    // A final newline ends the last line; it does not start an empty one.
     let mut records = Vec::new();
     let mut pairs_file: Option<bool> = None;
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in lines.iter().enumerate() {
         let at = |msg: String| format!("{}:{}: {msg}", path.display(), i + 1);
         if line.trim().is_empty() {
             return Err(at("empty line (JSON-lines files have one object per line)".into()));
@@ -52,10 +103,10 @@ pub fn load(
             return Err(at("expected a JSON object".into()));
         }
         // The first line decides the kind of the file: pairs when it has a `chosen` field.
-        let pairs = *pairs_file.get_or_insert(v.get(&fields.chosen).is_some());
+        let pairs = *pairs_file.get_or_insert(field_at(&v, &fields.chosen).is_some());
         // Texts must be strings; an answer may be a number (`"answer": 42`), read as its text.
         let field = |name: &str| -> Result<String, String> {
-            match v.get(name) {
+            match field_at(&v, name) {
                 Some(Value::String(s)) => Ok(s.clone()),
                 Some(Value::Number(n)) if name == fields.answer => Ok(n.to_string()),
                 Some(other) => Err(at(format!("field `{name}` is {other}, expected a string"))),
@@ -75,7 +126,12 @@ pub fn load(
                 Some(d) => field(d)?,
                 None => field(&fields.answer)?,
             };
-            Record::Solved { prompt, demonstration, answer: answer.map(|a| format.reference(&a)) }
+            Record::Solved {
+                prompt,
+                demonstration,
+                answer: answer.map(|a| format.reference(&a)),
+                row: v,
+            }
         });
     }
     if records.is_empty() {
@@ -93,13 +149,15 @@ pub fn load(
         pairs: Vec::new(),
         corrections: Vec::new(),
         answers: HashMap::new(),
+        rows: HashMap::new(),
     };
     for (i, r) in records.into_iter().enumerate() {
         let (prompt, demonstration) = match r {
-            Record::Solved { prompt, demonstration, answer } => {
+            Record::Solved { prompt, demonstration, answer, row } => {
                 if let Some(a) = answer {
                     task.answers.insert(prompt.clone(), a);
                 }
+                task.rows.insert(prompt.clone(), row);
                 (prompt, demonstration)
             }
             Record::Pair(p) => {

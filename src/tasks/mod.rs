@@ -63,6 +63,8 @@ pub struct Task {
     pub corrections: Vec<Correction>,
     /// Reference final answers by prompt (file data sets; built-in verifiers compute theirs).
     pub answers: HashMap<String, String>,
+    /// A file's whole row by prompt, every field of it, for external rewards.
+    pub rows: HashMap<String, serde_json::Value>,
 }
 
 /// Held-out prompts per task.
@@ -106,6 +108,24 @@ impl Task {
                 Ok(reviews::build(&mut rng(), num("prompts") as usize, EVAL_PROMPTS, num("noise")))
             }
             _ => Err(format!("no data set `{name}`")),
+        }
+    }
+
+    /// The final answer a response to `prompt` should state, if the task knows it.
+    pub fn reference(&self, prompt: &str) -> Option<String> {
+        match self.kind {
+            Kind::Arith => arith::answer_of(prompt).map(|a| a.to_string()),
+            Kind::Reviews => None,
+            Kind::Jsonl(_) => self.answers.get(prompt).cloned(),
+        }
+    }
+
+    /// Whether `prompt` is one of this task's.
+    pub fn knows(&self, prompt: &str) -> bool {
+        match self.kind {
+            Kind::Arith => arith::answer_of(prompt).is_some(),
+            Kind::Reviews => true,
+            Kind::Jsonl(_) => self.rows.contains_key(prompt) || self.answers.contains_key(prompt),
         }
     }
 

@@ -170,6 +170,7 @@ pub fn build(rng: &mut Rng, prompts: usize, eval: usize, noise: f64) -> Task {
         pairs,
         corrections: vec![],
         answers: Default::default(),
+        rows: Default::default(),
     }
 }
 

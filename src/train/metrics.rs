@@ -40,6 +40,8 @@ pub mod field {
     /// backwards and optimiser steps; the rest of `train_seconds` is the host's graph.
     pub const SERVER_FORWARD_SECONDS: &str = "server_forward_seconds";
     pub const SERVER_BACKWARD_SECONDS: &str = "server_backward_seconds";
+    /// Seconds the step waited for external rewards (`command(...)`, `http(...)`).
+    pub const REWARD_SECONDS: &str = "reward_seconds";
     pub const SAMPLE_TOKENS_PER_S: &str = "sample_tokens_per_s";
     /// The step's own seconds, and the run's wall time so far.
     pub const SECONDS: &str = "seconds";

@@ -8,5 +8,6 @@ pub mod models;
 pub mod optim;
 pub mod progress;
 pub mod run;
+pub mod scoring;
 pub mod signals;
 pub mod vine;

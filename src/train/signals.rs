@@ -13,6 +13,7 @@ use crate::ir::graph::*;
 use crate::model::{Layout, Transformer};
 use crate::tasks::Task;
 use crate::tokenizer::Tok;
+use crate::train::scoring::HostScorers;
 
 /// One text of a batch: each row's context (what the text follows) and tokens.
 #[derive(Debug, Clone, Default)]
@@ -190,6 +191,8 @@ pub struct SignalCx<'a> {
     /// Logits are divided by this (the stage's sampling temperature).
     pub temperature: f64,
     pub tasks: &'a HashMap<String, Task>,
+    /// External rewards (`command(...)`, `http(...)`).
+    pub rewards: &'a crate::rewards::Rewards,
     pub tok: &'a Tok,
     pub device: &'a Device,
     /// Padded width of each text (the full rollout batch's, so minibatches line up).
@@ -342,15 +345,17 @@ pub fn compute(
                 model_output_finite(&value, &value.ones_like().map_err(err)?, m, "score", text)?;
                 value
             }
-            SourceKind::Score { scorer: ScorerRef::Verifier { data, member }, text } => {
-                let task = cx.tasks.get(data).ok_or_else(|| format!("no data set `{data}`"))?;
+            SourceKind::Score {
+                scorer: scorer @ (ScorerRef::Verifier { .. } | ScorerRef::External { .. }),
+                text,
+            } => {
                 let t = rows.texts.get(text).ok_or_else(|| format!("no text `{text}`"))?;
-                let v: Vec<f32> = rows
-                    .prompts
-                    .iter()
-                    .zip(&t.toks)
-                    .map(|(p, toks)| task.verify(member, p, &cx.tok.decode(toks)))
-                    .collect();
+                let responses: Vec<String> =
+                    t.toks.iter().map(|toks| cx.tok.decode(toks)).collect();
+                let prompts: Vec<&str> = rows.prompts.iter().map(String::as_str).collect();
+                let responses: Vec<&str> = responses.iter().map(String::as_str).collect();
+                let scorers = HostScorers { tasks: cx.tasks, rewards: cx.rewards };
+                let v = scorers.score(scorer, &prompts, &responses)?;
                 Tensor::from_vec(v, rows.len(), cx.device).map_err(err)?
             }
             SourceKind::StepRollouts { .. } => continue,

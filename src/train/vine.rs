@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 
 use super::signals::step_starts;
+use crate::ir::graph::ScorerRef;
 use crate::model::Transformer;
 use crate::rng::Rng;
 use crate::sample::{Generation, Sampling, continue_from};
-use crate::tasks::Task;
 use crate::tokenizer::Tok;
+use crate::train::scoring::HostScorers;
 
 /// Rollouts per forked batch (bounds memory).
 const CHUNK: usize = 512;
@@ -57,7 +58,7 @@ pub fn prefixes(
 
 impl Prefixes {
     /// `[B, S]` values from the continuations of each prefix (`outs[j]`: prefix j's rollouts):
-    /// the mean verifier score of prefix ⊕ continuation.
+    /// the mean reward of prefix ⊕ continuation, every continuation scored in one batch.
     #[allow(clippy::too_many_arguments)]
     pub fn values(
         &self,
@@ -65,18 +66,27 @@ impl Prefixes {
         responses: &[Vec<u32>],
         prompt_texts: &[String],
         tok: &Tok,
-        task: &Task,
-        member: &str,
+        scorers: HostScorers<'_>,
+        reward: &ScorerRef,
         device: &Device,
     ) -> Result<Tensor, String> {
-        let mut estimates = vec![0f32; self.prefixes.len()];
+        let mut prompts = Vec::new();
+        let mut texts = Vec::new();
         for (j, rollouts) in outs.iter().enumerate() {
             let (row, cut) = self.prefixes[j];
             let prefix = &responses[row][..cut];
             for out in rollouts {
-                let text = tok.decode(&[prefix, out.as_slice()].concat());
-                estimates[j] +=
-                    task.verify(member, &prompt_texts[row], &text) / rollouts.len() as f32;
+                prompts.push(prompt_texts[row].as_str());
+                texts.push(tok.decode(&[prefix, out.as_slice()].concat()));
+            }
+        }
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let scores = scorers.score(reward, &prompts, &texts)?;
+        let mut estimates = vec![0f32; self.prefixes.len()];
+        let mut next = scores.into_iter();
+        for (j, rollouts) in outs.iter().enumerate() {
+            for _ in rollouts {
+                estimates[j] += next.next().unwrap_or(0.0) / rollouts.len() as f32;
             }
         }
         let width = self.slot_of.first().map_or(1, Vec::len);
@@ -98,8 +108,8 @@ pub fn values(
     prompts: &[Vec<u32>],
     prompt_texts: &[String],
     responses: &[Vec<u32>],
-    task: &Task,
-    member: &str,
+    scorers: HostScorers<'_>,
+    reward: &ScorerRef,
     k: usize,
     max_steps: Option<usize>,
     delimiter: &str,
@@ -146,6 +156,6 @@ pub fn values(
             outs[*j].push(out);
         }
     }
-    let t = plan.values(&outs, responses, prompt_texts, tok, task, member, device)?;
+    let t = plan.values(&outs, responses, prompt_texts, tok, scorers, reward, device)?;
     Ok((t, all.len()))
 }

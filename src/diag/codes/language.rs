@@ -234,6 +234,16 @@ pub static CODES: &[Code] = &[
         example: Some(ui!("missing_preference_data")),
     },
     Code {
+        name: "missing-reward-program",
+        kind: Kind::Lint(Severity::Warning),
+        summary: "the program of a `command(...)` reward is not found",
+        explanation: "A `command(...)` reward's first word is the program rlx starts (no shell runs): it must be on `PATH` or be a path to an executable. The run would fail at its first batch.",
+        fragment: Some(
+            "reward r = command(\"pyhton3 -m rlx_reward my_rewards:accuracy\")   # a typo",
+        ),
+        example: Some(ui!("missing_reward_program")),
+    },
+    Code {
         name: "missing-stage",
         kind: Kind::Check,
         summary: "a recipe without stages",

@@ -263,6 +263,10 @@ impl<'a> Emitter<'a> {
                         }
                         return format!("c[{}]", serde_json::to_string(&name).unwrap_or_default());
                     }
+                    ScorerRef::External { .. } => {
+                        self.unverifiable.push((scorer.display(), node.span));
+                        return "None".into();
+                    }
                 }
             }
             Op::Block { spec, .. } => {

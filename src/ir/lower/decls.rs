@@ -146,6 +146,18 @@ impl Cx {
     }
 
     pub(super) fn lower_reward(&mut self, d: &Decl) {
+        if let Some((callee @ ("command" | "http"), args)) = as_call(&d.value) {
+            if let Some(spec) = self.external_reward(callee, args, &d.value) {
+                let scorer = ScorerRef::External { reward: d.name.name.clone(), part: None };
+                self.prog.rewards.push(RewardDecl {
+                    name: d.name.clone(),
+                    scorer,
+                    external: Some(spec),
+                    span: d.span,
+                });
+            }
+            return;
+        }
         let scorer = match d.value.as_path().as_deref() {
             Some([m]) if self.kind_of(m) == Some(DeclKind::Model) => {
                 Some(ScorerRef::Model(m.to_string()))
@@ -162,13 +174,101 @@ impl Cx {
             _ => None,
         };
         match scorer {
-            Some(scorer) => self.prog.rewards.push(RewardDecl { name: d.name.clone(), scorer, span: d.span }),
+            Some(scorer) => self.prog.rewards.push(RewardDecl {
+                name: d.name.clone(),
+                scorer,
+                external: None,
+                span: d.span,
+            }),
             None => self.diags.push(invalid_decl(
                 &d.value,
                 "a reward",
-                "a reward names a reward model (`reward rm = MODEL`) or a verifier (`reward r = arith.correct`)",
+                "a reward names a reward model (`reward rm = MODEL`), a verifier (`reward r = arith.correct`), a command (`reward r = command(\"python3 -m rlx_reward my_rewards:accuracy\")`) or a server (`reward r = http(\"http://127.0.0.1:5000/get_reward\")`)",
             )),
         }
+    }
+
+    /// `command("PROGRAM ARGS…", timeout = S)` or `http("URL", timeout = S)`.
+    fn external_reward(
+        &mut self,
+        callee: &str,
+        args: &[Arg],
+        value: &Expr,
+    ) -> Option<ExternalSpec> {
+        let (positional, params) = split_args(args, &mut self.diags);
+        let what = if callee == "command" { "the command line" } else { "the server's URL" };
+        let help = if callee == "command" {
+            "`command(\"python3 -m rlx_reward my_rewards:accuracy\", timeout = 60)`: the program and its arguments in one string, split into words as a shell would (no shell runs)"
+        } else {
+            "`http(\"http://127.0.0.1:5000/get_reward\", timeout = 60)`: an OpenRLHF-style reward server"
+        };
+        let Some(Expr { kind: ExprKind::Str(text), span }) = positional.first() else {
+            let span = positional.first().map_or(value.span, |e| e.span);
+            self.diags.push(
+                Diagnostic::error(
+                    "invalid-declaration",
+                    format!("`{callee}` needs {what} as a string"),
+                )
+                .primary(span, "expected a string")
+                .help(help),
+            );
+            return None;
+        };
+        if let Some(extra) = positional.get(1) {
+            self.diags.push(too_many(extra.span, callee, 1));
+        }
+        let mut timeout_s = crate::rewards::DEFAULT_TIMEOUT_S;
+        for (name, value, vspan) in &params {
+            match (name.name.as_str(), value) {
+                ("timeout", Const::Num(t)) if *t > 0.0 && t.is_finite() => timeout_s = *t,
+                ("timeout", _) => self.diags.push(
+                    Diagnostic::error(
+                        "invalid-parameter",
+                        "`timeout` must be a positive number of seconds",
+                    )
+                    .primary(*vspan, "not a positive number")
+                    .help("e.g. `timeout = 60`"),
+                ),
+                (other, _) => self.diags.push(
+                    Diagnostic::error(
+                        "unknown-argument",
+                        format!("`{callee}` has no parameter `{other}`"),
+                    )
+                    .primary(name.span, "not a parameter")
+                    .help(format!("`{callee}` takes {what} and `timeout`")),
+                ),
+            }
+        }
+        let kind = if callee == "command" {
+            match crate::rewards::argv::split(text) {
+                Ok(argv) => ExternalKind::Command(argv),
+                Err(e) => {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "invalid-declaration",
+                            format!("this command line cannot be split into words: {e}"),
+                        )
+                        .primary(*span, "the command")
+                        .help(help),
+                    );
+                    return None;
+                }
+            }
+        } else {
+            if !(text.starts_with("http://") || text.starts_with("https://")) {
+                self.diags.push(
+                    Diagnostic::error(
+                        "invalid-declaration",
+                        "a reward server's URL starts with `http://` or `https://`",
+                    )
+                    .primary(*span, "not an HTTP URL")
+                    .help(help),
+                );
+                return None;
+            }
+            ExternalKind::Http(text.clone())
+        };
+        Some(ExternalSpec { kind, timeout_s, span: *span })
     }
 
     /// Resolves `data.member` for `prompts`, `pairs`, `data` and `warm_start`; reads the

@@ -240,6 +240,11 @@ impl<'a> StageCx<'a> {
                     }
                 }
             }
+            Val::Scorer(ScorerRef::External { reward, part: None }) => {
+                // A reward that replies with named scores: `r.format(response)`. Which names
+                // it has is known only when it replies; a wrong one is a run-time error.
+                Val::Scorer(ScorerRef::External { reward, part: Some(m.name.clone()) })
+            }
             Val::Error => Val::Error,
             _ => {
                 self.diags.push(

@@ -85,6 +85,8 @@ struct Run<'a> {
     checked: &'a Checked,
     opts: &'a RunOptions,
     tasks: HashMap<String, Task>,
+    /// The recipe's external rewards, each process started on first use.
+    rewards: crate::rewards::Rewards,
     tok: Tok,
     tokenizer_json: String,
     slots: BTreeMap<String, Slot>,

@@ -68,6 +68,9 @@ impl Run<'_> {
         if r.vine_rollouts > 0 {
             record.insert(field::VINE_ROLLOUTS.into(), json!(r.vine_rollouts));
         }
+        if !self.rewards.is_empty() {
+            record.insert(field::REWARD_SECONDS.into(), json!(self.rewards.take_seconds()));
+        }
     }
 
     /// A few samples of the step, with every text generated from them (a rewriter's rewrite,

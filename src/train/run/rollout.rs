@@ -14,11 +14,12 @@ use crate::check::params;
 use crate::diag::Diagnostic;
 use crate::exec::Dim;
 use crate::ir::graph::TextName;
-use crate::ir::graph::{ModelRef, ScorerRef, Signal};
+use crate::ir::graph::{ModelRef, Signal};
 use crate::model::Transformer;
 use crate::sample::{self, Generation, Sampling};
 use crate::tasks::Task;
 use crate::tokenizer::Tok;
+use crate::train::scoring::HostScorers;
 use crate::train::signals::{self, ModelView, Rows, SignalCx, Source, SourceKind, TextRows};
 
 /// What one step sampled, and every rollout-level input of the stage graph.
@@ -49,6 +50,7 @@ pub(super) struct Rollout {
 /// gradient), not for the update's minibatches.
 pub(super) fn signal_cx<'b>(
     tasks: &'b HashMap<String, Task>,
+    rewards: &'b crate::rewards::Rewards,
     tok: &'b Tok,
     device: &'b Device,
     r: &'b Rollout,
@@ -59,6 +61,7 @@ pub(super) fn signal_cx<'b>(
         models: ModelView { live: &r.live, frozen: &r.frozen },
         temperature: r.temperature,
         tasks,
+        rewards,
         tok,
         device,
         widths: &r.widths,
@@ -243,7 +246,7 @@ impl Run<'_> {
         // Rollout-level inputs: everything, computed once without gradient — but for the trained
         // model's log-probs when the update's own forward gives them (`old_from_update`).
         let reuse = old_from_update(sources, &trained, settings, r.rows.len());
-        let cx = signal_cx(&self.tasks, &self.tok, &device, &r, &trained, true);
+        let cx = signal_cx(&self.tasks, &self.rewards, &self.tok, &device, &r, &trained, true);
         let mut full = signals::base_inputs(&r.rows, &cx, delimiter).map_err(fail)?;
         full.extend(
             signals::compute(sources, |s| !(reuse && of_trained_or_old(s, &trained)), &r.rows, &cx)
@@ -352,11 +355,6 @@ impl Run<'_> {
         let device = self.opts.device.clone();
         for s in sources {
             if let SourceKind::StepRollouts { reward, k, max_steps, .. } = &s.kind {
-                let ScorerRef::Verifier { data, member } = reward else {
-                    return Err(fail("`vine_values` needs a verifier reward".into()));
-                };
-                let vtask =
-                    self.tasks.get(data).ok_or_else(|| fail(format!("no data set `{data}`")))?;
                 let generation =
                     r.generation.as_ref().ok_or_else(|| fail("no local generation".into()))?;
                 let (values, count) = crate::train::vine::values(
@@ -366,8 +364,8 @@ impl Run<'_> {
                     prompt_toks,
                     &r.rows.prompts,
                     &r.rows.texts["response"].toks,
-                    vtask,
-                    member,
+                    HostScorers { tasks: &self.tasks, rewards: &self.rewards },
+                    reward,
                     *k,
                     *max_steps,
                     delimiter.unwrap_or("\n"),

@@ -120,10 +120,17 @@ impl<'a> Run<'a> {
             }
             None => None,
         };
+        let declared = checked
+            .program
+            .rewards
+            .iter()
+            .filter_map(|r| r.external.as_ref().map(|spec| (r.name.name.as_str(), spec)));
+        let rewards = crate::rewards::Rewards::new(declared, Some(&opts.out.join("rewards")));
         let run = Run {
             checked,
             opts,
             tasks,
+            rewards,
             tok,
             tokenizer_json,
             slots,

@@ -89,6 +89,7 @@ impl Run<'_> {
             models: ModelView { live: &live, frozen: &frozen },
             temperature: 1.0,
             tasks: &self.tasks,
+            rewards: &self.rewards,
             tok: &self.tok,
             device: &self.opts.device,
             widths: &widths,

@@ -120,7 +120,15 @@ impl Run<'_> {
                     }
                     batch.insert(k.clone(), s);
                 }
-                let live_cx = signal_cx(&self.tasks, &self.tok, &device, rollout, &trained, false);
+                let live_cx = signal_cx(
+                    &self.tasks,
+                    &self.rewards,
+                    &self.tok,
+                    &device,
+                    rollout,
+                    &trained,
+                    false,
+                );
                 let remote = self.remote.is_some();
                 match ahead.take() {
                     Some(live) => batch.extend(live),

@@ -80,12 +80,12 @@ pub(super) fn seqs_of(text: &TextRows) -> Vec<Seq> {
     text.ctx.iter().zip(&text.toks).map(|(c, t)| Seq { ctx: c.clone(), toks: t.clone() }).collect()
 }
 
-/// Sources computed on the host without a model: verifier rewards, the sampler's recorded
-/// log-probabilities.
+/// Sources computed on the host without a model: verifier and external rewards, the sampler's
+/// recorded log-probabilities.
 pub(super) fn on_host(s: &Source) -> bool {
     matches!(
         &s.kind,
-        SourceKind::Score { scorer: ScorerRef::Verifier { .. }, .. }
+        SourceKind::Score { scorer: ScorerRef::Verifier { .. } | ScorerRef::External { .. }, .. }
             | SourceKind::Signal { model: ModelRef::Rollout, .. }
     )
 }

@@ -14,12 +14,13 @@ use crate::diag::Diagnostic;
 use crate::engine::surrogate::backward_inputs;
 use crate::engine::{Adam, ModelId, SampleParams, Sampler};
 use crate::exec::{Evaluation, mask_name};
-use crate::ir::graph::{ModelRef, ScorerRef, Signal, TextName};
+use crate::ir::graph::{ModelRef, Signal, TextName};
 use crate::train::metrics::field;
 use crate::train::optim::AdamW;
 use crate::train::run::rollout::{Rollout, StepPrompts, needed_texts};
 use crate::train::run::stage::StagePlan;
 use crate::train::run::{Run, run_error};
+use crate::train::scoring::HostScorers;
 use crate::train::signals::{self, ModelView, Rows, SignalCx, Source, SourceKind, TextRows};
 
 impl Run<'_> {
@@ -71,6 +72,7 @@ impl Run<'_> {
             models: ModelView { live: &empty, frozen: &empty },
             temperature: sampling.temperature,
             tasks: &self.tasks,
+            rewards: &self.rewards,
             tok: &self.tok,
             device: &device,
             widths: &widths,
@@ -176,9 +178,6 @@ impl Run<'_> {
         let fail = |e: String| run_error(self.checked.program.stages[index].name.span, e);
         for s in sources {
             let SourceKind::StepRollouts { reward, k, max_steps, .. } = &s.kind else { continue };
-            let ScorerRef::Verifier { data, member } = reward else {
-                return Err(fail("`vine_values` needs a verifier reward".into()));
-            };
             let response = &r.rows.texts["response"];
             let jobs = crate::train::vine::prefixes(
                 &response.ctx,
@@ -213,15 +212,15 @@ impl Run<'_> {
                     outs[j] = g.into_iter().map(|s| s.tokens).collect();
                 }
             }
-            let task = self.tasks.get(data).ok_or_else(|| fail(format!("no data set `{data}`")))?;
+            let scorers = HostScorers { tasks: &self.tasks, rewards: &self.rewards };
             let values = jobs
                 .values(
                     &outs,
                     &response.toks,
                     &r.rows.prompts,
                     &self.tok,
-                    task,
-                    member,
+                    scorers,
+                    reward,
                     &self.opts.device,
                 )
                 .map_err(fail)?;
