@@ -48,9 +48,13 @@ def _accepts(fn):
     return {p.name for p in params}
 
 
-def _trl(fn, items):
+def _trl(fn, items, conversational=False):
     prompts = [it["prompt"] for it in items]
     completions = [it["response"] for it in items]
+    if conversational:
+        # TRL's conversational data sets: each prompt and completion a list of messages.
+        prompts = [[{"role": "user", "content": p}] for p in prompts]
+        completions = [[{"role": "assistant", "content": c}] for c in completions]
     rows = [it.get("row") or {} for it in items]
     columns = {}
     for row in rows:
@@ -84,11 +88,11 @@ def _verl(fn, items):
     return out
 
 
-def score_batch(functions, items):
+def score_batch(functions, items, conversational=False):
     """``functions``: ``[(name, fn, style)]`` -> the ``rewards`` field of a reply."""
     scored = {}
     for name, fn, style in functions:
-        scored[name] = (_verl if style == VERL else _trl)(fn, items)
+        scored[name] = _verl(fn, items) if style == VERL else _trl(fn, items, conversational)
     if len(functions) == 1:
         return next(iter(scored.values()))
     return scored
@@ -96,8 +100,14 @@ def score_batch(functions, items):
 
 def main(argv):
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__ or "", "usage: python3 -m rlx_reward [NAME=]MODULE:FUNCTION ...", file=sys.stderr)
+        print(
+            "usage: python3 -m rlx_reward [--conversational] [NAME=]MODULE:FUNCTION ...\n"
+            "  --conversational  TRL-style functions get prompts and completions as message lists",
+            file=sys.stderr,
+        )
         return 2
+    conversational = "--conversational" in argv
+    argv = [a for a in argv if a != "--conversational"]
     functions = []
     for spec in argv:
         name, eq, target = spec.partition("=")
@@ -113,7 +123,7 @@ def main(argv):
     sys.stdout = sys.stderr
     for line in sys.stdin:
         request = json.loads(line)
-        rewards = score_batch(functions, request["items"])
+        rewards = score_batch(functions, request["items"], conversational)
         out.write(json.dumps({"rewards": rewards}) + "\n")
         out.flush()
     return 0

@@ -104,15 +104,20 @@ impl External {
             *b += 1;
             *b - 1
         };
-        let text = match &self.backend {
+        match &self.backend {
             Backend::Process(p) => {
                 let line = json!({"reward": self.name, "batch": batch, "items": items.iter().map(item_json).collect::<Vec<_>>()});
                 let mut p = p.lock().map_err(|_| self.fail("a previous call panicked"))?;
-                p.call(&line.to_string()).map_err(|e| self.fail_batch(e, items))?
+                let text = p.call(&line.to_string()).map_err(|e| self.fail_batch(e, items))?;
+                reply::parse(&text, "rewards", items.len())
+                    .map_err(|e| self.fail_at(e, items))
+                    .map_err(|e| p.with_stderr(e))
             }
-            Backend::Http(h) => h.call(items).map_err(|e| self.fail_batch(e, items))?,
-        };
-        reply::parse(&text, "rewards", items.len()).map_err(|e| self.fail_at(e, items))
+            Backend::Http(h) => {
+                let text = h.call(items).map_err(|e| self.fail_batch(e, items))?;
+                reply::parse(&text, "rewards", items.len()).map_err(|e| self.fail_at(e, items))
+            }
+        }
     }
 
     fn fail(&self, e: impl std::fmt::Display) -> String {
@@ -168,6 +173,8 @@ fn batch_key(items: &[Item<'_>]) -> u64 {
 pub struct Rewards {
     external: HashMap<String, External>,
     seconds: Mutex<f64>,
+    /// The reward whose failure stopped the run, for the diagnostic to point at.
+    failed: Mutex<Option<String>>,
 }
 
 impl Rewards {
@@ -187,7 +194,7 @@ impl Rewards {
                 (name.to_string(), External::new(name, spec, log.as_deref()))
             })
             .collect();
-        Rewards { external, seconds: Mutex::new(0.0) }
+        Rewards { external, seconds: Mutex::new(0.0), failed: Mutex::new(None) }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -208,7 +215,17 @@ impl Rewards {
         if let Ok(mut s) = self.seconds.lock() {
             *s += start.elapsed().as_secs_f64();
         }
+        if out.is_err()
+            && let Ok(mut f) = self.failed.lock()
+        {
+            *f = Some(name.to_string());
+        }
         out
+    }
+
+    /// The reward that failed, if one did.
+    pub fn failed(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|f| f.clone())
     }
 
     /// Seconds spent waiting for external rewards since the last call.

@@ -51,6 +51,19 @@ impl Process {
         Process { argv, timeout, max_line, log, running: None }
     }
 
+    /// `message` with the last lines of the process's stderr, for a reply that was read but is
+    /// wrong (the script may have said why).
+    pub fn with_stderr(&self, message: String) -> String {
+        match &self.running {
+            Some(run) => {
+                // The stderr thread may still be reading what was printed just before.
+                std::thread::sleep(Duration::from_millis(50));
+                run.with_stderr(message)
+            }
+            None => message,
+        }
+    }
+
     /// The command as a user would type it, for messages.
     pub fn display(&self) -> String {
         self.argv.join(" ")

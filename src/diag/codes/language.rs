@@ -316,6 +316,14 @@ pub static CODES: &[Code] = &[
         example: Some(ui!("param_not_constant")),
     },
     Code {
+        name: "reward-failed",
+        kind: Kind::Run,
+        summary: "an external reward (`command(...)`, `http(...)`) failed or replied wrongly",
+        explanation: "The process exited, hung past its `timeout`, wrote something that is not a reply, replied with the wrong number of scores or a non-finite one; or the server failed. The message names the reward, the row and the last lines of the process's stderr (all of it is in `runs/…/rewards/NAME.log`). The run stopped before the bad batch reached a loss: its last checkpoint is intact, and `rlx run --resume` continues once the reward is fixed.",
+        fragment: None,
+        example: None,
+    },
+    Code {
         name: "run-error",
         kind: Kind::Run,
         summary: "the run failed outside the objective: files, memory, a model setting",

@@ -75,6 +75,24 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+impl Run<'_> {
+    /// A run stopped by an external reward points at the reward's declaration and says how
+    /// to go on, instead of blaming the stage.
+    fn blame_reward(&self, d: Diagnostic) -> Diagnostic {
+        let Some(name) = self.rewards.failed() else { return d };
+        let Some(decl) = self.checked.program.rewards.iter().find(|r| r.name.name == name) else {
+            return d;
+        };
+        let span = decl.external.as_ref().map_or(decl.span, |e| e.span);
+        let log = self.opts.out.join("rewards").join(format!("{name}.log"));
+        Diagnostic::error("reward-failed", d.message).primary(span, "this reward failed").help(format!(
+            "fix it, then `rlx run --resume {}` continues from the last checkpoint (intact: the bad batch reached no loss); a command's whole stderr is in {}",
+            self.opts.out.display(),
+            log.display()
+        ))
+    }
+}
+
 fn run_error(span: Span, message: impl Into<String>) -> Diagnostic {
     Diagnostic::error("run-error", message).primary(span, "while running this").help(
         "the recipe checked clean; this is a failure of the run itself (files, memory, or a model setting)",
@@ -114,7 +132,7 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
     }
     let mut resume_state = resume_state;
     for index in first_stage..checked.program.stages.len() {
-        run.stage(index, resume_state.take())?;
+        run.stage(index, resume_state.take()).map_err(|d| run.blame_reward(d))?;
     }
     if let Some(r) = &run.remote {
         // The trained weights are the server's: the last checkpoint names them.
