@@ -97,10 +97,66 @@ impl Http {
             .map_err(|e| format!("the reply could not be read: {e}"))?;
         if body.len() > self.max_reply {
             return Err(format!(
-                "the reply is longer than {} MiB (the cap on a reply)",
-                self.max_reply >> 20
+                "the reply is longer than {} (the cap on a reply)",
+                super::reply::size(self.max_reply)
             ));
         }
         String::from_utf8(body).map_err(|_| "the reply is not UTF-8".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A one-shot server on loopback answering every connection with `status` and `body`.
+    fn serve(status: u16, body: Vec<u8>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/r", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                let mut buf = [0u8; 65536];
+                let _ = s.read(&mut buf);
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(&body);
+            }
+        });
+        url
+    }
+
+    fn items() -> Vec<Item<'static>> {
+        vec![Item { prompt: "2+2=", response: "4", answer: Some("4"), data: "d", row: None }]
+    }
+
+    #[test]
+    fn the_request_is_openrlhfs_and_the_reply_is_capped() {
+        let body = Http::body(&items());
+        assert_eq!(body["query"][0], "2+2=4");
+        assert_eq!(body["prompts"][0], "2+2=");
+        assert_eq!(body["labels"][0], "4");
+        let ok = Http::new(
+            serve(200, br#"{"rewards": [1.0]}"#.to_vec()),
+            Duration::from_secs(5),
+            1 << 10,
+        );
+        assert_eq!(ok.call(&items()).unwrap(), r#"{"rewards": [1.0]}"#);
+        let big = Http::new(serve(200, vec![b' '; 4096]), Duration::from_secs(5), 1 << 10);
+        assert_eq!(
+            big.call(&items()).unwrap_err(),
+            "the reply is longer than 1 KiB (the cap on a reply)"
+        );
+        let refused =
+            Http::new(serve(404, b"no such path".to_vec()), Duration::from_secs(5), 1 << 10);
+        assert_eq!(refused.call(&items()).unwrap_err(), "answered 404: no such path");
+        let failing =
+            Http::new(serve(503, b"overloaded".to_vec()), Duration::from_secs(2), 1 << 10);
+        let e = failing.call(&items()).unwrap_err();
+        assert!(e.starts_with("failed after") && e.ends_with("answered 503: overloaded"), "{e}");
     }
 }

@@ -97,8 +97,8 @@ impl Process {
         match run.lines.recv_timeout(timeout) {
             Ok(Line::Text(line)) => Ok(line),
             Ok(Line::TooLong) => Err(run.with_stderr(format!(
-                "wrote a reply line longer than {} MiB (the cap on a reply)",
-                max_line >> 20
+                "wrote a reply line longer than {} (the cap on a reply)",
+                super::reply::size(max_line)
             ))),
             Ok(Line::Closed) | Err(RecvTimeoutError::Disconnected) => {
                 Err(run.exited("closed its stdout before replying"))
@@ -218,5 +218,47 @@ fn keep_stderr(stderr: impl Read, tail: &Mutex<VecDeque<String>>, log: Option<Pa
             t.push_back(line);
         }
         buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn python(code: &str, timeout_ms: u64, max_line: usize) -> Process {
+        let argv = vec!["python3".into(), "-c".into(), code.into()];
+        Process::new(argv, Duration::from_millis(timeout_ms), max_line, None)
+    }
+
+    #[test]
+    fn one_process_answers_every_request_in_order() {
+        let mut p = python(
+            "import sys\nfor l in sys.stdin: print(len(l.strip()), flush=True)",
+            5000,
+            1 << 10,
+        );
+        assert_eq!(p.call("abc").unwrap(), "3");
+        assert_eq!(p.call("abcdef").unwrap(), "6");
+    }
+
+    #[test]
+    fn a_reply_past_the_cap_a_hang_and_an_exit_are_errors_with_stderr() {
+        let mut p = python(
+            "import sys\nsys.stderr.write('big\\n'); sys.stderr.flush()\nsys.stdout.write('x' * 5000); sys.stdout.flush()\nimport time; time.sleep(5)",
+            5000,
+            1 << 10,
+        );
+        let e = p.call("go").unwrap_err();
+        assert!(e.starts_with("wrote a reply line longer than 1 KiB"), "{e}");
+        assert!(e.contains("big"), "{e}");
+        let mut p = python("import time; time.sleep(5)", 200, 1 << 10);
+        let e = p.call("go").unwrap_err();
+        assert!(e.starts_with("did not reply within 0.2 s"), "{e}");
+        let mut p = python("import sys\nprint('bye', file=sys.stderr)\nsys.exit(4)", 5000, 1 << 10);
+        let e = p.call("go").unwrap_err();
+        assert!(e.contains("the process exited (exit status: 4)") && e.contains("bye"), "{e}");
+        let mut p =
+            Process::new(vec!["/no/such/program".into()], Duration::from_secs(1), 1 << 10, None);
+        assert!(p.call("go").unwrap_err().starts_with("cannot start `/no/such/program`"));
     }
 }

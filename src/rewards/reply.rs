@@ -156,6 +156,17 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// A byte count for messages: `16 MiB`, `1 KiB`, `100 bytes`.
+pub fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// The start of a long text, for messages.
 pub fn excerpt(text: &str) -> String {
     let t: String = text.chars().take(200).collect();

@@ -53,9 +53,9 @@ pub fn capped_lines(path: &Path, max: usize) -> Result<Vec<String>, String> {
         let at = lines.len() + 1;
         if buf.last() != Some(&b'\n') && buf.len() > max {
             return Err(format!(
-                "{}:{at}: a line longer than {} MiB (the cap on one row; is this a JSON-lines file?)",
+                "{}:{at}: a line longer than {} (the cap on one row; is this a JSON-lines file?)",
                 path.display(),
-                max >> 20
+                crate::rewards::reply::size(max)
             ));
         }
         let text = String::from_utf8(buf)
@@ -281,6 +281,57 @@ mod tests {
         let (_d, path) = write(&[r#"{"question": 42, "answer": "a"}"#]);
         let err = load(&path, &fields(), AnswerFormat::Exact, 0).err().unwrap();
         assert!(err.ends_with(":1: field `question` is 42, expected a string"), "{err}");
+    }
+
+    #[test]
+    fn nested_fields_by_path_and_whole_rows_kept_for_external_rewards() {
+        let (_d, path) = write(&[
+            r#"{"prompt": "q1", "reward_model": {"ground_truth": "7"}, "extra_info": {"split": "train", "steps": [1, 2]}}"#,
+            r#"{"prompt": "q2", "reward_model": {"ground_truth": 8}, "extra_info": {"split": "train", "steps": [3]}}"#,
+        ]);
+        let f = Fields {
+            prompt: "prompt".into(),
+            answer: "reward_model.ground_truth".into(),
+            demonstration: Some("extra_info.split".into()),
+            chosen: "chosen".into(),
+            rejected: "rejected".into(),
+        };
+        let t = load(&path, &f, AnswerFormat::Exact, 0).unwrap();
+        assert_eq!(t.reference("q1").as_deref(), Some("7"));
+        assert_eq!(t.reference("q2").as_deref(), Some("8"));
+        assert_eq!(t.train[0].demonstration, "train");
+        assert_eq!(t.rows["q1"]["extra_info"]["steps"][1], 2);
+        let row: Value = serde_json::json!({"a.b": 1, "a": {"b": 2}, "l": [{"x": 3}]});
+        assert_eq!(field_at(&row, "a.b"), Some(&serde_json::json!(1)), "a key with a dot wins");
+        assert_eq!(field_at(&row, "l.0.x"), Some(&serde_json::json!(3)));
+        assert_eq!(field_at(&row, "a.c"), None);
+        let f = Fields { demonstration: Some("extra_info.demo".into()), ..f };
+        let err = load(&path, &f, AnswerFormat::Exact, 0).err().unwrap();
+        assert!(err.contains(":1: missing field `extra_info.demo`"), "{err}");
+    }
+
+    /// A line that never ends (`/dev/zero`, a binary file) is an error at the cap, not memory
+    /// without bound; CRLF line ends are not part of the JSON.
+    #[test]
+    fn a_line_past_the_cap_is_an_error_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.jsonl");
+        let mut text = String::from("{\"question\": \"q\", \"answer\": \"a\"}\r\n");
+        text.push_str(&"x".repeat(1 << 12));
+        std::fs::write(&path, &text).unwrap();
+        let err = capped_lines(&path, 1 << 10).unwrap_err();
+        assert!(
+            err.ends_with("big.jsonl:2: a line longer than 1 KiB (the cap on one row; is this a JSON-lines file?)"),
+            "{err}"
+        );
+        let lines = capped_lines(&path, 1 << 13).unwrap();
+        assert_eq!(lines[0], "{\"question\": \"q\", \"answer\": \"a\"}");
+        #[cfg(unix)]
+        {
+            let err =
+                load(Path::new("/dev/zero"), &fields(), AnswerFormat::Exact, 0).err().unwrap();
+            assert!(err.contains("/dev/zero:1: a line longer than 16 MiB"), "{err}");
+        }
     }
 
     proptest::proptest! {
