@@ -1,5 +1,5 @@
 //! `metrics.jsonl`: one JSON object per line, flushed as written, so a killed run keeps every
-//! line it finished.
+//! line it finished; the same lines go to a TensorBoard event file beside it.
 
 use std::io::Write;
 use std::path::Path;
@@ -60,13 +60,15 @@ pub mod field {
 
 pub struct MetricsLog {
     file: std::fs::File,
+    events: super::tensorboard::EventFile,
 }
 
 impl MetricsLog {
     pub fn create(dir: &Path) -> std::io::Result<MetricsLog> {
         let path = dir.join("metrics.jsonl");
         let file = std::fs::File::create(&path)?;
-        Ok(MetricsLog { file })
+        let events = super::tensorboard::EventFile::create(dir, &[])?;
+        Ok(MetricsLog { file, events })
     }
 
     /// Reopens a log for a resumed run, dropping every line the resumed run writes again: steps
@@ -96,13 +98,17 @@ impl MetricsLog {
         }
         std::fs::write(&path, body)?;
         let file = std::fs::OpenOptions::new().append(true).open(&path)?;
-        Ok(MetricsLog { file })
+        let lines: Vec<Map<String, Value>> =
+            kept.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let events = super::tensorboard::EventFile::create(dir, &lines)?;
+        Ok(MetricsLog { file, events })
     }
 
     pub fn write(&mut self, record: &Map<String, Value>) -> std::io::Result<()> {
         let line = serde_json::to_string(record).map_err(std::io::Error::other)?;
         writeln!(self.file, "{line}")?;
         self.file.flush()?;
+        self.events.write(record)?;
         super::fault::point();
         Ok(())
     }

@@ -10,4 +10,5 @@ pub mod progress;
 pub mod run;
 pub mod scoring;
 pub mod signals;
+pub mod tensorboard;
 pub mod vine;
