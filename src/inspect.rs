@@ -79,7 +79,9 @@ pub fn load(path: &Path, chat: bool, device: &Device) -> Result<Loaded, String> 
         }
         (Family::Gpt, _) => md.cfg.clone(),
     };
-    if !weights.contains_key("lm_head.weight")
+    let classifier = matches!(&cfg.family, Family::Llama(s) if s.hf.classifier_labels() == Some(1));
+    if !classifier
+        && !weights.contains_key("lm_head.weight")
         && !matches!(&cfg.family, Family::Llama(s) if s.hf.tie_word_embeddings)
     {
         return Err(format!(
@@ -149,6 +151,24 @@ pub fn score_ids(loaded: &Loaded, ids: &[u32], device: &Device) -> Result<TextSc
         nll -= *lp as f64;
     }
     Ok(TextScore { tokens, nll, predicted: ids.len() - 1 })
+}
+
+/// A reward model's score of a whole text (the Hugging Face sequence classifier's logit at the
+/// last token that is not padding).
+pub fn reward_of(loaded: &Loaded, ids: &[u32], device: &Device) -> Result<f32, String> {
+    let err = |e: candle_core::Error| e.to_string();
+    if ids.is_empty() || ids.len() > loaded.model.cfg.context {
+        return Err(format!(
+            "{} tokens: a text must have 1 to {}",
+            ids.len(),
+            loaded.model.cfg.context
+        ));
+    }
+    // The whole text as the row's text (a one-token text has no prompt/response split).
+    let layout = Layout::new(&[&[]], &[ids], device).map_err(err)?;
+    let hidden = loaded.model.hidden_of(&layout, false).map_err(err)?;
+    let score = loaded.model.score(&hidden, &layout).map_err(err)?;
+    score.to_vec1::<f32>().map_err(err).map(|v| v[0])
 }
 
 /// Samples `n` responses to one prompt; temperature 0 decodes greedily.

@@ -657,3 +657,113 @@ fn rows_sharing_a_prompt_give_the_values_and_gradients_of_a_full_forward() {
     let vars: Vec<(String, Var)> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     shared_and_full(&Transformer::from_params(&cfg, &params).unwrap(), &vars);
 }
+
+/// A Hugging Face reward model (`*ForSequenceClassification`, one label, pad = EOS): the score
+/// is `score.weight · h` at the last token that is not padding (trailing EOS skipped, as
+/// transformers does); `pretrained` refuses it and `reward_model(pretrained(...))` refuses a
+/// language model; RCfD trains it (LoRA and full) in a pairs stage, every score head weight
+/// moves, and it is saved back as a classifier rlx reads to the trained scores.
+#[test]
+fn hf_reward_models_score_at_the_last_non_padding_token_train_and_save_as_classifiers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rm_dir = tmp.path().join("rm");
+    let spec = hf_tiny::TinySpec { reward_model: true, seed: 3, ..hf_tiny::TinySpec::new("qwen2") };
+    hf_tiny::write_tiny(&rm_dir, &spec).unwrap();
+    let ck = hf::load(&rm_dir, &Device::Cpu).unwrap();
+    assert_eq!(ck.cfg.classifier_labels(), Some(1));
+    assert!(!ck.weights.contains_key("lm_head.weight"));
+    let cfg = ModelConfig::llama(LlamaSpec { hf: ck.cfg.clone(), lora: None, bf16: false });
+    let model = Transformer::from_tensors(&cfg, &ck.weights).unwrap();
+    let eos = 256u32;
+    let ids = [72u32, 101, 108, 108, 111];
+    let score_of = |text: &[u32]| {
+        let layout = Layout::new(&[&[]], &[text], &Device::Cpu).unwrap();
+        let hidden = model.hidden_of(&layout, false).unwrap();
+        let s = model.score(&hidden, &layout).unwrap().to_vec1::<f32>().unwrap()[0];
+        (s, hidden, layout.prompt_len)
+    };
+    let (plain, hidden, p) = score_of(&ids);
+    let with_eos: Vec<u32> = ids.iter().copied().chain([eos, eos]).collect();
+    let (padded, _, _) = score_of(&with_eos);
+    assert!((plain - padded).abs() < 1e-6, "trailing EOS is skipped: {plain} vs {padded}");
+    // By hand: the head over the hidden state of the last real token.
+    let h = hidden.i((0, p + ids.len() - 1)).unwrap();
+    let w = ck.weights["score.weight"].i(0).unwrap();
+    let by_hand = (h * w).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!((plain - by_hand).abs() < 1e-5, "{plain} vs {by_hand}");
+
+    let lm_dir = tmp.path().join("policy");
+    hf_tiny::write_tiny(&lm_dir, &hf_tiny::TinySpec { seed: 4, ..hf_tiny::TinySpec::new("qwen2") })
+        .unwrap();
+    let recipe = |policy: &str, rm: &str| {
+        format!(
+            r#"recipe t "RCfD on a Hugging Face reward model"
+data   reviews = builtin("reviews", prompts = 32)
+model  policy  = {policy}
+model  rm      = {rm}
+stage reward_model {{
+    train rm
+    pairs reviews.preferences
+    loss  = seq_mean(pairwise_rm(rm(chosen), rm(rejected)))
+    optim {{ lr = 1e-2, steps = 2, batch = 8 }}
+}}
+stage rl {{
+    train   policy
+    prompts reviews.prompts
+    sample  {{ n = 1, max_tokens = 8 }}
+    let r   = calibrate(rm(response), rm(demonstration), distance = squared)
+    loss    = token_mean(ppo_clip(policy.logp, old.logp, spread(whiten(r, scope = batch)), eps = 0.3))
+    optim   {{ lr = 1e-3, steps = 2, batch = 8 }}
+}}
+"#
+        )
+    };
+    let run = |name: &str, text: String| {
+        let path = tmp.path().join(format!("{name}.rlx"));
+        std::fs::write(&path, text).unwrap();
+        let out = tmp.path().join(name);
+        let o = rlx_cli()
+            .arg("run")
+            .arg(&path)
+            .args(["--quiet", "--eval-prompts", "2", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        (o, out)
+    };
+    let policy = format!(r#"pretrained("{}", lora_rank = 4)"#, lm_dir.display());
+    for (name, rm) in [
+        ("lora", format!(r#"reward_model(pretrained("{}", lora_rank = 4))"#, rm_dir.display())),
+        ("full", format!(r#"reward_model(pretrained("{}"))"#, rm_dir.display())),
+    ] {
+        let (o, out) = run(name, recipe(&policy, &rm));
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let saved = out.join("models/rm");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(saved.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["architectures"][0], "Qwen2ForSequenceClassification", "{name}");
+        let trained = hf::load(&saved, &Device::Cpu).unwrap();
+        assert!(!trained.weights.contains_key("lm_head.weight"), "{name}");
+        let moved = (&trained.weights["score.weight"] - &ck.weights["score.weight"])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(moved.iter().all(|d| *d > 0.0), "{name}: every score head weight trained");
+        assert!(!out.join("adapters/rm").exists(), "{name}: no adapter without its score head");
+    }
+    // Each kind of checkpoint declared as the other is refused, by name.
+    let rm_as_lm = format!(r#"pretrained("{}")"#, rm_dir.display());
+    let rm = format!(r#"reward_model(pretrained("{}"))"#, rm_dir.display());
+    let (o, _) = run("rm_as_lm", recipe(&rm_as_lm, &rm));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is a sequence classifier"), "{err}");
+    let lm_as_rm = format!(r#"reward_model(pretrained("{}"))"#, lm_dir.display());
+    let (o, _) = run("lm_as_rm", recipe(&policy, &lm_as_rm));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("needs a `*ForSequenceClassification`"), "{err}");
+}

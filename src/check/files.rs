@@ -5,13 +5,13 @@
 
 use super::Checked;
 use crate::diag::Diagnostic;
-use crate::ir::graph::{ExternalKind, ModelInit};
+use crate::ir::graph::ExternalKind;
 
 /// One diagnostic per pretrained model whose directory is missing (the `missing-checkpoint`
 /// lint) or unusable (`invalid-checkpoint`).
 pub(super) fn check_models(checked: &Checked, diags: &mut Vec<Diagnostic>) {
     for m in &checked.program.models {
-        if !matches!(m.init, ModelInit::Pretrained) {
+        if !m.init.is_pretrained() {
             continue;
         }
         let Some(resolved) = checked.decl_params.get(&m.name.name) else { continue };

@@ -121,7 +121,9 @@ pub fn check(program: Program) -> (Checked, Vec<Diagnostic>) {
     }
     for m in &program.models {
         let (specs, callee) = match m.init {
-            ModelInit::Pretrained => (builtins::PRETRAINED_PARAMS, "pretrained"),
+            ModelInit::Pretrained | ModelInit::PretrainedRewardModel => {
+                (builtins::PRETRAINED_PARAMS, "pretrained")
+            }
             _ => (builtins::MODEL_PARAMS, "builtin"),
         };
         let given: Vec<_> = m

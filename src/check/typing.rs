@@ -159,7 +159,10 @@ fn check_model_ready(cx: &StageCx, model: &str, span: Span, diags: &mut Vec<Diag
         return;
     }
     let Some(decl) = cx.program.model(model) else { return };
-    if matches!(decl.init, ModelInit::Builtin { .. } | ModelInit::Pretrained) {
+    if matches!(
+        decl.init,
+        ModelInit::Builtin { .. } | ModelInit::Pretrained | ModelInit::PretrainedRewardModel
+    ) {
         return;
     }
     let earlier = cx.program.stages[..cx.index].iter().any(|s| s.trains(model));

@@ -109,6 +109,9 @@ fn decl_diff(a: &Checked, b: &Checked) -> Vec<(String, String)> {
                 ModelInit::Copy(of) => format!("copy({})", of.name),
                 ModelInit::RewardModel => format!("reward_model({})", params(&m.name.name)),
                 ModelInit::Pretrained => format!("pretrained({})", params(&m.name.name)),
+                ModelInit::PretrainedRewardModel => {
+                    format!("reward_model(pretrained({}))", params(&m.name.name))
+                }
             };
             v.push((m.name.name.clone(), format!("model {init}")));
         }

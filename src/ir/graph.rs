@@ -256,6 +256,16 @@ pub enum ModelInit {
     RewardModel,
     /// A Hugging Face checkpoint directory (`path` among the params).
     Pretrained,
+    /// A Hugging Face `*ForSequenceClassification` checkpoint with one label, a reward model
+    /// ready to score (`reward_model(pretrained("DIR", ...))`; `path` among the params).
+    PretrainedRewardModel,
+}
+
+impl ModelInit {
+    /// Read from a Hugging Face checkpoint directory.
+    pub fn is_pretrained(&self) -> bool {
+        matches!(self, ModelInit::Pretrained | ModelInit::PretrainedRewardModel)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -411,7 +421,7 @@ impl Program {
         let mut cur = name;
         while let Some(m) = self.model(cur) {
             match &m.init {
-                ModelInit::RewardModel => return true,
+                ModelInit::RewardModel | ModelInit::PretrainedRewardModel => return true,
                 ModelInit::Copy(of) if seen < self.models.len() => {
                     cur = &of.name;
                     seen += 1;

@@ -78,7 +78,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint, String> {
         }
     }
     // Tied models use the embedding; transformers ignores a stored copy of the head.
-    if cfg.tie_word_embeddings {
+    if cfg.tie_word_embeddings && cfg.classifier_labels().is_none() {
         weights.remove("lm_head.weight");
     }
     let expected = expected_shapes(&cfg);
@@ -162,8 +162,12 @@ pub fn expected_shapes(cfg: &HfConfig) -> Vec<(String, Vec<usize>)> {
         }
     }
     out.push(("model.norm.weight".into(), vec![d]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".into(), vec![v, d]));
+    match cfg.classifier_labels() {
+        // transformers' `*ForSequenceClassification`: `score = Linear(hidden, labels, bias=False)`
+        // over the trunk, and no LM head.
+        Some(labels) => out.push(("score.weight".into(), vec![labels, d])),
+        None if !cfg.tie_word_embeddings => out.push(("lm_head.weight".into(), vec![v, d])),
+        None => {}
     }
     out
 }
@@ -239,7 +243,9 @@ pub fn save(
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut merged: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, t) in weights {
-        if name.contains(".lora_") || name.starts_with("value.") || name.starts_with("score.") {
+        // A classifier's score head is part of its layout; rlx's own heads are not.
+        let own_head = name.starts_with("score.") && cfg.classifier_labels().is_none();
+        if name.contains(".lora_") || name.starts_with("value.") || own_head {
             continue;
         }
         if name == "lm_head.weight" && cfg.tie_word_embeddings {

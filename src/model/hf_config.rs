@@ -71,6 +71,18 @@ pub struct HfConfig {
     /// same computation for sequences shorter than the window.
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// `["LlamaForSequenceClassification"]` for a reward model, `…ForCausalLM` for a
+    /// language model.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// A classifier's labels (transformers derives `num_labels` from them; 2 when absent).
+    #[serde(default)]
+    pub id2label: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+    /// The token a sequence classifier skips from the right to find a sequence's last token.
+    #[serde(default, deserialize_with = "token_id")]
+    pub pad_token_id: Option<u32>,
     /// The rotary embedding, resolved from whichever layout the file uses.
     #[serde(skip)]
     pub rope: Rope,
@@ -154,6 +166,13 @@ impl HfConfig {
         }
         cfg.rope = cfg.resolve_rope().map_err(|e| format!("config.json: {e}"))?;
         Ok(cfg)
+    }
+
+    /// The number of labels of a `*ForSequenceClassification` checkpoint (a score head
+    /// `score.weight` of that many rows instead of an LM head); `None` for a language model.
+    pub fn classifier_labels(&self) -> Option<usize> {
+        let classifier = self.architectures.first()?.ends_with("ForSequenceClassification");
+        classifier.then(|| self.id2label.as_ref().map(|m| m.len()).or(self.num_labels).unwrap_or(2))
     }
 
     pub fn kv_heads(&self) -> usize {
@@ -267,6 +286,19 @@ impl HfConfig {
             })
             .collect()
     }
+}
+
+/// A token id field that may be null, a number, or (some generation configs) a list whose first
+/// entry is used.
+fn token_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(match v {
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::Array(items) => {
+            items.first().and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok())
+        }
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -178,6 +178,9 @@ pub struct TinySpec {
     pub style: ConfigStyle,
     /// Store the weights in bfloat16 (config `dtype: bfloat16`), as most released models are.
     pub bf16: bool,
+    /// A reward model: `*ForSequenceClassification` with one label and a score head instead of
+    /// the LM head, padding = EOS (as reward models built on chat models usually are).
+    pub reward_model: bool,
 }
 
 impl TinySpec {
@@ -189,6 +192,7 @@ impl TinySpec {
             seed: 0,
             style: ConfigStyle::V4,
             bf16: false,
+            reward_model: false,
         }
     }
 }
@@ -271,6 +275,16 @@ pub fn write_tiny(dir: &Path, spec: &TinySpec) -> Result<(), String> {
     }
     if spec.bf16 {
         config["torch_dtype"] = json!("bfloat16");
+    }
+    if spec.reward_model {
+        let arch = config["architectures"][0]
+            .as_str()
+            .unwrap_or("")
+            .replace("ForCausalLM", "ForSequenceClassification");
+        config["architectures"] = json!([arch]);
+        config["id2label"] = json!({"0": "LABEL_0"});
+        config["label2id"] = json!({"LABEL_0": 0});
+        config["pad_token_id"] = json!(EOS_ID);
     }
     let cfg = HfConfig::parse(&config.to_string())?;
     let mut weights = random_weights(&cfg, spec.seed)?;

@@ -174,6 +174,11 @@ impl Transformer {
         self.value.is_some()
     }
 
+    /// Whether the model is a reward model (a scalar score head).
+    pub fn has_score_head(&self) -> bool {
+        self.score.is_some()
+    }
+
     pub fn from_params(cfg: &ModelConfig, params: &Params) -> Result<Transformer> {
         let map: BTreeMap<String, Tensor> =
             params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
@@ -192,8 +197,15 @@ impl Transformer {
             let Some(weight) = w.get(&format!("{n}.weight")) else { return Ok(None) };
             Ok(Some(Dense { weight: weight.clone(), bias: w.get(&format!("{n}.bias")).cloned() }))
         };
-        let (value, score) = (dense("value")?, dense("score")?);
+        let (value, mut score) = (dense("value")?, dense("score")?);
         if let Family::Llama(spec) = &cfg.family {
+            // A Hugging Face classifier's `score` is `[labels, hidden]` (out × in); rlx's own
+            // heads are in × out.
+            if spec.hf.classifier_labels().is_some()
+                && let Some(head) = score.as_mut()
+            {
+                head.weight = head.weight.t()?;
+            }
             let dtype = if spec.bf16 { DType::BF16 } else { DType::F32 };
             let scale = spec.lora.as_ref().map_or(1.0, |l| l.scale());
             let trunk = LlamaTrunk::new(&spec.hf, w, scale, dtype)?;
@@ -399,15 +411,29 @@ impl Transformer {
         head.forward(&Self::text_states(hidden, layout)?)?.squeeze(2)?.mul(&layout.text_mask)
     }
 
-    /// Score `[B]` of each row, read at its last real token.
+    /// Score `[B]` of each row, read at its last real token — for a Hugging Face sequence
+    /// classifier with a `pad_token_id`, at its last token that is not that id, as transformers
+    /// finds it (a response ending in EOS is read before the EOS when pad = EOS).
     pub fn score(&self, hidden: &Tensor, layout: &Layout) -> Result<Tensor> {
         let head = self
             .score
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("the model has no score head".into()))?;
         let (b, l, d) = hidden.dims3()?;
-        let last = hidden.reshape((b * l, d))?.index_select(&layout.last, 0)?;
-        head.forward(&last)?.squeeze(1)
+        let at = match self.classifier_pad() {
+            Some(pad) => last_not(layout, pad)?,
+            None => layout.last.clone(),
+        };
+        let last = hidden.reshape((b * l, d))?.index_select(&at, 0)?;
+        head.forward(&last.to_dtype(head.weight.dtype())?)?.to_dtype(DType::F32)?.squeeze(1)
+    }
+
+    /// The padding id a Hugging Face sequence classifier skips from the right.
+    fn classifier_pad(&self) -> Option<u32> {
+        match &self.cfg.family {
+            Family::Llama(spec) if spec.hf.classifier_labels().is_some() => spec.hf.pad_token_id,
+            _ => None,
+        }
     }
 
     /// Next-token logits `[B, V]` at the last column of a forward over new columns.
@@ -480,4 +506,22 @@ fn shared_prompts(layout: &Layout) -> Result<Option<(Vec<usize>, Vec<usize>)>> {
     let (b, t) = (layout.batch, layout.text_len);
     let worth = 3 * (firsts.len() * p + b * t) <= 2 * b * (p + t);
     Ok(worth.then_some((firsts, of_row)))
+}
+
+/// `[B]` flat index of each row's last real token that is not `pad` (the first real token when
+/// every one is `pad`, as transformers' argmax over an all-false mask gives position 0). A row's
+/// real tokens are contiguous and end at `layout.last`; its position counts those before it.
+fn last_not(layout: &Layout, pad: u32) -> Result<Tensor> {
+    let ids = layout.ids.flatten_all()?.to_vec1::<u32>()?;
+    let positions = layout.positions.flatten_all()?.to_vec1::<u32>()?;
+    let at: Vec<u32> = layout
+        .last
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|last| {
+            let first = last - positions[last as usize];
+            (first..=last).rev().find(|&i| ids[i as usize] != pad).unwrap_or(first)
+        })
+        .collect();
+    Tensor::from_vec(at, layout.batch, layout.last.device())
 }

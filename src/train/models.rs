@@ -54,6 +54,14 @@ impl Slot {
         Slot { cfg, params, base: Arc::default(), source: None }
     }
 
+    /// The labels of a Hugging Face sequence classifier (`None`: a language model).
+    pub fn classifier_labels(&self) -> Option<usize> {
+        match &self.cfg.family {
+            crate::model::Family::Llama(spec) => spec.hf.classifier_labels(),
+            crate::model::Family::Gpt => None,
+        }
+    }
+
     /// Every weight: the frozen base and `values` for the trained ones.
     fn weights(&self, values: impl Iterator<Item = (String, Tensor)>) -> BTreeMap<String, Tensor> {
         let mut w = (*self.base).clone();
@@ -101,10 +109,13 @@ impl Slot {
                     spec.lora.as_ref(),
                     src.save_dtype,
                 )?;
-                if let Some(lora) = &spec.lora {
+                // A classifier's adapter alone would lack its trained score head (PEFT keeps
+                // it as `modules_to_save`): only the merged checkpoint is written.
+                let adapter = spec.lora.as_ref().filter(|_| spec.hf.classifier_labels().is_none());
+                if let Some(lora) = adapter {
                     hf::save_adapter(adapter_out, &src.dir, &spec.hf, &w, lora)?;
                 }
-                Ok(Saved { layout: "Hugging Face", adapter: spec.lora.is_some() })
+                Ok(Saved { layout: "Hugging Face", adapter: adapter.is_some() })
             }
             (crate::model::Family::Llama(_), None) => {
                 Err("a Llama-family model without its source checkpoint".into())
@@ -299,7 +310,31 @@ fn build_one(
             params.retain(|k| !k.starts_with("lm_head"));
             Slot::builtin(cfg, params)
         }
-        ModelInit::Pretrained => pretrained(&resolved, setup.device, &mut mrng, name, log)?,
+        ModelInit::Pretrained => {
+            let slot = pretrained(&resolved, setup.device, &mut mrng, name, log)?;
+            if let Some(labels) = slot.classifier_labels() {
+                return Err(format!(
+                    "`{name}` is a sequence classifier ({labels} label(s)), not a language model: declare a reward model as `reward_model(pretrained(\"DIR\"))`"
+                ));
+            }
+            slot
+        }
+        ModelInit::PretrainedRewardModel => {
+            let slot = pretrained(&resolved, setup.device, &mut mrng, name, log)?;
+            match slot.classifier_labels() {
+                Some(1) => slot,
+                Some(n) => {
+                    return Err(format!(
+                        "`{name}`: a reward model has one label; this classifier has {n} (`id2label` / `num_labels` in config.json)"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "`{name}`: `reward_model(pretrained(...))` needs a `*ForSequenceClassification` checkpoint (config.json `architectures`); this one is a language model"
+                    ));
+                }
+            }
+        }
     };
     Ok(slot)
 }
@@ -406,6 +441,16 @@ fn pretrained(
                 let std = 1.0 / (3.0 * in_dim as f64).sqrt();
                 params.init(&a, &[l.rank, in_dim], Init::Normal(std), rng, device).map_err(err)?;
                 params.init(&b, &[out_dim, l.rank], Init::Zeros, rng, device).map_err(err)?;
+            }
+            // A classifier's score head is new to the task and small: trained in full beside
+            // the adapters, as PEFT's sequence-classification task keeps `score` trainable.
+            if hf_cfg.classifier_labels().is_some()
+                && let Some(score) = base.remove("score.weight")
+            {
+                params.insert(
+                    "score.weight",
+                    Var::from_tensor(&score.to_dtype(DType::F32).map_err(err)?).map_err(err)?,
+                );
             }
         }
         _ => {

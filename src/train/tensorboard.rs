@@ -160,7 +160,11 @@ mod tests {
         // The CRC-32C check value (RFC 3720, B.4) and TensorFlow's mask of it.
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
         assert_eq!(crc32c(b""), 0);
-        assert_eq!(masked_crc(b"123456789"), 0xC78A_B0E5, "((c >> 15) | (c << 17)) + 0xa282ead8, computed apart");
+        assert_eq!(
+            masked_crc(b"123456789"),
+            0xC78A_B0E5,
+            "((c >> 15) | (c << 17)) + 0xa282ead8, computed apart"
+        );
     }
 
     #[test]

@@ -11,7 +11,12 @@ Checks, for Llama, SmolLM (tied), Mistral, Qwen2 and Qwen3 checkpoints saved by
      trained logits, and RUN/adapters/policy loads with PEFT's AutoPeftModelForCausalLM to the
      same logits (the adapter applied once), and rlx reads both back to the same numbers;
   3. saved configs state one dtype, `save_dtype = source` keeps bf16, the chat template is kept;
-  4. a built-in model saved in GPT-2's layout loads as GPT2LMHeadModel with rlx's log-probs.
+  4. a built-in model saved in GPT-2's layout loads as GPT2LMHeadModel with rlx's log-probs;
+  5. reward models transformers writes (`AutoModelForSequenceClassification`, one label, pad =
+     EOS) for Llama, Mistral, Qwen2 and Qwen3, in transformers 5's and 4's config layouts:
+     `rlx score` gives transformers' score, read at the last token that is not padding (texts
+     ending in EOS included); RCfD trains one with LoRA in a `pairs` stage and uses it in RL, and
+     the reward model rlx saves loads in transformers with no missing weight and the same score.
 Prints what it measured; exits non-zero on the first failure.
 """
 
@@ -23,7 +28,8 @@ import tempfile
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          PreTrainedTokenizerFast)
 
 RLX = os.path.abspath(sys.argv[1])
 TEXT = "Natalia sold clips to 48 of her friends in April, and then half as many in May."
@@ -117,6 +123,93 @@ stage sft {{
 """
 
 
+RM_TEXTS = [TEXT, TEXT + "<|endoftext|>", TEXT + "<|endoftext|><|endoftext|>", "<|endoftext|>", "a"]
+
+RCFD_HF = """recipe rcfd_hf "RCfD on a reward model transformers wrote"
+data   reviews = builtin("reviews", prompts = 64)
+model  policy  = pretrained("{policy}", lora_rank = 4, lora_alpha = 8)
+model  rm      = reward_model(pretrained("{rm}", lora_rank = 4, lora_alpha = 8))
+stage reward_model {{
+    train rm
+    pairs reviews.preferences
+    loss  = seq_mean(pairwise_rm(rm(chosen), rm(rejected)))
+    optim {{ lr = 1e-2, steps = 3, batch = 8 }}
+}}
+stage rl {{
+    train   policy
+    prompts reviews.prompts
+    sample  {{ n = 1, max_tokens = 16 }}
+    let r   = calibrate(rm(response), rm(demonstration), distance = squared)
+    loss    = token_mean(ppo_clip(policy.logp, old.logp, spread(whiten(r, scope = batch)), eps = 0.3))
+    optim   {{ lr = 1e-3, steps = 2, batch = 8 }}
+}}
+"""
+
+
+def hf_rm_scores(model, tokenizer, texts):
+    out = []
+    for t in texts:
+        with torch.no_grad():
+            out.append(model(torch.tensor([tokenizer(t)["input_ids"]])).logits[0, 0].item())
+    return out
+
+
+def rlx_rm_scores(model_dir, texts):
+    return [json.loads(rlx("score", model_dir, "--text", t, "--json"))["score"] for t in texts]
+
+
+def to_v4(model_dir, out):
+    """The same checkpoint with transformers 4's config layout (rope_theta and rope_scaling at the
+    top level, torch_dtype)."""
+    import shutil
+    shutil.copytree(model_dir, out)
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    rope = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = rope.pop("rope_theta")
+    if rope.get("rope_type", "default") != "default":
+        cfg["rope_scaling"] = rope
+    cfg["torch_dtype"] = cfg.pop("dtype", "float32")
+    json.dump(cfg, open(os.path.join(out, "config.json"), "w"))
+    return out
+
+
+def reward_models(tmp):
+    for family in ["llama", "mistral", "qwen2", "qwen3"]:
+        cls_name, extra = FAMILIES[family]
+        cfg = getattr(transformers, cls_name)(**{**TINY, **extra}, num_labels=1, pad_token_id=256)
+        torch.manual_seed(1)
+        model = AutoModelForSequenceClassification.from_config(cfg).eval()
+        d = os.path.join(tmp, f"rm-{family}")
+        model.save_pretrained(d)
+        tokenizer_from(tmp, "bos_token_id" in extra).save_pretrained(d)
+        tok = AutoTokenizer.from_pretrained(d)
+        theirs = hf_rm_scores(model, tok, RM_TEXTS)
+        check(abs(theirs[0] - theirs[1]) < 1e-5 and abs(theirs[0] - theirs[2]) < 1e-5
+              and abs(theirs[0] - theirs[4]) > 1e-3,
+              f"{family} RM: transformers skips trailing padding (pad = EOS)")
+        for layout, path in [("5", d), ("4", to_v4(d, d + "-v4"))]:
+            mine = rlx_rm_scores(path, RM_TEXTS)
+            worst = max(abs(a - b) for a, b in zip(mine, theirs))
+            check(worst < 1e-5, f"{family} RM (transformers {layout} layout): rlx's scores are transformers' "
+                                f"(max |Δ| {worst:.2e} over {len(RM_TEXTS)} texts)")
+    policy = write_checkpoint(tmp, "qwen2")
+    recipe = os.path.join(tmp, "rcfd_hf.rlx")
+    open(recipe, "w").write(RCFD_HF.format(policy=policy, rm=os.path.join(tmp, "rm-qwen2")))
+    run = os.path.join(tmp, "run-rcfd-hf")
+    rlx("run", recipe, "--quiet", "--eval-prompts", "2", "--out", run)
+    saved = os.path.join(run, "models", "rm")
+    trained, info = AutoModelForSequenceClassification.from_pretrained(saved, output_loading_info=True)
+    check(not info["missing_keys"] and not info["unexpected_keys"],
+          f"the RM rlx trained loads as {trained.config.architectures[0]} with every weight ({info})")
+    theirs = hf_rm_scores(trained.eval(), AutoTokenizer.from_pretrained(saved), RM_TEXTS)
+    before = hf_rm_scores(AutoModelForSequenceClassification.from_pretrained(
+        os.path.join(tmp, "rm-qwen2")).eval(), AutoTokenizer.from_pretrained(saved), RM_TEXTS)
+    worst = max(abs(a - b) for a, b in zip(rlx_rm_scores(saved, RM_TEXTS), theirs))
+    moved = max(abs(a - b) for a, b in zip(before, theirs))
+    check(worst < 1e-5 and moved > 1e-4,
+          f"the trained RM: rlx's scores are transformers' (max |Δ| {worst:.2e}); training moved it ({moved:.2e})")
+
+
 def main():
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
     data = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "data", "gsm8k-sample.jsonl"))
@@ -192,6 +285,9 @@ def main():
             os.path.join(run, "models", "rm"), output_loading_info=True)
         check(not info["missing_keys"] and not info["unexpected_keys"],
               f"GPT-2 layout: the reward model loads as GPT2ForSequenceClassification ({info})")
+
+        # 5. Reward models transformers writes.
+        reward_models(tmp)
     if failures:
         raise SystemExit(f"{len(failures)} interop check(s) failed")
     print("all interop checks passed")

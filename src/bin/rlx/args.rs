@@ -486,6 +486,10 @@ pub struct TinyCheckpointArgs {
     /// Store the weights in bfloat16, as most released models are.
     #[arg(long)]
     pub bf16: bool,
+    /// A reward model: `*ForSequenceClassification` with one label (a score head instead of
+    /// the LM head), padding = EOS, for `reward_model(pretrained(DIR))`.
+    #[arg(long)]
+    pub reward_model: bool,
 }
 
 /// `rlx eval --dtype`.

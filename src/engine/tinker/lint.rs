@@ -36,11 +36,10 @@ fn check_stage(checked: &Checked, index: usize, out: &mut Vec<Diagnostic>) {
         .iter()
         .flat_map(|s| s.train.iter().map(|t| t.model.name.as_str()))
         .collect();
-    let reward_model = checked
-        .program
-        .models
-        .iter()
-        .any(|m| m.name.name == trained && matches!(m.init, ModelInit::RewardModel));
+    let reward_model = checked.program.models.iter().any(|m| {
+        m.name.name == trained
+            && matches!(m.init, ModelInit::RewardModel | ModelInit::PretrainedRewardModel)
+    });
     if reward_model {
         let span = stage.train.first().map_or(stage.name.span, |t| t.span);
         out.push(

@@ -63,10 +63,29 @@ impl Cx {
     }
 
     pub(super) fn lower_model(&mut self, d: &Decl) {
-        let help = "declare a model as `builtin(\"tiny\", warm_start = DATA.texts)`, `pretrained(\"path/to/hf-model\")`, `copy(MODEL)` or `reward_model(\"tiny\")`";
+        let help = "declare a model as `builtin(\"tiny\", warm_start = DATA.texts)`, `pretrained(\"path/to/hf-model\")`, `copy(MODEL)`, `reward_model(\"tiny\")` or `reward_model(pretrained(\"path/to/hf-reward-model\"))`";
         let Some((callee, args)) = as_call(&d.value) else {
             return self.diags.push(invalid_decl(&d.value, "a model", help));
         };
+        // `reward_model(pretrained("DIR", ...))`: a Hugging Face sequence classifier.
+        if callee == "reward_model"
+            && let [Arg { name: None, value: inner, .. }] = args
+            && let Some(("pretrained", inner_args)) = as_call(inner)
+        {
+            let (positional, mut params) = split_args(inner_args, &mut self.diags);
+            if let Some(p) = positional.first() {
+                params.insert(
+                    0,
+                    (Ident { name: "path".into(), span: p.span }, const_eval(p), p.span),
+                );
+            }
+            if let Some(extra) = positional.get(1) {
+                self.diags.push(too_many(extra.span, "pretrained", 1));
+            }
+            let init = ModelInit::PretrainedRewardModel;
+            self.prog.models.push(ModelDecl { name: d.name.clone(), init, params, span: d.span });
+            return;
+        }
         let (positional, mut params) = split_args(args, &mut self.diags);
         let init = match callee {
             "builtin" | "reward_model" => {

@@ -217,7 +217,7 @@ fn pretrained_tokenizer(
 ) -> Result<Option<(std::path::PathBuf, bool, Span)>, Diagnostic> {
     let mut found: Option<(std::path::PathBuf, bool, Span)> = None;
     for m in &checked.program.models {
-        if !matches!(m.init, crate::ir::graph::ModelInit::Pretrained) {
+        if !m.init.is_pretrained() {
             continue;
         }
         let resolved = checked.decl_params.get(&m.name.name).cloned().unwrap_or_default();

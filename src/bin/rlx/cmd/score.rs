@@ -1,4 +1,5 @@
-//! `rlx score`: per-token log-probabilities and the summed NLL of texts under a model.
+//! `rlx score`: per-token log-probabilities and the summed NLL of texts under a model, or a
+//! reward model's score of each text.
 
 use std::process::ExitCode;
 
@@ -34,6 +35,20 @@ pub fn main(args: ScoreArgs) -> Result<ExitCode, String> {
     };
     if !json {
         eprintln!("model: {}", loaded.dir.display());
+    }
+    if loaded.model.has_score_head() {
+        for (i, t) in texts.iter().enumerate() {
+            let ids = rlx::inspect::ids_of(&loaded.tok, t, chat)?;
+            let score = rlx::inspect::reward_of(&loaded, &ids, &device)?;
+            if json {
+                println!("{}", serde_json::json!({"score": score, "tokens": ids.len()}));
+            } else if texts.len() > 1 {
+                println!("text {}: {} tokens, score {score:.6}", i + 1, ids.len());
+            } else {
+                println!("score {score:.6} ({} tokens)", ids.len());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let (mut total, mut predicted) = (0.0, 0);
     for (i, t) in texts.iter().enumerate() {

@@ -14,13 +14,23 @@ fn name(v: impl ValueEnum) -> String {
 }
 
 pub fn main(args: TinyCheckpointArgs) -> Result<ExitCode, String> {
-    let TinyCheckpointArgs { dir, family, shards, size, seed, transformers, bf16 } = args;
+    let TinyCheckpointArgs { dir, family, shards, size, seed, transformers, bf16, reward_model } =
+        args;
     let style = if transformers == Layout::V4 { ConfigStyle::V4 } else { ConfigStyle::V5 };
     let (family, size, layout) = (name(family), name(size), name(transformers));
-    let spec = TinySpec { family: family.clone(), size: size.clone(), shards, seed, style, bf16 };
+    let spec = TinySpec {
+        family: family.clone(),
+        size: size.clone(),
+        shards,
+        seed,
+        style,
+        bf16,
+        reward_model,
+    };
     hf_tiny::write_tiny(&dir, &spec)?;
+    let what = if reward_model { "reward model" } else { "checkpoint" };
     println!(
-        "wrote a random {size} {family} checkpoint (transformers {layout} layout) to {}",
+        "wrote a random {size} {family} {what} (transformers {layout} layout) to {}",
         dir.display()
     );
     Ok(ExitCode::SUCCESS)
