@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use super::tensorboard::Scalars;
+
 /// The names of `metrics.jsonl`'s fields: the trainer writes them, `report/` and `rlx run`
 /// read them, and this is the one place they are spelled. (A task's own metrics — `accuracy`,
 /// `gold`, … with `NAME_se` — are the task's; `loss.TERM` and `BINDING.mean`/`.std` are built
@@ -98,8 +100,11 @@ impl MetricsLog {
         }
         std::fs::write(&path, body)?;
         let file = std::fs::OpenOptions::new().append(true).open(&path)?;
-        let lines: Vec<Map<String, Value>> =
-            kept.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let lines: Vec<Scalars> = kept
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Map<String, Value>>(l).ok())
+            .map(|l| scalars_of(&l))
+            .collect();
         let events = super::tensorboard::EventFile::create(dir, &lines)?;
         Ok(MetricsLog { file, events })
     }
@@ -108,10 +113,21 @@ impl MetricsLog {
         let line = serde_json::to_string(record).map_err(std::io::Error::other)?;
         writeln!(self.file, "{line}")?;
         self.file.flush()?;
-        self.events.write(record)?;
+        self.events.write(&scalars_of(record))?;
         super::fault::point();
         Ok(())
     }
+}
+
+/// A line's numbers as TensorBoard scalars `STAGE/NAME` at its step.
+fn scalars_of(line: &Map<String, Value>) -> Scalars {
+    let stage = line.get(field::STAGE).and_then(Value::as_str).unwrap_or("run");
+    let values = line
+        .iter()
+        .filter(|(k, _)| ![field::STAGE_INDEX, field::STEP].contains(&k.as_str()))
+        .filter_map(|(k, v)| Some((format!("{stage}/{k}"), v.as_f64()? as f32)))
+        .collect();
+    Scalars { step: line.get(field::STEP).and_then(Value::as_i64).unwrap_or(0), values }
 }
 
 /// The `before` and `after` evaluations a log holds for a stage, as `eval/NAME` values.

@@ -18,9 +18,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use serde_json::{Map, Value};
-
-use super::metrics::field;
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct Event {
@@ -56,8 +53,8 @@ pub struct EventFile {
 
 impl EventFile {
     /// A new event file in `dir` (earlier ones of this run are removed: the metrics log they
-    /// were derived from is being rewritten), then an event per line of `lines`.
-    pub fn create(dir: &Path, lines: &[Map<String, Value>]) -> std::io::Result<EventFile> {
+    /// were derived from is being rewritten), then an event per entry of `events`.
+    pub fn create(dir: &Path, events: &[Scalars]) -> std::io::Result<EventFile> {
         for entry in std::fs::read_dir(dir)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with("events.out.tfevents.") {
                 std::fs::remove_file(entry.path())?;
@@ -74,8 +71,8 @@ impl EventFile {
             summary: None,
         };
         out.append(&version)?;
-        for line in lines {
-            out.write(line)?;
+        for e in events {
+            out.write(e)?;
         }
         Ok(out)
     }
@@ -84,9 +81,22 @@ impl EventFile {
         &self.path
     }
 
-    /// One metrics line as one event of scalars; lines without numbers write nothing.
-    pub fn write(&mut self, line: &Map<String, Value>) -> std::io::Result<()> {
-        let Some(event) = event_of(line) else { return Ok(()) };
+    /// One event of scalars at a step; none writes nothing.
+    pub fn write(&mut self, scalars: &Scalars) -> std::io::Result<()> {
+        if scalars.values.is_empty() {
+            return Ok(());
+        }
+        let value = scalars
+            .values
+            .iter()
+            .map(|(tag, x)| SummaryValue { tag: tag.clone(), simple_value: Some(*x) })
+            .collect();
+        let event = Event {
+            wall_time: wall_time(),
+            step: scalars.step,
+            file_version: None,
+            summary: Some(Summary { value }),
+        };
         self.append(&event)
     }
 
@@ -96,24 +106,11 @@ impl EventFile {
     }
 }
 
-/// The scalars of a metrics line.
-fn event_of(line: &Map<String, Value>) -> Option<Event> {
-    let stage = line.get(field::STAGE).and_then(Value::as_str).unwrap_or("run");
-    let step = line.get(field::STEP).and_then(Value::as_i64).unwrap_or(0);
-    let value: Vec<SummaryValue> = line
-        .iter()
-        .filter(|(k, _)| ![field::STAGE_INDEX, field::STEP].contains(&k.as_str()))
-        .filter_map(|(k, v)| {
-            let x = v.as_f64()?;
-            Some(SummaryValue { tag: format!("{stage}/{k}"), simple_value: Some(x as f32) })
-        })
-        .collect();
-    (!value.is_empty()).then(|| Event {
-        wall_time: wall_time(),
-        step,
-        file_version: None,
-        summary: Some(Summary { value }),
-    })
+/// Scalars logged at one step: `(tag, value)`.
+#[derive(Debug, Clone, Default)]
+pub struct Scalars {
+    pub step: i64,
+    pub values: Vec<(String, f32)>,
 }
 
 fn wall_time() -> f64 {
@@ -168,13 +165,11 @@ mod tests {
     }
 
     #[test]
-    fn metrics_lines_become_framed_events_that_read_back() {
+    fn scalars_become_framed_events_that_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let line: Map<String, Value> = serde_json::from_str(
-            r#"{"stage": "rl", "stage_index": 0, "step": 3, "reward": 0.5, "loss": -1.25, "note": "x"}"#,
-        )
-        .unwrap();
-        let f = EventFile::create(dir.path(), &[line]).unwrap();
+        let scalars =
+            Scalars { step: 3, values: vec![("rl/loss".into(), -1.25), ("rl/reward".into(), 0.5)] };
+        let f = EventFile::create(dir.path(), &[scalars, Scalars::default()]).unwrap();
         let bytes = std::fs::read(f.path()).unwrap();
         let mut events = Vec::new();
         let mut at = 0;
@@ -188,6 +183,7 @@ mod tests {
             events.push(Event::decode(data).unwrap());
             at += 16 + len;
         }
+        assert_eq!(events.len(), 2, "an empty set of scalars writes nothing");
         assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
         assert_eq!(events[1].step, 3);
         let values = &events[1].summary.as_ref().unwrap().value;
