@@ -63,10 +63,11 @@ def _trl(fn, items, conversational=False):
                 columns[key] = [r.get(key) for r in rows]
     if "answer" not in columns:
         columns["answer"] = [it.get("answer") for it in items]
+    kwargs = {"prompts": prompts, "completions": completions, **columns}
     accepts = _accepts(fn)
     if accepts is not None:
-        columns = {k: v for k, v in columns.items() if k in accepts}
-    scores = fn(prompts=prompts, completions=completions, **columns)
+        kwargs = {k: v for k, v in kwargs.items() if k in accepts}
+    scores = fn(**kwargs)
     return [None if s is None else float(s) for s in scores]
 
 

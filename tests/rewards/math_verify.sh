@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A GSM8K-format run rewarded by `math-verify` (PyPI) through the Python shim: a small
+# The Python shim's unit tests, then a GSM8K-format run rewarded by `math-verify` (PyPI)
+# through the shim: a small
 # environment with math-verify 0.8.0 in $RLX_REWARDS_VENV (default: a scratch one), then
 #  1. the shim on a known batch: equivalent forms of the reference score 1, a wrong one 0;
 #  2. `examples/rewards/gsm8k_math_verify.rlx` for 2 steps on a tiny random checkpoint and the
@@ -13,6 +14,8 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import math_verify" 2
     "$venv/bin/pip" install -q "math-verify==0.8.0"
 fi
 export PYTHONPATH="$PWD/python"
+# The shim's calling conventions (TRL, verl, named, conversational, the loop), standard library only.
+python3 -m unittest discover -s python/tests -q
 request='{"reward":"math","batch":0,"items":[
  {"prompt":"q","response":"44 - 4 = 40\n#### 40","answer":"40","data":"gsm8k","row":{}},
  {"prompt":"q","response":"#### 40.0","answer":"40","data":"gsm8k","row":{}},
