@@ -1,17 +1,18 @@
-//! A data set read from a JSON-lines file, with configurable field names: prompt + answer
-//! (GSM8K's `question`/`answer`, MATH's `\boxed{}` solutions), prompt + demonstration, or
-//! prompt + chosen + rejected. A field may be nested, named by its path (`extra_info.answer`,
-//! `reward_model.ground_truth` in verl's layout). Every line must parse and have its fields; an
-//! error names the file and line, and nothing is skipped. A line longer than [`MAX_LINE`] is an
-//! error too (a file that is not JSON lines, or `/dev/zero`, must not fill the memory).
+//! A data set read from a file (JSON lines, a JSON array or Parquet: `rows`), with configurable
+//! field names: prompt + answer (GSM8K's `question`/`answer`, MATH's `\boxed{}` solutions),
+//! prompt + demonstration, or prompt + chosen + rejected. A field may be nested, named by its
+//! path (`extra_info.answer`, `reward_model.ground_truth` in verl's layout), and texts may be in
+//! TRL's conversational form (`[{"role": "user", "content": …}]`, `messages` ending with the
+//! assistant's reply). Every row must have its fields; an error names the file and row, and
+//! nothing is skipped.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use serde_json::Value;
 
 use super::answers::AnswerFormat;
+use super::rows::Row;
 use super::{Kind, Pair, Prompt, Task};
 
 /// Which JSON keys hold what.
@@ -26,43 +27,10 @@ pub struct Fields {
     pub rejected: String,
 }
 
-/// Longest line (one row) read from a data file.
-pub const MAX_LINE: usize = 16 << 20;
-
 /// One line's content.
 enum Record {
     Solved { prompt: String, demonstration: String, answer: Option<String>, row: Value },
     Pair(Pair),
-}
-
-/// The lines of a file, each at most `max` bytes; an error names the file and line.
-pub fn capped_lines(path: &Path, max: usize) -> Result<Vec<String>, String> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| format!("cannot read data file {}: {e}", path.display()))?;
-    let mut reader = BufReader::new(file);
-    let mut lines = Vec::new();
-    loop {
-        let mut buf = Vec::new();
-        let n = (&mut reader)
-            .take(max as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| format!("cannot read data file {}: {e}", path.display()))?;
-        if n == 0 {
-            return Ok(lines);
-        }
-        let at = lines.len() + 1;
-        if buf.last() != Some(&b'\n') && buf.len() > max {
-            return Err(format!(
-                "{}:{at}: a line longer than {} (the cap on one row; is this a JSON-lines file?)",
-                path.display(),
-                crate::rewards::reply::size(max)
-            ));
-        }
-        let text = String::from_utf8(buf)
-            .map_err(|_| format!("{}:{at}: the line is not UTF-8", path.display()))?;
-        let text = text.strip_suffix('\n').unwrap_or(&text);
-        lines.push(text.strip_suffix('\r').unwrap_or(text).to_string());
-    }
 }
 
 /// The value at a field name, or at a dotted path into nested objects when no field has the
@@ -83,37 +51,34 @@ pub fn load(
     format: AnswerFormat,
     eval: usize,
 ) -> Result<Task, String> {
-    let mut lines = capped_lines(path, MAX_LINE)?;
-    // Editors on Windows save UTF-8 with a byte-order mark; it is not part of the first line.
-    if let Some(first) = lines.first_mut()
-        && let Some(rest) = first.strip_prefix('\u{feff}')
-    {
-        *first = rest.to_string();
-    }
-    // A final newline ends the last line; it does not start an empty one.
+    let rows = super::rows::read(path)?;
     let mut records = Vec::new();
     let mut pairs_file: Option<bool> = None;
-    for (i, line) in lines.iter().enumerate() {
-        let at = |msg: String| format!("{}:{}: {msg}", path.display(), i + 1);
-        if line.trim().is_empty() {
-            return Err(at("empty line (JSON-lines files have one object per line)".into()));
-        }
-        let v: Value = serde_json::from_str(line).map_err(|e| at(format!("invalid JSON: {e}")))?;
-        if !v.is_object() {
-            return Err(at("expected a JSON object".into()));
-        }
+    for Row { at: row, value: v } in rows {
+        let at = |msg: String| format!("{}:{row}: {msg}", path.display());
         // The first line decides the kind of the file: pairs when it has a `chosen` field.
         let pairs = *pairs_file.get_or_insert(field_at(&v, &fields.chosen).is_some());
-        // Texts must be strings; an answer may be a number (`"answer": 42`), read as its text.
+        // Texts are strings, or TRL's conversational form (lists of `{role, content}`); an
+        // answer may be a number (`"answer": 42`), read as its text.
         let field = |name: &str| -> Result<String, String> {
             match field_at(&v, name) {
                 Some(Value::String(s)) => Ok(s.clone()),
                 Some(Value::Number(n)) if name == fields.answer => Ok(n.to_string()),
+                Some(Value::Array(messages)) if name != fields.prompt => {
+                    assistant_turn(messages).map_err(|e| at(format!("field `{name}`: {e}")))
+                }
                 Some(other) => Err(at(format!("field `{name}` is {other}, expected a string"))),
                 None => Err(at(format!("missing field `{name}` (the line has {})", keys(&v)))),
             }
         };
-        let prompt = field(&fields.prompt)?;
+        // A conversational prompt may end with the assistant's reply (TRL's `messages`): that
+        // reply is the demonstration unless the recipe names a demonstration field.
+        let (prompt, reply) = match field_at(&v, &fields.prompt) {
+            Some(Value::Array(messages)) => {
+                conversation(messages).map_err(|e| at(format!("field `{}`: {e}", fields.prompt)))?
+            }
+            _ => (field(&fields.prompt)?, None),
+        };
         records.push(if pairs {
             Record::Pair(Pair {
                 prompt,
@@ -122,9 +87,10 @@ pub fn load(
             })
         } else {
             let answer = field(&fields.answer).ok();
-            let demonstration = match &fields.demonstration {
-                Some(d) => field(d)?,
-                None => field(&fields.answer)?,
+            let demonstration = match (&fields.demonstration, reply) {
+                (Some(d), _) => field(d)?,
+                (None, Some(reply)) => reply,
+                (None, None) => field(&fields.answer)?,
             };
             Record::Solved {
                 prompt,
@@ -135,7 +101,7 @@ pub fn load(
         });
     }
     if records.is_empty() {
-        return Err(format!("data file {} has no lines", path.display()));
+        return Err(format!("data file {} has no rows", path.display()));
     }
     let held_out = eval.min(records.len() / 5);
     let split = records.len() - held_out;
@@ -179,6 +145,42 @@ pub fn load(
     }
     task.pieces = super::word_pieces(task.texts.iter().chain(task.eval.iter().map(|p| &p.text)));
     Ok(task)
+}
+
+/// TRL's conversational prompt: one user message, optionally followed by the assistant's reply.
+/// System messages and several turns are refused by name rather than flattened.
+fn conversation(messages: &[Value]) -> Result<(String, Option<String>), String> {
+    let turns = messages.iter().map(turn).collect::<Result<Vec<_>, _>>()?;
+    match turns.as_slice() {
+        [("user", u)] => Ok((u.to_string(), None)),
+        [("user", u), ("assistant", a)] => Ok((u.to_string(), Some(a.to_string()))),
+        _ => {
+            let roles: Vec<&str> = turns.iter().map(|(r, _)| *r).collect();
+            Err(format!(
+                "a conversation of roles [{}]: rlx reads one user message, optionally followed by the assistant's reply (system messages and several turns are not supported yet)",
+                roles.join(", ")
+            ))
+        }
+    }
+}
+
+/// A completion in conversational form: one assistant message.
+fn assistant_turn(messages: &[Value]) -> Result<String, String> {
+    let turns = messages.iter().map(turn).collect::<Result<Vec<_>, _>>()?;
+    match turns.as_slice() {
+        [("assistant", a)] => Ok(a.to_string()),
+        _ => Err("expected a string or one assistant message `[{\"role\": \"assistant\", \"content\": …}]`".into()),
+    }
+}
+
+/// `{"role": …, "content": "…"}` as (role, content).
+fn turn(m: &Value) -> Result<(&str, &str), String> {
+    match (m.get("role").and_then(Value::as_str), m.get("content").and_then(Value::as_str)) {
+        (Some(role), Some(content)) => Ok((role, content)),
+        _ => Err(format!(
+            "a message must be {{\"role\": \"…\", \"content\": \"…\"}} with string values, not {m}"
+        )),
+    }
 }
 
 /// Prompt and response as one text for supervised training: a newline between them unless the
@@ -268,7 +270,7 @@ mod tests {
             load(&path, &fields(), AnswerFormat::Exact, 0)
                 .err()
                 .unwrap()
-                .contains(":1: field `question` is [\"q1\"]")
+                .contains(":1: field `question`: a message must be {\"role\"")
         );
     }
 
@@ -319,12 +321,12 @@ mod tests {
         let mut text = String::from("{\"question\": \"q\", \"answer\": \"a\"}\r\n");
         text.push_str(&"x".repeat(1 << 12));
         std::fs::write(&path, &text).unwrap();
-        let err = capped_lines(&path, 1 << 10).unwrap_err();
+        let err = super::super::rows::capped_lines(&path, 1 << 10).unwrap_err();
         assert!(
             err.ends_with("big.jsonl:2: a line longer than 1 KiB (the cap on one row; is this a JSON-lines file?)"),
             "{err}"
         );
-        let lines = capped_lines(&path, 1 << 13).unwrap();
+        let lines = super::super::rows::capped_lines(&path, 1 << 13).unwrap();
         assert_eq!(lines[0], "{\"question\": \"q\", \"answer\": \"a\"}");
         #[cfg(unix)]
         {

@@ -6,6 +6,7 @@ pub mod answers;
 pub mod arith;
 pub mod jsonl;
 pub mod reviews;
+pub mod rows;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -23,11 +23,13 @@ impl Cx {
     }
 
     pub(super) fn lower_data(&mut self, d: &Decl) {
-        let help = "declare data as `data NAME = builtin(\"arith\")`, `builtin(\"reviews\")` or `jsonl(\"file.jsonl\", prompt = \"question\")`";
+        let help = "declare data as `data NAME = builtin(\"arith\")`, `builtin(\"reviews\")` or `file(\"train.parquet\", prompt = \"question\")` (also `.jsonl`, `.json`)";
         let Some((callee, args)) = as_call(&d.value) else {
             return self.diags.push(invalid_decl(&d.value, "a data set", help));
         };
-        if callee == "jsonl" {
+        // `file(...)` reads JSON lines, a JSON array or Parquet by extension; `jsonl(...)` is the
+        // same constructor under its first name.
+        if callee == "jsonl" || callee == "file" {
             let (positional, mut params) = split_args(args, &mut self.diags);
             if let Some(p) = positional.first() {
                 params.insert(

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Parquet files written by pyarrow now (pyarrow 22.0.0 from PyPI in $RLX_DATA_VENV, default a
+# scratch environment), read by `tests/data.rs` — the same checks `cargo test` runs on the
+# committed copies in tests/data/parquet/, on files this pyarrow just wrote.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+venv="${RLX_DATA_VENV:-$(mktemp -d)/venv}"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import pyarrow" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "pyarrow==22.0.0"
+fi
+fresh="$(mktemp -d)"
+trap 'rm -rf "$fresh"' EXIT
+"$venv/bin/python" tests/data/make_parquet.py "$fresh"
+RLX_DATA_DIR="$fresh" cargo test --locked -q --test data
