@@ -274,6 +274,7 @@ mod tests {
                 heads: 2,
                 context: 32,
                 family: Default::default(),
+                classifier_pad: None,
             },
             batch: 3,
             prompt: 4,

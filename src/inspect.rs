@@ -79,7 +79,10 @@ pub fn load(path: &Path, chat: bool, device: &Device) -> Result<Loaded, String> 
         }
         (Family::Gpt, _) => md.cfg.clone(),
     };
-    let classifier = matches!(&cfg.family, Family::Llama(s) if s.hf.classifier_labels() == Some(1));
+    let classifier = match &cfg.family {
+        Family::Llama(s) => s.hf.classifier_labels() == Some(1),
+        Family::Gpt => crate::model::gpt2::classifier_labels(&md.raw_config) == Some(1),
+    };
     if !classifier
         && !weights.contains_key("lm_head.weight")
         && !matches!(&cfg.family, Family::Llama(s) if s.hf.tie_word_embeddings)

@@ -377,6 +377,7 @@ mod tests {
             heads: 2,
             context: 32,
             family: Default::default(),
+            classifier_pad: None,
         };
         let heads = Heads { lm: true, ..Default::default() };
         let params = init_params(&cfg, heads, &mut Rng::new(seed), &Device::Cpu).unwrap();

@@ -767,3 +767,87 @@ stage rl {{
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("needs a `*ForSequenceClassification`"), "{err}");
 }
+
+/// A reward model in GPT-2's layout (`GPT2ForSequenceClassification`, here one rlx wrote for
+/// RCfD's built-in reward model) reads back as `reward_model(pretrained(...))`, scores as
+/// before, trains in full and is saved in the same layout.
+#[test]
+fn a_gpt2_classifier_reads_back_as_a_pretrained_reward_model_and_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("rcfd");
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/rcfd.rlx");
+    let mut c = rlx_cli();
+    c.arg("run").arg(&recipe).args(["--steps", "1", "--quiet", "--eval-prompts", "2", "--out"]);
+    c.arg(&first);
+    for s in [
+        "policy.width=32",
+        "policy.layers=1",
+        "policy.heads=2",
+        "policy.warm_steps=3",
+        "rm.width=32",
+        "rm.layers=1",
+        "rm.heads=2",
+        "reviews.prompts=64",
+        "reward_model.optim.batch=8",
+        "rl.optim.batch=8",
+    ] {
+        c.args(["--set", s]);
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let score = |dir: &Path| -> f64 {
+        let o = rlx_cli()
+            .arg("score")
+            .arg(dir)
+            .args(["--text", "the food was great .", "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["score"].as_f64().unwrap()
+    };
+    let rm = first.join("models/rm");
+    let before = score(&rm);
+    let text = format!(
+        r#"data   reviews = builtin("reviews", prompts = 64)
+model  policy  = pretrained("{policy}")
+model  rm      = reward_model(pretrained("{rm}"))
+stage reward_model {{
+    train rm
+    pairs reviews.preferences
+    loss  = seq_mean(pairwise_rm(rm(chosen), rm(rejected)))
+    optim {{ lr = 1e-2, steps = 2, batch = 8 }}
+}}
+stage rl {{
+    train   policy
+    prompts reviews.prompts
+    sample  {{ n = 1, max_tokens = 8 }}
+    let r   = calibrate(rm(response), rm(demonstration), distance = squared)
+    loss    = token_mean(ppo_clip(policy.logp, old.logp, spread(whiten(r, scope = batch)), eps = 0.3))
+    optim   {{ lr = 1e-3, steps = 1, batch = 8 }}
+}}
+"#,
+        policy = first.join("models/policy").display(),
+        rm = rm.display()
+    );
+    let path = tmp.path().join("again.rlx");
+    std::fs::write(&path, text).unwrap();
+    let again = tmp.path().join("again");
+    let o = rlx_cli()
+        .arg("run")
+        .arg(&path)
+        .args(["--quiet", "--eval-prompts", "2", "--out"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let saved = again.join("models/rm");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "GPT2ForSequenceClassification");
+    let names =
+        candle_core::safetensors::load(saved.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(names.contains_key("score.weight") && !names.contains_key("lm_head.weight"));
+    let after = score(&saved);
+    assert!((after - before).abs() > 1e-4, "training moved the score ({before} → {after})");
+}

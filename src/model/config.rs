@@ -15,6 +15,10 @@ pub struct ModelConfig {
     pub context: usize,
     #[serde(default)]
     pub family: Family,
+    /// A GPT-2 sequence classifier's `pad_token_id`, skipped from the right to find a text's
+    /// last token as transformers does (Llama-family classifiers carry theirs in `hf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_pad: Option<u32>,
 }
 
 /// Which trunk a model has.
@@ -60,7 +64,15 @@ impl ModelConfig {
             "base" => (6, 384, 6),
             _ => return None,
         };
-        Some(ModelConfig { vocab, layers, width, heads, context: 256, family: Family::Gpt })
+        Some(ModelConfig {
+            vocab,
+            layers,
+            width,
+            heads,
+            context: 256,
+            family: Family::Gpt,
+            classifier_pad: None,
+        })
     }
 
     /// The shape of a Llama-family checkpoint.
@@ -73,6 +85,7 @@ impl ModelConfig {
             heads: hf.num_attention_heads,
             context: hf.max_position_embeddings,
             family: Family::Llama(Box::new(spec)),
+            classifier_pad: None,
         }
     }
 

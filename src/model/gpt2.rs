@@ -137,6 +137,7 @@ pub fn parse_config(raw: &Value) -> Result<ModelConfig, String> {
         heads: int("n_head")?,
         context: int("n_positions")?,
         family: Family::Gpt,
+        classifier_pad: None,
     };
     for (name, value, max) in [
         ("vocab_size", cfg.vocab, 1 << 24),
@@ -178,7 +179,25 @@ pub fn parse_config(raw: &Value) -> Result<ModelConfig, String> {
     if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
         return Err(format!("config.json: {what} is not supported"));
     }
-    Ok(cfg)
+    let pad = raw["pad_token_id"].as_u64().and_then(|p| u32::try_from(p).ok());
+    Ok(ModelConfig { classifier_pad: if is_classifier(raw) { pad } else { None }, ..cfg })
+}
+
+/// Whether a GPT-2 `config.json` is a `GPT2ForSequenceClassification`.
+pub fn is_classifier(raw: &Value) -> bool {
+    raw["architectures"][0].as_str() == Some("GPT2ForSequenceClassification")
+}
+
+/// A classifier's number of labels, as transformers derives it (`id2label`, else
+/// `num_labels`, else 2).
+pub fn classifier_labels(raw: &Value) -> Option<usize> {
+    is_classifier(raw).then(|| {
+        raw["id2label"]
+            .as_object()
+            .map(|m| m.len())
+            .or(raw["num_labels"].as_u64().map(|n| n as usize))
+            .unwrap_or(2)
+    })
 }
 
 /// Reads a GPT-2-layout directory into the built-in trunk's config and weight names, with
@@ -227,7 +246,8 @@ pub fn load(
         }
         w.insert(ours, t);
     }
-    let tied = raw["tie_word_embeddings"].as_bool().unwrap_or(true);
+    // A classifier has a score head and no language-model head (a tied one would be made up).
+    let tied = raw["tie_word_embeddings"].as_bool().unwrap_or(true) && !is_classifier(raw);
     match stored.remove("lm_head.weight") {
         Some(h) if !tied => {
             if h.dims() != [cfg.vocab, cfg.width] {

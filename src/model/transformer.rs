@@ -432,7 +432,8 @@ impl Transformer {
     fn classifier_pad(&self) -> Option<u32> {
         match &self.cfg.family {
             Family::Llama(spec) if spec.hf.classifier_labels().is_some() => spec.hf.pad_token_id,
-            _ => None,
+            Family::Llama(_) => None,
+            Family::Gpt => self.cfg.classifier_pad,
         }
     }
 

@@ -54,11 +54,15 @@ impl Slot {
         Slot { cfg, params, base: Arc::default(), source: None }
     }
 
-    /// The labels of a Hugging Face sequence classifier (`None`: a language model).
+    /// The labels of a Hugging Face sequence classifier read from a checkpoint (`None`: a
+    /// language model, or a built-in model).
     pub fn classifier_labels(&self) -> Option<usize> {
         match &self.cfg.family {
             crate::model::Family::Llama(spec) => spec.hf.classifier_labels(),
-            crate::model::Family::Gpt => None,
+            crate::model::Family::Gpt => self
+                .source
+                .as_ref()
+                .and_then(|s| crate::model::gpt2::classifier_labels(&s.raw_config)),
         }
     }
 

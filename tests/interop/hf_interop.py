@@ -13,7 +13,8 @@ Checks, for Llama, SmolLM (tied), Mistral, Qwen2 and Qwen3 checkpoints saved by
   3. saved configs state one dtype, `save_dtype = source` keeps bf16, the chat template is kept;
   4. a built-in model saved in GPT-2's layout loads as GPT2LMHeadModel with rlx's log-probs;
   5. reward models transformers writes (`AutoModelForSequenceClassification`, one label, pad =
-     EOS) for Llama, Mistral, Qwen2 and Qwen3, in transformers 5's and 4's config layouts:
+     EOS) for Llama, Mistral, Qwen2 and Qwen3, in transformers 5's and 4's config layouts, and
+     GPT-2's:
      `rlx score` gives transformers' score, read at the last token that is not padding (texts
      ending in EOS included); RCfD trains one with LoRA in a `pairs` stage and uses it in RL, and
      the reward model rlx saves loads in transformers with no missing weight and the same score.
@@ -192,6 +193,17 @@ def reward_models(tmp):
             worst = max(abs(a - b) for a, b in zip(mine, theirs))
             check(worst < 1e-5, f"{family} RM (transformers {layout} layout): rlx's scores are transformers' "
                                 f"(max |Δ| {worst:.2e} over {len(RM_TEXTS)} texts)")
+    # GPT-2's classifier (the trunk under `transformer.`, `score` without bias).
+    cfg = transformers.GPT2Config(vocab_size=272, n_positions=512, n_embd=32, n_layer=2, n_head=4,
+                                  num_labels=1, pad_token_id=256, eos_token_id=256, bos_token_id=None)
+    torch.manual_seed(2)
+    model = transformers.GPT2ForSequenceClassification(cfg).eval()
+    d = os.path.join(tmp, "rm-gpt2")
+    model.save_pretrained(d)
+    tokenizer_from(tmp, False).save_pretrained(d)
+    theirs = hf_rm_scores(model, AutoTokenizer.from_pretrained(d), RM_TEXTS)
+    worst = max(abs(a - b) for a, b in zip(rlx_rm_scores(d, RM_TEXTS), theirs))
+    check(worst < 1e-5, f"gpt2 RM: rlx's scores are transformers' (max |Δ| {worst:.2e} over {len(RM_TEXTS)} texts)")
     policy = write_checkpoint(tmp, "qwen2")
     recipe = os.path.join(tmp, "rcfd_hf.rlx")
     open(recipe, "w").write(RCFD_HF.format(policy=policy, rm=os.path.join(tmp, "rm-qwen2")))

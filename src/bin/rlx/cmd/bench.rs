@@ -42,6 +42,7 @@ pub fn main(args: BenchArgs) -> Result<ExitCode, String> {
         context,
         vocab,
         family: Default::default(),
+        classifier_pad: None,
     };
     let sizes = [
         ("--layers", model.layers),
