@@ -293,7 +293,8 @@ class Reward(BaseHTTPRequestHandler):
             assert query.startswith(prompt)
             m = re.findall(r"answer:\s*(-?\d+)", query[len(prompt):])
             out.append(1.0 if m and m[-1] == label else 0.0)
-        reply = json.dumps({"rewards": out, "scores": out, "extra_logs": {}}).encode()
+        lengths = [len(q) - len(p) for q, p in zip(body["query"], body["prompts"])]
+        reply = json.dumps({"rewards": out, "scores": out, "extra_logs": {"length": lengths}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
@@ -323,7 +324,13 @@ server.serve_forever()
     let decl = format!(r#"reward r = http("http://127.0.0.1:{port}/get_reward", timeout = 30)"#);
     let o = run(&dir, "http", &recipe(&decl, "r(response)", 2), &[]);
     ok(&o);
-    assert_eq!(result(&dir.join("http")).0, result(&dir.join("builtin")).0);
+    // The same metrics as the built-in verifier's run, plus the server's `extra_logs`.
+    let mut got = result(&dir.join("http")).0;
+    for r in got.iter_mut().filter(|r| r.get("loss").is_some()) {
+        let length = r.as_object_mut().unwrap().remove("r.length");
+        assert!(length.is_some_and(|l| l.as_f64().unwrap() > 0.0), "extra_logs logged: {r}");
+    }
+    assert_eq!(got, result(&dir.join("builtin")).0);
     let decl = format!(r#"reward r = http("http://127.0.0.1:{port}/broken", timeout = 5)"#);
     let o = run(&dir, "broken", &recipe(&decl, "r(response)", 2), &[]);
     let err = flat_stderr(&o);

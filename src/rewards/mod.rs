@@ -18,7 +18,7 @@ pub mod http;
 pub mod process;
 pub mod reply;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Mutex;
@@ -61,6 +61,8 @@ pub struct External {
     /// The last batch's scores: `r.a(response)` and `r.b(response)` share one request.
     last: Mutex<Option<(u64, Scores)>>,
     batches: Mutex<usize>,
+    /// `extra_logs` of the batches since the last `take_logs`: (sum of batch means, batches).
+    logs: Mutex<BTreeMap<String, (f64, usize)>>,
 }
 
 impl External {
@@ -84,6 +86,7 @@ impl External {
             backend,
             last: Mutex::new(None),
             batches: Mutex::new(0),
+            logs: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -109,13 +112,28 @@ impl External {
                 let line = json!({"reward": self.name, "batch": batch, "items": items.iter().map(item_json).collect::<Vec<_>>()});
                 let mut p = p.lock().map_err(|_| self.fail("a previous call panicked"))?;
                 let text = p.call(&line.to_string()).map_err(|e| self.fail_batch(e, items))?;
-                reply::parse(&text, "rewards", items.len())
+                let scores = reply::parse(&text, "rewards", items.len())
                     .map_err(|e| self.fail_at(e, items))
-                    .map_err(|e| p.with_stderr(e))
+                    .map_err(|e| p.with_stderr(e))?;
+                self.keep_logs(&text);
+                Ok(scores)
             }
             Backend::Http(h) => {
                 let text = h.call(items).map_err(|e| self.fail_batch(e, items))?;
-                reply::parse(&text, "rewards", items.len()).map_err(|e| self.fail_at(e, items))
+                let scores = reply::parse(&text, "rewards", items.len())
+                    .map_err(|e| self.fail_at(e, items))?;
+                self.keep_logs(&text);
+                Ok(scores)
+            }
+        }
+    }
+
+    fn keep_logs(&self, text: &str) {
+        if let Ok(mut logs) = self.logs.lock() {
+            for (k, v) in reply::extra_logs(text) {
+                let e = logs.entry(k).or_insert((0.0, 0));
+                e.0 += v;
+                e.1 += 1;
             }
         }
     }
@@ -226,6 +244,20 @@ impl Rewards {
     /// The reward that failed, if one did.
     pub fn failed(&self) -> Option<String> {
         self.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// The rewards' `extra_logs` since the last call, as `REWARD.KEY`: the mean over batches
+    /// of each batch's mean.
+    pub fn take_logs(&self) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for (name, r) in &self.external {
+            if let Ok(mut logs) = r.logs.lock() {
+                for (k, (sum, n)) in std::mem::take(&mut *logs) {
+                    out.insert(format!("{name}.{k}"), sum / n.max(1) as f64);
+                }
+            }
+        }
+        out
     }
 
     /// Seconds spent waiting for external rewards since the last call.

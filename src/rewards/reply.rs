@@ -81,6 +81,28 @@ pub fn parse(text: &str, key: &str, n: usize) -> Result<Scores, String> {
     }
 }
 
+/// A reply's `extra_logs` (OpenRLHF's name for what a reward wants logged): each number, or the
+/// mean of each list's finite numbers, by key. Anything else in it is not a metric and is left.
+pub fn extra_logs(text: &str) -> BTreeMap<String, f64> {
+    let value: Value = serde_json::from_str(text)
+        .or_else(|_| serde_json::from_str(&mark_non_finite(text)))
+        .unwrap_or(Value::Null);
+    let Some(logs) = value.get("extra_logs").and_then(Value::as_object) else {
+        return BTreeMap::new();
+    };
+    logs.iter()
+        .filter_map(|(k, v)| {
+            let xs: Vec<f64> = match v {
+                Value::Number(x) => x.as_f64().into_iter().collect(),
+                Value::Array(items) => items.iter().filter_map(Value::as_f64).collect(),
+                _ => Vec::new(),
+            };
+            let xs: Vec<f64> = xs.into_iter().filter(|x| x.is_finite()).collect();
+            (!xs.is_empty()).then(|| (k.clone(), xs.iter().sum::<f64>() / xs.len() as f64))
+        })
+        .collect()
+}
+
 fn list(values: &[Value], n: usize, name: Option<&str>) -> Result<Vec<f32>, String> {
     let what = name.map_or(String::new(), |n| format!(" `{n}`"));
     if values.len() != n {
@@ -189,6 +211,13 @@ mod tests {
         assert!(named.part(None).unwrap_err().contains("`a`, `b`"));
         assert!(named.part(Some("c")).unwrap_err().contains("no reward `c`"));
         assert!(Scores::One(vec![]).part(Some("x")).unwrap_err().contains("one list"));
+        let logs = extra_logs(
+            r#"{"rewards": [1], "extra_logs": {"len": [2, 4, NaN], "n": 3, "s": "x", "e": []}}"#,
+        );
+        assert_eq!(
+            logs.into_iter().collect::<Vec<_>>(),
+            [("len".to_string(), 3.0), ("n".to_string(), 3.0)]
+        );
     }
 
     #[test]

@@ -5,10 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 venv="${RLX_DATA_VENV:-$(mktemp -d)/venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import pyarrow" 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "pyarrow==22.0.0"
-fi
+source tests/lib/venv.sh
+ensure_venv "$venv" "import pyarrow" "pyarrow==22.0.0"
 fresh="$(mktemp -d)"
 trap 'rm -rf "$fresh"' EXIT
 "$venv/bin/python" tests/data/make_parquet.py "$fresh"

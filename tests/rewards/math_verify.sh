@@ -9,10 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 venv="${RLX_REWARDS_VENV:-$(mktemp -d)/venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import math_verify" 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "math-verify==0.8.0"
-fi
+source tests/lib/venv.sh
+ensure_venv "$venv" "import math_verify" "math-verify==0.8.0"
 export PYTHONPATH="$PWD/python"
 # The shim's calling conventions (TRL, verl, named, conversational, the loop), standard library only.
 python3 -m unittest discover -s python/tests -q

@@ -6,10 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 venv="${RLX_TB_VENV:-$(mktemp -d)/venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import tensorboard" 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "tensorboard==2.20.0"
-fi
+source tests/lib/venv.sh
+ensure_venv "$venv" "import tensorboard" "tensorboard==2.20.0"
 cargo build --release --locked -q
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT

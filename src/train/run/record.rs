@@ -70,6 +70,9 @@ impl Run<'_> {
         }
         if !self.rewards.is_empty() {
             record.insert(field::REWARD_SECONDS.into(), json!(self.rewards.take_seconds()));
+            for (k, v) in self.rewards.take_logs() {
+                record.insert(k, json!(v));
+            }
         }
     }
 
