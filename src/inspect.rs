@@ -183,6 +183,12 @@ pub fn generate(
     seed: u64,
     device: &Device,
 ) -> Result<Vec<String>, String> {
+    if loaded.model.has_score_head() {
+        return Err(format!(
+            "{} is a reward model (a score head, no language-model head): it scores texts (`rlx score`), it does not generate",
+            loaded.dir.display()
+        ));
+    }
     let ids = loaded.tok.prompt(prompt);
     let prompts = vec![ids; n];
     let mut rng = Rng::new(seed);

@@ -260,11 +260,18 @@ fn built_in_models_are_saved_in_gpt2_layout_and_read_back() {
         .to_scalar()
         .unwrap();
     assert!(d < 1e-5, "saved policy differs by {d}");
-    // `rlx score` on a reward model says why it cannot.
+    // `rlx score` on a reward model prints its score; `rlx generate` says why it cannot.
     let o =
         rlx().args(["score", "--text", "the food"]).arg(out.join("models/rm")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("score "));
+    let o = rlx()
+        .args(["generate", "--prompt", "the food"])
+        .arg(out.join("models/rm"))
+        .output()
+        .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("reward model"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a reward model"));
     let o = rlx()
         .args(["generate", "--prompt", "the food", "--n", "2", "--max-tokens", "8", "--seed", "3"])
         .arg(&out)
