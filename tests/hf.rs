@@ -658,6 +658,32 @@ fn rows_sharing_a_prompt_give_the_values_and_gradients_of_a_full_forward() {
     shared_and_full(&Transformer::from_params(&cfg, &params).unwrap(), &vars);
 }
 
+/// RCfD with the given policy and reward-model declarations: two reward-model steps on the
+/// reviews preferences, then two RL steps calibrated to the demonstrations.
+fn rcfd_recipe(policy: &str, rm: &str, prompts: usize) -> String {
+    format!(
+        r#"recipe t "RCfD on a Hugging Face reward model"
+data   reviews = builtin("reviews", prompts = {prompts})
+model  policy  = {policy}
+model  rm      = {rm}
+stage reward_model {{
+    train rm
+    pairs reviews.preferences
+    loss  = seq_mean(pairwise_rm(rm(chosen), rm(rejected)))
+    optim {{ lr = 1e-2, steps = 2, batch = 8 }}
+}}
+stage rl {{
+    train   policy
+    prompts reviews.prompts
+    sample  {{ n = 1, max_tokens = 8 }}
+    let r   = calibrate(rm(response), rm(demonstration), distance = squared)
+    loss    = token_mean(ppo_clip(policy.logp, old.logp, spread(whiten(r, scope = batch)), eps = 0.3))
+    optim   {{ lr = 1e-3, steps = 2, batch = 8 }}
+}}
+"#
+    )
+}
+
 /// A Hugging Face reward model (`*ForSequenceClassification`, one label, pad = EOS): the score
 /// is `score.weight · h` at the last token that is not padding (trailing EOS skipped, as
 /// transformers does); `pretrained` refuses it and `reward_model(pretrained(...))` refuses a
@@ -695,29 +721,7 @@ fn hf_reward_models_score_at_the_last_non_padding_token_train_and_save_as_classi
     let lm_dir = tmp.path().join("policy");
     hf_tiny::write_tiny(&lm_dir, &hf_tiny::TinySpec { seed: 4, ..hf_tiny::TinySpec::new("qwen2") })
         .unwrap();
-    let recipe = |policy: &str, rm: &str| {
-        format!(
-            r#"recipe t "RCfD on a Hugging Face reward model"
-data   reviews = builtin("reviews", prompts = 32)
-model  policy  = {policy}
-model  rm      = {rm}
-stage reward_model {{
-    train rm
-    pairs reviews.preferences
-    loss  = seq_mean(pairwise_rm(rm(chosen), rm(rejected)))
-    optim {{ lr = 1e-2, steps = 2, batch = 8 }}
-}}
-stage rl {{
-    train   policy
-    prompts reviews.prompts
-    sample  {{ n = 1, max_tokens = 8 }}
-    let r   = calibrate(rm(response), rm(demonstration), distance = squared)
-    loss    = token_mean(ppo_clip(policy.logp, old.logp, spread(whiten(r, scope = batch)), eps = 0.3))
-    optim   {{ lr = 1e-3, steps = 2, batch = 8 }}
-}}
-"#
-        )
-    };
+    let recipe = |policy: &str, rm: &str| rcfd_recipe(policy, rm, 32);
     let run = |name: &str, text: String| {
         let path = tmp.path().join(format!("{name}.rlx"));
         std::fs::write(&path, text).unwrap();
@@ -808,27 +812,10 @@ fn a_gpt2_classifier_reads_back_as_a_pretrained_reward_model_and_trains() {
     };
     let rm = first.join("models/rm");
     let before = score(&rm);
-    let text = format!(
-        r#"data   reviews = builtin("reviews", prompts = 64)
-model  policy  = pretrained("{policy}")
-model  rm      = reward_model(pretrained("{rm}"))
-stage reward_model {{
-    train rm
-    pairs reviews.preferences
-    loss  = seq_mean(pairwise_rm(rm(chosen), rm(rejected)))
-    optim {{ lr = 1e-2, steps = 2, batch = 8 }}
-}}
-stage rl {{
-    train   policy
-    prompts reviews.prompts
-    sample  {{ n = 1, max_tokens = 8 }}
-    let r   = calibrate(rm(response), rm(demonstration), distance = squared)
-    loss    = token_mean(ppo_clip(policy.logp, old.logp, spread(whiten(r, scope = batch)), eps = 0.3))
-    optim   {{ lr = 1e-3, steps = 1, batch = 8 }}
-}}
-"#,
-        policy = first.join("models/policy").display(),
-        rm = rm.display()
+    let text = rcfd_recipe(
+        &format!(r#"pretrained("{}")"#, first.join("models/policy").display()),
+        &format!(r#"reward_model(pretrained("{}"))"#, rm.display()),
+        64,
     );
     let path = tmp.path().join("again.rlx");
     std::fs::write(&path, text).unwrap();
