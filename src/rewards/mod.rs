@@ -112,25 +112,25 @@ impl External {
                 let line = json!({"reward": self.name, "batch": batch, "items": items.iter().map(item_json).collect::<Vec<_>>()});
                 let mut p = p.lock().map_err(|_| self.fail("a previous call panicked"))?;
                 let text = p.call(&line.to_string()).map_err(|e| self.fail_batch(e, items))?;
-                let scores = reply::parse(&text, "rewards", items.len())
+                let (scores, logs) = reply::parse_with_logs(&text, "rewards", items.len())
                     .map_err(|e| self.fail_at(e, items))
                     .map_err(|e| p.with_stderr(e))?;
-                self.keep_logs(&text);
+                self.keep_logs(logs);
                 Ok(scores)
             }
             Backend::Http(h) => {
                 let text = h.call(items).map_err(|e| self.fail_batch(e, items))?;
-                let scores = reply::parse(&text, "rewards", items.len())
+                let (scores, logs) = reply::parse_with_logs(&text, "rewards", items.len())
                     .map_err(|e| self.fail_at(e, items))?;
-                self.keep_logs(&text);
+                self.keep_logs(logs);
                 Ok(scores)
             }
         }
     }
 
-    fn keep_logs(&self, text: &str) {
+    fn keep_logs(&self, batch: BTreeMap<String, f64>) {
         if let Ok(mut logs) = self.logs.lock() {
-            for (k, v) in reply::extra_logs(text) {
+            for (k, v) in batch {
                 let e = logs.entry(k).or_insert((0.0, 0));
                 e.0 += v;
                 e.1 += 1;

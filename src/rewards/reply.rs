@@ -49,11 +49,25 @@ const NON_FINITE: &str = "\u{0}rlx-non-finite:";
 /// `key` is the field that holds the scores (`rewards`). The error says what is wrong and,
 /// for a bad value, at which row of the batch.
 pub fn parse(text: &str, key: &str, n: usize) -> Result<Scores, String> {
+    parse_with_logs(text, key, n).map(|(scores, _)| scores)
+}
+
+/// [`parse`], and the reply's `extra_logs` from the same parse.
+pub fn parse_with_logs(
+    text: &str,
+    key: &str,
+    n: usize,
+) -> Result<(Scores, BTreeMap<String, f64>), String> {
     let value: Value = serde_json::from_str(text)
         .or_else(|_| serde_json::from_str(&mark_non_finite(text)))
         .map_err(|e| format!("the reply is not JSON ({e}): {}", excerpt(text)))?;
+    let scores = scores_of(&value, text, key, n)?;
+    Ok((scores, extra_logs(&value)))
+}
+
+fn scores_of(value: &Value, text: &str, key: &str, n: usize) -> Result<Scores, String> {
     let Some(scores) = value.get(key) else {
-        let has = match &value {
+        let has = match value {
             Value::Object(o) => o.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
             _ => "no fields".into(),
         };
@@ -83,10 +97,7 @@ pub fn parse(text: &str, key: &str, n: usize) -> Result<Scores, String> {
 
 /// A reply's `extra_logs` (OpenRLHF's name for what a reward wants logged): each number, or the
 /// mean of each list's finite numbers, by key. Anything else in it is not a metric and is left.
-pub fn extra_logs(text: &str) -> BTreeMap<String, f64> {
-    let value: Value = serde_json::from_str(text)
-        .or_else(|_| serde_json::from_str(&mark_non_finite(text)))
-        .unwrap_or(Value::Null);
+fn extra_logs(value: &Value) -> BTreeMap<String, f64> {
     let Some(logs) = value.get("extra_logs").and_then(Value::as_object) else {
         return BTreeMap::new();
     };
@@ -211,9 +222,12 @@ mod tests {
         assert!(named.part(None).unwrap_err().contains("`a`, `b`"));
         assert!(named.part(Some("c")).unwrap_err().contains("no reward `c`"));
         assert!(Scores::One(vec![]).part(Some("x")).unwrap_err().contains("one list"));
-        let logs = extra_logs(
+        let (_, logs) = parse_with_logs(
             r#"{"rewards": [1], "extra_logs": {"len": [2, 4, NaN], "n": 3, "s": "x", "e": []}}"#,
-        );
+            "rewards",
+            1,
+        )
+        .unwrap();
         assert_eq!(
             logs.into_iter().collect::<Vec<_>>(),
             [("len".to_string(), 3.0), ("n".to_string(), 3.0)]
