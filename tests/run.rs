@@ -478,11 +478,17 @@ fn compare_runs_seeds_reuses_finished_runs_and_writes_a_report_and_a_plot() {
     );
     assert!(md.contains("accuracy") && md.contains("pass@2") && md.contains(" → **"), "{md}");
     assert!(md.contains("over seeds") && md.contains("### grpo → rloo"), "{md}");
+    // What produced the numbers, and the verdict against the first recipe, paired by seed.
+    assert!(md.contains("| rlx | 0.1.0 at commit `") && md.contains("| CPU | "), "{md}");
+    assert!(md.contains("| instruction sets | ") && md.contains("| threads | "), "{md}");
+    assert!(md.contains("## Verdict") && md.contains("| `rloo` | accuracy | "), "{md}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let after = &report["stages"][0]["rows"][1]["metrics"]["accuracy"]["after"];
     assert!(after["mean"].as_f64().is_some_and(|m| (0.0..=1.0).contains(&m)), "{report:#}");
     assert_eq!(report["training"][0]["runs"], 2);
+    assert_eq!(report["verdict"]["pairs"][0]["seeds"], 2, "{report:#}");
+    assert!(report["provenance"]["cpu"]["model"].as_str().is_some_and(|m| !m.is_empty()));
     let svg = std::fs::read_to_string(out.join("plot.svg")).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("reward") && svg.contains("grpo"),
@@ -496,7 +502,9 @@ fn compare_runs_seeds_reuses_finished_runs_and_writes_a_report_and_a_plot() {
     let o = compare();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.matches("reused").count() == 4, "{err}");
-    assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), md);
+    // (Its date aside: the two compares may straddle midnight.)
+    let undated = |md: &str| md.lines().filter(|l| !l.starts_with("| date |")).collect::<String>();
+    assert_eq!(undated(&std::fs::read_to_string(out.join("report.md")).unwrap()), undated(&md));
 
     // `rlx plot` overlays the runs from the compare's `runs/` directory.
     let svg_path = out.join("curves.svg");

@@ -178,6 +178,8 @@ pub struct RecipeRuns {
     pub label: String,
     pub recipe: PathBuf,
     pub runs: Vec<RunMetrics>,
+    /// The seed of each of `runs`.
+    pub seeds: Vec<u64>,
     pub failed: Vec<(u64, String)>,
 }
 
@@ -191,6 +193,7 @@ pub fn collect(plan: &Plan, outcomes: &[(String, u64, Outcome)]) -> Vec<RecipeRu
                 label: label.clone(),
                 recipe: recipe.clone(),
                 runs: Vec::new(),
+                seeds: Vec::new(),
                 failed: Vec::new(),
             };
             for (l, seed, outcome) in outcomes.iter().filter(|(l, _, _)| l == label) {
@@ -200,7 +203,10 @@ pub fn collect(plan: &Plan, outcomes: &[(String, u64, Outcome)]) -> Vec<RecipeRu
                     continue;
                 }
                 match read_run(&plan.run_dir(label, *seed)) {
-                    Ok(m) => r.runs.push(m),
+                    Ok(m) => {
+                        r.runs.push(m);
+                        r.seeds.push(*seed);
+                    }
                     Err(e) => r.failed.push((*seed, e)),
                 }
             }
@@ -349,14 +355,17 @@ pub fn write_report(
     plan: &Plan,
     recipes: &[RecipeRuns],
     diffs: &[(String, String)],
-    command: &str,
+    provenance: &super::provenance::Provenance,
     plot: Option<&str>,
 ) -> Result<String, String> {
+    let command = &provenance.command;
     let seeds_word =
         if plan.seeds == 1 { "1 seed".to_string() } else { format!("{} seeds", plan.seeds) };
     let mut md = String::new();
     md.push_str("# rlx compare\n\n");
     md.push_str(&format!("Reproduce: `{command}`\n\n"));
+    md.push_str(&provenance.markdown());
+    md.push('\n');
     md.push_str(&format!(
         "{seeds_word} per recipe (0..{}); every value is a mean ± standard error {}.\n\n",
         plan.seeds.saturating_sub(1),
@@ -479,6 +488,7 @@ pub fn write_report(
         md.push_str(&failures.join("\n"));
         md.push_str("\n\n");
     }
+    md.push_str(&super::paired::markdown(recipes));
     if let Some(plot) = plot {
         md.push_str(&format!("## Curves\n\n![training curves]({plot})\n\n"));
     }
@@ -492,8 +502,20 @@ pub fn write_report(
             ));
         }
     }
+    let verdict = super::paired::pairs(recipes).map(|(stage, pairs)| {
+        let rows: Vec<Value> = pairs
+            .iter()
+            .map(|p| {
+                json!({ "recipe": p.label, "metric": p.metric, "diff": p.diff, "se": p.se,
+                        "seeds": p.seeds, "verdict": p.word() })
+            })
+            .collect();
+        json!({ "stage": stage, "against": recipes[0].label, "pairs": rows })
+    });
     let report = json!({
         "command": command,
+        "provenance": provenance.json(),
+        "verdict": verdict,
         "seeds": plan.seeds,
         "stages": json_stages,
         "training": json_train,

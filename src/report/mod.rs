@@ -4,6 +4,8 @@
 
 pub mod compare;
 pub mod curves;
+pub mod paired;
 pub mod plot;
+pub mod provenance;
 pub mod values;
 pub mod verdict;

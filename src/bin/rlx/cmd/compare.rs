@@ -80,7 +80,8 @@ pub fn main(args: CompareArgs, style: Style) -> Result<ExitCode, String> {
         command.push_str(a);
     }
     command.push_str(&format!(" --out {}", out.display()));
-    compare::write_report(&plan, &collected, &diffs, &command, plot)?;
+    let provenance = rlx::report::provenance::Provenance::now(command, env!("RLX_GIT_COMMIT"));
+    compare::write_report(&plan, &collected, &diffs, &provenance, plot)?;
     for (label, m) in compare::headline(&collected) {
         let parts: Vec<String> = m
             .iter()
