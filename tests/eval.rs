@@ -201,7 +201,7 @@ fn a_missing_or_misshaped_input_lists_everything_the_stage_reads() {
 
 #[test]
 fn documented_names_describe_every_recipe() {
-    // What the README documents: names in recipe syntax with dtypes and shapes.
+    // What docs/eval.md documents: names in recipe syntax with dtypes and shapes.
     let reqs = |name: &str, stage: usize| -> Vec<(String, String, String)> {
         exec::requirements(&recipe(name), stage)
             .into_iter()

@@ -189,36 +189,3 @@ fn every_code_a_recipe_can_trigger_has_an_example_that_does() {
         }
     }
 }
-
-/// The README's list of codes and its lint table are the registry's: every code is named, and
-/// the table has exactly the lints with their default levels (it once listed `unknown-lint`,
-/// which `--allow` refuses, and missed `stage-trains-nothing`).
-#[test]
-fn the_readme_lists_the_registrys_codes_and_lints() {
-    let readme =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let section = &readme[readme.find("## Diagnostics and lints").unwrap()..];
-    let section = &section[..section.find("\n## ").unwrap()];
-    let mut table = BTreeSet::new();
-    for line in section.lines().filter(|l| l.starts_with("| `")) {
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        table.insert((cells[1].trim_matches('`').to_string(), cells[2].to_string()));
-    }
-    let lints: BTreeSet<(String, String)> = codes::lints()
-        .map(|l| {
-            let level = match l.lint_default() {
-                Some(rlx::diag::Severity::Error) => "deny",
-                _ => "warn",
-            };
-            (l.name.to_string(), level.to_string())
-        })
-        .collect();
-    assert_eq!(table, lints, "the README's lint table is not the registry's lints");
-    for c in codes::all().iter().filter(|c| c.kind != Kind::Export) {
-        assert!(
-            section.contains(&format!("`{}`", c.name)),
-            "the README does not name `{}`",
-            c.name
-        );
-    }
-}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # rlx against PyTorch, transformers and TRL on the same shapes, checkpoints and settings
-# (benches/peers/compare.py; the README's "Against PyTorch, transformers and TRL" table).
+# (benches/peers/compare.py; docs/benchmarks.md's "Against PyTorch, transformers and TRL" table).
 #
 #   bash benches/peers/run.sh                    # every row, 3 rounds (about 25 minutes on 2 cores)
 #   bash benches/peers/run.sh --rounds 5 --only train-tiny --only grpo-tiny

@@ -3,6 +3,7 @@
 //! Every phase returns these values; only `render` turns them into text.
 
 pub mod codes;
+pub mod reference;
 
 use serde::Serialize;
 

@@ -4,5 +4,6 @@ pub mod builtins;
 pub mod graph;
 mod lower;
 pub mod overrides;
+pub mod reference;
 
 pub use lower::lower;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+pub use super::curves::RecipeRuns;
 use super::curves::{RunMetrics, mean_se, read_run};
 use crate::train::metrics::field;
 
@@ -170,17 +171,6 @@ fn last_lines(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(n)..].join("\n");
     format!("the end of {}:\n```\n{tail}\n```", path.display())
-}
-
-/// One recipe's finished runs.
-#[derive(Default)]
-pub struct RecipeRuns {
-    pub label: String,
-    pub recipe: PathBuf,
-    pub runs: Vec<RunMetrics>,
-    /// The seed of each of `runs`.
-    pub seeds: Vec<u64>,
-    pub failed: Vec<(u64, String)>,
 }
 
 /// Reads back every finished run of the plan.

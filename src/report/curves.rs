@@ -193,6 +193,17 @@ pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// One recipe's finished runs.
+#[derive(Default)]
+pub struct RecipeRuns {
+    pub label: String,
+    pub recipe: std::path::PathBuf,
+    pub runs: Vec<RunMetrics>,
+    /// The seed of each of `runs`.
+    pub seeds: Vec<u64>,
+    pub failed: Vec<(u64, String)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::compare::RecipeRuns;
-use super::curves::{StageEval, mean_se};
+use super::curves::{RecipeRuns, StageEval, mean_se};
 use super::verdict::{GUARDS, HEADLINES};
 
 /// One recipe against the first on one metric.

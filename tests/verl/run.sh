@@ -33,7 +33,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 "$rlx" tiny-checkpoint "$work/model" --family qwen2 > /dev/null
 
-# These must export (the README's "Scaling out with verl" table); every other recipe that
+# These must export (docs/scaling-out.md's "Scaling out with verl" table); every other recipe that
 # exports is checked too, so the table cannot drift from what the exporter does.
 required="recipes/grpo.rlx recipes/dr_grpo.rlx recipes/rloo.rlx recipes/reinforce.rlx recipes/remax.rlx recipes/ppo.rlx"
 dirs=()

@@ -1,0 +1,201 @@
+//! The book (`docs/`) and the README stay true to the code: the reference pages are generated
+//! from the block registry, the diagnostic code registry and the CLI's own help, and a stale
+//! committed page fails this test (which rewrites it: commit the result); every fenced `rlx`
+//! block lints without errors; every page is in the book's table of contents and every
+//! relative link resolves.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rlx::check::lints::LintConfig;
+use rlx::source::{SourceFile, analyze};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes `contents` to `path` when it differs and fails, naming the page (rust-analyzer's
+/// `ensure_file_contents`): the next run passes, and the diff is there to commit.
+fn ensure_current(path: &Path, contents: &str) -> Option<String> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    if old.replace("\r\n", "\n") == contents {
+        return None;
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, contents).unwrap();
+    Some(format!("{} was stale and has been regenerated; commit it", path.display()))
+}
+
+fn rlx(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_rlx")).args(args).output().unwrap();
+    assert!(o.status.success(), "rlx {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Every command's `--help`, from clap through the binary.
+fn commands_page() -> String {
+    let top = rlx(&["--help"]);
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() > 10, "{top}");
+    let mut out = String::from(
+        "<!-- Generated from the command line's own help (clap) by `cargo test --test docs`; \
+         do not edit. -->\n\n# Commands\n\nEvery command with every option, as `rlx COMMAND \
+         --help` prints it.\n\n```text\n",
+    );
+    out.push_str(top.trim_end());
+    out.push_str("\n```\n");
+    for c in &commands {
+        out.push_str(&format!("\n## `rlx {c}`\n\n```text\n"));
+        out.push_str(rlx(&[c, "--help"]).trim_end());
+        out.push_str("\n```\n");
+    }
+    out
+}
+
+#[test]
+fn reference_pages_are_generated_from_the_code() {
+    let dir = root().join("docs/reference");
+    let stale: Vec<String> = [
+        ("blocks.md", rlx::blocks::docs::markdown()),
+        ("diagnostics.md", rlx::diag::reference::markdown()),
+        ("builtins.md", rlx::ir::reference::markdown()),
+        ("commands.md", commands_page()),
+    ]
+    .into_iter()
+    .filter_map(|(name, text)| ensure_current(&dir.join(name), &text))
+    .collect();
+    assert!(stale.is_empty(), "{}", stale.join("\n"));
+}
+
+/// Markdown files of the book and the README.
+fn pages() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                // mdbook's output.
+                if p.file_name().is_some_and(|n| n != "book") {
+                    walk(&p, out);
+                }
+            } else if p.extension().is_some_and(|x| x == "md") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = vec![root().join("README.md")];
+    walk(&root().join("docs"), &mut out);
+    out.sort();
+    out
+}
+
+/// The fenced blocks of one language in a Markdown text, with the line each starts on.
+fn fenced(text: &str, lang: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        match &mut current {
+            None if trimmed.strip_prefix("```").is_some_and(|l| l.trim() == lang) => {
+                current = Some((i + 1, String::new()));
+            }
+            Some(_) if trimmed.starts_with("```") => out.push(current.take().unwrap()),
+            Some((_, body)) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn every_rlx_block_in_the_docs_and_the_readme_lints_without_errors() {
+    // The diagnostics reference shows the `tests/ui` cases: recipes that are wrong on purpose,
+    // checked by `tests/ui.rs` to print exactly what the page shows.
+    let skip = root().join("docs/reference/diagnostics.md");
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for page in pages().into_iter().filter(|p| *p != skip) {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for (line, body) in fenced(&text, "rlx") {
+            let name = format!("{}:{line}", page.strip_prefix(root()).unwrap().display());
+            // Files a recipe names (checkpoints, data, reward programs) are the reader's.
+            let config = LintConfig {
+                allow: ["missing-checkpoint", "missing-reward-program"].map(String::from).to_vec(),
+                deny: vec![],
+                deny_warnings: false,
+            };
+            let analysis = analyze(&SourceFile::new(&name, body), &config);
+            let errors: Vec<_> = analysis
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == rlx::diag::Severity::Error)
+                // A block of declarations alone shows how to declare something; everything
+                // else in it is still checked.
+                .filter(|d| d.code != "missing-stage")
+                .map(|d| format!("{name}: {} {}", d.code, d.message))
+                .collect();
+            failures.extend(errors);
+            checked += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 6, "only {checked} rlx blocks found");
+}
+
+#[test]
+fn every_page_is_in_the_table_of_contents_and_every_relative_link_resolves() {
+    let docs = root().join("docs");
+    let summary = std::fs::read_to_string(docs.join("SUMMARY.md")).unwrap();
+    let mut problems = Vec::new();
+    for page in pages() {
+        // mdBook renders only the pages its table of contents names.
+        if let Ok(rel) = page.strip_prefix(&docs)
+            && rel != Path::new("SUMMARY.md")
+            && !summary.contains(&format!("]({})", rel.display()))
+        {
+            problems.push(format!("docs/{} is not in docs/SUMMARY.md", rel.display()));
+        }
+        let text = std::fs::read_to_string(&page).unwrap();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_code = !in_code;
+            }
+            if in_code {
+                continue;
+            }
+            for target in links(line) {
+                let file = target.split('#').next().unwrap();
+                if file.is_empty() || file.contains("://") || file.starts_with("mailto:") {
+                    continue;
+                }
+                if !page.parent().unwrap().join(file).exists() {
+                    problems.push(format!("{}: broken link `{target}`", page.display()));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The targets of `[text](target)` and `![alt](target)` links on one line.
+fn links(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("](") {
+        let after = &rest[i + 2..];
+        let Some(end) = after.find(')') else { break };
+        out.push(after[..end].trim());
+        rest = &after[end..];
+    }
+    out
+}
