@@ -199,3 +199,94 @@ fn links(line: &str) -> Vec<&str> {
     }
     out
 }
+
+/// What a change to which makes a result page's numbers out of date: the code that computes
+/// them (besides the page's own recipes).
+const MATHS: [&str; 8] = [
+    "src/blocks",
+    "src/exec",
+    "src/model",
+    "src/train",
+    "src/tasks",
+    "src/sample.rs",
+    "src/rng.rs",
+    "src/tokenizer.rs",
+];
+
+const STALE_BEGIN: &str = "<!-- stale: written by `cargo test --test docs` -->";
+const STALE_END: &str = "<!-- /stale -->";
+
+/// The files among `paths` that differ between `commit` and the work tree; `None` when git or
+/// the commit is not at hand (a tarball, a shallow clone).
+fn changed_since(commit: &str, paths: &[String]) -> Option<Vec<String>> {
+    let o = Command::new("git")
+        .current_dir(root())
+        .args(["diff", "--name-only", commit, "--"])
+        .args(paths)
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect())
+}
+
+/// A result page (`docs/results/NAME/report.md`, written by `rlx compare`) says so at its top
+/// when a file that determines its numbers — its recipes, or the maths — changed after the
+/// commit that produced it.
+#[test]
+fn result_pages_say_when_the_code_changed_after_them() {
+    let results = root().join("docs/results");
+    let mut stale = Vec::new();
+    let mut pages = 0;
+    for entry in std::fs::read_dir(&results).unwrap() {
+        let dir = entry.unwrap().path();
+        let (md_path, json_path) = (dir.join("report.md"), dir.join("report.json"));
+        if !json_path.exists() {
+            continue;
+        }
+        pages += 1;
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        let prov = &report["provenance"];
+        let commit = prov["commit"].as_str().unwrap().trim_end_matches("-dirty").to_string();
+        let command = prov["command"].as_str().unwrap();
+        let mut paths: Vec<String> =
+            command.split_whitespace().filter(|w| w.ends_with(".rlx")).map(String::from).collect();
+        assert!(!paths.is_empty(), "{}: no recipes in `{command}`", json_path.display());
+        paths.extend(MATHS.iter().map(|p| p.to_string()));
+        let Some(changed) = changed_since(&commit, &paths) else {
+            eprintln!("{}: commit {commit} not in this checkout; not checked", md_path.display());
+            continue;
+        };
+        let md = std::fs::read_to_string(&md_path).unwrap();
+        let body = match (md.find(STALE_BEGIN), md.find(STALE_END)) {
+            (Some(a), Some(b)) => format!("{}{}", &md[..a], md[b + STALE_END.len()..].trim_start()),
+            _ => md.clone(),
+        };
+        let note = if changed.is_empty() {
+            String::new()
+        } else {
+            let shown: Vec<String> = changed.iter().take(6).map(|f| format!("`{f}`")).collect();
+            let more = if changed.len() > 6 {
+                format!(" and {} more", changed.len() - 6)
+            } else {
+                String::new()
+            };
+            format!(
+                "{STALE_BEGIN}\n> **Older than the code.** Since commit `{commit}`, which produced \
+                 these numbers, {} file(s) that determine them changed ({}{more}): re-run the \
+                 command below to measure them again.\n{STALE_END}\n\n",
+                changed.len(),
+                shown.join(", ")
+            )
+        };
+        // The note goes right under the page's title.
+        let (title, rest) = body.split_once('\n').unwrap_or((&body, ""));
+        let want = format!("{title}\n\n{note}{}", rest.trim_start());
+        if let Some(why) = ensure_current(&md_path, &want) {
+            stale.push(why);
+        }
+    }
+    assert!(stale.is_empty(), "{}", stale.join("\n"));
+    eprintln!("{pages} result pages checked");
+}
