@@ -248,16 +248,29 @@ fn result_pages_say_when_the_code_changed_after_them() {
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
         let prov = &report["provenance"];
-        let commit = prov["commit"].as_str().unwrap().trim_end_matches("-dirty").to_string();
+        // The numbers come from the runs, which a compare may have reused from older commits.
+        let mut commits: Vec<String> = prov["run_commits"]
+            .as_object()
+            .map(|m| m.keys().filter(|c| *c != "unknown").cloned().collect())
+            .unwrap_or_default();
+        if commits.is_empty() {
+            commits.push(prov["commit"].as_str().unwrap().to_string());
+        }
         let command = prov["command"].as_str().unwrap();
         let mut paths: Vec<String> =
             command.split_whitespace().filter(|w| w.ends_with(".rlx")).map(String::from).collect();
         assert!(!paths.is_empty(), "{}: no recipes in `{command}`", json_path.display());
         paths.extend(MATHS.iter().map(|p| p.to_string()));
-        let Some(changed) = changed_since(&commit, &paths) else {
-            eprintln!("{}: commit {commit} not in this checkout; not checked", md_path.display());
-            continue;
-        };
+        let mut changed = std::collections::BTreeSet::new();
+        for c in &commits {
+            let c = c.trim_end_matches("-dirty");
+            match changed_since(c, &paths) {
+                Some(files) => changed.extend(files),
+                None => eprintln!("{}: commit {c} not in this checkout", md_path.display()),
+            }
+        }
+        let commit = commits.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+        let changed: Vec<String> = changed.into_iter().collect();
         let md = std::fs::read_to_string(&md_path).unwrap();
         let body = match (md.find(STALE_BEGIN), md.find(STALE_END)) {
             (Some(a), Some(b)) => format!("{}{}", &md[..a], md[b + STALE_END.len()..].trim_start()),
@@ -273,7 +286,7 @@ fn result_pages_say_when_the_code_changed_after_them() {
                 String::new()
             };
             format!(
-                "{STALE_BEGIN}\n> **Older than the code.** Since commit `{commit}`, which produced \
+                "{STALE_BEGIN}\n> **Older than the code.** Since {commit}, the commit(s) that produced \
                  these numbers, {} file(s) that determine them changed ({}{more}): re-run the \
                  command below to measure them again.\n{STALE_END}\n\n",
                 changed.len(),

@@ -489,6 +489,10 @@ fn compare_runs_seeds_reuses_finished_runs_and_writes_a_report_and_a_plot() {
     assert_eq!(report["training"][0]["runs"], 2);
     assert_eq!(report["verdict"]["pairs"][0]["seeds"], 2, "{report:#}");
     assert!(report["provenance"]["cpu"]["model"].as_str().is_some_and(|m| !m.is_empty()));
+    // Every run records the commit that made it.
+    let commits = report["provenance"]["run_commits"].as_object().unwrap();
+    assert_eq!(commits.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), 4, "{commits:?}");
+    assert!(!commits.contains_key("unknown"), "{commits:?}");
     let svg = std::fs::read_to_string(out.join("plot.svg")).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("reward") && svg.contains("grpo"),

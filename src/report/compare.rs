@@ -25,12 +25,15 @@ pub struct Plan {
     /// Arguments every run gets after its recipe and run directory (`--steps`, `--set`, …).
     pub run_args: Vec<String>,
     pub out: PathBuf,
+    /// The commit of the rlx that runs them, recorded with every run it finishes (a reused
+    /// run keeps the commit that made it).
+    pub commit: String,
 }
 
 impl Plan {
     pub fn new(recipes: Vec<PathBuf>, seeds: u64, run_args: Vec<String>, out: PathBuf) -> Plan {
         let labels = labels(&recipes);
-        Plan { recipes, labels, seeds, run_args, out }
+        Plan { recipes, labels, seeds, run_args, out, commit: "unknown".into() }
     }
 
     pub fn run_dir(&self, label: &str, seed: u64) -> PathBuf {
@@ -117,7 +120,10 @@ fn run_one(exe: &Path, plan: &Plan, recipe: &Path, label: &str, seed: u64) -> Ou
     let marker = json!({ "recipe": text, "seed": seed, "args": plan.run_args });
     let done = dir.join(DONE);
     if let Ok(old) = std::fs::read_to_string(&done) {
-        let old: Value = serde_json::from_str(&old).unwrap_or(Value::Null);
+        let mut old: Value = serde_json::from_str(&old).unwrap_or(Value::Null);
+        if let Some(o) = old.as_object_mut() {
+            o.remove("commit");
+        }
         if old == marker {
             return Outcome::Reused;
         }
@@ -153,7 +159,7 @@ fn run_one(exe: &Path, plan: &Plan, recipe: &Path, label: &str, seed: u64) -> Ou
     let status = cmd.stdin(Stdio::null()).stdout(log).stderr(err).status();
     let seconds = started.elapsed().as_secs_f64();
     match status {
-        Ok(s) if s.success() => match std::fs::write(&done, marker.to_string()) {
+        Ok(s) if s.success() => match std::fs::write(&done, with_commit(marker, &plan.commit)) {
             Ok(()) => Outcome::Ran { resumed, seconds },
             Err(e) => Outcome::Failed(format!("{}: {e}", done.display())),
         },
@@ -164,6 +170,28 @@ fn run_one(exe: &Path, plan: &Plan, recipe: &Path, label: &str, seed: u64) -> Ou
         )),
         Err(e) => Outcome::Failed(format!("could not start {}: {e}", exe.display())),
     }
+}
+
+fn with_commit(mut marker: Value, commit: &str) -> String {
+    marker["commit"] = json!(commit);
+    marker.to_string()
+}
+
+/// How many of the plan's finished runs each commit made (`unknown` for runs finished before
+/// runs recorded theirs).
+pub fn run_commits(plan: &Plan) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for label in &plan.labels {
+        for seed in 0..plan.seeds {
+            let Ok(text) = std::fs::read_to_string(plan.run_dir(label, seed).join(DONE)) else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let commit = v["commit"].as_str().unwrap_or("unknown").to_string();
+            *out.entry(commit).or_insert(0) += 1;
+        }
+    }
+    out
 }
 
 fn last_lines(path: &Path, n: usize) -> String {

@@ -19,6 +19,9 @@ pub struct Provenance {
     pub cpu: Cpu,
     /// Threads each run computes with (`RAYON_NUM_THREADS`, else every core the process has).
     pub threads: usize,
+    /// The commits that made the runs the numbers come from, with how many runs each made
+    /// (reused runs may be older than this binary); empty when not known.
+    pub run_commits: std::collections::BTreeMap<String, usize>,
 }
 
 impl Provenance {
@@ -38,6 +41,7 @@ impl Provenance {
             date: utc_date(secs),
             cpu: cpu(),
             threads,
+            run_commits: Default::default(),
         }
     }
 
@@ -48,6 +52,23 @@ impl Provenance {
     }
 
     pub fn markdown(&self) -> String {
+        let mut md = self.table();
+        let others = self.run_commits.keys().any(|c| *c != self.commit);
+        if others {
+            let parts: Vec<String> = self
+                .run_commits
+                .iter()
+                .map(|(c, n)| format!("`{c}` ({n} run{})", if *n == 1 { "" } else { "s" }))
+                .collect();
+            md.push_str(&format!(
+                "| runs made by | {} (finished runs are reused, whatever rlx made them) |\n",
+                parts.join(", ")
+            ));
+        }
+        md
+    }
+
+    fn table(&self) -> String {
         let dirty = if self.commit.ends_with("-dirty") {
             " (built with uncommitted changes: the numbers may not reproduce from the commit alone)"
         } else {
@@ -80,6 +101,7 @@ impl Provenance {
             "date": self.date,
             "cpu": self.cpu,
             "threads": self.threads,
+            "run_commits": self.run_commits,
         })
     }
 }

@@ -36,7 +36,8 @@ pub fn main(args: CompareArgs, style: Style) -> Result<ExitCode, String> {
     if let Some(n) = eval_samples {
         run_args.extend(["--eval-samples".to_string(), n.to_string()]);
     }
-    let plan = compare::Plan::new(recipes.clone(), seeds, run_args.clone(), out.clone());
+    let mut plan = compare::Plan::new(recipes.clone(), seeds, run_args.clone(), out.clone());
+    plan.commit = env!("RLX_GIT_COMMIT").to_string();
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("finding the rlx executable: {e}"))?;
     let outcomes = compare::execute(&exe, &plan, &mut |line| eprintln!("{line}"));
@@ -80,7 +81,8 @@ pub fn main(args: CompareArgs, style: Style) -> Result<ExitCode, String> {
         command.push_str(a);
     }
     command.push_str(&format!(" --out {}", out.display()));
-    let provenance = rlx::report::provenance::Provenance::now(command, env!("RLX_GIT_COMMIT"));
+    let mut provenance = rlx::report::provenance::Provenance::now(command, &plan.commit);
+    provenance.run_commits = compare::run_commits(&plan);
     compare::write_report(&plan, &collected, &diffs, &provenance, plot)?;
     for (label, m) in compare::headline(&collected) {
         let parts: Vec<String> = m
