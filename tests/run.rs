@@ -479,6 +479,7 @@ fn compare_runs_seeds_reuses_finished_runs_and_writes_a_report_and_a_plot() {
     assert!(md.contains("accuracy") && md.contains("pass@2") && md.contains(" → **"), "{md}");
     assert!(md.contains("over seeds") && md.contains("### grpo → rloo"), "{md}");
     // What produced the numbers, and the verdict against the first recipe, paired by seed.
+    assert!(md.starts_with("# rlx compare: `grpo` against `rloo`\n"), "{md}");
     assert!(md.contains("| rlx | 0.1.0 at commit `") && md.contains("| CPU | "), "{md}");
     assert!(md.contains("| instruction sets | ") && md.contains("| threads | "), "{md}");
     assert!(md.contains("## Verdict") && md.contains("| `rloo` | accuracy | "), "{md}");

@@ -380,7 +380,15 @@ pub fn write_report(
     let seeds_word =
         if plan.seeds == 1 { "1 seed".to_string() } else { format!("{} seeds", plan.seeds) };
     let mut md = String::new();
-    md.push_str("# rlx compare\n\n");
+    // The page's title names the recipes: results pages are these files.
+    let others: Vec<String> = plan.labels.iter().skip(1).map(|l| format!("`{l}`")).collect();
+    md.push_str(&match plan.labels.first() {
+        Some(first) if !others.is_empty() => {
+            format!("# rlx compare: `{first}` against {}\n\n", others.join(", "))
+        }
+        Some(first) => format!("# rlx compare: `{first}`\n\n"),
+        None => "# rlx compare\n\n".to_string(),
+    });
     md.push_str(&format!("Reproduce: `{command}`\n\n"));
     md.push_str(&provenance.markdown());
     md.push('\n');

@@ -76,13 +76,11 @@ impl Provenance {
         };
         format!(
             "| | |\n|---|---|\n\
-             | command | `{}` |\n\
              | rlx | {} at commit `{}`{dirty} |\n\
              | date | {} (UTC) |\n\
              | CPU | {} |\n\
              | instruction sets | {} (rlx's kernels: {}) |\n\
              | threads | {} |\n",
-            self.command,
             self.version,
             self.commit,
             self.date,
