@@ -30,6 +30,15 @@ impl Pair {
             None => "one seed: not judged",
         }
     }
+
+    /// The verdict as a phrase about the first recipe, `base`.
+    pub fn phrase(&self, base: &str) -> String {
+        match self.word() {
+            w @ ("higher" | "lower") => format!("{w} than `{base}`"),
+            "no clear difference" => format!("no clear difference from `{base}`"),
+            w => w.to_string(),
+        }
+    }
 }
 
 /// The last stage every run evaluated before and after, by name.
@@ -108,12 +117,12 @@ pub fn markdown(recipes: &[RecipeRuns]) -> String {
     for p in &pairs {
         let se = p.se.map_or("–".to_string(), |s| format!("{s:.3}"));
         md.push_str(&format!(
-            "| `{}` | {} | {:+.3} ± {se} | {} | {} than `{base}` |\n",
+            "| `{}` | {} | {:+.3} ± {se} | {} | {} |\n",
             p.label,
             p.metric,
             p.diff,
             p.seeds,
-            p.word()
+            p.phrase(base)
         ));
     }
     md.push('\n');
