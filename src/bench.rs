@@ -318,14 +318,15 @@ mod tests {
     }
 }
 
-/// The CPU a benchmark ran on: its model, the vector instruction sets it has, and which copy
-/// of rlx's own kernels `fastmath::dispatch` runs (candle's matmuls, from the `gemm` crate, pick
-/// the same level).
+/// The CPU a benchmark ran on: its model, the vector instruction sets it has, which copy of
+/// rlx's own kernels `fastmath::dispatch` runs, and which kernels candle's matmuls (the `gemm`
+/// crate) run: AVX-512 only in a build with the `avx512` feature on a CPU that has it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Cpu {
     pub model: String,
     pub features: Vec<&'static str>,
     pub kernels: &'static str,
+    pub matmuls: &'static str,
 }
 
 pub fn cpu() -> Cpu {
@@ -339,7 +340,16 @@ pub fn cpu() -> Cpu {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     // Which copy of rlx's kernels runs, with `RLX_SIMD`'s cap applied.
-    Cpu { model, features: features(), kernels: crate::model::fastmath::kernel_level() }
+    let features = features();
+    let has = |f: &str| features.contains(&f);
+    let matmuls = if cfg!(feature = "avx512") && has("avx512f") {
+        "AVX-512"
+    } else if has("avx2") && has("fma") {
+        "AVX2 + FMA"
+    } else {
+        "baseline"
+    };
+    Cpu { model, features, kernels: crate::model::fastmath::kernel_level(), matmuls }
 }
 
 #[cfg(target_arch = "x86_64")]

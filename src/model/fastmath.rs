@@ -66,7 +66,6 @@ pub fn kernel_level() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
         match arch() {
-            #[cfg(feature = "avx512")]
             pulp::Arch::V4(_) => "AVX-512 (x86-64-v4)",
             pulp::Arch::V3(_) => "AVX2 + FMA (x86-64-v3)",
             _ => "baseline x86-64",

@@ -79,7 +79,7 @@ impl Provenance {
              | rlx | {} at commit `{}`{dirty} |\n\
              | date | {} (UTC) |\n\
              | CPU | {} |\n\
-             | instruction sets | {} (rlx's kernels: {}) |\n\
+             | instruction sets | {} (rlx's kernels: {}; matmuls: {}) |\n\
              | threads | {} |\n",
             self.version,
             self.commit,
@@ -87,6 +87,7 @@ impl Provenance {
             self.cpu.model,
             if self.cpu.features.is_empty() { "–".into() } else { self.cpu.features.join(", ") },
             self.cpu.kernels,
+            self.cpu.matmuls,
             self.threads,
         )
     }

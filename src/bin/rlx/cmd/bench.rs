@@ -122,10 +122,11 @@ fn report(
         report.device, report.threads, cfg.repeats
     );
     println!(
-        "cpu: {} ({}); rlx's kernels: {}",
+        "cpu: {} ({}); rlx's kernels: {}; matmuls: {}",
         report.cpu.model,
         report.cpu.features.join(", "),
-        report.cpu.kernels
+        report.cpu.kernels,
+        report.cpu.matmuls
     );
     for x in &report.measurements {
         println!(
