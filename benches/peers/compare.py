@@ -357,8 +357,28 @@ def cpu_description():
     except OSError:
         pass
     wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"]
-    kernels = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "baseline")
-    return {"model": model, "features": [f for f in wanted if f in flags], "kernels": kernels}
+    return {"model": model, "features": [f for f in wanted if f in flags]}
+
+
+def kernels_used(rlx, threads):
+    """Which kernels each side actually runs, as each reports it (not what the CPU has: a build
+    without rlx's `avx512` feature, `RLX_SIMD`, or torch's `ATEN_CPU_CAPABILITY` /
+    `ONEDNN_MAX_CPU_ISA` / `MKL_ENABLE_INSTRUCTIONS` cap them below it)."""
+    import torch
+
+    out = subprocess.run(
+        [rlx, "bench", "--layers", "1", "--width", "32", "--heads", "1", "--vocab", "64", "--context", "256",
+         "--only", "training", "--train-batch", "1", "--train-len", "8", "--repeats", "1", "--warmup", "0", "--json"],
+        check=True, capture_output=True, text=True, env={**os.environ, "RAYON_NUM_THREADS": str(threads)},
+    ).stdout
+    cpu = json.loads(out)["cpu"]
+    torch_caps = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}
+    return {
+        "rlx": cpu["kernels"],
+        "rlx_matmuls": cpu.get("matmuls", "as the CPU"),
+        "torch": torch.backends.cpu.get_cpu_capability(),
+        "torch_caps": torch_caps,
+    }
 
 
 def main():
@@ -404,7 +424,11 @@ def main():
 
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}, TRL {trl.__version__}"
     cpu = cpu_description()
-    machine = f"{cpu['model']} ({', '.join(cpu['features'])}; rlx kernels {cpu['kernels']})"
+    cpu["kernels"] = kernels_used(args.rlx, args.threads)
+    k = cpu["kernels"]
+    caps = "".join(f", {n}={v}" for n, v in k["torch_caps"].items())
+    machine = (f"{cpu['model']} ({', '.join(cpu['features'])}; rlx's kernels {k['rlx']}, its matmuls "
+               f"{k['rlx_matmuls']}; torch's ATen {k['torch']}{caps})")
     print(f"{len(chosen)} rows × {args.rounds} rounds, {args.threads} threads; {versions}; {machine}", file=sys.stderr)
     results = []
     for name, what, peer_name, rlx_fn, worker_args in chosen:
