@@ -25,6 +25,11 @@ pub struct RunMetrics {
 }
 
 impl RunMetrics {
+    /// The last stage evaluated both before and after: what a run's verdict judges.
+    pub fn last_judged(&self) -> Option<&StageEval> {
+        self.stage_evals.iter().rev().find(|e| !e.before.is_empty() && !e.after.is_empty())
+    }
+
     /// The same run against seconds instead of steps (an evaluation at the wall time of the
     /// step before it; 0 before any step).
     pub fn against_wall(&self) -> RunMetrics {

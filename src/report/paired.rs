@@ -41,17 +41,6 @@ impl Pair {
     }
 }
 
-/// The last stage every run evaluated before and after, by name.
-fn last_stage(recipes: &[RecipeRuns]) -> Option<String> {
-    let first = recipes.first()?.runs.first()?;
-    first
-        .stage_evals
-        .iter()
-        .rev()
-        .find(|e| !e.before.is_empty() && !e.after.is_empty())
-        .map(|e| e.stage.clone())
-}
-
 fn change(e: &StageEval, metric: &str) -> Option<f64> {
     Some(e.after.get(metric)? - e.before.get(metric)?)
 }
@@ -71,7 +60,8 @@ fn changes(r: &RecipeRuns, stage: &str, metric: &str) -> BTreeMap<u64, f64> {
 /// The stage judged and, for every later recipe and every headline or guard metric the first
 /// recipe has, the paired difference against the first.
 pub fn pairs(recipes: &[RecipeRuns]) -> Option<(String, Vec<Pair>)> {
-    let stage = last_stage(recipes)?;
+    // The stage the first recipe's first run is judged on (as `rlx run`'s own verdict).
+    let stage = recipes.first()?.runs.first()?.last_judged()?.stage.clone();
     let base = &recipes[0];
     let mut out = Vec::new();
     for metric in HEADLINES.iter().chain(&GUARDS) {

@@ -45,12 +45,6 @@ impl Provenance {
         }
     }
 
-    /// The commit without its `-dirty` mark, when there is one.
-    pub fn clean_commit(&self) -> Option<&str> {
-        let c = self.commit.trim_end_matches("-dirty");
-        (c != "unknown" && !c.is_empty()).then_some(c)
-    }
-
     pub fn markdown(&self) -> String {
         let mut md = self.table();
         let others = self.run_commits.keys().any(|c| *c != self.commit);

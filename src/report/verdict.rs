@@ -40,7 +40,7 @@ fn tenth_means(xs: &[(f64, f64)]) -> Option<(f64, f64)> {
 
 /// The verdict on a finished run, from its last evaluated stage; `None` when it has none.
 pub fn line(run: &RunMetrics) -> Option<String> {
-    let e = run.stage_evals.iter().rev().find(|e| !e.before.is_empty() && !e.after.is_empty())?;
+    let e = run.last_judged()?;
     let mut parts = Vec::new();
     for m in HEADLINES.iter().chain(&GUARDS) {
         if let Some((b, a, word)) = judge(e, m) {
