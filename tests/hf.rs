@@ -838,3 +838,60 @@ fn a_gpt2_classifier_reads_back_as_a_pretrained_reward_model_and_trains() {
     let after = score(&saved);
     assert!((after - before).abs() > 1e-4, "training moved the score ({before} → {after})");
 }
+
+/// An adapter as SkyRL's Tinker server hands it out: PEFT's layout with `target_modules:
+/// null` over adapters on every linear layer. rlx reads the modules from the tensors (PEFT
+/// would fall back to its per-architecture defaults), and `open_full` of the adapter directory
+/// (how a remote run checks what it pulled) is the adapted model.
+#[test]
+fn an_adapter_with_null_target_modules_is_read_with_the_modules_its_tensors_have() {
+    use hf_tiny::TinySpec;
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, run) = (tmp.path().join("model"), tmp.path().join("run"));
+    hf_tiny::write_tiny(&model, &TinySpec { seed: 9, ..TinySpec::new("qwen3") }).unwrap();
+    let data = Path::new("data/gsm8k-sample.jsonl").canonicalize().unwrap();
+    let recipe = format!(
+        r#"data  gsm   = jsonl("{data}", prompt = "question", answer = "answer", eval = 2)
+model policy = pretrained("{model}", lora_rank = 4, lora_alpha = 8, lora_targets = "all")
+stage sft {{
+    train policy
+    data  gsm.texts
+    loss  = token_mean(nll(policy.logp))
+    optim {{ lr = 1e-2, steps = 2, batch = 4 }}
+}}
+"#,
+        data = data.display(),
+        model = model.display()
+    );
+    let path = tmp.path().join("all.rlx");
+    std::fs::write(&path, recipe).unwrap();
+    let o = rlx_cli().args(["run", "--quiet", "--out"]).arg(&run).arg(&path).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let saved = run.join("adapters/policy");
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::copy(
+        saved.join("adapter_model.safetensors"),
+        served.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("adapter_config.json")).unwrap())
+            .unwrap();
+    cfg["target_modules"] = serde_json::Value::Null;
+    std::fs::write(served.join("adapter_config.json"), cfg.to_string()).unwrap();
+
+    let adapter = hf::load_adapter(&served, &Device::Cpu).unwrap();
+    assert_eq!(
+        adapter.spec.targets,
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    );
+    let trained = rlx::inspect::load(&saved, false, &Device::Cpu).unwrap();
+    let reference = rlx_logits(&trained.model, &IDS, 0, false);
+    let opened = rlx::train::models::open_full(&served, &Device::Cpu).unwrap().frozen().unwrap();
+    let d = max_diff(&rlx_logits(&opened, &IDS, 0, false), &reference);
+    assert!(d < 1e-6, "the null-targets adapter read back differs by {d}");
+    let base = rlx::inspect::load(&model, false, &Device::Cpu).unwrap();
+    let moved = max_diff(&rlx_logits(&base.model, &IDS, 0, false), &reference);
+    assert!(moved > 1e-4, "the adapter is the base ({moved})");
+}

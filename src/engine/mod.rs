@@ -116,6 +116,11 @@ pub trait Engine {
     fn save(&mut self, model: &ModelId, name: &str) -> Result<String, String>;
     /// Loads weights saved by `save` into `model`, a model just created.
     fn load(&mut self, model: &ModelId, path: &str) -> Result<(), String>;
+    /// A sampler snapshot's weights as the engine hands them out (a server's archive of its
+    /// adapter), or `None` where it offers none.
+    fn download(&mut self, _sampler: &Sampler) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
     /// Frees a model (its adapter slot on a server).
     fn unload(&mut self, model: &ModelId) -> Result<(), String>;
 }

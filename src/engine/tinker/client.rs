@@ -16,6 +16,9 @@ use serde_json::{Value as Json, json};
 /// Largest reply body read (a sample or forward result of a large batch stays far below).
 const MAX_REPLY: u64 = 256 << 20;
 
+/// Largest weights archive downloaded (a rank-32 adapter of a 70B model is well below).
+const MAX_DOWNLOAD: u64 = 8 << 30;
+
 /// An error of one call to one server.
 #[derive(Debug, Clone)]
 pub struct CallError {
@@ -138,6 +141,126 @@ impl Client {
     pub fn get(&self, path: &str) -> Result<Json, CallError> {
         let reply = self.send(path, None)?;
         reply.json().ok_or_else(|| self.error(path, ErrorKind::Protocol, "a protobuf reply"))
+    }
+
+    /// Where a checkpoint's archive can be downloaded (`GET training_runs/RUN/checkpoints/ID/
+    /// archive`, as the `tinker` SDK asks): the redirect's `Location` (SkyRL, hosted Tinker) or
+    /// the JSON `url` (the SDK's announced contract). `None`: the server has no such route.
+    pub fn archive_url(&self, run: &str, checkpoint: &str) -> Result<Option<String>, CallError> {
+        let call = format!("training_runs/{run}/checkpoints/{checkpoint}/archive");
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(120))
+            .redirects(0)
+            .build();
+        let mut tries = 0;
+        loop {
+            let mut req =
+                agent.get(&format!("{}{call}", self.base)).set("Accept", "application/json");
+            if let Some(key) = &self.api_key {
+                req = req.set("X-API-Key", key);
+            }
+            let (status, resp) = match req.call() {
+                Ok(r) => (r.status(), r),
+                Err(ureq::Error::Status(code, r)) => (code, r),
+                Err(e) if tries < self.retry.attempts => {
+                    let _ = e;
+                    tries += 1;
+                    std::thread::sleep(self.retry.first_backoff * 2u32.pow(tries));
+                    continue;
+                }
+                Err(e) => return Err(self.error(&call, ErrorKind::Connection, e.to_string())),
+            };
+            match status {
+                300..=399 => {
+                    let location =
+                        resp.header("Location").map(str::to_string).ok_or_else(|| {
+                            self.error(
+                                &call,
+                                ErrorKind::Protocol,
+                                format!("HTTP {status} without a Location"),
+                            )
+                        })?;
+                    return Ok(Some(self.absolute(&location)));
+                }
+                200 => {
+                    let text = resp.into_string().unwrap_or_default();
+                    let j: Json = serde_json::from_str(&text).map_err(|e| {
+                        self.error(
+                            &call,
+                            ErrorKind::Protocol,
+                            format!("a reply that is not JSON: {e}"),
+                        )
+                    })?;
+                    let url = j["url"].as_str().ok_or_else(|| {
+                        self.error(&call, ErrorKind::Protocol, "a reply without `url`")
+                    })?;
+                    return Ok(Some(self.absolute(url)));
+                }
+                // The route itself is missing (FastAPI's bare "Not Found"), or not a GET.
+                404 | 405 => {
+                    let text = resp.into_string().unwrap_or_default();
+                    if status == 405 || text.contains("\"Not Found\"") {
+                        return Ok(None);
+                    }
+                    return Err(self.error(&call, ErrorKind::Refused, format!("HTTP 404: {text}")));
+                }
+                // Still being written (SkyRL: 425), or the service is busy.
+                425 | 503 | 500..=599 if tries < self.retry.attempts => {
+                    tries += 1;
+                    std::thread::sleep(self.retry.first_backoff * 2u32.pow(tries));
+                }
+                _ => {
+                    let text: String =
+                        resp.into_string().unwrap_or_default().chars().take(300).collect();
+                    let kind = if status >= 500 { ErrorKind::Server } else { ErrorKind::Refused };
+                    return Err(self.error(&call, kind, format!("HTTP {status}: {text}")));
+                }
+            }
+        }
+    }
+
+    /// The bytes at `url`. The API key goes only to the server's own address, never to
+    /// another host (a signed storage URL needs none).
+    pub fn download(&self, url: &str) -> Result<Vec<u8>, CallError> {
+        let call = "download";
+        let mut req = self.agent.get(url);
+        if let Some(key) = &self.api_key
+            && url.starts_with(self.origin())
+        {
+            req = req.set("X-API-Key", key);
+        }
+        let resp = req.call().map_err(|e| match e {
+            ureq::Error::Status(code, _) => {
+                self.error(call, ErrorKind::Refused, format!("HTTP {code} from {url}"))
+            }
+            e => self.error(call, ErrorKind::Connection, format!("{url}: {e}")),
+        })?;
+        let mut bytes = Vec::new();
+        resp.into_reader()
+            .take(MAX_DOWNLOAD + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.error(call, ErrorKind::Connection, format!("{url}: {e}")))?;
+        if bytes.len() as u64 > MAX_DOWNLOAD {
+            return Err(self.error(
+                call,
+                ErrorKind::Protocol,
+                format!("{url}: over {MAX_DOWNLOAD} bytes"),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// `scheme://host:port` of the server.
+    fn origin(&self) -> &str {
+        let after_scheme = self.base.find("://").map_or(0, |i| i + 3);
+        let end = self.base[after_scheme..].find('/').map_or(self.base.len(), |i| after_scheme + i);
+        &self.base[..end]
+    }
+
+    /// `url` made absolute against the server's address.
+    fn absolute(&self, url: &str) -> String {
+        if url.starts_with('/') { format!("{}{url}", self.origin()) } else { url.to_string() }
     }
 
     /// `POST path` with a direct (not future) JSON reply.

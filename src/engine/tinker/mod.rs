@@ -5,6 +5,7 @@
 //! reduction profile checked by a self-test before any step (`profile`). The wire is read from
 //! the `tinker` SDK 0.38 and SkyRL 0.4.0 (`../shared/reference/tinker-2026.md` §4).
 
+pub mod archive;
 pub mod client;
 mod heartbeat;
 pub mod lint;
@@ -477,6 +478,20 @@ impl Engine for Remote {
 
     fn unload(&mut self, model: &ModelId) -> Result<(), String> {
         self.call_json("unload_model", json!({"model_id": model.0}), true).map(|_| ())
+    }
+
+    /// `tinker://RUN/ID` (SkyRL) or `tinker://RUN/sampler_weights/ID` (hosted): the archive
+    /// of checkpoint `ID` of training run `RUN`, asked for as the `tinker` SDK asks (`tinker
+    /// checkpoint download`).
+    fn download(&mut self, sampler: &Sampler) -> Result<Option<Vec<u8>>, String> {
+        let Sampler::Weights(path) = sampler else { return Ok(None) };
+        let parts = path.strip_prefix("tinker://").and_then(|rest| rest.split_once('/'));
+        // Another form of path: a server the SDK's download could not address either.
+        let Some((run, checkpoint)) = parts else { return Ok(None) };
+        match self.client.archive_url(run, checkpoint).map_err(msg)? {
+            Some(url) => self.client.download(&url).map(Some).map_err(msg),
+            None => Ok(None),
+        }
     }
 
     fn load(&mut self, model: &ModelId, path: &str) -> Result<(), String> {

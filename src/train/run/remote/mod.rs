@@ -9,7 +9,10 @@
 //! This file holds what the run keeps on the server across steps (models, `ref`, frozen
 //! models' snapshots, checkpoints, held-out evaluation); `step.rs` a step's rollout and update.
 
+mod pull;
 mod step;
+
+pub(super) use pull::Pulled;
 
 use std::collections::BTreeMap;
 
@@ -59,6 +62,14 @@ impl RemoteRun {
             backward_secs: 0.0,
         }
     }
+}
+
+/// Mean |a − b| over two sequences' log-probabilities (NaN if they differ in length).
+fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() || a.is_empty() {
+        return f64::NAN;
+    }
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / a.len() as f64
 }
 
 /// `[B, width]` rows padded with zeros.
@@ -162,15 +173,17 @@ impl Run<'_> {
             .map(|r| Lora { rank: r as usize, alpha: params::num(&resolved, "lora_alpha") })
     }
 
+    /// A training prompt's tokens as a sequence to score (its first token the context).
+    fn probe(&self) -> Option<Seq> {
+        let prompt = self.tasks.values().find_map(|t| t.train.first())?;
+        let toks = self.tok.prompt(&prompt.text);
+        (toks.len() >= 3).then(|| Seq { ctx: toks[..1].to_vec(), toks: toks[1..].to_vec() })
+    }
+
     /// The server's base model must be the recipe's `trained` model as it starts: compared on
     /// a probe (a training prompt's tokens) by log-probabilities at temperature 1.
     fn check_base(&mut self, trained: &str) -> Result<(), String> {
-        let Some(prompt) = self.tasks.values().find_map(|t| t.train.first()) else { return Ok(()) };
-        let toks = self.tok.prompt(&prompt.text);
-        if toks.len() < 3 {
-            return Ok(());
-        }
-        let probe = Seq { ctx: toks[..1].to_vec(), toks: toks[1..].to_vec() };
+        let Some(probe) = self.probe() else { return Ok(()) };
         let model = self.slots[trained].frozen().map_err(|e| e.to_string())?;
         let local = crate::engine::candle::text_logp(
             &model,
@@ -180,8 +193,7 @@ impl Run<'_> {
         let engine = &mut self.remote().engine;
         let remote = engine.logp(None, &Sampler::Base, std::slice::from_ref(&probe))?;
         let n = probe.toks.len();
-        let diff = local[0].iter().zip(&remote[0]).map(|(a, b)| (a - b).abs() as f64).sum::<f64>()
-            / n as f64;
+        let diff = mean_abs_diff(&local[0], &remote[0]);
         if diff.is_nan() || diff > BASE_TOLERANCE {
             return Err(format!(
                 "{}'s base model is not the recipe's `{trained}`: on a probe of {n} tokens their log-probabilities differ by {diff:.3} per token on average (at most {BASE_TOLERANCE} is accepted); start the server with `{trained}`'s weights as its base model (a built-in model: save it with a local `rlx run --steps 1` and serve `models/{trained}`)",
