@@ -363,35 +363,6 @@ pub fn adapter_base(dir: &Path) -> Result<PathBuf, String> {
         })
 }
 
-/// The linear modules an adapter file has `lora_A` weights for, in rlx's order.
-pub fn adapted_modules(file: &Path) -> Result<Vec<String>, String> {
-    let names = safetensors_names(file)?;
-    Ok(LINEAR_MODULES
-        .iter()
-        .filter(|m| names.iter().any(|n| n.contains(&format!(".{m}.lora_A"))))
-        .map(|m| m.to_string())
-        .collect())
-}
-
-/// The tensor names of a safetensors file, read from its header alone.
-fn safetensors_names(file: &Path) -> Result<Vec<String>, String> {
-    let fail = |e: String| format!("{}: {e}", file.display());
-    let mut f = std::fs::File::open(file).map_err(|e| fail(e.to_string()))?;
-    let mut len = [0u8; 8];
-    std::io::Read::read_exact(&mut f, &mut len).map_err(|e| fail(e.to_string()))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        return Err(fail(format!("a safetensors header of {len} bytes")));
-    }
-    let mut header = vec![0u8; len as usize];
-    std::io::Read::read_exact(&mut f, &mut header).map_err(|e| fail(e.to_string()))?;
-    let header: Value = serde_json::from_slice(&header).map_err(|e| fail(e.to_string()))?;
-    Ok(header
-        .as_object()
-        .map(|o| o.keys().filter(|k| *k != "__metadata__").cloned().collect())
-        .unwrap_or_default())
-}
-
 /// Reads a PEFT LoRA adapter directory. Settings rlx does not implement are refused.
 pub fn load_adapter(dir: &Path, device: &Device) -> Result<Adapter, String> {
     let config_path = dir.join("adapter_config.json");
@@ -428,9 +399,6 @@ pub fn load_adapter(dir: &Path, device: &Device) -> Result<Adapter, String> {
         Value::String(s) if s == "all-linear" => {
             LINEAR_MODULES.iter().map(|m| m.to_string()).collect()
         }
-        // SkyRL's Tinker server writes `null` for adapters on every linear layer (PEFT would
-        // fall back to its per-architecture defaults and drop the rest): the tensors say.
-        Value::Null => adapted_modules(&dir.join("adapter_model.safetensors"))?,
         other => return Err(fail(format!("target_modules {other} is not supported"))),
     };
     if let Some(t) = targets.iter().find(|t| !LINEAR_MODULES.contains(&t.as_str())) {

@@ -144,26 +144,12 @@ impl Slot {
 /// the in-process engine does.
 pub fn open_full(dir: &Path, device: &Device) -> std::result::Result<Slot, String> {
     let md = crate::model::dir::open(dir, device)?;
-    let err = |e: candle_core::Error| e.to_string();
+    let mut params = Params::new();
+    for (k, v) in &md.weights {
+        params.insert(k, Var::from_tensor(v).map_err(|e| e.to_string())?);
+    }
     let source =
         Source { dir: md.dir.clone(), raw_config: md.raw_config.clone(), save_dtype: DType::F32 };
-    let mut params = Params::new();
-    // A PEFT adapter directory: its adapters over the frozen base it names.
-    if let (Some(adapter), crate::model::Family::Llama(spec)) = (&md.adapter, &md.cfg.family) {
-        let cfg = ModelConfig::llama(LlamaSpec {
-            hf: spec.hf.clone(),
-            lora: Some(adapter.spec.clone()),
-            bf16: false,
-        });
-        for (k, v) in &adapter.tensors {
-            params.insert(k, Var::from_tensor(v).map_err(err)?);
-        }
-        let base = Arc::new(md.weights);
-        return Ok(Slot { cfg, params, base, source: Some(Arc::new(source)) });
-    }
-    for (k, v) in &md.weights {
-        params.insert(k, Var::from_tensor(v).map_err(err)?);
-    }
     Ok(Slot { cfg: md.cfg, params, base: Arc::default(), source: Some(Arc::new(source)) })
 }
 

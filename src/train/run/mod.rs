@@ -134,34 +134,15 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
     for index in first_stage..checked.program.stages.len() {
         run.stage(index, resume_state.take()).map_err(|d| run.blame_reward(d))?;
     }
-    if run.remote.is_some() {
-        // The trained weights are the server's (the last checkpoint names them); their
-        // adapters come back where the server hands them out.
-        let pulled = run.remote_pull().map_err(|e| run_error(whole, e))?;
-        if !opts.quiet
-            && let Some(r) = &run.remote
-        {
+    if let Some(r) = &run.remote {
+        // The trained weights are the server's: the last checkpoint names them.
+        if !opts.quiet {
             for (name, id) in &r.models {
                 eprintln!(
-                    "`{name}` was trained on {} as `{}` (state.json names its last save)",
+                    "`{name}` was trained on {} as `{}`; its weights are the server's (state.json names the last save)",
                     r.engine.label(),
                     id.0
                 );
-            }
-            for (name, pulled) in &pulled {
-                match pulled {
-                    remote::Pulled::Written { dir, diff: Some(d) } => eprintln!(
-                        "  `{name}`'s adapter pulled to {} (PEFT layout); rlx's forward of it matches the server's to {d:.1e} nats per token on a probe",
-                        dir.display()
-                    ),
-                    remote::Pulled::Written { dir, diff: None } => eprintln!(
-                        "  `{name}`'s adapter pulled to {} (PEFT layout; not compared: rlx reads adapters over Llama-family models)",
-                        dir.display()
-                    ),
-                    remote::Pulled::NotOffered => eprintln!(
-                        "  `{name}`: the server hands out no weights to download; they stay on it"
-                    ),
-                }
             }
         }
         run.summary.seconds = run.wall();

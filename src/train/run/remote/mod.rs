@@ -12,8 +12,6 @@
 mod pull;
 mod step;
 
-pub(super) use pull::Pulled;
-
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
@@ -232,7 +230,8 @@ impl Run<'_> {
         Ok(metrics)
     }
 
-    /// After a stage: a sampler snapshot of every model it trained, for later stages to read.
+    /// After a stage: a sampler snapshot of every model it trained, for later stages to read;
+    /// the adapters of the models no later stage trains come back (`pull`).
     pub(super) fn remote_stage_end(&mut self, index: usize) -> Result<(), Diagnostic> {
         let stage = &self.checked.program.stages[index];
         let fail = |e: String| run_error(stage.name.span, e);
@@ -249,6 +248,21 @@ impl Run<'_> {
                 .sampler(&id, &format!("frozen-{name}-{index}"))
                 .map_err(fail)?;
             self.remote().samplers.insert(name.clone(), sampler);
+        }
+        let stages = &self.checked.program.stages;
+        let last: Vec<String> = stage
+            .train
+            .iter()
+            .map(|t| t.model.name.clone())
+            .filter(|n| {
+                !stages[index + 1..].iter().any(|s| s.train.iter().any(|t| &t.model.name == n))
+            })
+            .collect();
+        for name in last {
+            let pulled = self.remote_pull(&name).map_err(fail)?;
+            if !self.opts.quiet {
+                eprintln!("{}", pulled.describe(&name));
+            }
         }
         Ok(())
     }
