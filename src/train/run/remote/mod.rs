@@ -198,6 +198,11 @@ impl Run<'_> {
                 engine.label()
             ));
         }
+        if !self.opts.quiet {
+            eprintln!(
+                "the server's base model is the recipe's `{trained}`: rlx's and its log-probabilities agree to {diff:.1e} nats per token on a probe of {n} tokens"
+            );
+        }
         Ok(())
     }
 
