@@ -237,21 +237,26 @@ fn changed_since(commit: &str, paths: &[String]) -> Option<Vec<String>> {
         .then(|| String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect())
 }
 
-/// A result page (`docs/results/NAME/report.md`, written by `rlx compare`) says so at its top
-/// when a file that determines its numbers — its recipes, or the maths — changed after the
-/// commit that produced it.
-#[test]
-fn result_pages_say_when_the_code_changed_after_them() {
+/// One result page: where it is, the commits whose runs it reports, its recipes, and the
+/// files that determine its numbers and changed since those commits.
+struct ResultPage {
+    md_path: PathBuf,
+    commits: Vec<String>,
+    recipes: Vec<String>,
+    changed: Vec<String>,
+}
+
+fn result_pages() -> Vec<ResultPage> {
     let results = root().join("docs/results");
-    let mut stale = Vec::new();
-    let mut pages = 0;
-    for entry in std::fs::read_dir(&results).unwrap() {
-        let dir = entry.unwrap().path();
+    let mut pages = Vec::new();
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    for dir in dirs {
         let (md_path, json_path) = (dir.join("report.md"), dir.join("report.json"));
         if !json_path.exists() {
             continue;
         }
-        pages += 1;
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
         let prov = &report["provenance"];
@@ -264,9 +269,10 @@ fn result_pages_say_when_the_code_changed_after_them() {
             commits.push(prov["commit"].as_str().unwrap().to_string());
         }
         let command = prov["command"].as_str().unwrap();
-        let mut paths: Vec<String> =
+        let recipes: Vec<String> =
             command.split_whitespace().filter(|w| w.ends_with(".rlx")).map(String::from).collect();
-        assert!(!paths.is_empty(), "{}: no recipes in `{command}`", json_path.display());
+        assert!(!recipes.is_empty(), "{}: no recipes in `{command}`", json_path.display());
+        let mut paths = recipes.clone();
         paths.extend(MATHS.iter().map(|p| p.to_string()));
         let mut changed = std::collections::BTreeSet::new();
         for c in &commits {
@@ -276,9 +282,77 @@ fn result_pages_say_when_the_code_changed_after_them() {
                 None => eprintln!("{}: commit {c} not in this checkout", md_path.display()),
             }
         }
+        pages.push(ResultPage {
+            md_path,
+            commits,
+            recipes,
+            changed: changed.into_iter().collect(),
+        });
+    }
+    pages
+}
+
+/// Where `same_numbers_as_the_pages_runs` records that the code as it is now gives a page's
+/// runs' numbers bit for bit: per commit of runs, the recipes run with both binaries and the
+/// content (git blob hash) of every file that had changed since.
+const SAME_NUMBERS: &str = "docs/results/same-numbers.json";
+
+/// A work-tree file's git blob hash.
+fn blob(path: &str) -> Option<String> {
+    let o = Command::new("git").current_dir(root()).args(["hash-object", path]).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// The changed files of `page` that a recorded check covers: same commit of runs, all the
+/// page's recipes run, and the file's content now what was checked.
+fn verified(page: &ResultPage, checks: &serde_json::Value) -> Vec<String> {
+    let empty = vec![];
+    let checks = checks["checks"].as_array().unwrap_or(&empty);
+    page.changed
+        .iter()
+        .filter(|f| {
+            checks.iter().any(|c| {
+                let from = c["from"].as_str().unwrap_or("-");
+                let recipes: Vec<&str> = c["recipes"]
+                    .as_array()
+                    .unwrap_or(&empty)
+                    .iter()
+                    .filter_map(|r| r.as_str())
+                    .collect();
+                page.commits.iter().all(|p| p.trim_end_matches("-dirty") == from)
+                    && page.recipes.iter().all(|r| recipes.contains(&r.as_str()))
+                    && c["files"][f.as_str()]
+                        .as_str()
+                        .is_some_and(|h| Some(h.to_string()) == blob(f))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+fn same_numbers_checks() -> serde_json::Value {
+    std::fs::read_to_string(root().join(SAME_NUMBERS))
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(serde_json::json!({"checks": []}))
+}
+
+/// A result page (`docs/results/NAME/report.md`, written by `rlx compare`) says so at its top
+/// when a file that determines its numbers — its recipes, or the maths — changed after the
+/// commit that produced it, unless `same_numbers_as_the_pages_runs` found the code as it is
+/// now to give those runs' numbers bit for bit.
+#[test]
+fn result_pages_say_when_the_code_changed_after_them() {
+    let checks = same_numbers_checks();
+    let mut stale = Vec::new();
+    let pages = result_pages();
+    for page in &pages {
+        let ok = verified(page, &checks);
+        let changed: Vec<String> =
+            page.changed.iter().filter(|f| !ok.contains(f)).cloned().collect();
+        let (md_path, commits) = (&page.md_path, &page.commits);
         let commit = commits.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
         let changed: Vec<String> = changed.into_iter().collect();
-        let md = std::fs::read_to_string(&md_path).unwrap();
+        let md = std::fs::read_to_string(md_path).unwrap();
         let body = match (md.find(STALE_BEGIN), md.find(STALE_END)) {
             (Some(a), Some(b)) => format!("{}{}", &md[..a], md[b + STALE_END.len()..].trim_start()),
             _ => md.clone(),
@@ -303,10 +377,102 @@ fn result_pages_say_when_the_code_changed_after_them() {
         // The note goes right under the page's title.
         let (title, rest) = body.split_once('\n').unwrap_or((&body, ""));
         let want = format!("{title}\n\n{note}{}", rest.trim_start());
-        if let Some(why) = ensure_current(&md_path, &want) {
+        if let Some(why) = ensure_current(md_path, &want) {
             stale.push(why);
         }
     }
     assert!(stale.is_empty(), "{}", stale.join("\n"));
-    eprintln!("{pages} result pages checked");
+    eprintln!("{} result pages checked", pages.len());
+}
+
+/// After a change to a file the result pages' numbers depend on: runs every page's recipes
+/// for 3 steps (seed 0, 16 held-out prompts × 2 samples) with the binary that made the
+/// pages' runs (`RLX_OLD_BIN`, which must embed that commit) and with this one, each with its
+/// own warm-start cache, and compares every metric but the timings. Equal throughout: the
+/// files' contents are recorded in `docs/results/same-numbers.json`, and the pages stay
+/// current; any difference fails, naming the recipe and the line. Run with
+/// `RLX_OLD_BIN=... cargo test --release --test docs -- --ignored same_numbers --nocapture`.
+#[test]
+#[ignore]
+fn same_numbers_as_the_pages_runs() {
+    let old = PathBuf::from(
+        std::env::var("RLX_OLD_BIN").expect("RLX_OLD_BIN: the binary that made the runs"),
+    );
+    let new = PathBuf::from(env!("CARGO_BIN_EXE_rlx"));
+    let old_bytes = std::fs::read(&old).unwrap();
+    let mut checks = same_numbers_checks();
+    let mut by_commit: std::collections::BTreeMap<String, (Vec<String>, Vec<String>)> =
+        Default::default();
+    for page in result_pages().into_iter().filter(|p| !p.changed.is_empty()) {
+        assert_eq!(page.commits.len(), 1, "{}: runs of several commits", page.md_path.display());
+        let entry =
+            by_commit.entry(page.commits[0].trim_end_matches("-dirty").to_string()).or_default();
+        entry.0.extend(page.recipes.iter().cloned());
+        entry.1.extend(page.changed.iter().cloned());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let metrics = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.retain(|k, _| !(k.contains("second") || k.contains("per_s") || k == "wall"));
+                v
+            })
+            .collect()
+    };
+    for (from, (mut recipes, mut files)) in by_commit {
+        let found = old_bytes.windows(from.len()).any(|w| w == from.as_bytes());
+        let dirty = format!("{from}-dirty");
+        let dirty = old_bytes.windows(dirty.len()).any(|w| w == dirty.as_bytes());
+        assert!(found && !dirty, "{} is not a build of commit {from}", old.display());
+        recipes.sort();
+        recipes.dedup();
+        files.sort();
+        files.dedup();
+        for recipe in &recipes {
+            let mut got = Vec::new();
+            for (which, bin) in [("old", &old), ("new", &new)] {
+                let out = tmp.path().join(format!("{which}-{}", recipe.replace('/', "_")));
+                let o = Command::new(bin)
+                    .current_dir(root())
+                    .env("RLX_CACHE", tmp.path().join(format!("cache-{which}")))
+                    .args(["run", recipe, "--steps", "3", "--seed", "0", "--quiet"])
+                    .args(["--eval-prompts", "16", "--eval-samples", "2", "--out"])
+                    .arg(&out)
+                    .output()
+                    .unwrap();
+                assert!(
+                    o.status.success(),
+                    "{which} {recipe}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                got.push(metrics(&out));
+            }
+            assert_eq!(got[0].len(), got[1].len(), "{recipe}: lines of metrics");
+            for (i, (a, b)) in got[0].iter().zip(&got[1]).enumerate() {
+                assert_eq!(a, b, "{recipe}: metrics line {i} differs");
+            }
+            eprintln!("{recipe}: the same {} lines of metrics", got[0].len());
+        }
+        let head = Command::new("git")
+            .current_dir(root())
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .unwrap();
+        let record = serde_json::json!({
+            "from": from,
+            "checked_on": String::from_utf8_lossy(&head.stdout).trim(),
+            "how": "3 steps, seed 0, 16 held-out prompts x 2 samples, every metric but timings, old binary vs work tree (cargo test --release --test docs -- --ignored same_numbers)",
+            "recipes": recipes,
+            "files": files.iter().map(|f| (f.clone(), serde_json::json!(blob(f)))).collect::<serde_json::Map<_, _>>(),
+        });
+        let list = checks["checks"].as_array_mut().unwrap();
+        list.retain(|c| c["from"] != from.as_str());
+        list.push(record);
+    }
+    let text = serde_json::to_string_pretty(&checks).unwrap() + "\n";
+    std::fs::write(root().join(SAME_NUMBERS), text).unwrap();
 }

@@ -46,7 +46,7 @@ fn render_case(name: &str, bytes: &[u8]) -> String {
         let checked = analysis.checked.as_ref().unwrap();
         let found = match target {
             "verl" => rlx::export::verl::check(checked, checked.program.stages.len() - 1),
-            _ => rlx::engine::tinker::lint::check(checked, None),
+            _ => rlx::engine::tinker::lint::check(checked, None, &[]),
         };
         rlx::source::add_diagnostics(&src, &mut analysis, found, &config);
     }

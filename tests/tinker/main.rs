@@ -336,6 +336,133 @@ fn a_remote_supervised_stage_ends_where_the_local_one_ends() {
     remote_ends_where_local_ends(Reduction::PerSequenceMean, "sft", Check::Supervised);
 }
 
+/// A teacher: the arith policy after a few supervised steps at a large learning rate (the same
+/// tokenizer, other weights). Built once per test process.
+fn teacher_model() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch("teacher");
+        let recipe = supervised_recipe(&dir);
+        let text = std::fs::read_to_string(&recipe).unwrap().replace("lr = 1e-3", "lr = 3e-2");
+        std::fs::write(&recipe, text).unwrap();
+        ok(&run_args(&recipe, &dir.join("run")).output().unwrap());
+        dir.join("run/models/policy")
+    })
+}
+
+/// On-policy distillation as `recipes/opd.rlx` writes it, on the saved base with a teacher of
+/// other weights: near-greedy sampling and a KL to `ref` as in `equal_recipe`.
+fn teacher_recipe(dir: &Path) -> PathBuf {
+    let text = format!(
+        r#"data  arith   = builtin("arith")
+model teacher = pretrained("{}")
+model policy  = pretrained("{}")
+
+stage distill {{
+    train   policy
+    prompts arith.problems
+    sample  {{ n = 2, max_tokens = 12, temperature = 1.0, top_p = 0.0001 }}
+    let rkl = kl(old.logp, teacher.logp, estimator = k1)
+    let kl  = kl(policy.logp, ref.logp, estimator = k2)
+    loss    = token_mean(ppo_clip(policy.logp, old.logp, -rkl, eps = 0.2)) + 0.1 * token_mean(kl)
+    optim   {{ lr = 1e-3, steps = 2, batch = 8, minibatch = 8, epochs = 2 }}
+}}
+"#,
+        teacher_model().display(),
+        base_model().display()
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("teacher.rlx");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A frozen model of other weights on a server of its own (`--server teacher=URL`), read there
+/// through its base model: the run ends where the local one ends, the teacher's server trains
+/// nothing and answers the teacher's log-probabilities, and without the route the recipe is
+/// refused (`tinker-models`, naming the flag).
+#[test]
+fn a_teacher_on_a_server_of_its_own_is_read_there_and_the_run_ends_where_the_local_one_ends() {
+    let dir = scratch("own-server");
+    let recipe = teacher_recipe(&dir);
+    let local = dir.join("local");
+    ok(&run_args(&recipe, &local).output().unwrap());
+    let policy = serve(Reduction::Sum);
+    let teacher = serve_base(teacher_model(), Reduction::Sum);
+    let refused = run_args(&recipe, &dir.join("refused"))
+        .args(["--engine", "tinker", "--server", &policy.url])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let text = flat(&refused);
+    assert!(text.contains("tinker-models") && text.contains("--server NAME=URL"), "{text}");
+    let remote = dir.join("remote");
+    let out = run_args(&recipe, &remote)
+        .args(["--engine", "tinker", "--server", &policy.url])
+        .args(["--server", &format!("teacher={}", teacher.url)])
+        .output()
+        .unwrap();
+    ok(&out);
+    let (l, r) = (losses(&local), losses(&remote));
+    assert_eq!(l.len(), 2);
+    for (a, b) in l.iter().zip(&r) {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "losses: local {l:?}, remote {r:?}");
+    }
+    let state = policy.state.lock().unwrap();
+    let served = state.engine.weights(&state.engine.model_ids()[0]).unwrap();
+    let mut worst = 0f64;
+    for (k, w) in checkpoint_weights(&local, "policy") {
+        let d = (&w - &served[&k]).unwrap().abs().unwrap().max_all().unwrap();
+        worst = worst.max(d.to_scalar::<f32>().unwrap() as f64);
+    }
+    assert!(worst <= 1e-5, "remote and local weights differ by up to {worst:e}");
+    let t = teacher.state.lock().unwrap();
+    assert!(t.engine.model_ids().is_empty(), "the teacher's server trains nothing");
+    assert!(t.calls.iter().any(|c| c == "asample"), "the teacher is read there: {:?}", t.calls);
+    drop((state, t));
+    // A trained model stays on the default server.
+    let trained = run_args(&recipe, &dir.join("trained"))
+        .args(["--engine", "tinker", "--server", &policy.url])
+        .args(["--server", &format!("teacher={}", teacher.url)])
+        .args(["--server", &format!("policy={}", teacher.url)])
+        .output()
+        .unwrap();
+    assert!(!trained.status.success());
+    assert!(flat(&trained).contains("stage `distill` trains `policy`"), "{}", flat(&trained));
+}
+
+/// `recipes/opd.rlx` as shipped — its teacher a larger built-in model, no adapter of the
+/// student's base — runs with the teacher on a server of its own (both built-ins saved by a
+/// local run at a learning rate too small to move a weight, with two-step warm starts).
+#[test]
+fn shipped_opd_runs_with_its_teacher_on_a_server_of_its_own() {
+    let dir = scratch("opd");
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/opd.rlx");
+    let small = ["--set", "teacher.warm_steps=2", "--set", "policy.warm_steps=2"];
+    let sizes = ["--set", "distill.optim.batch=8", "--set", "distill.optim.minibatch=8"];
+    let base = dir.join("base");
+    ok(&run_args(&recipe, &base)
+        .args(["--steps", "1", "--set", "distill.optim.lr=1e-30"])
+        .args(small)
+        .args(sizes)
+        .output()
+        .unwrap());
+    let policy = serve_base(&base.join("models/policy"), Reduction::Sum);
+    let teacher = serve_base(&base.join("models/teacher"), Reduction::Sum);
+    let remote = dir.join("remote");
+    ok(&run_args(&recipe, &remote)
+        .args(["--steps", "2", "--engine", "tinker", "--server", &policy.url])
+        .args(["--server", &format!("teacher={}", teacher.url)])
+        .args(small)
+        .args(sizes)
+        .args(["--set", "distill.sample.n=4", "--set", "distill.sample.max_tokens=12"])
+        .output()
+        .unwrap());
+    let l = losses(&remote);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(l.iter().all(|x| x.is_finite() && *x != 0.0), "{l:?}");
+}
+
 /// RCfD, one of the five seeds, on a server: its reward model served over HTTP is scored on
 /// the host, so the remote run computes what the local one does.
 #[test]

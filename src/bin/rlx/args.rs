@@ -266,10 +266,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = EngineKind::Local)]
     pub engine: EngineKind,
     /// The Tinker server's URL, e.g. `http://HOST:8000` (`--engine tinker`; its API key is
-    /// read from `TINKER_API_KEY` and never written anywhere). On `--resume`, a new URL for the
-    /// same server.
-    #[arg(long, value_name = "URL")]
-    pub server: Option<String>,
+    /// read from `TINKER_API_KEY` and never written anywhere). `NAME=URL` puts the recipe's
+    /// model NAME on a server of its own (whose base model is NAME's checkpoint: a teacher of
+    /// another size, a model per GPU server); repeat it for several. On `--resume`, new URLs
+    /// for the same servers.
+    #[arg(long, value_name = "[NAME=]URL")]
+    pub server: Vec<String>,
     /// The server's base model, as the server names it (default: the only one it serves).
     #[arg(long, value_name = "NAME")]
     pub base_model: Option<String>,

@@ -50,6 +50,9 @@ pub struct RunConfig {
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
 pub struct TinkerConfig {
     pub server: String,
+    /// Models on servers of their own (`--server NAME=URL`), by model name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub servers: std::collections::BTreeMap<String, String>,
     pub base_model: Option<String>,
     pub reduction: Option<crate::args::ReductionArg>,
 }

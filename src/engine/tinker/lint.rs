@@ -15,19 +15,20 @@ use crate::syntax::ast::SourceKind as DataKw;
 /// Optimiser settings SkyRL's `optim_step` ignores (it applies only the learning rate).
 const SERVER_FIXED: [&str; 4] = ["beta1", "beta2", "weight_decay", "clip_grad"];
 
-/// Diagnostics of every stage of the recipe (`only`: one stage).
-pub fn check(checked: &Checked, only: Option<usize>) -> Vec<Diagnostic> {
+/// Diagnostics of every stage of the recipe (`only`: one stage). `own`: the models a run puts
+/// on servers of their own (`--server NAME=URL`), read there through their base model.
+pub fn check(checked: &Checked, only: Option<usize>, own: &[&str]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for index in 0..checked.program.stages.len() {
         if only.is_some_and(|o| o != index) {
             continue;
         }
-        check_stage(checked, index, &mut out);
+        check_stage(checked, index, own, &mut out);
     }
     out
 }
 
-fn check_stage(checked: &Checked, index: usize, out: &mut Vec<Diagnostic>) {
+fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diagnostic>) {
     let stage = &checked.program.stages[index];
     let name = &stage.name.name;
     let Some(trained) = stage.trained() else { return };
@@ -85,9 +86,11 @@ fn check_stage(checked: &Checked, index: usize, out: &mut Vec<Diagnostic>) {
             }
             Op::Signal { signal: Signal::Values, .. } => {}
             Op::Signal { model, signal } => {
-                let own = matches!(model, ModelRef::Named(m) if m == trained);
-                let frozen = matches!(model, ModelRef::Named(m) if m != trained && earlier.contains(&m.as_str()));
-                let known = own || frozen || matches!(model, ModelRef::Old | ModelRef::Ref | ModelRef::Rollout);
+                let is_trained = matches!(model, ModelRef::Named(m) if m == trained);
+                // Frozen: trained earlier, or on a server of its own (read through its base).
+                let frozen = matches!(model, ModelRef::Named(m) if m != trained
+                    && (earlier.contains(&m.as_str()) || own.contains(&m.as_str())));
+                let known = is_trained || frozen || matches!(model, ModelRef::Old | ModelRef::Ref | ModelRef::Rollout);
                 let readable = match signal {
                     Signal::KeepProb => frozen,
                     _ => true,
@@ -146,5 +149,5 @@ fn critic(span: Span, label: &str) -> Diagnostic {
 fn models(span: Span, what: &str) -> Diagnostic {
     Diagnostic::error("tinker-models", format!("`{what}` reads a model the remote engine does not hold: it holds the trained model, `old`, `ref`, and the models earlier stages trained"))
         .primary(span, "another model's output")
-        .help("train that model in an earlier stage of the recipe (it then lives on the server as an adapter of the same base model), or run the recipe locally")
+        .help("give it a server of its own whose base model is its checkpoint (`--server NAME=URL`), train it in an earlier stage of the recipe (it then lives on the server as an adapter of the same base model), or run the recipe locally")
 }

@@ -58,6 +58,8 @@ pub struct RunOptions {
 #[derive(Debug, Clone)]
 pub struct TinkerOptions {
     pub url: String,
+    /// Models on servers of their own, by model name.
+    pub servers: BTreeMap<String, String>,
     /// The server's base model (default: the only one it serves).
     pub base_model: Option<String>,
     /// How the server reduces a backward (default: what its self-test finds).

@@ -21,7 +21,7 @@ use crate::train::models::{self, Slot};
 pub(super) type Resumed = (State, BTreeMap<String, Tensor>);
 
 /// The Tinker server a run trains on.
-pub(super) type Server = Box<dyn crate::engine::Engine>;
+pub(super) type Server = super::remote::Servers;
 
 impl<'a> Run<'a> {
     /// Everything before the first stage. Returns the run, the stage to start at, the
@@ -36,8 +36,13 @@ impl<'a> Run<'a> {
         let whole = checked.program.stages.first().map_or(Span::new(0, 0), |s| s.name.span);
         let io = |e: std::io::Error| run_error(whole, format!("{}: {e}", opts.out.display()));
         // What a Tinker server cannot run is refused before anything else is spent.
+        let own: Vec<&str> = opts
+            .tinker
+            .as_ref()
+            .map(|t| t.servers.keys().map(String::as_str).collect())
+            .unwrap_or_default();
         if opts.tinker.is_some()
-            && let Some(e) = crate::engine::tinker::lint::check(checked, None)
+            && let Some(e) = crate::engine::tinker::lint::check(checked, None, &own)
                 .into_iter()
                 .find(|d| d.severity == crate::diag::Severity::Error)
         {
@@ -99,25 +104,9 @@ impl<'a> Run<'a> {
         };
         let wall_before = resume_state.as_ref().map_or(0.0, |(s, _)| s.wall);
         let remote = match &opts.tinker {
-            Some(t) => {
-                let engine = crate::engine::tinker::Remote::connect(
-                    None,
-                    &t.url,
-                    t.base_model.as_deref(),
-                    t.reduction,
-                    crate::engine::tinker::client::Retry::default(),
-                )
-                .map_err(|e| run_error(whole, e))?;
-                if !opts.quiet {
-                    eprintln!(
-                        "Tinker server {}: base model `{}`, reduction `{}` (self-test passed)",
-                        t.url,
-                        engine.base_model(),
-                        crate::engine::Engine::reduction(&engine).name()
-                    );
-                }
-                Some(Box::new(engine) as Server)
-            }
+            Some(t) => Some(
+                super::remote::connect(t, checked, opts.quiet).map_err(|e| run_error(whole, e))?,
+            ),
             None => None,
         };
         let declared = checked

@@ -30,7 +30,7 @@ pub fn main(args: LintArgs, style: Style) -> Result<ExitCode, String> {
                         Some(s) => Some(ui::stage_of(checked, Some(s))?),
                         None => None,
                     };
-                    rlx::engine::tinker::lint::check(checked, only)
+                    rlx::engine::tinker::lint::check(checked, only, &[])
                 }
             };
             source::add_diagnostics(&src, &mut analysis, found, &config);

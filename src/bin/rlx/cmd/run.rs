@@ -45,13 +45,36 @@ pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
         (None, None) => return Err("give a recipe, or `--resume DIR`".into()),
     };
     let mut analysis = source::analyze_with(&src, &LintConfig::defaults(), &config.set)?;
-    // On a resumed remote run, a new URL for its server.
-    let tinker = config
-        .tinker
-        .clone()
-        .map(|t| TinkerConfig { server: args.server.clone().unwrap_or(t.server), ..t });
-    if tinker.is_some() && !analysis.has_errors() {
-        let found = rlx::engine::tinker::lint::check(ui::checked(&analysis)?, None);
+    // On a resumed remote run, new URLs for its servers.
+    let tinker = match config.tinker.clone() {
+        Some(mut t) => {
+            let (default, own) = split_servers(&args.server)?;
+            if let Some(url) = default {
+                t.server = url;
+            }
+            for (name, url) in own {
+                if !t.servers.contains_key(&name) {
+                    return Err(format!(
+                        "`--server {name}=…`: the run put no model `{name}` on a server of its own"
+                    ));
+                }
+                t.servers.insert(name, url);
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    if let Some(t) = &tinker
+        && !analysis.has_errors()
+    {
+        let checked = ui::checked(&analysis)?;
+        for name in t.servers.keys() {
+            if !checked.program.models.iter().any(|m| &m.name.name == name) {
+                return Err(format!("`--server {name}=…`: the recipe has no model `{name}`"));
+            }
+        }
+        let own: Vec<&str> = t.servers.keys().map(String::as_str).collect();
+        let found = rlx::engine::tinker::lint::check(checked, None, &own);
         source::add_diagnostics(&src, &mut analysis, found, &LintConfig::defaults());
         if !analysis.has_errors() && !analysis.diagnostics.is_empty() && !args.quiet {
             ui::print_diagnostics(&src, &analysis, style);
@@ -89,6 +112,7 @@ pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
         eval_samples: config.eval_samples,
         tinker: tinker.map(|t| rlx::train::run::TinkerOptions {
             url: t.server,
+            servers: t.servers,
             base_model: t.base_model,
             reduction: t.reduction.map(|r| match r {
                 ReductionArg::Sum => rlx::engine::surrogate::Reduction::Sum,
@@ -142,20 +166,51 @@ pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
 
 /// The server settings of a new run: `--server` and friends belong with `--engine tinker`.
 fn tinker_config(args: &RunArgs) -> Result<Option<TinkerConfig>, String> {
-    match (args.engine, &args.server) {
+    let (default, servers) = split_servers(&args.server)?;
+    match (args.engine, default) {
         (EngineKind::Tinker, Some(server)) => Ok(Some(TinkerConfig {
-            server: server.clone(),
+            server,
+            servers,
             base_model: args.base_model.clone(),
             reduction: args.reduction,
         })),
         (EngineKind::Tinker, None) => Err("`--engine tinker` needs `--server URL`".into()),
         (EngineKind::Local, _)
-            if args.server.is_some() || args.base_model.is_some() || args.reduction.is_some() =>
+            if !args.server.is_empty() || args.base_model.is_some() || args.reduction.is_some() =>
         {
             Err("`--server`, `--base-model` and `--reduction` belong with `--engine tinker`".into())
         }
         (EngineKind::Local, _) => Ok(None),
     }
+}
+
+/// `--server` values: the one plain URL (the default server), and `NAME=URL` pairs.
+fn split_servers(
+    values: &[String],
+) -> Result<(Option<String>, std::collections::BTreeMap<String, String>), String> {
+    let mut default = None;
+    let mut own = std::collections::BTreeMap::new();
+    for v in values {
+        // A URL's own `=` (a query) comes after `://`; a model name has neither.
+        let named = v.split_once('=').filter(|(name, _)| {
+            !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_')
+        });
+        match named {
+            Some((name, url)) => {
+                if own.insert(name.to_string(), url.to_string()).is_some() {
+                    return Err(format!("`--server {name}=…` given twice"));
+                }
+            }
+            None if default.is_none() => default = Some(v.clone()),
+            None => {
+                return Err(format!(
+                    "two default servers: `{}` and `{v}` (name the model of one: `--server NAME=URL`)",
+                    default.unwrap_or_default()
+                ));
+            }
+        }
+    }
+    Ok((default, own))
 }
 
 /// `--resume` continues a run exactly as it was started: a recipe, `--set`, `--steps` or
@@ -193,7 +248,7 @@ fn check_resume_args(
     }
     // The engine stays; only a remote run's server may move to a new URL.
     let remote = config.tinker.is_some();
-    if (args.engine == EngineKind::Tinker || args.server.is_some()) && !remote {
+    if (args.engine == EngineKind::Tinker || !args.server.is_empty()) && !remote {
         differ.push("the run trained on this machine, not on a Tinker server".into());
     }
     if let Some(t) = &config.tinker

@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 
-use super::{Metrics, Run, run_error};
+use super::{Metrics, Run, TinkerOptions, run_error};
 use crate::check::params;
 use crate::diag::Diagnostic;
+use crate::engine::tinker::Remote;
 use crate::engine::{Engine, Lora, ModelId, SampleParams, Sampler, Seq};
 use crate::ir::graph::{ModelRef, ScorerRef};
 use crate::tasks::Task;
@@ -29,9 +30,51 @@ use crate::train::signals::{Source, SourceKind, TextRows};
 /// is refused (mean |Δ log p| per token; servers compute in bf16).
 const BASE_TOLERANCE: f64 = 0.05;
 
+/// The servers of a run: the default one, which holds every trained model, and the frozen
+/// models on servers of their own (`--server NAME=URL`), read through their base model.
+pub(in crate::train::run) struct Servers {
+    pub engine: Box<dyn Engine>,
+    pub own: BTreeMap<String, Box<dyn Engine>>,
+}
+
+/// Connects to every server of the run; each passes its self-test or the run stops here.
+pub(in crate::train::run) fn connect(
+    t: &TinkerOptions,
+    checked: &crate::check::Checked,
+    quiet: bool,
+) -> Result<Servers, String> {
+    let retry = crate::engine::tinker::client::Retry::default;
+    let one = |name: Option<&str>, url: &str, base: Option<&str>| {
+        let engine = Remote::connect(name, url, base, t.reduction, retry())?;
+        if !quiet {
+            eprintln!(
+                "Tinker server {}{url}: base model `{}`, reduction `{}` (self-test passed)",
+                name.map_or(String::new(), |n| format!("for `{n}` ")),
+                engine.base_model(),
+                Engine::reduction(&engine).name()
+            );
+        }
+        Ok::<_, String>(Box::new(engine) as Box<dyn Engine>)
+    };
+    let mut own = BTreeMap::new();
+    for (name, url) in &t.servers {
+        if let Some(stage) = checked.program.stages.iter().find(|s| s.trained() == Some(name)) {
+            return Err(format!(
+                "`--server {name}={url}`: stage `{}` trains `{name}`; trained models live on the default server (a model of its own server is read frozen, through that server's base model)",
+                stage.name.name
+            ));
+        }
+        own.insert(name.clone(), one(Some(name), url, None)?);
+    }
+    Ok(Servers { engine: one(None, &t.url, t.base_model.as_deref())?, own })
+}
+
 /// The engine and what the run holds on it.
 pub(super) struct RemoteRun {
     pub engine: Box<dyn Engine>,
+    /// Frozen models on servers of their own, and whether their base models were checked.
+    pub own: BTreeMap<String, Box<dyn Engine>>,
+    pub own_checked: bool,
     /// The server's model of each trained model, by the recipe's name.
     pub models: BTreeMap<String, ModelId>,
     /// `ref`: the trained model's sampler snapshot at the current stage's start (to sample
@@ -48,9 +91,11 @@ pub(super) struct RemoteRun {
 }
 
 impl RemoteRun {
-    pub fn new(engine: Box<dyn Engine>) -> RemoteRun {
+    pub fn new(servers: Servers) -> RemoteRun {
         RemoteRun {
-            engine,
+            engine: servers.engine,
+            own: servers.own,
+            own_checked: false,
             models: BTreeMap::new(),
             reference: Sampler::Base,
             reference_model: None,
@@ -120,6 +165,13 @@ impl Run<'_> {
                 self.remote().samplers.insert(name.clone(), Sampler::Weights(path.clone()));
             }
         }
+        if !self.remote().own_checked {
+            let names: Vec<String> = self.remote().own.keys().cloned().collect();
+            for name in names {
+                self.check_own_base(&name).map_err(fail)?;
+            }
+            self.remote().own_checked = true;
+        }
         // Whether the trained model is on the server exactly as its base (a fresh adapter).
         let mut fresh = false;
         let lora = self.lora_of(&trained);
@@ -181,6 +233,18 @@ impl Run<'_> {
     /// The server's base model must be the recipe's `trained` model as it starts: compared on
     /// a probe (a training prompt's tokens) by log-probabilities at temperature 1.
     fn check_base(&mut self, trained: &str) -> Result<(), String> {
+        self.compare_base(trained, false)
+    }
+
+    /// A model on a server of its own is read through that server's base model, which must be
+    /// the recipe's model.
+    fn check_own_base(&mut self, name: &str) -> Result<(), String> {
+        self.compare_base(name, true)
+    }
+
+    /// `name` as the recipe builds it against the base model of its server (`own`: its own
+    /// server, else the default one), on a probe.
+    fn compare_base(&mut self, trained: &str, own: bool) -> Result<(), String> {
         let Some(probe) = self.probe() else { return Ok(()) };
         let model = self.slots[trained].frozen().map_err(|e| e.to_string())?;
         let local = crate::engine::candle::text_logp(
@@ -188,7 +252,11 @@ impl Run<'_> {
             std::slice::from_ref(&probe),
             &self.opts.device,
         )?;
-        let engine = &mut self.remote().engine;
+        let r = self.remote();
+        let engine = match own {
+            true => r.own.get_mut(trained).expect("a model of its own server"),
+            false => &mut r.engine,
+        };
         let remote = engine.logp(None, &Sampler::Base, std::slice::from_ref(&probe))?;
         let n = probe.toks.len();
         let diff = mean_abs_diff(&local[0], &remote[0]);

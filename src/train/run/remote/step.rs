@@ -263,7 +263,13 @@ impl Run<'_> {
             // Whose forward: a model on the server (the trained one, `ref`'s frozen copy, one an
             // earlier stage trained), else a sampler snapshot's prompt log-probabilities.
             let r = self.remote();
+            // A model on a server of its own: that server's base model.
+            let own = match model {
+                ModelRef::Named(m) if r.own.contains_key(m) => Some(m.clone()),
+                _ => None,
+            };
             let whose: Result<ModelId, Sampler> = match model {
+                _ if own.is_some() => Err(Sampler::Base),
                 ModelRef::Old => Ok(policy.clone()),
                 ModelRef::Named(m) if *m == trained => Ok(policy.clone()),
                 ModelRef::Ref => r.reference_model.clone().ok_or(r.reference.clone()),
@@ -278,7 +284,7 @@ impl Run<'_> {
                 },
                 ModelRef::Rollout => continue,
             };
-            let who = format!("{whose:?}");
+            let who = format!("{own:?} {whose:?}");
             let key = (who, keep, text.clone());
             if !done.contains_key(&key) {
                 let t = rows.texts.get(text).ok_or_else(|| fail(format!("no text `{text}`")))?;
@@ -288,7 +294,11 @@ impl Run<'_> {
                         q.ctx = ctx;
                     }
                 }
-                let engine = &mut self.remote().engine;
+                let r = self.remote();
+                let engine = match &own {
+                    Some(m) => r.own.get_mut(m).expect("a model of its own server"),
+                    None => &mut r.engine,
+                };
                 let mut lp = match &whose {
                     Ok(id) => engine.logp(Some(id), &Sampler::Base, &seqs),
                     Err(sampler) => engine.logp(None, sampler, &seqs),
