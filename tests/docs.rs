@@ -223,18 +223,21 @@ const MATHS: [&str; 13] = [
 const STALE_BEGIN: &str = "<!-- stale: written by `cargo test --test docs` -->";
 const STALE_END: &str = "<!-- /stale -->";
 
-/// The files among `paths` that differ between `commit` and the work tree; `None` when git or
-/// the commit is not at hand (a tarball, a shallow clone).
+/// The files among `paths` that differ between `commit` and the work tree, new files not yet
+/// added to git included (they are compiled in all the same); `None` when git or the commit is
+/// not at hand (a tarball, a shallow clone).
 fn changed_since(commit: &str, paths: &[String]) -> Option<Vec<String>> {
-    let o = Command::new("git")
-        .current_dir(root())
-        .args(["diff", "--name-only", commit, "--"])
-        .args(paths)
-        .output()
-        .ok()?;
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect())
+    let git = |args: &[&str]| {
+        let o = Command::new("git").current_dir(root()).args(args).args(paths).output().ok()?;
+        o.status.success().then(|| {
+            String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect::<Vec<_>>()
+        })
+    };
+    let mut files = git(&["diff", "--name-only", commit, "--"])?;
+    files.extend(git(&["ls-files", "--others", "--exclude-standard", "--"])?);
+    files.sort();
+    files.dedup();
+    Some(files)
 }
 
 /// One result page: where it is, the commits whose runs it reports, its recipes, and the

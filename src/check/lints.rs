@@ -265,7 +265,7 @@ pub(super) fn program_lints(checked: &Checked, diags: &mut Vec<Diagnostic>) {
     let mut used: HashSet<String> = HashSet::new();
     for m in &p.models {
         match &m.init {
-            ModelInit::Copy(of) => {
+            ModelInit::Copy(of) | ModelInit::YesNo(of) => {
                 used.insert(of.name.clone());
             }
             ModelInit::Builtin { warm_start: Some(ws) } => {

@@ -124,6 +124,7 @@ pub fn check(program: Program) -> (Checked, Vec<Diagnostic>) {
             ModelInit::Pretrained | ModelInit::PretrainedRewardModel => {
                 (builtins::PRETRAINED_PARAMS, "pretrained")
             }
+            ModelInit::YesNo(_) => (builtins::YES_NO_PARAMS, "yes_no"),
             _ => (builtins::MODEL_PARAMS, "builtin"),
         };
         let given: Vec<_> = m

@@ -165,12 +165,23 @@ fn check_model_ready(cx: &StageCx, model: &str, span: Span, diags: &mut Vec<Diag
     ) {
         return;
     }
+    // A Yes/No reward model's answers are defined before any training: read frozen it is a
+    // zero-shot judge (or a trained one loaded with `pretrained`) — unless a later stage trains
+    // it, when reading it first is an ordering mistake.
+    let trained_later = cx.program.stages[cx.index + 1..].iter().any(|s| s.trains(model));
+    if matches!(decl.init, ModelInit::YesNo(_)) && !trained_later {
+        return;
+    }
     let earlier = cx.program.stages[..cx.index].iter().any(|s| s.trains(model));
     if earlier {
         return;
     }
     let later = cx.program.stages[cx.index + 1..].iter().find(|s| s.trains(model));
-    let what = if matches!(decl.init, ModelInit::RewardModel) { "reward model" } else { "copy" };
+    let what = if matches!(decl.init, ModelInit::RewardModel | ModelInit::YesNo(_)) {
+        "reward model"
+    } else {
+        "copy"
+    };
     let message =
         format!("`{model}` is read in stage `{}` before any stage trains it", cx.stage.name.name);
     if diags.iter().any(|d| d.message == message) {

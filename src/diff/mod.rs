@@ -107,6 +107,10 @@ fn decl_diff(a: &Checked, b: &Checked) -> Vec<(String, String)> {
                         .unwrap_or_default()
                 ),
                 ModelInit::Copy(of) => format!("copy({})", of.name),
+                ModelInit::YesNo(of) => match params(&m.name.name) {
+                    p if p.is_empty() => format!("yes_no({})", of.name),
+                    p => format!("yes_no({}, {p})", of.name),
+                },
                 ModelInit::RewardModel => format!("reward_model({})", params(&m.name.name)),
                 ModelInit::Pretrained => format!("pretrained({})", params(&m.name.name)),
                 ModelInit::PretrainedRewardModel => {

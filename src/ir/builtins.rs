@@ -212,6 +212,18 @@ pub static MODEL_PARAMS: &[ParamSpec] = &[
     num("warm_lr", 1e-3, Range::Positive, "learning rate of the warm start"),
 ];
 
+/// `yes_no(MODEL, ...)` settings: what the model is asked after a text, and the two answers
+/// whose log-probability difference is the text's score.
+pub static YES_NO_PARAMS: &[ParamSpec] = &[
+    text_param(
+        "question",
+        "\nIs this a good response? Answer:",
+        "asked after the scored text (its tokens follow the text's)",
+    ),
+    text_param("yes", " Yes", "the answer of a good text"),
+    text_param("no", " No", "the answer of a bad text"),
+];
+
 /// `pretrained("dir", ...)` model settings.
 pub static PRETRAINED_PARAMS: &[ParamSpec] = &[
     ParamSpec {

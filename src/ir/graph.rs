@@ -254,6 +254,9 @@ pub enum ModelInit {
     Copy(Ident),
     /// A reward model (a transformer with a scalar head), untrained until a stage trains it.
     RewardModel,
+    /// A reward model read as a language model's answer: a copy of another model's initial
+    /// weights, scored `log p(yes) − log p(no)` after a question (`yes_no(MODEL, ...)`).
+    YesNo(Ident),
     /// A Hugging Face checkpoint directory (`path` among the params).
     Pretrained,
     /// A Hugging Face `*ForSequenceClassification` checkpoint with one label, a reward model
@@ -422,6 +425,7 @@ impl Program {
         while let Some(m) = self.model(cur) {
             match &m.init {
                 ModelInit::RewardModel | ModelInit::PretrainedRewardModel => return true,
+                ModelInit::YesNo(_) => return true,
                 ModelInit::Copy(of) if seen < self.models.len() => {
                     cur = &of.name;
                     seen += 1;
@@ -430,6 +434,20 @@ impl Program {
             }
         }
         false
+    }
+
+    /// The `yes_no(...)` declaration `name` is (possibly through copies): whose head scores it.
+    pub fn yes_no_decl(&self, name: &str) -> Option<&ModelDecl> {
+        let mut cur = name;
+        for _ in 0..=self.models.len() {
+            let m = self.model(cur)?;
+            match &m.init {
+                ModelInit::YesNo(_) => return Some(m),
+                ModelInit::Copy(of) => cur = &of.name,
+                _ => return None,
+            }
+        }
+        None
     }
 }
 

@@ -38,6 +38,14 @@ pub fn markdown() -> String {
     out.push_str("\n### `pretrained(\"DIR\", ...)`\n\nA Hugging Face checkpoint directory.\n\n");
     out.push_str(&params_table(PRETRAINED_PARAMS, "argument"));
     out.push_str(
+        "\n### `yes_no(MODEL, ...)`\n\nA reward model read as a language model's answer: a copy of \
+         `MODEL`'s initial weights whose score of a text is `log p(yes) − log p(no)` after the \
+         text and `question` (each answer's log-probability summed over its tokens). Trained \
+         in a `pairs` stage like `reward_model(...)`; the form a Tinker server holds a reward \
+         model in.\n\n",
+    );
+    out.push_str(&params_table(YES_NO_PARAMS, "argument"));
+    out.push_str(
         "\n## Model signals\n\n`MODEL.NAME`, or `MODEL.NAME(text)` for a text other than \
          the stage's primary one.\n\n| signal | |\n|---|---|\n",
     );

@@ -62,6 +62,7 @@ pub fn constructor_params(callee: &str) -> Vec<&'static ParamSpec> {
             .chain(builtins::DATA_SETS.iter().flat_map(|d| d.params))
             .collect(),
         "pretrained" => builtins::PRETRAINED_PARAMS.iter().collect(),
+        "yes_no" => builtins::YES_NO_PARAMS.iter().collect(),
         "jsonl" | "file" => builtins::JSONL.params.iter().collect(),
         _ => crate::blocks::lookup(callee).map_or(vec![], |b| b.params.iter().collect()),
     }

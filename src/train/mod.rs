@@ -12,3 +12,4 @@ pub mod scoring;
 pub mod signals;
 pub mod tensorboard;
 pub mod vine;
+pub mod yes_no;

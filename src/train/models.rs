@@ -277,7 +277,8 @@ fn build_one(
             }
             slot
         }
-        ModelInit::Copy(of) => {
+        // A Yes/No reward model is a language model: its score is read from its answers.
+        ModelInit::Copy(of) | ModelInit::YesNo(of) => {
             let src = slots
                 .get(&of.name)
                 .ok_or_else(|| format!("`{name}` copies `{}`, which is not built", of.name))?;

@@ -14,6 +14,7 @@ use crate::model::{Layout, Transformer};
 use crate::tasks::Task;
 use crate::tokenizer::Tok;
 use crate::train::scoring::HostScorers;
+use crate::train::yes_no::YesNoHead;
 
 /// One text of a batch: each row's context (what the text follows) and tokens.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +78,8 @@ pub enum SourceKind {
     Score {
         scorer: ScorerRef,
         text: String,
+        /// A `yes_no(...)` reward model's head: the score is read from its answers.
+        head: Option<YesNoHead>,
     },
     /// Monte-Carlo values from extra rollouts (`vine_values`): done by the rollout phase.
     StepRollouts {
@@ -138,7 +141,11 @@ pub fn sources(checked: &Checked, index: usize) -> (Vec<Source>, Option<String>)
                     Some(Ty::Text(t)) => t.clone(),
                     _ => "response".into(),
                 };
-                SourceKind::Score { scorer: s.clone(), text }
+                let head = match s {
+                    ScorerRef::Model(m) => YesNoHead::of(checked, m),
+                    _ => None,
+                };
+                SourceKind::Score { scorer: s.clone(), text, head }
             }
             Op::Block { spec, .. } if matches!(spec.demand, Demand::StepRollouts { .. }) => {
                 let ins = inputs(g, n);
@@ -332,7 +339,13 @@ pub fn compute(
                 model_output_finite(&value, &layout.text_mask, &name, what, text)?;
                 value
             }
-            SourceKind::Score { scorer: ScorerRef::Model(m), text } => {
+            SourceKind::Score { scorer: ScorerRef::Model(m), text, head: Some(head) } => {
+                let t = rows.texts.get(text).ok_or_else(|| format!("no text `{text}`"))?;
+                let value = answer_score(cx.models.get(m, grad)?, head, m, t, grad, cx)?;
+                model_output_finite(&value, &value.ones_like().map_err(err)?, m, "score", text)?;
+                value
+            }
+            SourceKind::Score { scorer: ScorerRef::Model(m), text, head: None } => {
                 let key = (m.clone(), grad, text.clone(), false);
                 if !forwards.contains_key(&key) {
                     let model = cx.models.get(m, grad)?;
@@ -348,6 +361,7 @@ pub fn compute(
             SourceKind::Score {
                 scorer: scorer @ (ScorerRef::Verifier { .. } | ScorerRef::External { .. }),
                 text,
+                ..
             } => {
                 let t = rows.texts.get(text).ok_or_else(|| format!("no text `{text}`"))?;
                 let responses: Vec<String> =
@@ -363,6 +377,29 @@ pub fn compute(
         out.insert(s.name.clone(), if grad { value } else { value.detach() });
     }
     Ok(out)
+}
+
+/// A `yes_no(...)` model's score of each row of `text`: `Σ log p(yes) − Σ log p(no)` after
+/// `context text question`, at temperature 1.
+pub(crate) fn answer_score(
+    model: &Transformer,
+    head: &YesNoHead,
+    name: &str,
+    text: &TextRows,
+    grad: bool,
+    cx: &SignalCx,
+) -> Result<Tensor, String> {
+    let tokens = head.tokens(cx.tok, name)?;
+    let [yes, no] = tokens.answers(text);
+    let logp = |a: &TextRows| -> Result<Tensor, String> {
+        let ctx: Vec<&[u32]> = a.ctx.iter().map(Vec::as_slice).collect();
+        let toks: Vec<&[u32]> = a.toks.iter().map(Vec::as_slice).collect();
+        let width = toks.first().map_or(1, |t| t.len());
+        let layout = Layout::with_text_len(&ctx, &toks, width, cx.device).map_err(err)?;
+        let hidden = model.hidden_of(&layout, grad).map_err(err)?;
+        model.token_logp(&hidden, &layout, 1.0).and_then(|l| l.sum(1)).map_err(err)
+    };
+    (logp(&yes)? - logp(&no)?).map_err(err)
 }
 
 /// A model's output must be finite on real tokens: when it is not, the model (not the batch)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `rlx run --engine tinker` against a live Tinker server: SkyRL 0.4.0's own server (JAX backend,
 # on this CPU, on loopback) serving a tiny Qwen3 checkpoint rlx writes and warm-starts on the
-# arithmetic task. The seeds that need no critic and no score-head reward model (VinePPO,
-# RLMEC) and GRPO train 2 steps each on it, their adapters come back and are checked (rlx
-# against the server on a probe, inside the run; transformers + PEFT against the base here);
-# the seeds the JAX backend cannot serve are refused before any call, naming why.
+# arithmetic task. The seeds that need no critic (VinePPO, RLMEC, and RCfD with its reward model
+# read as Yes/No answers, recipes/rcfd_yes_no.rlx) and GRPO train 2 steps a stage on it, their
+# adapters come back and are checked (rlx against the server on a probe, inside the run;
+# transformers + PEFT against the base here); the seeds the JAX backend cannot serve are
+# refused before any call, naming why.
 #
 # SkyRL 0.4 needs Python >= 3.12: $RLX_SKYRL_PYTHON, else python3.12/python3.13 on PATH, else
 # a pyenv installation of either. Without one this says so loudly and stops (exit 0).
@@ -98,15 +99,17 @@ curl -sf "$url/api/v1/healthz" >/dev/null || { tail -30 "$work/server/log" >&2; 
 # The shipped recipe with its built-in policy replaced by the served checkpoint.
 served() {
     local out="$work/$1.rlx"
-    sed "s|builtin(\"tiny\", warm_start = arith.solutions)|pretrained(\"$base\")|" "recipes/$1.rlx" > "$out"
-    grep -q "pretrained(\"$base\")" "$out" || { echo "recipes/$1.rlx: no built-in arith policy to replace" >&2; exit 1; }
+    sed -E "s#builtin\(\"tiny\", warm_start = (arith.solutions|reviews.texts)\)#pretrained(\"$base\")#" "recipes/$1.rlx" > "$out"
+    grep -q "pretrained(\"$base\")" "$out" || { echo "recipes/$1.rlx: no built-in policy to replace" >&2; exit 1; }
     echo "$out"
 }
 
 small=(--steps 2 --eval-prompts 8 --eval-samples 1)
-for recipe in grpo vineppo rlmec; do
+for recipe in grpo vineppo rlmec rcfd_yes_no; do
     args=(--set rl.optim.batch=16 --set rl.optim.minibatch=16 --set rl.sample.n=4 --set rl.sample.max_tokens=48)
     if [ "$recipe" = rlmec ]; then args+=(--set rewriter.optim.batch=8 --set rewriter.optim.lr=3e-2); fi
+    # RCfD: one sample per prompt, as shipped; its reward model's pairs stage at a rate that moves it.
+    if [ "$recipe" = rcfd_yes_no ]; then args=(--set rl.optim.batch=16 --set rl.sample.max_tokens=48 --set reward_model.optim.batch=8 --set reward_model.optim.lr=1e-2); fi
     start=$SECONDS
     "$rlx" run "$(served "$recipe")" --engine tinker --server "$url" "${small[@]}" "${args[@]}" \
         --out "$work/runs/$recipe" > "$work/$recipe.log" 2>&1 || { cat "$work/$recipe.log" >&2; exit 1; }

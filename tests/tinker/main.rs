@@ -148,11 +148,16 @@ fn checkpoint_weights(run: &Path, model: &str) -> Vec<(String, Tensor)> {
 }
 
 fn losses(run: &Path) -> Vec<f64> {
+    metric(run, "loss")
+}
+
+/// Every value of one metric in a run's metrics.jsonl, in order.
+fn metric(run: &Path, key: &str) -> Vec<f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|j| j["loss"].as_f64())
+        .filter_map(|j| j[key].as_f64())
         .collect()
 }
 
@@ -470,6 +475,107 @@ fn remote_rcfd_with_a_reward_model_behind_http_ends_where_the_local_run_ends() {
     remote_ends_where_local_ends(Reduction::Sum, "rcfd-http", Check::RcfdHttp);
 }
 
+/// `recipes/rcfd_yes_no.rlx` on the reviews base, both stages on a server with the given
+/// reduction: the reward model (the policy's copy read as ℓ(yes) − ℓ(no), two datums per scored
+/// text) trains in the pairs stage and scores responses and demonstrations in the RL stage.
+/// Losses match the local run step for step and the served models end where the local ones do.
+fn yes_no_rcfd_ends_where_local_ends(reduction: Reduction, name: &str) {
+    let dir = scratch(name);
+    let base = base_of("dpo", "dpo");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/rcfd_yes_no.rlx");
+    let text = std::fs::read_to_string(shipped).unwrap().replace(
+        r#"builtin("tiny", warm_start = reviews.texts)"#,
+        &format!(r#"pretrained("{}")"#, base.display()),
+    );
+    assert!(text.contains("pretrained("), "the shipped policy line changed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("rcfd_yes_no.rlx");
+    std::fs::write(&recipe, text).unwrap();
+    let args = [
+        "--steps",
+        "2",
+        "--set",
+        "reward_model.optim.batch=8",
+        "--set",
+        "reward_model.optim.lr=1e-3",
+        "--set",
+        "rl.optim.batch=8",
+        "--set",
+        "rl.optim.lr=1e-3",
+        "--set",
+        "rl.sample.n=2",
+        "--set",
+        "rl.sample.max_tokens=12",
+        "--set",
+        "rl.sample.top_p=0.0001",
+    ];
+    let local = dir.join("local");
+    ok(&run_args(&recipe, &local).args(args).output().unwrap());
+    let fake = serve_base(&base, reduction);
+    let remote = dir.join("remote");
+    ok(&run_args(&recipe, &remote)
+        .args(args)
+        .args(["--engine", "tinker", "--server", &fake.url])
+        .output()
+        .unwrap());
+    let (l, r) = (losses(&local), losses(&remote));
+    assert_eq!(l.len(), 4, "{l:?}");
+    for (a, b) in l.iter().zip(&r) {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "losses: local {l:?}, remote {r:?}");
+    }
+    // The gradient each step's backwards add up to: its norm as the server's optimiser step
+    // reports it against the local run's, before either clips it.
+    let (gl, gr) = (metric(&local, "grad_norm"), metric(&remote, "grad_norm"));
+    assert_eq!(gl.len(), 4, "{gl:?}");
+    for (a, b) in gl.iter().zip(&gr) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "gradient norms: local {gl:?}, remote {gr:?}");
+    }
+    let state = fake.state.lock().unwrap();
+    let served: Vec<_> =
+        state.engine.model_ids().iter().map(|id| state.engine.weights(id).unwrap()).collect();
+    let start = rlx::train::models::open_full(&base, &Device::Cpu).unwrap();
+    let start = start.params.snapshot().unwrap();
+    for model in ["rm", "policy"] {
+        let local_w = checkpoint_weights(&local, model);
+        let max_abs = |f: &dyn Fn(&String, &Tensor) -> Tensor| -> f64 {
+            local_w
+                .iter()
+                .map(|(k, w)| f(k, w).abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap())
+                .fold(0f32, f32::max) as f64
+        };
+        let moved = max_abs(&|k, w| (w - &start[k]).unwrap());
+        // The served model closest to the local one (the server also holds `ref` copies).
+        let worst = served
+            .iter()
+            .map(|s| max_abs(&|k, w| (w - &s[k]).unwrap()))
+            .fold(f64::INFINITY, f64::min);
+        assert!(moved > 1e-3, "{model}: training moved no weight ({moved:e})");
+        // The gradients agree (above); the weights cannot agree as tightly: Adam's first steps
+        // move a weight whose exact gradient is zero by rounding noise / (|noise| + eps), up
+        // to the learning rate either way, and the Yes/No head makes many exactly zero — every
+        // unembedding row but the two answers' (the yes and no sequences' softmax terms
+        // cancel), and the final norm's bias under a pairwise loss ((W_yes − W_no)·Σ ∂L/∂score,
+        // Σ over a pair = 0). Measured, of 2.0e-3 moved: rm 2.9e-4 (sum; `ln_f.bias`) and
+        // 4.4e-4 (per-sequence mean; `lm_head`), policy 5.1e-5. So this only checks that both
+        // moved the same way; the gradient norms are the exact check.
+        assert!(
+            worst <= 0.5 * moved,
+            "{model}: remote and local weights differ by up to {worst:e} (moved {moved:e})"
+        );
+        eprintln!("{name}: {model} within {worst:e} of the local run (moved {moved:e})");
+    }
+}
+
+#[test]
+fn rcfd_with_a_yes_no_reward_model_trains_both_stages_remotely_on_a_summing_server() {
+    yes_no_rcfd_ends_where_local_ends(Reduction::Sum, "yes-no-sum");
+}
+
+#[test]
+fn rcfd_with_a_yes_no_reward_model_trains_both_stages_remotely_on_a_per_sequence_mean_server() {
+    yes_no_rcfd_ends_where_local_ends(Reduction::PerSequenceMean, "yes-no-mean");
+}
+
 /// The shipped recipes the remote engine runs: every one that lints clean for `--target
 /// tinker` (warnings aside) whose models are all `family`'s built-in policy or copies of it.
 fn remote_recipes(family: &str) -> Vec<PathBuf> {
@@ -483,6 +589,7 @@ fn remote_recipes(family: &str) -> Vec<PathBuf> {
             let one_base = text.lines().filter(|l| l.starts_with("model ")).all(|l| {
                 l.contains(&format!(r#"builtin("tiny", warm_start = {family}"#))
                     || l.contains("copy(policy)")
+                    || l.contains("yes_no(policy")
             });
             if p.extension().is_none_or(|x| x != "rlx")
                 || !text.contains("model policy")
@@ -513,7 +620,11 @@ fn every_shipped_arith_recipe_that_lints_clean_for_tinker_trains_remotely() {
 #[test]
 fn every_shipped_preference_recipe_that_lints_clean_for_tinker_trains_remotely() {
     let base = base_of("dpo", "dpo");
-    shipped_recipes_train_remotely("reviews", &base, &["dpo", "kto", "orpo", "simpo"]);
+    shipped_recipes_train_remotely(
+        "reviews",
+        &base,
+        &["dpo", "kto", "orpo", "simpo", "rcfd_yes_no"],
+    );
 }
 
 fn shipped_recipes_train_remotely(family: &str, base: &Path, must: &[&str]) {

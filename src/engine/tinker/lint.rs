@@ -4,8 +4,9 @@
 //! reaches it only through log-probabilities of texts rlx holds (responses, demonstrations,
 //! greedy responses, pairs, rewrites) of the trained model, `old` (its snapshot at sampling),
 //! `ref` (at the stage's start) and models earlier stages trained (frozen: log-probabilities,
-//! keep-probabilities, greedy rewrites), with rewards from verifiers and VinePPO's step
-//! rollouts. Everything else gets a code saying why, at the node that needs it.
+//! keep-probabilities, greedy rewrites), with rewards from verifiers, external rewards, Yes/No
+//! reward models (`yes_no(...)`: log-probabilities of two answers) and VinePPO's step rollouts.
+//! Everything else gets a code saying why, at the node that needs it.
 
 use crate::check::Checked;
 use crate::diag::{Diagnostic, Span};
@@ -14,6 +15,9 @@ use crate::syntax::ast::SourceKind as DataKw;
 
 /// Optimiser settings SkyRL's `optim_step` ignores (it applies only the learning rate).
 const SERVER_FIXED: [&str; 4] = ["beta1", "beta2", "weight_decay", "clip_grad"];
+
+/// How a recipe's reward model runs on a server.
+const YES_NO_HELP: &str = "declare it `yes_no(policy, ...)`: a reward model read as the policy's copy answering yes or no, which a server holds as an adapter (a change of head: `rlx diff` the two recipes, as recipes/rcfd_yes_no.rlx does rcfd.rlx); or score with a verifier or an external reward";
 
 /// Diagnostics of every stage of the recipe (`only`: one stage). `own`: the models a run puts
 /// on servers of their own (`--server NAME=URL`), read there through their base model.
@@ -46,7 +50,7 @@ fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diag
         out.push(
             Diagnostic::error("tinker-rm-head", format!("stage `{name}` trains `{trained}`, a reward model with a score head; no Tinker server trains one"))
                 .primary(span, "a score head")
-                .help("train it locally and score with a verifier remotely, or (not yet in rlx) re-parametrise the head as a Yes/No logit difference of a language model"),
+                .help(YES_NO_HELP),
         );
         return;
     }
@@ -109,10 +113,17 @@ fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diag
             Op::Rewrite { model } if !earlier.contains(&model.as_str()) => {
                 out.push(models(node.span, &format!("{model}.rewrite")))
             }
+            // A Yes/No reward model is a language model on the server, read like one.
+            Op::Score(ScorerRef::Model(m)) if checked.program.yes_no_decl(m).is_some() => {
+                let held = m == trained || earlier.contains(&m.as_str()) || own.contains(&m.as_str());
+                if !held {
+                    out.push(models(node.span, m));
+                }
+            }
             Op::Score(ScorerRef::Model(m)) => out.push(
                 Diagnostic::error("tinker-rm-head", format!("`{m}` is a reward model with a score head; no Tinker server trains or serves one"))
                     .primary(node.span, "a learned reward")
-                    .help("score with a verifier, or (not yet in rlx) re-parametrise the head as a Yes/No logit difference of a language model"),
+                    .help(YES_NO_HELP),
             ),
             _ => {}
         }

@@ -65,7 +65,7 @@ impl Cx {
     }
 
     pub(super) fn lower_model(&mut self, d: &Decl) {
-        let help = "declare a model as `builtin(\"tiny\", warm_start = DATA.texts)`, `pretrained(\"path/to/hf-model\")`, `copy(MODEL)`, `reward_model(\"tiny\")` or `reward_model(pretrained(\"path/to/hf-reward-model\"))`";
+        let help = "declare a model as `builtin(\"tiny\", warm_start = DATA.texts)`, `pretrained(\"path/to/hf-model\")`, `copy(MODEL)`, `reward_model(\"tiny\")`, `yes_no(MODEL, question = \"...\", yes = \" Yes\", no = \" No\")` or `reward_model(pretrained(\"path/to/hf-reward-model\"))`";
         let Some((callee, args)) = as_call(&d.value) else {
             return self.diags.push(invalid_decl(&d.value, "a model", help));
         };
@@ -137,10 +137,13 @@ impl Cx {
                 }
                 ModelInit::Pretrained
             }
-            "copy" => {
+            "copy" | "yes_no" => {
                 let Some(Expr { kind: ExprKind::Name(of), span }) = positional.first() else {
                     return self.diags.push(invalid_decl(&d.value, "a model", help));
                 };
+                if let Some(extra) = positional.get(1) {
+                    self.diags.push(too_many(extra.span, callee, 1));
+                }
                 if self.kind_of(of) != Some(DeclKind::Model) {
                     return self.diags.push(unknown_name(
                         of,
@@ -159,7 +162,22 @@ impl Cx {
                         .help("copy another model"),
                     );
                 }
-                ModelInit::Copy(Ident { name: of.clone(), span: *span })
+                // Refused, but declared all the same: its uses are not errors of their own.
+                if callee == "yes_no" && self.prog.is_reward_model(of) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "invalid-declaration",
+                            format!("`yes_no` reads a language model's answers; `{of}` is a reward model"),
+                        )
+                        .primary(*span, "a reward model")
+                        .help("give `yes_no` a language model: `yes_no(policy)` starts the reward model from the policy's weights"),
+                    );
+                }
+                let of = Ident { name: of.clone(), span: *span };
+                match callee {
+                    "copy" => ModelInit::Copy(of),
+                    _ => ModelInit::YesNo(of),
+                }
             }
             _ => return self.diags.push(invalid_decl(&d.value, "a model", help)),
         };

@@ -163,11 +163,14 @@ impl Run<'_> {
         let ref_model =
             self.slots[&trained].with_values(&reference).map_err(|e| fail(e.to_string()))?;
         // Held-out generations before and after: RL stages, and preference stages (DPO) that
-        // train a language model (not a reward model) on a task with prompts.
+        // train a language model (not a reward model, even one read as answers, `yes_no`) on
+        // a task with prompts.
         let evaluated = match kw {
             DataKw::Prompts => true,
             DataKw::Pairs => {
-                self.slots[&trained].params.get("score.weight").is_none() && !task.eval.is_empty()
+                !self.checked.program.is_reward_model(&trained)
+                    && self.slots[&trained].params.get("score.weight").is_none()
+                    && !task.eval.is_empty()
             }
             _ => false,
         };

@@ -122,7 +122,7 @@ impl Run<'_> {
             sources
                 .iter()
                 .find(|s| {
-                    matches!(&s.kind, SourceKind::Score { scorer: ScorerRef::Model(_), text }
+                    matches!(&s.kind, SourceKind::Score { scorer: ScorerRef::Model(_), text, .. }
                         if text == of)
                 })
                 .and_then(|s| batch.get(&s.name))

@@ -11,10 +11,10 @@ use serde_json::{Map, Value as Json, json};
 use super::{on_host, padded, seqs_of};
 use crate::check::params;
 use crate::diag::Diagnostic;
-use crate::engine::surrogate::backward_inputs;
+use crate::engine::surrogate::{backward_inputs, datum_backward};
 use crate::engine::{Adam, ModelId, SampleParams, Sampler};
 use crate::exec::{Evaluation, mask_name};
-use crate::ir::graph::{ModelRef, Signal, TextName};
+use crate::ir::graph::{ModelRef, ScorerRef, Signal, TextName};
 use crate::train::metrics::field;
 use crate::train::optim::AdamW;
 use crate::train::run::rollout::{Rollout, StepPrompts, needed_texts};
@@ -22,6 +22,13 @@ use crate::train::run::stage::StagePlan;
 use crate::train::run::{Run, run_error};
 use crate::train::scoring::HostScorers;
 use crate::train::signals::{self, ModelView, Rows, SignalCx, Source, SourceKind, TextRows};
+use crate::train::yes_no::YesNoHead;
+
+/// The batch input holding a Yes/No score's per-token log-probabilities of one answer (the
+/// backward's importance-sampling form needs them).
+fn answer_input(score: &str, yes: bool) -> String {
+    format!("{score}#{}", if yes { "yes" } else { "no" })
+}
 
 impl Run<'_> {
     /// Samples the step's batch on the server and computes its rollout-level inputs there and
@@ -247,12 +254,18 @@ impl Run<'_> {
         let trained = stage.trained().unwrap_or("policy").to_string();
         let policy = self.remote().models[&trained].clone();
         let mut done: HashMap<(String, bool, String), Tensor> = HashMap::new();
+        let mut answered: HashMap<(String, String), [Tensor; 2]> = HashMap::new();
         let mut out = HashMap::new();
         for s in sources.iter().filter(|s| want(s) && !on_host(s)) {
+            let named;
             let (model, keep, text) = match &s.kind {
                 SourceKind::StepRollouts { .. } => continue,
                 SourceKind::Signal { model, signal: Signal::Logp, text } => (model, false, text),
                 SourceKind::Signal { model, signal: Signal::KeepProb, text } => (model, true, text),
+                SourceKind::Score { scorer: ScorerRef::Model(m), text, head: Some(_) } => {
+                    named = ModelRef::Named(m.clone());
+                    (&named, false, text)
+                }
                 _ => {
                     return Err(fail(format!(
                         "`{}` cannot be computed on a Tinker server",
@@ -285,6 +298,42 @@ impl Run<'_> {
                 ModelRef::Rollout => continue,
             };
             let who = format!("{own:?} {whose:?}");
+            // A Yes/No reward model's score: its two answers' log-probabilities after each row.
+            if let SourceKind::Score { scorer: ScorerRef::Model(m), head: Some(head), .. } = &s.kind
+            {
+                let key = (who, text.clone());
+                if !answered.contains_key(&key) {
+                    let tokens = head.tokens(&self.tok, m).map_err(fail)?;
+                    let t =
+                        rows.texts.get(text).ok_or_else(|| fail(format!("no text `{text}`")))?;
+                    let device = self.opts.device.clone();
+                    let r = self.remote();
+                    let engine = match &own {
+                        Some(m) => r.own.get_mut(m).expect("a model of its own server"),
+                        None => &mut r.engine,
+                    };
+                    let mut both = Vec::with_capacity(2);
+                    for answer in tokens.answers(t) {
+                        let seqs = seqs_of(&answer);
+                        let lp = match &whose {
+                            Ok(id) => engine.logp(Some(id), &Sampler::Base, &seqs),
+                            Err(sampler) => engine.logp(None, sampler, &seqs),
+                        }
+                        .map_err(fail)?;
+                        let width = answer.toks.first().map_or(1, Vec::len);
+                        both.push(padded(&lp, width, &device).map_err(|e| fail(e.to_string()))?);
+                    }
+                    let [yes, no]: [Tensor; 2] = both.try_into().expect("two answers");
+                    answered.insert(key.clone(), [yes, no]);
+                }
+                let [yes, no] = &answered[&key];
+                let score =
+                    yes.sum(1).and_then(|y| y - no.sum(1)?).map_err(|e| fail(e.to_string()))?;
+                out.insert(answer_input(&s.name, true), yes.clone());
+                out.insert(answer_input(&s.name, false), no.clone());
+                out.insert(s.name.clone(), score);
+                continue;
+            }
             let key = (who, keep, text.clone());
             if !done.contains_key(&key) {
                 let t = rows.texts.get(text).ok_or_else(|| fail(format!("no text `{text}`")))?;
@@ -353,7 +402,19 @@ impl Run<'_> {
                 _ => None,
             })
             .collect();
-        let datums: usize = live.iter().map(|(_, t)| sub.texts[*t].toks.len()).sum();
+        // Yes/No reward models' scores: each row's two answers are two more datums.
+        let answers: Vec<(&Source, &str, &str, &YesNoHead)> = sources
+            .iter()
+            .filter(|s| s.grad)
+            .filter_map(|s| match &s.kind {
+                SourceKind::Score { scorer: ScorerRef::Model(m), text, head: Some(h) } => {
+                    Some((s, m.as_str(), text.as_str(), h))
+                }
+                _ => None,
+            })
+            .collect();
+        let datums: usize = live.iter().map(|(_, t)| sub.texts[*t].toks.len()).sum::<usize>()
+            + answers.iter().map(|(_, _, t, _)| 2 * sub.texts[*t].toks.len()).sum::<usize>();
         let started = Instant::now();
         for (s, text) in &live {
             let Some((_, grad)) = eval.grads.iter().find(|(n, _)| *n == s.name) else { continue };
@@ -362,6 +423,27 @@ impl Run<'_> {
                     .map_err(|e| fail(e.to_string()))?;
             let seqs = seqs_of(&sub.texts[*text]);
             self.remote().engine.backward(&policy, &seqs, &data).map_err(fail)?;
+        }
+        // ∂score/∂ℓ is +1 on each token of the yes answer and −1 on the no answer's.
+        for (s, m, text, head) in &answers {
+            let Some((_, grad)) = eval.grads.iter().find(|(n, _)| *n == s.name) else { continue };
+            let rows = |t: &Tensor| t.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>();
+            let g = grad
+                .to_dtype(candle_core::DType::F64)
+                .and_then(|g| g.to_vec1::<f64>())
+                .map_err(|e| fail(e.to_string()))?;
+            let tokens = head.tokens(&self.tok, m).map_err(fail)?;
+            let [yes, no] = tokens.answers(&sub.texts[*text]);
+            for (answer, sign, is_yes) in [(yes, 1.0, true), (no, -1.0, false)] {
+                let lp = rows(&batch[&answer_input(&s.name, is_yes)])
+                    .map_err(|e| fail(e.to_string()))?;
+                let data: Vec<_> = g
+                    .iter()
+                    .zip(&lp)
+                    .map(|(g, l)| datum_backward(reduction, &vec![sign * g; l.len()], l, datums))
+                    .collect();
+                self.remote().engine.backward(&policy, &seqs_of(&answer), &data).map_err(fail)?;
+            }
         }
         let adam = Adam {
             lr: opt.current_lr(),
