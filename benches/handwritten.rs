@@ -72,7 +72,8 @@ pub fn objective(recipe: &str, b: &Batch) -> Result<Tensor> {
         "reinforce" => reinforce(b),
         "remax" => remax(b),
         "dpo" => dpo(b),
-        "rcfd" => rcfd(b),
+        // The Yes/No head changes how `rm(...)` is computed, an input here; the objective is RCfD's.
+        "rcfd" | "rcfd_yes_no" => rcfd(b),
         "rm_max" => rm_max(b, 0.0),
         "rm_max_kl" => rm_max(b, 0.05),
         "rm_max_kl_strong" => rm_max(b, 0.2),
