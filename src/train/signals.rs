@@ -14,7 +14,7 @@ use crate::model::{Layout, Transformer};
 use crate::tasks::Task;
 use crate::tokenizer::Tok;
 use crate::train::scoring::HostScorers;
-use crate::train::yes_no::YesNoHead;
+use crate::train::yes_no::{YesNoHead, YesNoTokens};
 
 /// One text of a batch: each row's context (what the text follows) and tokens.
 #[derive(Debug, Clone, Default)]
@@ -390,7 +390,7 @@ pub(crate) fn answer_score(
     cx: &SignalCx,
 ) -> Result<Tensor, String> {
     let tokens = head.tokens(cx.tok, name)?;
-    let [yes, no] = tokens.answers(text);
+    let [yes, no] = text.answered(&tokens);
     let logp = |a: &TextRows| -> Result<Tensor, String> {
         let ctx: Vec<&[u32]> = a.ctx.iter().map(Vec::as_slice).collect();
         let toks: Vec<&[u32]> = a.toks.iter().map(Vec::as_slice).collect();
@@ -427,6 +427,17 @@ fn model_output_finite(
 }
 
 impl TextRows {
+    /// The two texts a Yes/No reward model scores each row by: `context text question`
+    /// followed by each answer.
+    pub fn answered(&self, head: &YesNoTokens) -> [TextRows; 2] {
+        let asked = head.asked(&self.ctx, &self.toks);
+        let rows = |answer: &Vec<u32>| TextRows {
+            ctx: asked.clone(),
+            toks: vec![answer.clone(); asked.len()],
+        };
+        [rows(&head.yes), rows(&head.no)]
+    }
+
     /// Each row's `context text <sep>`: what a rewriter reads before its rewrite (and before
     /// the text again, for keep-probabilities).
     pub fn then_sep(&self, sep: u32) -> Vec<Vec<u32>> {
@@ -457,4 +468,90 @@ pub fn slice_rows(t: &Tensor, idx: &Tensor) -> candle_core::Result<Tensor> {
 pub fn narrow_steps(t: &Tensor, step_ids: &Tensor) -> candle_core::Result<Tensor> {
     let s = step_ids.max_all()?.to_dtype(DType::I64)?.to_scalar::<i64>()?.max(0) as usize + 1;
     t.narrow(1, 0, s.min(t.dim(1)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The score as the local engine computes it, against the candle engine's log-probabilities
+    /// of each answer and against its hand-computable gradient: with one-token answers,
+    /// ∂score/∂(final norm's bias) = W_yes − W_no, the two unembedding columns.
+    #[test]
+    fn the_local_score_is_the_answers_log_probability_difference_with_its_exact_gradient() {
+        use std::collections::HashMap;
+
+        use candle_core::Device;
+
+        use crate::engine::Seq;
+        use crate::model::transformer::{Heads, init_params};
+        use crate::model::{ModelConfig, Transformer};
+        use crate::rng::Rng;
+        use crate::train::yes_no::tests::{head, tok};
+
+        let tok = tok();
+        let cfg = ModelConfig {
+            vocab: tok.vocab_size(),
+            layers: 2,
+            width: 16,
+            heads: 2,
+            context: 32,
+            family: Default::default(),
+            classifier_pad: None,
+        };
+        let heads = Heads { lm: true, ..Default::default() };
+        let params = init_params(&cfg, heads, &mut Rng::new(7), &Device::Cpu).unwrap();
+        for (_, v) in params.iter() {
+            v.set(&(v.as_tensor() * 20.0).unwrap()).unwrap();
+        }
+        let model = Transformer::from_params(&cfg, &params).unwrap();
+        let head = head(" the food was", " great", " bad");
+        let t = head.tokens(&tok, "rm").unwrap();
+        // Two rows of different lengths (the shorter is padded).
+        let text = TextRows {
+            ctx: vec![tok.prompt(" the food"), tok.prompt(" the")],
+            toks: vec![tok.response(" was great . the"), tok.response(" food")],
+        };
+        let empty = HashMap::new();
+        let (tasks, rewards, widths) = (HashMap::new(), Default::default(), HashMap::new());
+        let cx = SignalCx {
+            models: ModelView { live: &empty, frozen: &empty },
+            temperature: 0.7,
+            tasks: &tasks,
+            rewards: &rewards,
+            tok: &tok,
+            device: &Device::Cpu,
+            widths: &widths,
+            frozen_only: false,
+            old_is: None,
+        };
+        let score = answer_score(&model, &head, "rm", &text, true, &cx).unwrap();
+        let got = score.to_vec1::<f32>().unwrap();
+        let frozen = Transformer::frozen(&cfg, &params).unwrap();
+        let [yes, no] = text.answered(&t);
+        let logp = |a: &TextRows| -> Vec<f32> {
+            let seqs: Vec<Seq> = a
+                .ctx
+                .iter()
+                .zip(&a.toks)
+                .map(|(c, x)| Seq { ctx: c.clone(), toks: x.clone() })
+                .collect();
+            let lp = crate::engine::candle::text_logp(&frozen, &seqs, &Device::Cpu).unwrap();
+            lp.iter().map(|r| r.iter().sum()).collect()
+        };
+        let (y, n) = (logp(&yes), logp(&no));
+        for i in 0..2 {
+            // At temperature 1 whatever the stage samples at.
+            let tol = 1e-5 * y[i].abs().max(n[i].abs()).max(1.0);
+            assert!((got[i] - (y[i] - n[i])).abs() < tol, "{got:?} vs {y:?} − {n:?}");
+        }
+        assert!(got.iter().all(|s| s.abs() > 1e-3), "a score of 0 checks nothing: {got:?}");
+        let grads = score.sum_all().unwrap().backward().unwrap();
+        let bias = grads.get(params.get("ln_f.bias").unwrap().as_tensor()).unwrap();
+        let w = params.get("lm_head.weight").unwrap().as_tensor();
+        let column = |id: u32| w.narrow(1, id as usize, 1).unwrap().squeeze(1).unwrap();
+        let expected = ((column(t.yes[0]) - column(t.no[0])).unwrap() * 2.0).unwrap();
+        let diff = (bias - expected).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "∂score/∂ln_f.bias ≠ 2 (W_yes − W_no)");
+    }
 }

@@ -313,7 +313,7 @@ impl Run<'_> {
                         None => &mut r.engine,
                     };
                     let mut both = Vec::with_capacity(2);
-                    for answer in tokens.answers(t) {
+                    for answer in t.answered(&tokens) {
                         let seqs = seqs_of(&answer);
                         let lp = match &whose {
                             Ok(id) => engine.logp(Some(id), &Sampler::Base, &seqs),
@@ -433,7 +433,7 @@ impl Run<'_> {
                 .and_then(|g| g.to_vec1::<f64>())
                 .map_err(|e| fail(e.to_string()))?;
             let tokens = head.tokens(&self.tok, m).map_err(fail)?;
-            let [yes, no] = tokens.answers(&sub.texts[*text]);
+            let [yes, no] = sub.texts[*text].answered(&tokens);
             for (answer, sign, is_yes) in [(yes, 1.0, true), (no, -1.0, false)] {
                 let lp = rows(&batch[&answer_input(&s.name, is_yes)])
                     .map_err(|e| fail(e.to_string()))?;
