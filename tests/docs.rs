@@ -390,7 +390,8 @@ fn result_pages_say_when_the_code_changed_after_them() {
 
 /// After a change to a file the result pages' numbers depend on: runs every page's recipes
 /// for 3 steps (seed 0, 16 held-out prompts × 2 samples) with the binary that made the
-/// pages' runs (`RLX_OLD_BIN`, which must embed that commit) and with this one, each with its
+/// pages' runs (`RLX_OLD_BIN`, which must embed that commit; pages of runs at several commits:
+/// one binary each, separated by `:`) and with this one, each with its
 /// own warm-start cache, and compares every metric but the timings. Equal throughout: the
 /// files' contents are recorded in `docs/results/same-numbers.json`, and the pages stay
 /// current; any difference fails, naming the recipe and the line. Run with
@@ -398,11 +399,12 @@ fn result_pages_say_when_the_code_changed_after_them() {
 #[test]
 #[ignore]
 fn same_numbers_as_the_pages_runs() {
-    let old = PathBuf::from(
-        std::env::var("RLX_OLD_BIN").expect("RLX_OLD_BIN: the binary that made the runs"),
-    );
+    let olds: Vec<(PathBuf, Vec<u8>)> = std::env::var("RLX_OLD_BIN")
+        .expect("RLX_OLD_BIN: the binary that made the runs")
+        .split(':')
+        .map(|p| (PathBuf::from(p), std::fs::read(p).unwrap()))
+        .collect();
     let new = PathBuf::from(env!("CARGO_BIN_EXE_rlx"));
-    let old_bytes = std::fs::read(&old).unwrap();
     let mut checks = same_numbers_checks();
     let mut by_commit: std::collections::BTreeMap<String, (Vec<String>, Vec<String>)> =
         Default::default();
@@ -427,10 +429,14 @@ fn same_numbers_as_the_pages_runs() {
             .collect()
     };
     for (from, (mut recipes, mut files)) in by_commit {
-        let found = old_bytes.windows(from.len()).any(|w| w == from.as_bytes());
+        // The binary built from `from`: it embeds the commit, and not as `-dirty`.
         let dirty = format!("{from}-dirty");
-        let dirty = old_bytes.windows(dirty.len()).any(|w| w == dirty.as_bytes());
-        assert!(found && !dirty, "{} is not a build of commit {from}", old.display());
+        let embeds = |bytes: &[u8], s: &str| bytes.windows(s.len()).any(|w| w == s.as_bytes());
+        let old = olds
+            .iter()
+            .find(|(_, b)| embeds(b, &from) && !embeds(b, &dirty))
+            .map(|(p, _)| p.clone())
+            .unwrap_or_else(|| panic!("no binary in RLX_OLD_BIN is a build of commit {from}"));
         recipes.sort();
         recipes.dedup();
         files.sort();
