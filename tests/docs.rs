@@ -390,7 +390,7 @@ fn result_pages_say_when_the_code_changed_after_them() {
 
 /// After a change to a file the result pages' numbers depend on: runs every page's recipes
 /// for 3 steps (seed 0, 16 held-out prompts × 2 samples) with the binary that made the
-/// pages' runs (`RLX_OLD_BIN`, which must embed that commit; pages of runs at several commits:
+/// pages' runs (`RLX_OLD_BIN`, which must name that commit, or `COMMIT=PATH`; pages of runs at several commits:
 /// one binary each, separated by `:`) and with this one, each with its
 /// own warm-start cache, and compares every metric but the timings. Equal throughout: the
 /// files' contents are recorded in `docs/results/same-numbers.json`, and the pages stay
@@ -399,10 +399,24 @@ fn result_pages_say_when_the_code_changed_after_them() {
 #[test]
 #[ignore]
 fn same_numbers_as_the_pages_runs() {
-    let olds: Vec<(PathBuf, Vec<u8>)> = std::env::var("RLX_OLD_BIN")
+    // Each entry is `PATH` (the commit read from `PATH --version`, or found among its bytes:
+    // binaries older than the version line embed it only where the compiler kept it whole) or
+    // `COMMIT=PATH` (declared by whoever built it).
+    let olds: Vec<(PathBuf, String)> = std::env::var("RLX_OLD_BIN")
         .expect("RLX_OLD_BIN: the binary that made the runs")
         .split(':')
-        .map(|p| (PathBuf::from(p), std::fs::read(p).unwrap()))
+        .map(|entry| match entry.split_once('=') {
+            Some((commit, path)) => (PathBuf::from(path), format!("({commit})")),
+            None => {
+                let version = Command::new(entry).arg("--version").output().unwrap();
+                let bytes = std::fs::read(entry).unwrap();
+                (
+                    PathBuf::from(entry),
+                    String::from_utf8_lossy(&version.stdout).into_owned()
+                        + &String::from_utf8_lossy(&bytes),
+                )
+            }
+        })
         .collect();
     let new = PathBuf::from(env!("CARGO_BIN_EXE_rlx"));
     let mut checks = same_numbers_checks();
@@ -431,10 +445,9 @@ fn same_numbers_as_the_pages_runs() {
     for (from, (mut recipes, mut files)) in by_commit {
         // The binary built from `from`: it embeds the commit, and not as `-dirty`.
         let dirty = format!("{from}-dirty");
-        let embeds = |bytes: &[u8], s: &str| bytes.windows(s.len()).any(|w| w == s.as_bytes());
         let old = olds
             .iter()
-            .find(|(_, b)| embeds(b, &from) && !embeds(b, &dirty))
+            .find(|(_, said)| said.contains(&from) && !said.contains(&dirty))
             .map(|(p, _)| p.clone())
             .unwrap_or_else(|| panic!("no binary in RLX_OLD_BIN is a build of commit {from}"));
         recipes.sort();
@@ -444,10 +457,11 @@ fn same_numbers_as_the_pages_runs() {
         for recipe in &recipes {
             let mut got = Vec::new();
             for (which, bin) in [("old", &old), ("new", &new)] {
-                let out = tmp.path().join(format!("{which}-{}", recipe.replace('/', "_")));
+                // A recipe can be on pages of two commits: one run directory per commit.
+                let out = tmp.path().join(format!("{which}-{from}-{}", recipe.replace('/', "_")));
                 let o = Command::new(bin)
                     .current_dir(root())
-                    .env("RLX_CACHE", tmp.path().join(format!("cache-{which}")))
+                    .env("RLX_CACHE", tmp.path().join(format!("cache-{which}-{from}")))
                     .args(["run", recipe, "--steps", "3", "--seed", "0", "--quiet"])
                     .args(["--eval-prompts", "16", "--eval-samples", "2", "--out"])
                     .arg(&out)

@@ -7,7 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// rlx: declarative RL objectives for language models.
 #[derive(Parser)]
-#[command(name = "rlx", version, about)]
+// The version names the commit it was built from (build.rs), so a binary says which code it is:
+// the result pages' same-numbers check and bug reports rely on it.
+#[command(name = "rlx", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RLX_GIT_COMMIT"), ")"), about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
