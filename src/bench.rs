@@ -5,6 +5,9 @@
 //!   every row generating exactly the requested number of tokens (EOS is masked until then).
 //! - Training: tokens per second of one optimiser step — forward, cross-entropy, backward and
 //!   AdamW — on `batch × length` token sequences.
+//! - Matmuls: the training step's matrix products alone (each linear layer's forward product
+//!   and its two backward products, as autograd computes them), in GFLOP/s: how fast the GEMMs
+//!   run at this shape, apart from everything else a step does.
 //!
 //! Weights are random (the shape, not the values, sets the cost). Each measurement is repeated
 //! after untimed warm-up runs and the median is reported.
@@ -50,6 +53,9 @@ pub struct Measurement {
     pub tokens: usize,
     /// Seconds of each timed run.
     pub seconds: Vec<f64>,
+    /// Floating-point operations per run, where the workload counts them (matmuls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops: Option<f64>,
 }
 
 /// The median (the mean of the middle two for an even count); NaN for none.
@@ -69,6 +75,10 @@ impl Measurement {
 
     pub fn tokens_per_second(&self) -> f64 {
         self.tokens as f64 / self.median_seconds()
+    }
+
+    pub fn gflops(&self) -> Option<f64> {
+        self.flops.map(|f| f / self.median_seconds() / 1e9)
     }
 }
 
@@ -128,6 +138,7 @@ fn run_on(
                 let vars = params.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
                 training(cfg, &Transformer::from_params(&cfg.model, &params)?, vars, device)?
             }
+            "matmuls" => matmuls(cfg, &params, device)?,
             other => candle_core::bail!("unknown benchmark `{other}`"),
         });
     }
@@ -215,6 +226,7 @@ fn sampling(cfg: &BenchConfig, model: &Transformer, device: &Device) -> Result<M
         shape: format!("{} × ({} prompt + {} new)", cfg.batch, cfg.prompt, cfg.new_tokens),
         tokens: generated,
         seconds,
+        flops: None,
     })
 }
 
@@ -258,6 +270,63 @@ fn training(
         shape: format!("{} × {} tokens", cfg.train_batch, cfg.train_len),
         tokens: cfg.train_batch * cfg.train_len,
         seconds,
+        flops: None,
+    })
+}
+
+/// The matrix products of a training step on `train_batch × train_len` rows, for every linear
+/// layer (the head included, embeddings not): forward `x·W`, and backward `dy·Wᵀ` and `xᵀ·dy`,
+/// each in the operand layout autograd hands candle's matmul (the built-in model keeps GPT-2's
+/// `[in, out]` weights; the Llama family `[out, in]`, used as `x·Wᵀ`).
+fn matmuls(
+    cfg: &BenchConfig,
+    params: &crate::model::Params,
+    device: &Device,
+) -> Result<Measurement> {
+    use candle_core::Tensor;
+    let rows = cfg.train_batch * cfg.train_len;
+    let in_out = matches!(cfg.model.family, crate::model::Family::Gpt);
+    let is_embedding =
+        |n: &str| n.starts_with("tok.") || n.starts_with("pos.") || n.contains("embed");
+    let mut weights: Vec<Tensor> = params
+        .iter()
+        .filter(|(n, v)| v.as_tensor().rank() == 2 && !is_embedding(n))
+        .map(|(_, v)| v.as_tensor().clone())
+        .collect();
+    // A tied head multiplies by the embedding table.
+    if !params.iter().any(|(n, _)| n.contains("lm_head"))
+        && let Some((_, v)) = params.iter().find(|(n, _)| n.contains("embed_tokens"))
+    {
+        weights.push(v.as_tensor().clone());
+    }
+    let mut flops = 0.0;
+    let mut cases = Vec::with_capacity(weights.len());
+    for w in weights {
+        let (i, o) = if in_out { w.dims2()? } else { (w.dim(1)?, w.dim(0)?) };
+        let x = Tensor::randn(0f32, 1.0, (rows, i), device)?.to_dtype(w.dtype())?;
+        let dy = Tensor::randn(0f32, 1.0, (rows, o), device)?.to_dtype(w.dtype())?;
+        flops += 3.0 * 2.0 * (rows * i * o) as f64;
+        cases.push((x, w, dy));
+    }
+    let seconds = timed(cfg, device, || {
+        for (x, w, dy) in &cases {
+            if in_out {
+                x.matmul(w)?;
+                dy.matmul(&w.t()?)?;
+            } else {
+                x.matmul(&w.t()?)?;
+                dy.matmul(w)?;
+            }
+            x.t()?.matmul(dy)?;
+        }
+        Ok(())
+    })?;
+    Ok(Measurement {
+        name: "matmuls",
+        shape: format!("{rows} rows × {} weights", cases.len()),
+        tokens: rows,
+        seconds,
+        flops: Some(flops),
     })
 }
 
@@ -311,8 +380,13 @@ mod tests {
 
     #[test]
     fn median_of_even_and_odd_counts() {
-        let m =
-            |s: Vec<f64>| Measurement { name: "x", shape: String::new(), tokens: 1, seconds: s };
+        let m = |s: Vec<f64>| Measurement {
+            name: "x",
+            shape: String::new(),
+            tokens: 1,
+            seconds: s,
+            flops: None,
+        };
         assert_eq!(m(vec![3.0, 1.0, 2.0]).median_seconds(), 2.0);
         assert_eq!(m(vec![4.0, 1.0, 2.0, 3.0]).median_seconds(), 2.5);
     }

@@ -12,6 +12,7 @@ use crate::model::{Family, Layout, LlamaSpec, ModelConfig, Transformer, dir};
 use crate::rng::Rng;
 use crate::sample::{self, Sampling};
 use crate::tokenizer::Tok;
+use crate::train::yes_no::YesNoHead;
 
 /// A model ready to score or sample, with its tokenizer.
 pub struct Loaded {
@@ -19,6 +20,8 @@ pub struct Loaded {
     pub tok: Tok,
     /// The model directory actually read.
     pub dir: PathBuf,
+    /// A Yes/No reward model's head (its `yes_no.json`): texts are scored by its answers.
+    pub yes_no: Option<YesNoHead>,
 }
 
 /// The model directory a path means: itself, or for a run directory `models/policy` (or its
@@ -93,7 +96,8 @@ pub fn load(path: &Path, chat: bool, device: &Device) -> Result<Loaded, String> 
         ));
     }
     let model = Transformer::from_tensors(&cfg, &weights).map_err(|e| e.to_string())?;
-    Ok(Loaded { model, tok, dir: path })
+    let yes_no = YesNoHead::read(&path)?;
+    Ok(Loaded { model, tok, dir: path, yes_no })
 }
 
 /// One token of a scored text.
@@ -172,6 +176,34 @@ pub fn reward_of(loaded: &Loaded, ids: &[u32], device: &Device) -> Result<f32, S
     let hidden = loaded.model.hidden_of(&layout, false).map_err(err)?;
     let score = loaded.model.score(&hidden, &layout).map_err(err)?;
     score.to_vec1::<f32>().map_err(err).map(|v| v[0])
+}
+
+/// A Yes/No reward model's score of a whole text, as a run computes it: `Σ log p(yes) −
+/// Σ log p(no)` after `text question`, at temperature 1.
+pub fn answer_score(
+    loaded: &Loaded,
+    head: &YesNoHead,
+    ids: &[u32],
+    device: &Device,
+) -> Result<f64, String> {
+    let err = |e: candle_core::Error| e.to_string();
+    let name = loaded.dir.display().to_string();
+    let t = head.tokens(&loaded.tok, &name)?;
+    let asked = [ids, &t.question].concat();
+    let longest = asked.len() + t.yes.len().max(t.no.len());
+    if ids.is_empty() || longest > loaded.model.cfg.context {
+        return Err(format!(
+            "{} tokens with the question and answer: a text must have 1 to {} in all",
+            longest, loaded.model.cfg.context
+        ));
+    }
+    let logp = |answer: &[u32]| -> Result<f64, String> {
+        let layout = Layout::new(&[&asked], &[answer], device).map_err(err)?;
+        let hidden = loaded.model.hidden_of(&layout, false).map_err(err)?;
+        let lp = loaded.model.token_logp(&hidden, &layout, 1.0).map_err(err)?;
+        lp.sum_all().and_then(|s| s.to_scalar::<f32>()).map(f64::from).map_err(err)
+    };
+    Ok(logp(&t.yes)? - logp(&t.no)?)
 }
 
 /// Samples `n` responses to one prompt; temperature 0 decodes greedily.

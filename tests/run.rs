@@ -284,6 +284,60 @@ fn built_in_models_are_saved_in_gpt2_layout_and_read_back() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// A trained Yes/No reward model is saved as a language model with its head beside it
+/// (`yes_no.json`), and `rlx score` scores a text with it as the run did: `Σ log p(yes) −
+/// Σ log p(no)` after `text question` — here checked against the per-token log-probabilities
+/// of the two answered texts, read whole; `--question/--yes/--no` judge with any model.
+#[test]
+fn a_yes_no_reward_model_is_saved_with_its_head_and_rlx_score_reads_it() {
+    use candle_core::Device;
+    let recipe = Path::new("recipes/rcfd_yes_no.rlx");
+    let out = scratch("yes-no-score");
+    let o = run_tiny(recipe, &out, 2);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rm = out.join("models/rm");
+    let head: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rm.join("yes_no.json")).unwrap()).unwrap();
+    assert_eq!(
+        head,
+        serde_json::json!({"question": " the food was", "yes": " great", "no": " bad"})
+    );
+    assert!(!out.join("models/policy/yes_no.json").exists());
+    let score = |dir: &Path, extra: &[&str]| -> f64 {
+        let o = rlx()
+            .args(["score", "--format", "json", "--text", "the food"])
+            .args(extra)
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["score"].as_f64().unwrap()
+    };
+    let got = score(&rm, &[]);
+    // By hand: the answer tokens' log-probabilities in the whole texts.
+    let loaded = rlx::inspect::load(&rm, false, &Device::Cpu).unwrap();
+    let answered = |answer: &str| -> f64 {
+        let ids =
+            rlx::inspect::ids_of(&loaded.tok, &format!("the food the food was{answer}"), false)
+                .unwrap();
+        let n = loaded.tok.encode(answer).len();
+        let s = rlx::inspect::score_ids(&loaded, &ids, &Device::Cpu).unwrap();
+        s.tokens[ids.len() - n..].iter().map(|t| t.logp.unwrap()).sum()
+    };
+    let want = answered(" great") - answered(" bad");
+    assert!((got - want).abs() < 1e-5, "rlx score {got}, by hand {want}");
+    assert!(want.abs() > 1e-3, "a trained head tells the answers apart: {want}");
+    // The same head from flags, on the policy (a zero-shot judge), and on the RM itself.
+    let flags = ["--question", " the food was", "--yes", " great", "--no", " bad"];
+    assert_eq!(score(&rm, &flags), got);
+    let judged = score(&out.join("models/policy"), &flags);
+    assert!(judged.is_finite() && judged != got, "{judged} vs {got}");
+    let o = rlx().args(["score", "--text", "x", "--question", "q"]).arg(&rm).output().unwrap();
+    assert!(!o.status.success(), "--question needs --yes and --no");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// Crash safety: a two-stage run (reward model, then RL) is killed — `abort()`, as `kill -9`
 /// leaves a process — at 24 points spread over every fault point it passes (between the steps
 /// of each checkpoint write, after each metrics line, while saving models), then resumed. Every

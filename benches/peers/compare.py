@@ -8,6 +8,9 @@ Rows:
   train-tiny, train-small   forward + cross-entropy + backward + AdamW (clip 1.0) on random
                             GPT-2-shaped models (rlx's built-in transformer; transformers'
                             GPT2LMHeadModel of the same shape, untied head, gelu_new, no dropout)
+  gemm-tiny, gemm-small     the training step's matrix products alone (every linear layer's
+                            forward product and both backward ones, in each side's own
+                            operand layouts): how the two GEMM libraries compare at these shapes
   sample-tiny, sample-small KV-cache sampling, exactly N new tokens per row (EOS masked), against
                             transformers' `generate(do_sample=True, top_k=0, min_new_tokens=N)`
   train-0.5b, sample-0.5b   the same on one random Qwen2.5-0.5B-shaped checkpoint
@@ -224,7 +227,43 @@ def worker_grpo(a):
     return times.seconds[1:]
 
 
-WORKERS = {"train": worker_train, "sample": worker_sample, "grpo": worker_grpo}
+def worker_gemm(a):
+    """The training step's matrix products alone, as torch's autograd computes them for each
+    layer: GPT-2's Conv1D ([in, out]) x·W, dy·Wᵀ, xᵀ·dy; nn.Linear ([out, in]) x·Wᵀ, dy·W, dyᵀ·x."""
+    import torch
+
+    _threads(a.threads)
+    model = _model(a.shape)
+    rows = a.batch * a.length
+    g = torch.Generator().manual_seed(3)
+    cases = []
+    for m in model.modules():
+        if type(m).__name__ == "Conv1D":
+            i, o = m.weight.shape
+            conv = True
+        elif isinstance(m, torch.nn.Linear):
+            o, i = m.weight.shape
+            conv = False
+        else:
+            continue
+        cases.append((conv, torch.randn(rows, i, generator=g), m.weight.detach(), torch.randn(rows, o, generator=g)))
+
+    def products():
+        with torch.no_grad():
+            for conv, x, w, dy in cases:
+                if conv:
+                    x @ w
+                    dy @ w.t()
+                    x.t() @ dy
+                else:
+                    x @ w.t()
+                    dy @ w
+                    dy.t() @ x
+
+    return _timed(products, a.warmup, a.repeats)
+
+
+WORKERS = {"train": worker_train, "sample": worker_sample, "grpo": worker_grpo, "gemm": worker_gemm}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,6 +340,9 @@ def rows(args, work):
         r.append((f"train-{shape}", f"training step, {label}, 16 × 64", "torch",
                   lambda f=flags: rlx_bench(args.rlx, f, "training", ["--train-batch", "16", "--train-len", "64", *reps], args.threads),
                   ["train", "--shape", shape, "--batch", "16", "--length", "64"]))
+        r.append((f"gemm-{shape}", f"the training step's matmuls alone, {label}, 16 × 64", "torch",
+                  lambda f=flags: rlx_bench(args.rlx, f, "matmuls", ["--train-batch", "16", "--train-len", "64", *reps], args.threads),
+                  ["gemm", "--shape", shape, "--batch", "16", "--length", "64"]))
         r.append((f"sample-{shape}", f"sampling, {label}, 32 × (16 + 48 new)", "HF generate",
                   lambda f=flags: rlx_bench(args.rlx, f, "sampling", ["--batch", "32", "--prompt", "16", "--new-tokens", "48", *reps], args.threads),
                   ["sample", "--shape", shape, "--batch", "32", "--prompt", "16", "--new", "48"]))

@@ -6,12 +6,15 @@
 //! server, which has no score heads, holds a reward model: two sequences per scored text,
 //! whose log-probabilities rlx reads and whose gradient is `±∂L/∂score` on the answer tokens.
 
+use std::path::Path;
+
 use crate::check::{Checked, params};
 use crate::ir::graph::ModelInit;
 use crate::tokenizer::Tok;
 
-/// A Yes/No head as the recipe declares it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A Yes/No head as the recipe declares it. A run saves it beside the model's checkpoint
+/// (`RUN/models/NAME/yes_no.json`), so that `rlx score` scores texts the way the run did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct YesNoHead {
     pub question: String,
     pub yes: String,
@@ -37,6 +40,28 @@ impl YesNoHead {
         Some(YesNoHead { question: text("question"), yes: text("yes"), no: text("no") })
     }
 
+    /// The file beside a checkpoint that makes it a Yes/No reward model.
+    pub const FILE: &'static str = "yes_no.json";
+
+    pub fn save(&self, model_dir: &Path) -> Result<(), String> {
+        let path = model_dir.join(Self::FILE);
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())? + "\n";
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The head saved beside a checkpoint, if one is.
+    pub fn read(model_dir: &Path) -> Result<Option<YesNoHead>, String> {
+        let path = model_dir.join(Self::FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            format!("{}: {e} (expected {{\"question\", \"yes\", \"no\"}})", path.display())
+        })
+    }
+
     /// The head in `tok`'s ids: refused when an answer is empty or unknown to the tokenizer, or
     /// both answers are the same tokens (the score would be 0 whatever the text).
     pub fn tokens(&self, tok: &Tok, model: &str) -> Result<YesNoTokens, String> {
@@ -45,7 +70,7 @@ impl YesNoHead {
             let ids = tok.encode(text);
             if unk.is_some_and(|u| ids.contains(&u)) {
                 return Err(format!(
-                    "`{model}`'s {what} {text:?} has words the tokenizer does not know: choose {what} from its vocabulary (`rlx inspect` lists a checkpoint's)"
+                    "`{model}`'s {what} {text:?} has words the tokenizer does not know: choose {what} from its vocabulary (`rlx score MODEL --text TEXT` shows the tokens a text becomes)"
                 ));
             }
             Ok(ids)
@@ -97,6 +122,18 @@ pub(crate) mod tests {
         assert_eq!(t.no, tok.encode(" bad"));
         let asked = t.asked(&[vec![1, 7]], &[vec![9, 2]]);
         assert_eq!(asked, vec![[vec![1, 7, 9, 2], t.question.clone()].concat()]);
+    }
+
+    #[test]
+    fn a_saved_head_reads_back_and_a_malformed_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(YesNoHead::read(dir.path()).unwrap(), None);
+        let h = head(" the food was", " great", " bad");
+        h.save(dir.path()).unwrap();
+        assert_eq!(YesNoHead::read(dir.path()).unwrap(), Some(h));
+        std::fs::write(dir.path().join(YesNoHead::FILE), "{\"question\": 1}").unwrap();
+        let e = YesNoHead::read(dir.path()).unwrap_err();
+        assert!(e.contains("yes_no.json") && e.contains("expected"), "{e}");
     }
 
     #[test]

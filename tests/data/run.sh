@@ -10,4 +10,4 @@ ensure_venv "$venv" "import pyarrow" "pyarrow==22.0.0"
 fresh="$(mktemp -d)"
 trap 'rm -rf "$fresh"' EXIT
 "$venv/bin/python" tests/data/make_parquet.py "$fresh"
-RLX_DATA_DIR="$fresh" cargo test --locked -q --test data
+RLX_DATA_DIR="$fresh" cargo test --release --locked -q --test data

@@ -42,8 +42,9 @@ pub enum Command {
     /// Throughput of the built-in transformer: sampling (new tokens/s) and training (tokens/s of
     /// forward + backward + AdamW), on random weights of the given shape.
     Bench(BenchArgs),
-    /// Per-token log-probabilities and the summed NLL of a text under a model: the numbers to
-    /// compare with transformers' for the same ids.
+    /// Per-token log-probabilities and the summed NLL of a text under a model (the numbers to
+    /// compare with transformers' for the same ids), or a reward model's score of it (a score
+    /// head, or a Yes/No head: log p(yes) − log p(no) after a question).
     Score(ScoreArgs),
     /// Sample from a model: what a trained run's policy writes.
     Generate(GenerateArgs),
@@ -322,6 +323,9 @@ pub enum Workload {
     Sampling,
     /// Forward, backward and an AdamW step.
     Training,
+    /// The training step's matrix products alone (forward and both backward products of each
+    /// linear layer), in GFLOP/s. Not run unless asked for.
+    Matmuls,
 }
 
 #[derive(Args)]
@@ -400,6 +404,17 @@ pub struct ScoreArgs {
     /// chat template, generation prompt included.
     #[arg(long)]
     pub chat: bool,
+    /// Score as a Yes/No reward model, `log p(yes) − log p(no)` after `text question`: a
+    /// language model as a zero-shot judge (a run's `yes_no(...)` model saves its own question
+    /// and answers beside its checkpoint; these flags replace them).
+    #[arg(long, requires_all = ["yes", "no"])]
+    pub question: Option<String>,
+    /// The Yes answer (with --question).
+    #[arg(long, requires = "question")]
+    pub yes: Option<String>,
+    /// The No answer (with --question).
+    #[arg(long, requires = "question")]
+    pub no: Option<String>,
     #[command(flatten)]
     pub format: FormatArg,
     #[command(flatten)]

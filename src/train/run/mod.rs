@@ -158,6 +158,9 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
         let saved = slot
             .save(&dir, &adapter, &run.tok, &run.tokenizer_json)
             .map_err(|e| run_error(whole, format!("saving `{name}`: {e}")))?;
+        if let Some(head) = crate::train::yes_no::YesNoHead::of(checked, name) {
+            head.save(&dir).map_err(|e| run_error(whole, format!("saving `{name}`: {e}")))?;
+        }
         crate::train::fault::point();
         if !opts.quiet {
             eprintln!("saved `{name}` in {} layout to {}", saved.layout, dir.display());

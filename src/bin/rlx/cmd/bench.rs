@@ -80,6 +80,7 @@ pub fn main(args: BenchArgs) -> Result<ExitCode, String> {
     let name = |w: &Workload| match w {
         Workload::Sampling => "sampling",
         Workload::Training => "training",
+        Workload::Matmuls => "matmuls",
     };
     let which: Vec<&str> = if only.is_empty() {
         vec!["sampling", "training"]
@@ -129,11 +130,14 @@ fn report(
         report.cpu.matmuls
     );
     for x in &report.measurements {
+        let rate = match x.gflops() {
+            Some(g) => format!("{g:>10.1} GFLOP/s"),
+            None => format!("{:>10.0} tokens/s", x.tokens_per_second()),
+        };
         println!(
-            "{:<9} {:<28} {:>10.0} tokens/s  ({:.1} ms per run)",
+            "{:<9} {:<28} {rate}  ({:.1} ms per run)",
             x.name,
             x.shape,
-            x.tokens_per_second(),
             x.median_seconds() * 1e3
         );
     }

@@ -7,12 +7,15 @@ use crate::args::ScoreArgs;
 
 /// `rlx score`: one text, or a field of every line of a JSON-lines file.
 pub fn main(args: ScoreArgs) -> Result<ExitCode, String> {
-    let ScoreArgs { model, text, jsonl, field, chat, format, device } = args;
+    let ScoreArgs { model, text, jsonl, field, chat, question, yes, no, format, device } = args;
     let json = format.json();
     let (model, text, jsonl, field, device) =
         (&model, text.as_deref(), jsonl.as_deref(), &field, &device.device);
     let device = rlx::exec::device::device(device)?;
-    let loaded = rlx::inspect::load(model, chat, &device)?;
+    let mut loaded = rlx::inspect::load(model, chat, &device)?;
+    if let (Some(question), Some(yes), Some(no)) = (question, yes, no) {
+        loaded.yes_no = Some(rlx::train::yes_no::YesNoHead { question, yes, no });
+    }
     let texts: Vec<String> = match (text, jsonl) {
         (Some(t), _) => vec![t.to_string()],
         (None, Some(path)) => {
@@ -36,10 +39,19 @@ pub fn main(args: ScoreArgs) -> Result<ExitCode, String> {
     if !json {
         eprintln!("model: {}", loaded.dir.display());
     }
-    if loaded.model.has_score_head() {
+    if loaded.model.has_score_head() || loaded.yes_no.is_some() {
+        if let (Some(head), false) = (&loaded.yes_no, json) {
+            eprintln!(
+                "Yes/No reward model: log p({:?}) − log p({:?}) after the text and {:?}",
+                head.yes, head.no, head.question
+            );
+        }
         for (i, t) in texts.iter().enumerate() {
             let ids = rlx::inspect::ids_of(&loaded.tok, t, chat)?;
-            let score = rlx::inspect::reward_of(&loaded, &ids, &device)?;
+            let score = match &loaded.yes_no {
+                Some(head) => rlx::inspect::answer_score(&loaded, head, &ids, &device)?,
+                None => f64::from(rlx::inspect::reward_of(&loaded, &ids, &device)?),
+            };
             if json {
                 println!("{}", serde_json::json!({"score": score, "tokens": ids.len()}));
             } else if texts.len() > 1 {
