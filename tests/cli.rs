@@ -195,6 +195,62 @@ fn bench_reports_both_workloads() {
     assert!(stderr(&bad).contains("not a multiple"), "{}", stderr(&bad));
 }
 
+/// `--only matmuls` times the training step's matrix products alone and counts their FLOPs:
+/// three products (forward, ∂x, ∂W) of 2·rows·in·out each, for every linear layer and the head.
+#[test]
+fn bench_matmuls_counts_the_step_s_products() {
+    let o = rlx(&[
+        "bench",
+        "--only",
+        "matmuls",
+        "--layers",
+        "1",
+        "--width",
+        "16",
+        "--heads",
+        "2",
+        "--vocab",
+        "64",
+                "--train-batch",
+        "2",
+        "--train-len",
+        "8",
+        "--repeats",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let m = &report["measurements"][0];
+    assert_eq!(m["name"], "matmuls");
+    // qkv 16×48, out 16×16, up 16×64, down 64×16, head 16×64, on 2 × 8 = 16 rows.
+    let macs = 16 * (16 * 48 + 16 * 16 + 16 * 64 + 64 * 16 + 16 * 64);
+    assert_eq!(m["flops"].as_f64().unwrap(), (3 * 2 * macs) as f64);
+    assert_eq!(m["shape"], "16 rows × 5 weights");
+    let text = rlx(&[
+        "bench",
+        "--only",
+        "matmuls",
+        "--layers",
+        "1",
+        "--width",
+        "16",
+        "--heads",
+        "2",
+        "--vocab",
+        "64",
+        "--train-batch",
+        "2",
+        "--train-len",
+        "8",
+        "--repeats",
+        "1",
+    ]);
+    assert!(stdout(&text).contains("GFLOP/s"), "{}", stdout(&text));
+}
+
 /// Sizes are checked before work starts: zero-sized benchmarks and batches are refused, and a
 /// synthetic batch that cannot fit in memory is refused instead of being allocated.
 #[test]
