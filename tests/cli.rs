@@ -199,28 +199,12 @@ fn bench_reports_both_workloads() {
 /// three products (forward, ∂x, ∂W) of 2·rows·in·out each, for every linear layer and the head.
 #[test]
 fn bench_matmuls_counts_the_step_s_products() {
-    let o = rlx(&[
-        "bench",
-        "--only",
-        "matmuls",
-        "--layers",
-        "1",
-        "--width",
-        "16",
-        "--heads",
-        "2",
-        "--vocab",
-        "64",
-                "--train-batch",
-        "2",
-        "--train-len",
-        "8",
-        "--repeats",
-        "2",
-        "--warmup",
-        "0",
-        "--json",
-    ]);
+    let shape = "--layers 1 --width 16 --heads 2 --vocab 64 --train-batch 2 --train-len 8";
+    let bench = |extra: &str| {
+        let args = format!("bench --only matmuls {shape} --warmup 0 {extra}");
+        rlx(&args.split(' ').collect::<Vec<_>>())
+    };
+    let o = bench("--repeats 2 --json");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let m = &report["measurements"][0];
@@ -229,25 +213,7 @@ fn bench_matmuls_counts_the_step_s_products() {
     let macs = 16 * (16 * 48 + 16 * 16 + 16 * 64 + 64 * 16 + 16 * 64);
     assert_eq!(m["flops"].as_f64().unwrap(), (3 * 2 * macs) as f64);
     assert_eq!(m["shape"], "16 rows × 5 weights");
-    let text = rlx(&[
-        "bench",
-        "--only",
-        "matmuls",
-        "--layers",
-        "1",
-        "--width",
-        "16",
-        "--heads",
-        "2",
-        "--vocab",
-        "64",
-        "--train-batch",
-        "2",
-        "--train-len",
-        "8",
-        "--repeats",
-        "1",
-    ]);
+    let text = bench("--repeats 1");
     assert!(stdout(&text).contains("GFLOP/s"), "{}", stdout(&text));
 }
 
