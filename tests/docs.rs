@@ -442,6 +442,10 @@ fn same_numbers_as_the_pages_runs() {
             })
             .collect()
     };
+    // The changed files' contents as they are when the runs start: what this binary was built
+    // from (cargo builds it just before), and what the check records if it passes.
+    let before: std::collections::BTreeMap<String, Option<String>> =
+        by_commit.values().flat_map(|(_, files)| files).map(|f| (f.clone(), blob(f))).collect();
     for (from, (mut recipes, mut files)) in by_commit {
         // The binary built from `from`: it embeds the commit, and not as `-dirty`.
         let dirty = format!("{from}-dirty");
@@ -490,11 +494,15 @@ fn same_numbers_as_the_pages_runs() {
             "checked_on": String::from_utf8_lossy(&head.stdout).trim(),
             "how": "3 steps, seed 0, 16 held-out prompts x 2 samples, every metric but timings, old binary vs work tree (cargo test --release --test docs -- --ignored same_numbers)",
             "recipes": recipes,
-            "files": files.iter().map(|f| (f.clone(), serde_json::json!(blob(f)))).collect::<serde_json::Map<_, _>>(),
+            "files": files.iter().map(|f| (f.clone(), serde_json::json!(before[f]))).collect::<serde_json::Map<_, _>>(),
         });
         let list = checks["checks"].as_array_mut().unwrap();
         list.retain(|c| c["from"] != from.as_str());
         list.push(record);
+    }
+    // A file edited while the runs went on was not what they ran: record nothing.
+    for (f, was) in &before {
+        assert_eq!(&blob(f), was, "{f} changed while the check ran: run it again");
     }
     let text = serde_json::to_string_pretty(&checks).unwrap() + "\n";
     std::fs::write(root().join(SAME_NUMBERS), text).unwrap();

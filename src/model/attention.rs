@@ -9,7 +9,7 @@
 //! too). The backward recomputes the softmax row from `q`, `k` and the bias, as
 //! flash-attention does, instead of keeping it.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::{Kernel, dispatch, dot, exp, sum};
@@ -60,13 +60,31 @@ fn heads_of_rows(l: &Layout) -> Option<(usize, usize)> {
     }
 }
 
-/// A `[B, G, L, D]` input as its storage from the view's first value, and the offset of each
-/// (batch row, head)'s `L × D` block in it.
+/// `D` values per row, `stride` apart from `values`' first: one head's queries, keys, values,
+/// outputs or their gradients.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    values: &'a [f32],
+    stride: usize,
+    d: usize,
+}
+
+impl<'a> Rows<'a> {
+    #[inline(always)]
+    fn row(&self, j: usize) -> &'a [f32] {
+        &self.values[j * self.stride..j * self.stride + self.d]
+    }
+}
+
+/// A `[B, G, L, D]` input as its storage from the view's first value, and where each (batch
+/// row, head)'s rows start in it and how far apart they are.
 struct HeadBlocks<'a> {
     values: &'a [f32],
     row: usize,
     head: usize,
     g: usize,
+    stride: usize,
+    d: usize,
 }
 
 impl<'a> HeadBlocks<'a> {
@@ -75,18 +93,26 @@ impl<'a> HeadBlocks<'a> {
             candle_core::bail!("attention: keys and values need packed rows")
         };
         let values = &storage.as_slice::<f32>()?[l.start_offset()..];
-        Ok(HeadBlocks { values, row, head, g: l.dims()[1] })
+        let d = l.dims()[3];
+        Ok(HeadBlocks { values, row, head, g: l.dims()[1], stride: d, d })
     }
 
-    /// Packed `[B, G, L, D]` values: blocks of `block` values one after another.
-    fn packed(values: &'a [f32], g: usize, block: usize) -> HeadBlocks<'a> {
-        HeadBlocks { values, row: g * block, head: block, g }
+    /// Packed `[B, G, L, D]` values: blocks of `L × D` values one after another.
+    fn packed(values: &'a [f32], g: usize, l: usize, d: usize) -> HeadBlocks<'a> {
+        HeadBlocks { values, row: g * l * d, head: l * d, g, stride: d, d }
     }
 
-    /// The block of batch row and head number `bg` (row · G + head), `len` values long.
-    fn block(&self, bg: usize, len: usize) -> &'a [f32] {
+    /// `G` heads of `D` values side by side in rows of `width` values, `L` rows per batch row:
+    /// the packed projections' queries, keys or values (`values` starting at that part's first
+    /// column), or the outputs in the layout the next linear layer reads.
+    fn interleaved(values: &'a [f32], g: usize, l: usize, d: usize, width: usize) -> Self {
+        HeadBlocks { values, row: l * width, head: d, g, stride: width, d }
+    }
+
+    /// The rows of batch row and head number `bg` (row · G + head).
+    fn block(&self, bg: usize) -> Rows<'a> {
         let at = (bg / self.g) * self.row + (bg % self.g) * self.head;
-        &self.values[at..at + len]
+        Rows { values: &self.values[at..], stride: self.stride, d: self.d }
     }
 }
 
@@ -157,18 +183,13 @@ fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     storage_slice(storage, layout, "attention")
 }
 
-/// Softmax weights of query row `qi` over the keys `k` (`Lk × D`) with bias row `bias` into
+/// Softmax weights of query row `qi` over the keys `k` (`Lk` rows) with bias row `bias` into
 /// `p`; masked keys get exactly 0.
 #[inline(always)]
-fn weights(qi: &[f32], k: &[f32], bias: &[f32], scale: f32, p: &mut [f32]) {
-    let d = qi.len();
+fn weights(qi: &[f32], k: Rows, bias: &[f32], scale: f32, p: &mut [f32]) {
     let mut max = f32::NEG_INFINITY;
     for (j, (pj, bj)) in p.iter_mut().zip(bias).enumerate() {
-        *pj = if *bj <= MASKED {
-            f32::NEG_INFINITY
-        } else {
-            dot(qi, &k[j * d..(j + 1) * d]) * scale + bj
-        };
+        *pj = if *bj <= MASKED { f32::NEG_INFINITY } else { dot(qi, k.row(j)) * scale + bj };
         max = max.max(*pj);
     }
     // Masked keys get exactly 0 (the vectorised `exp` of −∞ is tiny, not 0).
@@ -194,13 +215,15 @@ impl CustomOp3 for Attention {
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let n = Dims::of(ql, kl)?;
-        let q = slice(qs, ql)?;
+        let q = HeadBlocks::packed(slice(qs, ql)?, n.h, n.lq, n.d);
         let (k, v) = (HeadBlocks::of(ks, kl)?, HeadBlocks::of(vs, vl)?);
-        let mut out = vec![0f32; q.len()];
+        let mut out = vec![0f32; ql.shape().elem_count()];
         // One task per (row, query head): its `Lq × D` outputs.
         read_host(&self.bias, |bias| {
             let x = Inputs { q, k, v, bias, n, scale: self.scale };
-            each_chunk(&mut out, n.lq * n.d, n.serial(), |bh, y| dispatch(ForwardBlock(&x, bh, y)))
+            each_chunk(&mut out, n.lq * n.d, n.serial(), |bh, y| {
+                dispatch(ForwardBlock(&x, bh, y, n.d))
+            })
         })?;
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
@@ -228,15 +251,18 @@ impl CustomOp3 for Attention {
             dq.chunks_mut(group).zip(dkv.chunks_mut(2 * lk * d)).enumerate().collect();
         read_host(&self.bias, |bias| {
             let x = Inputs {
-                q: &qv,
-                k: HeadBlocks::packed(&kv, g, lk * d),
-                v: HeadBlocks::packed(&vv, g, lk * d),
+                q: HeadBlocks::packed(&qv, h, lq, d),
+                k: HeadBlocks::packed(&kv, g, lk, d),
+                v: HeadBlocks::packed(&vv, g, lk, d),
                 bias,
                 n,
                 scale: self.scale,
             };
-            let (o, dout) = (&ov[..], &gv[..]);
-            let run = |t| dispatch(BackwardGroup(&x, o, dout, t));
+            let (o, dout) = (HeadBlocks::packed(&ov, h, lq, d), HeadBlocks::packed(&gv, h, lq, d));
+            let run = |(bg, (dq, dkv)): GroupTask| {
+                let mut grads = SplitGrads { dq, dkv, lq, lk, d };
+                dispatch(BackwardGroup(&x, &o, &dout, bg, &mut grads))
+            };
             if n.serial() {
                 tasks.into_iter().for_each(run);
             } else {
@@ -253,10 +279,128 @@ impl CustomOp3 for Attention {
     }
 }
 
+/// Self-attention over packed projections `qkv [B·L, (H + 2G)·D]` (each row its queries, then
+/// its keys, then its values, head after head) with `bias [B, 1, L, L]`: `[B·L, H·D]`, each row
+/// its heads' outputs side by side. Both are the layouts the linear layers around attention
+/// read and write, so no split, transpose or copy stands between them — nor, backward, the
+/// zero-padded gradient of each split and the sums of them, which cost a training step of the
+/// built-in GPT more than attention itself. The same values, forward and backward, as
+/// splitting the heads out for [`attend`]: the same kernels read the same numbers in place.
+pub fn attend_packed(
+    qkv: &Tensor,
+    bias: &Tensor,
+    (heads, kv_heads): (usize, usize),
+    scale: f64,
+    grad: bool,
+) -> Result<Tensor> {
+    let (b, _, l, lk) = bias.dims4()?;
+    let width = qkv.dim(1)?;
+    let d = width / (heads + 2 * kv_heads);
+    if qkv.dims() != [b * l, (heads + 2 * kv_heads) * d] || lk != l || heads % kv_heads != 0 {
+        candle_core::bail!(
+            "attention: projections {:?} do not hold {heads} query and {kv_heads} key/value heads \
+             for a bias {:?}",
+            qkv.dims(),
+            bias.dims()
+        )
+    }
+    let fusable = qkv.device().is_cpu() && qkv.dtype() == DType::F32 && bias.dtype() == DType::F32;
+    if !fusable {
+        let part = |at: usize, n: usize| -> Result<Tensor> {
+            qkv.narrow(1, at * d, n * d)?.reshape((b, l, n, d))?.transpose(1, 2)?.contiguous()
+        };
+        let (q, k, v) =
+            (part(0, heads)?, part(heads, kv_heads)?, part(heads + kv_heads, kv_heads)?);
+        let y = attend(&q, &k, &v, bias, scale, grad)?;
+        return y.transpose(1, 2)?.reshape((b * l, heads * d));
+    }
+    let n = Dims { b, h: heads, g: kv_heads, lq: l, lk: l, d };
+    qkv.contiguous()?.apply_op1(PackedAttention { scale: scale as f32, bias: bias.clone(), n })
+}
+
+struct PackedAttention {
+    scale: f32,
+    bias: Tensor,
+    n: Dims,
+}
+
+impl PackedAttention {
+    /// The queries, keys and values of packed projections `qkv`.
+    fn inputs<'a>(&self, qkv: &'a [f32], bias: &'a [f32]) -> Inputs<'a> {
+        let Dims { h, g, lq, d, .. } = self.n;
+        let width = (h + 2 * g) * d;
+        let part =
+            |at: usize, heads: usize| HeadBlocks::interleaved(&qkv[at * d..], heads, lq, d, width);
+        Inputs {
+            q: part(0, h),
+            k: part(h, g),
+            v: part(h + g, g),
+            bias,
+            n: self.n,
+            scale: self.scale,
+        }
+    }
+}
+
+impl CustomOp1 for PackedAttention {
+    fn name(&self) -> &'static str {
+        "rlx-attention-packed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = slice(s, l)?;
+        let Dims { b, h, lq, d, .. } = self.n;
+        let width = h * d;
+        let mut out = vec![0f32; b * lq * width];
+        // One task per batch row: every head's outputs, side by side in its `Lq` rows.
+        read_host(&self.bias, |bias| {
+            let x = self.inputs(qkv, bias);
+            each_chunk(&mut out, lq * width, self.n.serial(), |row, y| {
+                for head in 0..h {
+                    dispatch(ForwardBlock(&x, row * h + head, &mut y[head * d..], width));
+                }
+            })
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from((b * lq, width))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let Dims { h, g, lq, d, .. } = self.n;
+        let (width, rep) = ((h + 2 * g) * d, h / g);
+        let grad = grad.contiguous()?;
+        let mut dqkv = vec![0f32; qkv.elem_count()];
+        read_host(qkv, |qkv| {
+            read_host(res, |o| {
+                read_host(&grad, |dout| {
+                    read_host(&self.bias, |bias| {
+                        let x = self.inputs(qkv, bias);
+                        let o = HeadBlocks::interleaved(o, h, lq, d, h * d);
+                        let dout = HeadBlocks::interleaved(dout, h, lq, d, h * d);
+                        // One task per batch row: it alone writes that row's gradients.
+                        each_chunk(&mut dqkv, lq * width, self.n.serial(), |row, out| {
+                            for kv in 0..g {
+                                let mut grads = InterleavedGrads {
+                                    out,
+                                    width,
+                                    q_at: kv * rep * d,
+                                    k_at: (h + kv) * d,
+                                    v_at: (h + g + kv) * d,
+                                    d,
+                                };
+                                dispatch(BackwardGroup(&x, &o, &dout, row * g + kv, &mut grads));
+                            }
+                        })
+                    })
+                })
+            })
+        })????;
+        Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?))
+    }
+}
+
 /// What every task of one call reads.
 struct Inputs<'a> {
-    /// `[B, H, Lq, D]`, packed.
-    q: &'a [f32],
+    q: HeadBlocks<'a>,
     k: HeadBlocks<'a>,
     v: HeadBlocks<'a>,
     /// `[B, 1, Lq, Lk]`.
@@ -271,86 +415,154 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
 }
 
-/// The outputs `y` (`Lq × D`) of one (row, query head) `bh`.
-struct ForwardBlock<'a, 'b>(&'b Inputs<'a>, usize, &'b mut [f32]);
+/// The outputs of one (row, query head) `bh`: `Lq` rows of `y`, `stride` apart.
+struct ForwardBlock<'a, 'b>(&'b Inputs<'a>, usize, &'b mut [f32], usize);
 
 impl Kernel for ForwardBlock<'_, '_> {
     type Output = ();
 
     #[inline(always)]
     fn run(self) {
-        forward_block(self.0, self.1, self.2)
+        forward_block(self.0, self.1, self.2, self.3)
     }
 }
 
 #[inline(always)]
-fn forward_block(x: &Inputs, bh: usize, y: &mut [f32]) {
+fn forward_block(x: &Inputs, bh: usize, y: &mut [f32], stride: usize) {
     let Dims { h, g, lq, lk, d, .. } = x.n;
     let (row, head) = (bh / h, bh % h);
     let kv = row * g + head / (h / g);
-    let (kr, vr) = (x.k.block(kv, lk * d), x.v.block(kv, lk * d));
+    let (q, kr, vr) = (x.q.block(bh), x.k.block(kv), x.v.block(kv));
     let mut p = vec![0f32; lk];
     for i in 0..lq {
-        let qi = &x.q[(bh * lq + i) * d..(bh * lq + i + 1) * d];
         let bias = &x.bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
-        weights(qi, kr, bias, x.scale, &mut p);
-        let yi = &mut y[i * d..(i + 1) * d];
+        weights(q.row(i), kr, bias, x.scale, &mut p);
+        let yi = &mut y[i * stride..i * stride + d];
         for (j, &pj) in p.iter().enumerate() {
             if pj != 0.0 {
-                axpy(yi, pj, &vr[j * d..(j + 1) * d]);
+                axpy(yi, pj, vr.row(j));
             }
         }
     }
 }
 
-/// The gradients of one (row, key/value head): `dq` rows of the query heads it serves and
-/// its keys' and values' `[dk | dv]`, given the outputs `o` and their gradients `dout`.
-struct BackwardGroup<'a, 'b>(&'b Inputs<'a>, &'b [f32], &'b [f32], GroupTask<'b>);
+/// Where one (row, key/value head)'s backward writes: the `dq` row of its query head `r`'s
+/// query `i`, and its key `j`'s `dk` and `dv` rows.
+trait GroupGrads {
+    fn dq(&mut self, r: usize, i: usize) -> &mut [f32];
+    fn dk(&mut self, j: usize) -> &mut [f32];
+    fn dv(&mut self, j: usize) -> &mut [f32];
+}
 
-impl Kernel for BackwardGroup<'_, '_> {
+/// [`Attention`]'s: its query heads' `dq` rows and its own `[dk | dv]` block.
+struct SplitGrads<'a> {
+    dq: &'a mut [f32],
+    dkv: &'a mut [f32],
+    lq: usize,
+    lk: usize,
+    d: usize,
+}
+
+impl GroupGrads for SplitGrads<'_> {
+    fn dq(&mut self, r: usize, i: usize) -> &mut [f32] {
+        let at = (r * self.lq + i) * self.d;
+        &mut self.dq[at..at + self.d]
+    }
+    fn dk(&mut self, j: usize) -> &mut [f32] {
+        &mut self.dkv[j * self.d..(j + 1) * self.d]
+    }
+    fn dv(&mut self, j: usize) -> &mut [f32] {
+        let at = (self.lk + j) * self.d;
+        &mut self.dkv[at..at + self.d]
+    }
+}
+
+/// [`PackedAttention`]'s: columns of one batch row's packed `dqkv` rows (`width` apart).
+struct InterleavedGrads<'a> {
+    out: &'a mut [f32],
+    width: usize,
+    q_at: usize,
+    k_at: usize,
+    v_at: usize,
+    d: usize,
+}
+
+impl GroupGrads for InterleavedGrads<'_> {
+    fn dq(&mut self, r: usize, i: usize) -> &mut [f32] {
+        let at = i * self.width + self.q_at + r * self.d;
+        &mut self.out[at..at + self.d]
+    }
+    fn dk(&mut self, j: usize) -> &mut [f32] {
+        let at = j * self.width + self.k_at;
+        &mut self.out[at..at + self.d]
+    }
+    fn dv(&mut self, j: usize) -> &mut [f32] {
+        let at = j * self.width + self.v_at;
+        &mut self.out[at..at + self.d]
+    }
+}
+
+/// The gradients of one (row, key/value head) `bg`, given the outputs `o` and their gradients
+/// `dout`.
+struct BackwardGroup<'a, 'b, G>(
+    &'b Inputs<'a>,
+    &'b HeadBlocks<'a>,
+    &'b HeadBlocks<'a>,
+    usize,
+    &'b mut G,
+);
+
+impl<G: GroupGrads> Kernel for BackwardGroup<'_, '_, G> {
     type Output = ();
 
     #[inline(always)]
     fn run(self) {
-        let BackwardGroup(x, o, dout, task) = self;
-        backward_group(x, o, dout, task)
+        let BackwardGroup(x, o, dout, bg, grads) = self;
+        backward_group(x, o, dout, bg, grads)
     }
 }
 
 #[inline(always)]
-fn backward_group(x: &Inputs, o: &[f32], dout: &[f32], (bg, (dq, dkv)): GroupTask) {
+fn backward_group(
+    x: &Inputs,
+    o: &HeadBlocks,
+    dout: &HeadBlocks,
+    bg: usize,
+    grads: &mut impl GroupGrads,
+) {
     let Dims { g, lq, lk, d, .. } = x.n;
     let rep = x.n.h / g;
     let row = bg / g;
-    let (dk, dv) = dkv.split_at_mut(lk * d);
-    let (kr, vr) = (x.k.block(bg, lk * d), x.v.block(bg, lk * d));
+    let (kr, vr) = (x.k.block(bg), x.v.block(bg));
     let mut p = vec![0f32; lk];
+    let mut dqi = vec![0f32; d];
     for r in 0..rep {
         let bh = bg * rep + r;
+        let (q, ob, gb) = (x.q.block(bh), o.block(bh), dout.block(bh));
         for i in 0..lq {
-            let at = (bh * lq + i) * d;
-            let (qi, oi, gi) = (&x.q[at..at + d], &o[at..at + d], &dout[at..at + d]);
+            let (qi, oi, gi) = (q.row(i), ob.row(i), gb.row(i));
             let bias = &x.bias[(row * lq + i) * lk..(row * lq + i + 1) * lk];
             weights(qi, kr, bias, x.scale, &mut p);
             // dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)).
             let centre = dot(gi, oi);
-            let dqi = &mut dq[(r * lq + i) * d..(r * lq + i + 1) * d];
+            dqi.fill(0.0);
             for (j, &pj) in p.iter().enumerate() {
                 if pj == 0.0 {
                     continue;
                 }
-                let (kj, vj) = (&kr[j * d..(j + 1) * d], &vr[j * d..(j + 1) * d]);
+                let (kj, vj) = (kr.row(j), vr.row(j));
                 let ds = pj * (dot(gi, vj) - centre) * x.scale;
-                axpy(dqi, ds, kj);
-                axpy(&mut dk[j * d..(j + 1) * d], ds, qi);
-                axpy(&mut dv[j * d..(j + 1) * d], pj, gi);
+                axpy(&mut dqi, ds, kj);
+                axpy(grads.dk(j), ds, qi);
+                axpy(grads.dv(j), pj, gi);
             }
+            grads.dq(r, i).copy_from_slice(&dqi);
         }
     }
 }
 
-/// A backward task: its (row, key/value head) index, its query heads' `dq` rows and its own
-/// `[dk | dv]` block.
+/// A backward task of [`Attention`]: its (row, key/value head) index, its query heads' `dq`
+/// rows and its own `[dk | dv]` block.
 type GroupTask<'a> = (usize, (&'a mut [f32], &'a mut [f32]));
 
 /// The per-(row, head) `[dk | dv]` blocks the backward accumulates, as separate `dk` and `dv`.
@@ -481,6 +693,38 @@ mod tests {
                     g[at]
                 );
             }
+        }
+    }
+
+    /// Packed projections in, rows out: the values and the gradient of the split-heads path
+    /// to the bit, with grouped keys and values, padding and several batch rows.
+    #[test]
+    fn packed_attention_is_the_split_heads_path_to_the_bit() {
+        for (h, g) in [(4, 4), (6, 2)] {
+            let (b, l, d) = (3, 7, 5);
+            let qkv = Var::from_tensor(&random(&[b * l, (h + 2 * g) * d], 21)).unwrap();
+            let bias = bias(&[0, 2, 5], l, l);
+            let w = random(&[b * l, h * d], 22);
+            let split = |qkv: &Tensor| -> Tensor {
+                let part = |at: usize, n: usize| {
+                    let t = qkv.narrow(1, at * d, n * d).unwrap().reshape((b, l, n, d)).unwrap();
+                    t.transpose(1, 2).unwrap().contiguous().unwrap()
+                };
+                let y = attend(&part(0, h), &part(h, g), &part(h + g, g), &bias, 0.4, true);
+                y.unwrap().transpose(1, 2).unwrap().reshape((b * l, h * d)).unwrap()
+            };
+            let packed = attend_packed(qkv.as_tensor(), &bias, (h, g), 0.4, true).unwrap();
+            let reference = split(qkv.as_tensor());
+            let bits = |t: &Tensor| {
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&packed), bits(&reference), "values, {h} heads, {g} groups");
+            let grad = |y: &Tensor| {
+                let gs = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                gs.get(qkv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
+            assert_eq!(grad(&packed), grad(&reference), "gradients, {h} heads, {g} groups");
         }
     }
 

@@ -157,8 +157,9 @@ impl LlamaTrunk {
                 };
                 t.transpose(1, 2)?.contiguous()
             };
-            let q = rope(&heads_of(blk.q.forward(&a)?, h, &blk.q_norm)?, &cos, &sin)?;
-            let mut k = rope(&heads_of(blk.k.forward(&a)?, kv, &blk.k_norm)?, &cos, &sin)?;
+            let q = super::rope::rope(&heads_of(blk.q.forward(&a)?, h, &blk.q_norm)?, &cos, &sin)?;
+            let mut k =
+                super::rope::rope(&heads_of(blk.k.forward(&a)?, kv, &blk.k_norm)?, &cos, &sin)?;
             let mut v = heads_of(blk.v.forward(&a)?, kv, &None)?;
             if let Some(c) = cache.as_deref_mut() {
                 (k, v) = c.append(li, k, v)?;
@@ -173,15 +174,4 @@ impl LlamaTrunk {
         }
         self.norm.forward(&x, grad)
     }
-}
-
-/// Rotary embedding in HF's half-split layout: `[x1, x2] → [x1·c − x2·s, x2·c + x1·s]`.
-/// Composed from elementwise ops in both paths: rows carry their own positions (left padding),
-/// which the fused kernel's one-table-per-batch layout does not express.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(3)? / 2;
-    let (x1, x2) = (x.narrow(3, 0, half)?, x.narrow(3, half, half)?);
-    let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-    let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-    Tensor::cat(&[&a, &b], 3)
 }

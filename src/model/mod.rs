@@ -19,7 +19,9 @@ pub mod layout;
 pub mod llama;
 pub mod norm;
 pub mod params;
+pub mod rope;
 pub mod swiglu;
+pub mod token_logp;
 pub mod transformer;
 
 pub use config::{Family, LlamaSpec, LoraSpec, ModelConfig};

@@ -112,6 +112,14 @@ impl Dense {
     /// `[.., in] → [.., out]`, computed in the weight's dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(self.weight.dtype())?;
+        if x.rank() == 2 {
+            // Rows already: no reshapes (each is a node whose gradient is copied back).
+            let y = super::gemv::matmul_nn(&x, &self.weight)?;
+            return match &self.bias {
+                Some(b) => super::bias::add_bias(&y, b),
+                None => Ok(y),
+            };
+        }
         let dims = x.dims().to_vec();
         let (rows, inner) =
             (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
@@ -359,15 +367,7 @@ impl Transformer {
     /// log-softmax.
     pub fn token_logp(&self, hidden: &Tensor, layout: &Layout, temperature: f64) -> Result<Tensor> {
         let logits = self.text_logits(hidden, layout, temperature)?;
-        let max = logits.max_keepdim(D::Minus1)?.detach();
-        let lse = logits
-            .broadcast_sub(&max)?
-            .exp()?
-            .sum_keepdim(D::Minus1)?
-            .log()?
-            .broadcast_add(&max)?;
-        let picked = logits.gather(&layout.targets.unsqueeze(2)?.contiguous()?, 2)?;
-        (picked - lse)?.squeeze(2)?.mul(&layout.text_mask)
+        super::token_logp::token_logp(&logits, &layout.targets)?.squeeze(2)?.mul(&layout.text_mask)
     }
 
     /// Logits `[B, T, V]` predicting each text token, divided by `temperature`.
@@ -461,6 +461,9 @@ impl GptTrunk {
         mut cache: Option<&mut KvCache>,
         grad: bool,
     ) -> Result<Tensor> {
+        if cache.is_none() {
+            return self.hidden_rows(cfg, ids, positions, bias, grad);
+        }
         let (b, l) = ids.dims2()?;
         let (d, h, dh) = (cfg.width, cfg.heads, cfg.head_dim());
         let tok = self.tok.embedding_rows(ids)?;
@@ -486,6 +489,37 @@ impl GptTrunk {
             x = (x + m)?;
         }
         self.ln_f.forward(&x, grad)
+    }
+
+    /// [`GptTrunk::hidden`] without a cache (a training or scoring forward): the activations
+    /// kept as `[B·L, D]` rows from the embeddings to the last norm and attention reading the
+    /// packed projections in place ([`super::attention::attend_packed`]). The same values as
+    /// the per-head path the cache needs, without its splits, transposes and reshapes — each a
+    /// copy forward and a zero-filled gradient added back backward.
+    fn hidden_rows(
+        &self,
+        cfg: &ModelConfig,
+        ids: &Tensor,
+        positions: &Tensor,
+        bias: &Tensor,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let (d, h, dh) = (cfg.width, cfg.heads, cfg.head_dim());
+        let tok = self.tok.index_select(&ids.flatten_all()?, 0)?;
+        let pos = self.pos.index_select(&positions.flatten_all()?, 0)?;
+        let mut x = (tok + pos)?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        for blk in &self.blocks {
+            let a = blk.ln1.forward(&x, grad)?;
+            let qkv = blk.qkv.forward(&a)?;
+            let y = super::attention::attend_packed(&qkv, bias, (h, h), scale, grad)?;
+            x = (x + blk.out.forward(&y)?)?;
+            let m = blk.ln2.forward(&x, grad)?;
+            let m = blk.down.forward(&super::gelu::gelu(&blk.up.forward(&m)?)?)?;
+            x = (x + m)?;
+        }
+        self.ln_f.forward(&x, grad)?.reshape((b, l, d))
     }
 }
 
@@ -525,4 +559,57 @@ fn last_not(layout: &Layout, pad: u32) -> Result<Tensor> {
         })
         .collect();
     Tensor::from_vec(at, layout.batch, layout.last.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::KvCache;
+    use crate::rng::Rng;
+
+    /// The built-in GPT's forward without a cache (rows, packed attention) and through a
+    /// tracked cache (the per-head path sampling and shared prompts take): the same hidden
+    /// states and the same gradient of every parameter, to the bit (a gradient's zero may
+    /// differ in sign only), on padded rows of two lengths.
+    #[test]
+    fn row_and_per_head_forwards_agree_to_the_bit() {
+        let cfg = ModelConfig {
+            vocab: 50,
+            layers: 2,
+            width: 24,
+            heads: 3,
+            context: 32,
+            family: Default::default(),
+            classifier_pad: None,
+        };
+        let heads = Heads { lm: true, ..Default::default() };
+        let params = init_params(&cfg, heads, &mut Rng::new(3), &Device::Cpu).unwrap();
+        // Larger weights than a fresh model's, so attention is far from uniform.
+        for (_, v) in params.iter() {
+            v.set(&(v.as_tensor() * 8.0).unwrap()).unwrap();
+        }
+        let model = Transformer::from_params(&cfg, &params).unwrap();
+        let prompts: [&[u32]; 2] = [&[5, 9, 11], &[7]];
+        let texts: [&[u32]; 2] = [&[12, 13, 14, 30], &[40, 41]];
+        let layout = Layout::new(&prompts, &texts, &Device::Cpu).unwrap();
+        let run = |cached: bool| {
+            let mut cache = KvCache::tracked(cfg.layers, 2);
+            let cache = cached.then_some(&mut cache);
+            let h =
+                model.hidden(&layout.ids, &layout.positions, &layout.bias, cache, true).unwrap();
+            let loss = model.token_logp(&h, &layout, 1.0).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let g: Vec<Vec<f32>> =
+                params.iter().map(|(_, v)| flat(grads.get(v.as_tensor()).unwrap())).collect();
+            (flat(&h), g)
+        };
+        let ((h_rows, g_rows), (h_heads, g_heads)) = (run(false), run(true));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&h_rows), bits(&h_heads));
+        for ((name, _), (a, b)) in params.iter().zip(g_rows.iter().zip(&g_heads)) {
+            assert!(a.iter().any(|x| *x != 0.0), "{name}: no gradient");
+            assert_eq!(a, b, "{name}");
+        }
+    }
 }
