@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Result, Tensor};
 
+use super::heads::{merge_heads, split_heads};
 use super::hf_config::HfConfig;
 use super::kv_cache::KvCache;
 use super::layers::{EmbeddingRows, Linear, Lora, RmsNorm};
@@ -149,24 +150,22 @@ impl LlamaTrunk {
         let scale = 1.0 / (dh as f64).sqrt();
         for (li, blk) in self.blocks.iter().enumerate() {
             let a = blk.input_norm.forward(&x, grad)?;
-            let heads_of = |t: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
-                let t = t.reshape((b, l, n, dh))?;
-                let t = match norm {
-                    Some(nm) => nm.forward(&t, grad)?,
-                    None => t,
-                };
-                t.transpose(1, 2)?.contiguous()
+            // Projections `[B, L, n·D]` to heads `[B, n, L, D]`, rotated when `rotary`; a
+            // per-head norm (Qwen3) goes between the reshape and the transpose.
+            let heads_of = |t: Tensor, n: usize, norm: &Option<RmsNorm>, rotary: bool| {
+                let tables = rotary.then_some((&cos, &sin));
+                let Some(nm) = norm else { return split_heads(&t, n, tables) };
+                let t =
+                    nm.forward(&t.reshape((b, l, n, dh))?, grad)?.transpose(1, 2)?.contiguous()?;
+                if rotary { super::rope::rope(&t, &cos, &sin) } else { Ok(t) }
             };
-            let q = super::rope::rope(&heads_of(blk.q.forward(&a)?, h, &blk.q_norm)?, &cos, &sin)?;
-            let mut k =
-                super::rope::rope(&heads_of(blk.k.forward(&a)?, kv, &blk.k_norm)?, &cos, &sin)?;
-            let mut v = heads_of(blk.v.forward(&a)?, kv, &None)?;
+            let q = heads_of(blk.q.forward(&a)?, h, &blk.q_norm, true)?;
+            let mut k = heads_of(blk.k.forward(&a)?, kv, &blk.k_norm, true)?;
+            let mut v = heads_of(blk.v.forward(&a)?, kv, &None, false)?;
             if let Some(c) = cache.as_deref_mut() {
                 (k, v) = c.append(li, k, v)?;
             }
-            let y = super::attention::attend(&q, &k, &v, bias, scale, grad)?
-                .transpose(1, 2)?
-                .reshape((b, l, h * dh))?;
+            let y = merge_heads(&super::attention::attend(&q, &k, &v, bias, scale, grad)?)?;
             x = (x + blk.o.forward(&y)?)?;
             let m = blk.post_norm.forward(&x, grad)?;
             let m = super::swiglu::silu_mul(&blk.gate.forward(&m)?, &blk.up.forward(&m)?)?;

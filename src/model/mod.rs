@@ -10,6 +10,7 @@ pub mod fastmath;
 pub mod gelu;
 pub mod gemv;
 pub mod gpt2;
+pub mod heads;
 pub mod hf;
 pub mod hf_config;
 pub mod hf_tiny;

@@ -42,6 +42,32 @@ pub fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[&a, &b], 3)
 }
 
+/// One row `x` rotated into `o`, with its table rows `c`, `s` (half a row each).
+#[inline(always)]
+pub(super) fn rotate(x: &[f32], c: &[f32], s: &[f32], o: &mut [f32]) {
+    let half = c.len();
+    let (x1, x2) = x.split_at(half);
+    let (a, b) = o.split_at_mut(half);
+    for i in 0..half {
+        a[i] = x1[i] * c[i] - x2[i] * s[i];
+        b[i] = x2[i] * c[i] + x1[i] * s[i];
+    }
+}
+
+/// One row's input gradient `dx` from its output gradient `g`, summed as autograd sums it.
+#[inline(always)]
+pub(super) fn rotate_back(g: &[f32], c: &[f32], s: &[f32], dx: &mut [f32]) {
+    let half = c.len();
+    let (ga, gb) = g.split_at(half);
+    let (d1, d2) = dx.split_at_mut(half);
+    for i in 0..half {
+        // x1 feeds x1·c (into a) and x1·s (into b); x2 feeds −x2·s (into a) and x2·c (into
+        // b). Each sum starts from candle's zero-filled buffer.
+        d1[i] = (0.0 + ga[i] * c[i]) + gb[i] * s[i];
+        d2[i] = (0.0 + (0.0 - ga[i]) * s[i]) + gb[i] * c[i];
+    }
+}
+
 struct Rope {
     /// `[B, 1, L, D/2]`, read in place.
     cos: Tensor,
@@ -83,13 +109,7 @@ impl CustomOp1 for Rope {
         let out = read_host(&self.cos, |cos| {
             read_host(&self.sin, |sin| {
                 self.rows(x, l.dims(), |t, x, o| {
-                    let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
-                    let (x1, x2) = x.split_at(half);
-                    let (a, b) = o.split_at_mut(half);
-                    for i in 0..half {
-                        a[i] = x1[i] * c[i] - x2[i] * s[i];
-                        b[i] = x2[i] * c[i] + x1[i] * s[i];
-                    }
+                    rotate(x, &cos[t * half..][..half], &sin[t * half..][..half], o)
                 })
             })
         })??;
@@ -106,15 +126,7 @@ impl CustomOp1 for Rope {
             read_host(&self.sin, |sin| {
                 read_host(&grad, |g| {
                     self.rows(g, x.dims(), |t, g, o| {
-                        let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
-                        let (ga, gb) = g.split_at(half);
-                        let (d1, d2) = o.split_at_mut(half);
-                        for i in 0..half {
-                            // x1 feeds x1·c (into a) and x1·s (into b); x2 feeds −x2·s (into
-                            // a) and x2·c (into b). Each sum starts from candle's zero buffer.
-                            d1[i] = (0.0 + ga[i] * c[i]) + gb[i] * s[i];
-                            d2[i] = (0.0 + (0.0 - ga[i]) * s[i]) + gb[i] * c[i];
-                        }
+                        rotate_back(g, &cos[t * half..][..half], &sin[t * half..][..half], o)
                     })
                 })
             })
