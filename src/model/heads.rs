@@ -25,7 +25,12 @@ pub fn split_heads(x: &Tensor, n: usize, rotary: Option<(&Tensor, &Tensor)>) -> 
     let tables_fit = rotary.is_none_or(|(c, s)| {
         c.dtype() == DType::F32 && c.dims() == [b, 1, l, d / 2] && s.dims() == c.dims()
     });
-    if !(x.device().is_cpu() && x.dtype() == DType::F32 && w % n == 0 && d % 2 == 0 && tables_fit) {
+    if !(x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.is_multiple_of(n)
+        && d.is_multiple_of(2)
+        && tables_fit)
+    {
         let heads = x.reshape((b, l, n, d))?.transpose(1, 2)?.contiguous()?;
         return match rotary {
             Some((cos, sin)) => super::rope::rope(&heads, cos, sin),
