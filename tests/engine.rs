@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use rlx::check::lints::LintConfig;
 use rlx::engine::surrogate::{
-    DatumBackward, LossFn, Reduction, backward_inputs, server_datum_loss,
+    DatumBackward, LossFn, Reduction, backward_inputs, critic_datum_loss, critic_inputs,
+    server_datum_loss,
 };
 use rlx::exec::{Compiled, Dim, Options, mask_name, requirements};
 use rlx::source::{SourceFile, analyze};
@@ -42,6 +43,11 @@ struct Input {
 
 /// The log-probability inputs that carry gradient (the trained models'), from a synthetic batch.
 fn logp_inputs(path: &Path, index: usize) -> Option<Vec<Input>> {
+    grad_inputs(path, index, ".logp")
+}
+
+/// The inputs named `*{kind}*` that carry gradient, from a synthetic batch.
+fn grad_inputs(path: &Path, index: usize, kind: &str) -> Option<Vec<Input>> {
     let text = std::fs::read_to_string(path).unwrap();
     let a = analyze(&SourceFile::new(path.display().to_string(), text), &LintConfig::defaults());
     let checked = a.checked.as_ref()?;
@@ -55,7 +61,7 @@ fn logp_inputs(path: &Path, index: usize) -> Option<Vec<Input>> {
     let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
     let mut out = Vec::new();
     for r in requirements(checked, index) {
-        if !r.grad || !r.name.contains(".logp") {
+        if !r.grad || !r.name.contains(kind) {
             continue;
         }
         let text = r.shape.iter().find_map(|d| match d {
@@ -151,6 +157,59 @@ fn a_servers_gradient_equals_the_stage_losss_for_every_recipe_and_reduction() {
     }
     eprintln!("{checked_inputs} (input, reduction) pairs checked");
     assert!(checked_inputs > 40, "only {checked_inputs} inputs checked");
+}
+
+/// A value head's values reach a server's critic through `ppo_critic`: for every stage that
+/// trains one, the critic loss of the inputs built from the executor's ∂L/∂V — averaged over the
+/// step's datums, with the server's value clip or without — has gradient ∂L/∂V on every token.
+#[test]
+fn a_critics_gradient_equals_the_stage_losss_for_every_recipe_with_a_value_head() {
+    let mut checked_inputs = 0;
+    for path in recipes() {
+        for index in 0..4 {
+            let Some(inputs) = grad_inputs(&path, index, ".values") else { continue };
+            let datums: usize = inputs.iter().map(|i| i.grad.dim(0).unwrap()).sum();
+            for clip in [None, Some(0.2)] {
+                let vars: Vec<Var> =
+                    inputs.iter().map(|i| Var::from_tensor(&i.logp).unwrap()).collect();
+                let mut total = Tensor::new(0f64, &Device::Cpu).unwrap();
+                for (input, var) in inputs.iter().zip(&vars) {
+                    let data =
+                        critic_inputs(&input.grad, &input.logp, &input.mask, datums).unwrap();
+                    let mask = input.mask.to_vec2::<f64>().unwrap();
+                    for (row, datum) in data.iter().enumerate() {
+                        let live: Vec<u32> = (0..mask[row].len())
+                            .filter(|&t| mask[row][t] > 0.0)
+                            .map(|t| t as u32)
+                            .collect();
+                        if live.is_empty() {
+                            continue;
+                        }
+                        let idx = Tensor::new(live.as_slice(), &Device::Cpu).unwrap();
+                        let v = var.as_tensor().get(row).unwrap().index_select(&idx, 0).unwrap();
+                        total = (total + critic_datum_loss(datum, &v, clip).unwrap()).unwrap();
+                    }
+                }
+                let grads = (total / datums as f64).unwrap().backward().unwrap();
+                for (input, var) in inputs.iter().zip(&vars) {
+                    let got = grads.get(var.as_tensor()).unwrap();
+                    let want = input.grad.mul(&input.mask).unwrap();
+                    let scale = max_abs(&want).max(1e-12);
+                    let err = max_abs(&(got - &want).unwrap()) / scale;
+                    assert!(
+                        err < 1e-9,
+                        "{} stage {index} {} clip {clip:?}: relative error {err:e}",
+                        path.display(),
+                        input.name
+                    );
+                    checked_inputs += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{checked_inputs} (value input, clip) pairs checked");
+    // ppo, rto, sppo, sa2c and the PPO baselines and peers.
+    assert!(checked_inputs >= 12, "only {checked_inputs} value inputs checked");
 }
 
 /// On a per-sequence-mean server, the plain cross-entropy weights (w = −g) are not the

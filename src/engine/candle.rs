@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Device, Tensor};
 
-use super::surrogate::{DatumBackward, Reduction, server_datum_loss};
+use super::surrogate::{
+    CriticBackward, DatumBackward, Reduction, critic_datum_loss, server_datum_loss,
+};
 use super::{Adam, Engine, Lora, ModelId, SampleParams, Sampled, Sampler, Seq};
 use crate::model::Transformer;
 use crate::model::layout::Layout;
@@ -27,6 +29,9 @@ struct Trained {
     /// Losses of the backwards since the last optimiser step, and how many datums they hold.
     pending: Vec<Tensor>,
     datums: usize,
+    /// A critic (a value head over its own copy of the base): its losses are always averaged
+    /// over the step's datums, as SkyRL's critic worker does.
+    critic: bool,
 }
 
 /// Weights and optimiser state saved under a name.
@@ -47,7 +52,12 @@ pub struct CandleEngine {
     /// The models of the snapshots (and of the base), built once each.
     samplers: HashMap<String, Transformer>,
     saved: HashMap<String, SavedWeights>,
+    /// The `value_clip` of critic backwards (SkyRL's default 0.2).
+    pub value_clip: Option<f64>,
 }
+
+/// SkyRL's `trainer.algorithm.value_clip` default.
+pub const VALUE_CLIP: f64 = 0.2;
 
 fn err(e: candle_core::Error) -> String {
     e.to_string()
@@ -71,7 +81,39 @@ impl CandleEngine {
             snapshots: HashMap::new(),
             samplers: HashMap::new(),
             saved: HashMap::new(),
+            value_clip: Some(VALUE_CLIP),
         })
+    }
+
+    /// Whether `model` is a critic.
+    pub fn is_critic(&self, model: &ModelId) -> bool {
+        self.models.get(&model.0).is_some_and(|t| t.critic)
+    }
+
+    fn new_model(&mut self, critic: bool, seed: u64) -> Result<ModelId, String> {
+        let mut slot = Slot {
+            cfg: self.base.cfg.clone(),
+            params: params_from(&self.base_values).map_err(err)?,
+            base: self.base.base.clone(),
+            source: self.base.source.clone(),
+        };
+        if critic {
+            slot.add_value_head(&mut Rng::new(seed), &self.device).map_err(err)?;
+        }
+        let id = format!("model_{}", self.models.len() + self.saved.len() + self.snapshots.len());
+        let id =
+            (0..).map(|i| format!("{id}_{i}")).find(|k| !self.models.contains_key(k)).unwrap_or(id);
+        let t = Trained { slot, opt: None, restore: None, pending: vec![], datums: 0, critic };
+        self.models.insert(id.clone(), t);
+        Ok(ModelId(id))
+    }
+
+    fn critic(&mut self, model: &ModelId) -> Result<&mut Trained, String> {
+        let t = self.trained(model)?;
+        if !t.critic {
+            return Err(format!("`{}` is not a critic", model.0));
+        }
+        Ok(t)
     }
 
     fn trained(&mut self, model: &ModelId) -> Result<&mut Trained, String> {
@@ -110,6 +152,21 @@ impl CandleEngine {
     }
 }
 
+/// The layout of `seqs` (a text after each context) and `model`'s hidden states over it, with
+/// the graph for a backward when `grad`.
+fn hidden(
+    model: &Transformer,
+    seqs: &[Seq],
+    grad: bool,
+    device: &Device,
+) -> Result<(Layout, Tensor), String> {
+    let ctx: Vec<&[u32]> = seqs.iter().map(|s| s.ctx.as_slice()).collect();
+    let toks: Vec<&[u32]> = seqs.iter().map(|s| s.toks.as_slice()).collect();
+    let layout = Layout::with_text_len(&ctx, &toks, 1, device).map_err(err)?;
+    let hidden = model.hidden_of(&layout, grad).map_err(err)?;
+    Ok((layout, hidden))
+}
+
 /// Log-probabilities `[B, W]` (temperature 1) of the texts of `seqs` under `model`, with the
 /// graph for a backward when `grad`.
 fn forward(
@@ -118,11 +175,19 @@ fn forward(
     grad: bool,
     device: &Device,
 ) -> Result<Tensor, String> {
-    let ctx: Vec<&[u32]> = seqs.iter().map(|s| s.ctx.as_slice()).collect();
-    let toks: Vec<&[u32]> = seqs.iter().map(|s| s.toks.as_slice()).collect();
-    let layout = Layout::with_text_len(&ctx, &toks, 1, device).map_err(err)?;
-    let hidden = model.hidden_of(&layout, grad).map_err(err)?;
+    let (layout, hidden) = hidden(model, seqs, grad, device)?;
     model.token_logp(&hidden, &layout, 1.0).map_err(err)
+}
+
+/// A critic's values `[B, W]` at the texts of `seqs`, with the graph for a backward when `grad`.
+fn text_values(
+    model: &Transformer,
+    seqs: &[Seq],
+    grad: bool,
+    device: &Device,
+) -> Result<Tensor, String> {
+    let (layout, hidden) = hidden(model, seqs, grad, device)?;
+    model.token_values(&hidden, &layout).map_err(err)
 }
 
 /// Each sequence's text log-probabilities (temperature 1) under `model`, as a server's forward
@@ -148,21 +213,51 @@ impl Engine for CandleEngine {
         self.reduction
     }
 
-    fn create_model(&mut self, _lora: Option<Lora>, _seed: u64) -> Result<ModelId, String> {
-        let slot = Slot {
-            cfg: self.base.cfg.clone(),
-            params: params_from(&self.base_values).map_err(err)?,
-            base: self.base.base.clone(),
-            source: self.base.source.clone(),
-        };
-        let id = format!("model_{}", self.models.len() + self.saved.len() + self.snapshots.len());
-        let id =
-            (0..).map(|i| format!("{id}_{i}")).find(|k| !self.models.contains_key(k)).unwrap_or(id);
-        self.models.insert(
-            id.clone(),
-            Trained { slot, opt: None, restore: None, pending: vec![], datums: 0 },
-        );
-        Ok(ModelId(id))
+    fn create_model(&mut self, _lora: Option<Lora>, seed: u64) -> Result<ModelId, String> {
+        self.new_model(false, seed)
+    }
+
+    fn create_critic(&mut self, _lora: Option<Lora>, seed: u64) -> Result<ModelId, String> {
+        self.new_model(true, seed)
+    }
+
+    fn values(&mut self, critic: &ModelId, seqs: &[Seq]) -> Result<Vec<Vec<f32>>, String> {
+        let model = self.critic(critic)?.slot.frozen().map_err(err)?;
+        let all = text_values(&model, seqs, false, &self.device)?
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.to_vec2::<f32>())
+            .map_err(err)?;
+        Ok(all.into_iter().zip(seqs).map(|(r, s)| r[..s.toks.len()].to_vec()).collect())
+    }
+
+    fn critic_backward(
+        &mut self,
+        critic: &ModelId,
+        seqs: &[Seq],
+        data: &[CriticBackward],
+    ) -> Result<(), String> {
+        let clip = self.value_clip;
+        let live = self.critic(critic)?.slot.live().map_err(err)?;
+        let values = text_values(&live, seqs, true, &self.device)?;
+        let mut total: Option<Tensor> = None;
+        for (i, (s, d)) in seqs.iter().zip(data).enumerate() {
+            let n = s.toks.len();
+            if [d.weights.len(), d.values.len(), d.returns.len()] != [n; 3] {
+                return Err(format!(
+                    "a critic backward for a text of {n} tokens has inputs of other lengths"
+                ));
+            }
+            let row = values.get(i).and_then(|r| r.narrow(0, 0, n)).map_err(err)?;
+            let loss = critic_datum_loss(d, &row, clip).map_err(err)?;
+            total = Some(match total {
+                Some(t) => (t + loss).map_err(err)?,
+                None => loss,
+            });
+        }
+        let t = self.trained(critic)?;
+        t.pending.extend(total);
+        t.datums += seqs.len();
+        Ok(())
     }
 
     fn sampler(&mut self, model: &ModelId, name: &str) -> Result<Sampler, String> {
@@ -258,6 +353,7 @@ impl Engine for CandleEngine {
     fn optim_step(&mut self, model: &ModelId, adam: &Adam) -> Result<Vec<(String, f64)>, String> {
         let reduction = self.reduction;
         let t = self.trained(model)?;
+        let reduction = if t.critic { Reduction::PerSequenceMean } else { reduction };
         let cfg = AdamWConfig {
             lr: adam.lr,
             beta1: adam.beta1,

@@ -14,7 +14,7 @@ pub mod candle;
 pub mod surrogate;
 pub mod tinker;
 
-use surrogate::{DatumBackward, Reduction};
+use surrogate::{CriticBackward, DatumBackward, Reduction};
 
 /// A token sequence a model scores or trains on: its context, then the text after it. Only the
 /// text's tokens are scored.
@@ -123,4 +123,23 @@ pub trait Engine {
     }
     /// Frees a model (its adapter slot on a server).
     fn unload(&mut self, model: &ModelId) -> Result<(), String>;
+    /// A critic: a separate value network over the engine's base model (SkyRL's FSDP backend,
+    /// `model_role: "critic"`), trained by `critic_backward` and stepped by `optim_step`.
+    fn create_critic(&mut self, _lora: Option<Lora>, _seed: u64) -> Result<ModelId, String> {
+        Err(format!("{} has no critic", self.label()))
+    }
+    /// The critic's value at every text token of every sequence.
+    fn values(&mut self, _critic: &ModelId, _seqs: &[Seq]) -> Result<Vec<Vec<f32>>, String> {
+        Err(format!("{} has no critic", self.label()))
+    }
+    /// Accumulates the gradient of the critic loss of `data` (one per sequence, over its text
+    /// tokens) until the critic's next optimiser step.
+    fn critic_backward(
+        &mut self,
+        _critic: &ModelId,
+        _seqs: &[Seq],
+        _data: &[CriticBackward],
+    ) -> Result<(), String> {
+        Err(format!("{} has no critic", self.label()))
+    }
 }

@@ -130,6 +130,64 @@ pub fn server_datum_loss(d: &DatumBackward, logp: &Tensor, reduction: Reduction)
     }
 }
 
+/// One datum of a critic's backward (SkyRL's `ppo_critic`), over its text tokens: the server's
+/// loss is ½·Σ_t w_t·max((V_t^clip − R_t)², (V_t − R_t)²) / Σ_t w_t per datum, averaged over the
+/// datums of the optimiser step, with V^clip = V^old + clip(V − V^old, ±value_clip).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CriticBackward {
+    pub weights: Vec<f64>,
+    /// V^old: here the values the critic's forward just returned, so the clip never binds.
+    pub values: Vec<f64>,
+    pub returns: Vec<f64>,
+}
+
+/// The critic backward whose gradient at the current values is g = ∂L/∂V, for any value
+/// objective L of the stage graph (not only a clipped squared error): with weights 1 and
+/// V^old = V the datum's gradient is (V_t − R_t)/(N·n_i), so returns R_t = V_t − N·n_i·g_t.
+/// `grad`, `values`, `mask` are `[B, T]`; `datums` = N, the datums of the optimiser step.
+pub fn critic_inputs(
+    grad: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    datums: usize,
+) -> Result<Vec<CriticBackward>> {
+    let rows = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec2::<f64>();
+    let (g, v, m) = (rows(grad)?, rows(values)?, rows(mask)?);
+    let mut out = Vec::with_capacity(g.len());
+    for ((g, v), m) in g.iter().zip(&v).zip(&m) {
+        let live: Vec<usize> = (0..m.len()).filter(|&t| m[t] > 0.0).collect();
+        let scale = (datums * live.len()) as f64;
+        out.push(CriticBackward {
+            weights: vec![1.0; live.len()],
+            values: live.iter().map(|&t| v[t]).collect(),
+            returns: live.iter().map(|&t| v[t] - scale * g[t]).collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// What a server's `ppo_critic` computes for one datum from the critic's current values `v`
+/// (its text tokens), before the mean over datums; `value_clip` as the server is configured.
+pub fn critic_datum_loss(
+    d: &CriticBackward,
+    v: &Tensor,
+    value_clip: Option<f64>,
+) -> Result<Tensor> {
+    let n = d.weights.len();
+    let dev = v.device();
+    let f = |x: &[f64]| Tensor::from_vec(x.to_vec(), n, dev)?.to_dtype(v.dtype());
+    let (w, old, ret) = (f(&d.weights)?, f(&d.values)?, f(&d.returns)?);
+    let plain = (v - &ret)?.sqr()?;
+    let per_token = match value_clip {
+        Some(c) => {
+            let clipped = (&old + (v - &old)?.clamp(-c, c)?)?;
+            plain.maximum(&(clipped - &ret)?.sqr()?)?
+        }
+        None => plain,
+    };
+    (w.mul(&per_token)?.sum_all()? * 0.5)? / d.weights.iter().sum::<f64>().max(1e-9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +208,36 @@ mod tests {
         assert_eq!(mean[0].logprobs, [-0.1, -2.0]);
         // A = −N·n·g with N = 2 datums in the step and n = 2 tokens.
         assert_eq!(mean[0].advantages, [-2.0, 4.0]);
+    }
+
+    #[test]
+    fn critic_inputs_give_the_value_gradient_back() {
+        let dev = Device::Cpu;
+        let g = Tensor::new(&[[0.5f64, -1.0, 9.0], [0.25, 0.0, 0.0]], &dev).unwrap();
+        let v = Tensor::new(&[[0.3f64, -0.2, 7.0], [1.5, 0.0, 0.0]], &dev).unwrap();
+        let m = Tensor::new(&[[1f64, 1.0, 0.0], [1.0, 0.0, 0.0]], &dev).unwrap();
+        let data = critic_inputs(&g, &v, &m, 2).unwrap();
+        // R = V − N·n·g: N = 2 datums, n = 2 and 1 tokens.
+        assert_eq!(data[0].returns, [0.3 - 4.0 * 0.5, -0.2 + 4.0]);
+        assert_eq!(data[1].returns, [1.5 - 2.0 * 0.25]);
+        assert_eq!((data[0].weights.len(), data[1].values.as_slice()), (2, [1.5].as_slice()));
+        // The server's loss, averaged over the 2 datums, has gradient g at V, clip or none.
+        for clip in [None, Some(0.2)] {
+            let vars: Vec<candle_core::Var> = data
+                .iter()
+                .map(|d| candle_core::Var::new(d.values.as_slice(), &dev).unwrap())
+                .collect();
+            let mut total = Tensor::new(0f64, &dev).unwrap();
+            for (d, var) in data.iter().zip(&vars) {
+                total = (total + critic_datum_loss(d, var.as_tensor(), clip).unwrap()).unwrap();
+            }
+            let grads = (total / 2.0).unwrap().backward().unwrap();
+            let got: Vec<Vec<f64>> =
+                vars.iter().map(|v| grads.get(v).unwrap().to_vec1().unwrap()).collect();
+            let want = [vec![0.5, -1.0], vec![0.25]];
+            for (got, want) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!((got - want).abs() < 1e-12, "clip {clip:?}: {got} vs {want}");
+            }
+        }
     }
 }

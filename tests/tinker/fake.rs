@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use rlx::engine::candle::CandleEngine;
-use rlx::engine::surrogate::{DatumBackward, LossFn};
+use rlx::engine::surrogate::{CriticBackward, DatumBackward, LossFn};
 use rlx::engine::tinker::proto;
 use rlx::engine::{Adam, Engine, ModelId, SampleParams, Sampler, Seq};
 use serde_json::{Value as Json, json};
@@ -46,6 +46,10 @@ pub struct State {
     pub calls: Vec<String>,
     /// Every backward: the loss function and its datums' inputs.
     pub backwards: Vec<(String, Vec<DatumBackward>)>,
+    /// Every critic backward's datums.
+    pub critic_backwards: Vec<Vec<CriticBackward>>,
+    /// Whether `model_role: "critic"` is served (SkyRL's FSDP backend) or refused (its JAX one).
+    pub critic: bool,
     futures: HashMap<String, Reply>,
     next: u64,
 }
@@ -65,6 +69,8 @@ impl Fake {
             faults: VecDeque::new(),
             calls: vec![],
             backwards: vec![],
+            critic_backwards: vec![],
+            critic: true,
             futures: HashMap::new(),
             next: 1,
         }));
@@ -185,7 +191,15 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
             let r = if body["base_model"].as_str() != Some(s.base_model.as_str()) {
                 Err(format!("base model {} is not served", body["base_model"]))
             } else {
-                s.engine.create_model(None, 0).map(|m| Reply::Json(json!({"model_id": m.0})))
+                let seed = body["lora_config"]["seed"].as_u64().unwrap_or(0);
+                match body["model_role"].as_str() {
+                    Some("critic") if !s.critic => {
+                        Err("JaxBackend only supports model_role='policy'".to_string())
+                    }
+                    Some("critic") => s.engine.create_critic(None, seed),
+                    _ => s.engine.create_model(None, seed),
+                }
+                .map(|m| Reply::Json(json!({"model_id": m.0})))
             };
             future(s, r)
         }
@@ -311,6 +325,9 @@ fn seq_of(d: &proto::Datum) -> Result<(Seq, Vec<f64>), String> {
 fn forward_backward(s: &mut State, body: &[u8]) -> Result<Reply, String> {
     let req = proto::ForwardBackwardRequest::decode(body).map_err(|e| e.to_string())?;
     let model = ModelId(req.model_id.clone());
+    if s.engine.is_critic(&model) {
+        return critic_pass(s, &req, &model);
+    }
     let mut seqs = Vec::new();
     let mut data = Vec::new();
     for d in &req.data {
@@ -343,6 +360,53 @@ fn forward_backward(s: &mut State, body: &[u8]) -> Result<Reply, String> {
         type_tag: "ArrayRecord".into(),
         fields: [("logprobs".to_string(), proto::BatchedTensor::from_rows_f32(&logprobs))].into(),
         num_datums: logprobs.len() as i64,
+    };
+    let out = proto::ForwardBackwardOutput {
+        loss_fn_output_type: "ArrayRecord".into(),
+        loss_fn_outputs: vec![record],
+        metrics: HashMap::new(),
+    };
+    Ok(Reply::Proto(out.encode_to_vec()))
+}
+
+/// A critic's forward (`values`) or `ppo_critic` backward, as SkyRL's FSDP critic worker: the
+/// loss masked by the weights, over every target (the context's weigh 0).
+fn critic_pass(
+    s: &mut State,
+    req: &proto::ForwardBackwardRequest,
+    model: &ModelId,
+) -> Result<Reply, String> {
+    let mut seqs = Vec::new();
+    let mut data = Vec::new();
+    for d in &req.data {
+        let (seq, _) = seq_of(d)?;
+        let input = |k: &str| -> Result<Vec<f64>, String> {
+            d.loss_fn_inputs.get(k).ok_or_else(|| format!("no {k}"))?.values()
+        };
+        if !req.forward_only {
+            if req.loss_fn != "ppo_critic" {
+                return Err(format!(
+                    "Critic batches must use loss_fn='ppo_critic', got {}",
+                    req.loss_fn
+                ));
+            }
+            data.push(CriticBackward {
+                weights: input("weights")?,
+                values: input("values")?,
+                returns: input("returns")?,
+            });
+        }
+        seqs.push(seq);
+    }
+    let values = s.engine.values(model, &seqs)?;
+    if !req.forward_only {
+        s.engine.critic_backward(model, &seqs, &data)?;
+        s.critic_backwards.push(data);
+    }
+    let record = proto::ArrayRecord {
+        type_tag: "ArrayRecord".into(),
+        fields: [("values".to_string(), proto::BatchedTensor::from_rows_f32(&values))].into(),
+        num_datums: values.len() as i64,
     };
     let out = proto::ForwardBackwardOutput {
         loss_fn_output_type: "ArrayRecord".into(),

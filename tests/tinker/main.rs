@@ -613,7 +613,7 @@ fn every_shipped_arith_recipe_that_lints_clean_for_tinker_trains_remotely() {
     shipped_recipes_train_remotely(
         "arith",
         base_model(),
-        &["vineppo", "rlmec", "grpo", "dr_grpo", "rloo"],
+        &["vineppo", "rlmec", "grpo", "dr_grpo", "rloo", "ppo"],
     );
 }
 
@@ -623,7 +623,7 @@ fn every_shipped_preference_recipe_that_lints_clean_for_tinker_trains_remotely()
     shipped_recipes_train_remotely(
         "reviews",
         &base,
-        &["dpo", "kto", "orpo", "simpo", "rcfd_yes_no"],
+        &["dpo", "kto", "orpo", "simpo", "rcfd_yes_no", "rto_yes_no", "sppo_yes_no", "sa2c_yes_no"],
     );
 }
 
@@ -766,6 +766,113 @@ fn a_server_with_another_base_model_or_none_at_all_is_refused() {
     assert!(!out.status.success());
     let err = flat(&out);
     assert!(err.contains("the self-test finds `sum`"), "{err}");
+}
+
+/// PPO's value head on a server: a critic (`model_role: "critic"`, a network of its own, as
+/// SkyRL's FSDP backend builds it) read by forwards and trained by `ppo_critic` backwards with
+/// the returns that give the stage loss's ∂L/∂V (`tests/engine.rs` checks that gradient for
+/// every recipe); checkpointed and resumed with the policy. A server without a critic (SkyRL's
+/// JAX backend) refuses it at `create_model`, before any step, with `tinker-critic`.
+#[test]
+fn a_value_head_trains_as_a_critic_on_a_server_with_one_and_is_refused_by_one_without() {
+    let dir = scratch("critic");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/ppo.rlx");
+    // The shipped PPO with a length penalty in its reward: the built-in policy solves no
+    // problem yet, and all-zero rewards (with a zero-initialised value head) move nothing.
+    let text = std::fs::read_to_string(shipped).unwrap();
+    let shaped = "at_end(arith.correct(response) - 0.01 * length(response))";
+    let text = text.replace("at_end(arith.correct(response))", shaped);
+    assert!(text.contains(shaped));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("ppo.rlx");
+    std::fs::write(&recipe, text).unwrap();
+    let ppo = |out: &Path, url: &str, steps: &str| {
+        let mut run = run_args(&recipe, out);
+        run.args(["--steps", steps, "--engine", "tinker", "--server", url]).args(SMALL);
+        for set in ["rl.optim.batch=8", "rl.optim.minibatch=4", "rl.optim.epochs=2"] {
+            run.args(["--set", set]);
+        }
+        run.args(["--set", "rl.sample.max_tokens=12"]).output().unwrap()
+    };
+    let fake = serve(Reduction::Sum);
+    let run = dir.join("served");
+    ok(&ppo(&run, &fake.url, "1"));
+    {
+        let s = fake.state.lock().unwrap();
+        let ids = s.engine.model_ids();
+        let critics: Vec<_> = ids.iter().filter(|m| s.engine.is_critic(m)).collect();
+        assert_eq!((ids.len(), critics.len()), (2, 1), "the policy and its critic: {ids:?}");
+        // Two minibatches, two epochs: four critic backwards, one per optimiser step.
+        assert_eq!(s.critic_backwards.len(), 4);
+        for datum in s.critic_backwards.iter().flatten() {
+            // The context's targets weigh 0, the text's 1.
+            assert!(datum.weights.iter().all(|&w| w == 0.0 || w == 1.0), "{:?}", datum.weights);
+            assert!(datum.returns.iter().chain(&datum.values).all(|x| x.is_finite()));
+        }
+        // The critic trained its own trunk away from the base; the policy's is its own.
+        let critic = s.engine.weights(critics[0]).unwrap();
+        let policy = ids.iter().find(|m| !s.engine.is_critic(m)).unwrap();
+        let policy = s.engine.weights(policy).unwrap();
+        let base = rlx::train::models::open_full(base_model(), &Device::Cpu).unwrap();
+        let base = base.params.snapshot().unwrap();
+        let moved = |w: &BTreeMap<String, Tensor>| {
+            base.iter()
+                .map(|(k, b)| {
+                    let d = (&w[k] - b).unwrap().abs().unwrap().max_all().unwrap();
+                    d.to_scalar::<f32>().unwrap()
+                })
+                .fold(0f32, f32::max)
+        };
+        let (mc, mp) = (moved(&critic), moved(&policy));
+        assert!(mc > 0.0 && mp > 0.0, "critic moved {mc:e}, policy {mp:e}");
+        assert!(critic.keys().any(|k| !base.contains_key(k)), "a value head");
+    }
+    // Stopped in its second step (after the first step's checkpoint saved the policy and the
+    // critic), then resumed: both come back from the checkpoint and train on.
+    let run = dir.join("resumed");
+    let out = {
+        let state = fake.state.clone();
+        let saves = state.lock().unwrap().calls.iter().filter(|c| *c == "save_weights").count();
+        let watcher = std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let mut s = state.lock().unwrap();
+                if s.calls.iter().filter(|c| *c == "save_weights").count() >= saves + 2 {
+                    s.faults.push_back(Fault::DropAfterBackward);
+                    return;
+                }
+            }
+        });
+        let out = ppo(&run, &fake.url, "2");
+        watcher.join().unwrap();
+        out
+    };
+    assert!(!out.status.success(), "the run must stop");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert!(state["remote"]["models"]["policy.values"].as_str().is_some(), "{state}");
+    let (loads, critic_steps) = {
+        let s = fake.state.lock().unwrap();
+        (s.calls.iter().filter(|c| *c == "load_weights").count(), s.critic_backwards.len())
+    };
+    ok(&rlx().args(["run", "--quiet", "--resume"]).arg(&run).output().unwrap());
+    assert_eq!(losses(&run).len(), 2);
+    {
+        let s = fake.state.lock().unwrap();
+        let loaded = s.calls.iter().filter(|c| *c == "load_weights").count() - loads;
+        assert!(loaded >= 2, "the policy and the critic: {loaded} loads");
+        assert_eq!(s.critic_backwards.len(), critic_steps + 4, "the second step's four");
+    }
+    // SkyRL's JAX backend: no critic.
+    let jax = serve(Reduction::Sum);
+    jax.state.lock().unwrap().critic = false;
+    let out = ppo(&dir.join("refused"), &jax.url, "1");
+    assert!(!out.status.success());
+    let err = flat(&out);
+    for part in ["tinker-critic", "create_model", "only supports model_role='policy'", &jax.url] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert!(jax.state.lock().unwrap().backwards.len() <= 4, "no step: only the self-test's");
 }
 
 /// Where a step's time goes, locally and through the fake server (the same 2 cores do the

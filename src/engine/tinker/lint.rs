@@ -54,8 +54,13 @@ fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diag
         );
         return;
     }
-    if stage.source_kind() != Some(DataKw::Prompts) && stage.has_value_head(trained) {
-        out.push(critic(stage.name.span, "a value head in a supervised stage"));
+    let sampling = stage.source_kind() == Some(DataKw::Prompts);
+    if !sampling && stage.has_value_head(trained) {
+        out.push(
+            Diagnostic::error("tinker-critic", "a value head in a stage that does not sample: the remote engine trains a critic only in RL stages")
+                .primary(stage.name.span, "a value head in a supervised stage")
+                .help("train the value head in the RL stage that reads it, or run the recipe locally"),
+        );
     }
     if stage.train.len() > 1 && stage.train.iter().any(|t| t.model.name != trained) {
         let t = stage.train.iter().find(|t| t.model.name != trained).expect("found above");
@@ -68,11 +73,9 @@ fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diag
             .help("train the models in separate stages"),
         );
     }
-    // One `tinker-critic` per stage: the trained head, or else the first read of one.
-    let mut critic_said = false;
-    for t in stage.train.iter().filter(|t| t.value_head).take(1) {
-        out.push(critic(t.span, "a value head trained with the policy"));
-        critic_said = true;
+    // One `tinker-critic` warning per RL stage with a value head (reads need one trained).
+    for t in stage.train.iter().filter(|t| t.value_head && sampling).take(1) {
+        out.push(critic(t.span));
     }
     let temperature = crate::train::run::stage_sampling(checked, index).temperature;
     let mut warned_temperature = false;
@@ -84,10 +87,6 @@ fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diag
                     .primary(node.span, "reads the logits")
                     .help("drop the term, or estimate it from sampled tokens (`-policy.logp` for entropy)"),
             ),
-            Op::Signal { signal: Signal::Values, .. } if !critic_said => {
-                out.push(critic(node.span, "reads a value head"));
-                critic_said = true;
-            }
             Op::Signal { signal: Signal::Values, .. } => {}
             Op::Signal { model, signal } => {
                 let is_trained = matches!(model, ModelRef::Named(m) if m == trained);
@@ -151,10 +150,11 @@ fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diag
     }
 }
 
-fn critic(span: Span, label: &str) -> Diagnostic {
-    Diagnostic::error("tinker-critic", "a value head: rlx's remote engine has no critic (SkyRL's FSDP backend serves one as a separate model; not yet driven by rlx)")
-        .primary(span, label)
-        .help("use a critic-free advantage (group baselines, `vine_values`), or run the recipe locally")
+/// A value head on a server is a critic: a network of its own (SkyRL's FSDP backend).
+fn critic(span: Span) -> Diagnostic {
+    Diagnostic::warning("tinker-critic", "the value head becomes a critic on the server: a separate network over the base model (its own LoRA adapter and value head), not a head on the policy's trunk; only servers with a critic run it (SkyRL's FSDP backend)")
+        .primary(span, "a separate critic on the server")
+        .help("the policy no longer shares its trunk with the value estimate (as OpenRLHF and TRL's PPO train a critic); on a server without a critic (SkyRL's JAX or Megatron backends, hosted Tinker, verl_tinker) use a critic-free advantage (group baselines, `vine_values`) or run locally")
 }
 
 fn models(span: Span, what: &str) -> Diagnostic {

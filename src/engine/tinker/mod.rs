@@ -20,7 +20,7 @@ use serde_json::{Value as Json, json};
 
 use self::client::{Body, CallError, Client, Reply, Retry};
 use self::heartbeat::Heartbeat;
-use super::surrogate::{DatumBackward, LossFn, Reduction};
+use super::surrogate::{CriticBackward, DatumBackward, LossFn, Reduction};
 use super::{Adam, Engine, Lora, ModelId, SampleParams, Sampled, Sampler, Seq};
 
 /// LoRA rank of a model whose recipe trains every weight (Tinker servers train adapters).
@@ -179,6 +179,53 @@ impl Remote {
         Ok(out)
     }
 
+    /// `create_model` with a LoRA adapter of `lora`'s rank (or the default) in `role`.
+    fn create(&mut self, lora: Option<Lora>, seed: u64, role: &str) -> Result<ModelId, String> {
+        let rank = lora.map_or(DEFAULT_RANK, |l| l.rank);
+        let mut lora_config = json!({"rank": rank, "seed": seed % (1 << 31)});
+        if let Some(l) = lora {
+            lora_config["alpha"] = json!(l.alpha);
+        }
+        let r = self.call_json(
+            "create_model",
+            json!({"session_id": self.session, "base_model": self.base_model, "lora_config": lora_config, "model_role": role}),
+            false,
+        )?;
+        r["model_id"]
+            .as_str()
+            .map(|s| ModelId(s.to_string()))
+            .ok_or_else(|| self.protocol("create_model", "no model_id in the result"))
+    }
+
+    /// A forward-only pass of `model` over `seqs`; each sequence's text tokens' `field`.
+    fn forward_field(
+        &mut self,
+        model: &ModelId,
+        seqs: &[Seq],
+        field: &str,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let data =
+            seqs.iter().map(|s| datum(s, &[("weights", &vec![0.0; s.toks.len()])])).collect();
+        let out = self.forward_backward(model, data, "cross_entropy", true)?;
+        let mut rows = Vec::new();
+        for rec in &out.loss_fn_outputs {
+            let lp = rec
+                .fields
+                .get(field)
+                .ok_or_else(|| self.protocol("forward", format!("no {field} in the result")))?;
+            rows.extend(
+                lp.rows_f32(rec.num_datums as usize).map_err(|e| self.protocol("forward", e))?,
+            );
+        }
+        seqs.iter()
+            .zip(rows)
+            .map(|(s, r)| {
+                tail(&r, s.toks.len())
+                    .ok_or_else(|| self.protocol("forward", format!("fewer {field} than targets")))
+            })
+            .collect()
+    }
+
     fn sample_body(
         &self,
         sampler: &Sampler,
@@ -281,20 +328,7 @@ impl Engine for Remote {
     }
 
     fn create_model(&mut self, lora: Option<Lora>, seed: u64) -> Result<ModelId, String> {
-        let rank = lora.map_or(DEFAULT_RANK, |l| l.rank);
-        let mut lora_config = json!({"rank": rank, "seed": seed % (1 << 31)});
-        if let Some(l) = lora {
-            lora_config["alpha"] = json!(l.alpha);
-        }
-        let r = self.call_json(
-            "create_model",
-            json!({"session_id": self.session, "base_model": self.base_model, "lora_config": lora_config, "model_role": "policy"}),
-            false,
-        )?;
-        r["model_id"]
-            .as_str()
-            .map(|s| ModelId(s.to_string()))
-            .ok_or_else(|| self.protocol("create_model", "no model_id in the result"))
+        self.create(lora, seed, "policy")
     }
 
     fn sampler(&mut self, model: &ModelId, name: &str) -> Result<Sampler, String> {
@@ -356,29 +390,7 @@ impl Engine for Remote {
         seqs: &[Seq],
     ) -> Result<Vec<Vec<f32>>, String> {
         if let Some(model) = model {
-            let data =
-                seqs.iter().map(|s| datum(s, &[("weights", &vec![0.0; s.toks.len()])])).collect();
-            let out = self.forward_backward(model, data, "cross_entropy", true)?;
-            let mut rows = Vec::new();
-            for rec in &out.loss_fn_outputs {
-                let lp = rec
-                    .fields
-                    .get("logprobs")
-                    .ok_or_else(|| self.protocol("forward", "no logprobs in the result"))?;
-                rows.extend(
-                    lp.rows_f32(rec.num_datums as usize)
-                        .map_err(|e| self.protocol("forward", e))?,
-                );
-            }
-            return seqs
-                .iter()
-                .zip(rows)
-                .map(|(s, r)| {
-                    tail(&r, s.toks.len()).ok_or_else(|| {
-                        self.protocol("forward", "fewer log-probabilities than targets")
-                    })
-                })
-                .collect();
+            return self.forward_field(model, seqs, "logprobs");
         }
         // Prompt log-probabilities of the whole sequence, one token sampled and thrown away.
         let once = SampleParams {
@@ -478,6 +490,38 @@ impl Engine for Remote {
 
     fn unload(&mut self, model: &ModelId) -> Result<(), String> {
         self.call_json("unload_model", json!({"model_id": model.0}), true).map(|_| ())
+    }
+
+    /// SkyRL's FSDP backend builds a critic network from the base model; servers without one
+    /// refuse (SkyRL's JAX backend: "only supports model_role='policy'"; hosted Tinker).
+    fn create_critic(&mut self, lora: Option<Lora>, seed: u64) -> Result<ModelId, String> {
+        self.create(lora, seed, "critic").map_err(|e| {
+            format!(
+                "{e} — a critic (`model_role: \"critic\"`) is needed for the recipe's value head: SkyRL's FSDP backend serves one; its JAX and Megatron backends, hosted Tinker and verl_tinker do not"
+            )
+        })
+    }
+
+    fn values(&mut self, critic: &ModelId, seqs: &[Seq]) -> Result<Vec<Vec<f32>>, String> {
+        self.forward_field(critic, seqs, "values")
+    }
+
+    /// `ppo_critic` with `values` = V^old and `returns` per target; the context's positions
+    /// weigh 0. The server's `value_clip` is left as configured: V^old = V keeps it inert.
+    fn critic_backward(
+        &mut self,
+        critic: &ModelId,
+        seqs: &[Seq],
+        data: &[CriticBackward],
+    ) -> Result<(), String> {
+        let out = seqs
+            .iter()
+            .zip(data)
+            .map(|(s, d)| {
+                datum(s, &[("weights", &d.weights), ("values", &d.values), ("returns", &d.returns)])
+            })
+            .collect();
+        self.forward_backward(critic, out, "ppo_critic", false).map(|_| ())
     }
 
     /// `tinker://RUN/ID` (SkyRL) or `tinker://RUN/sampler_weights/ID` (hosted): the archive

@@ -107,6 +107,11 @@ impl RemoteRun {
     }
 }
 
+/// The name under which the run holds `model`'s critic (not a name a recipe can declare).
+pub(super) fn critic_key(model: &str) -> String {
+    format!("{model}.values")
+}
+
 /// Mean |a − b| over two sequences' log-probabilities (NaN if they differ in length).
 fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() || a.is_empty() {
@@ -187,6 +192,9 @@ impl Run<'_> {
             }
             self.remote().models.insert(trained.clone(), id);
         }
+        for t in stage.train.iter().filter(|t| t.value_head) {
+            self.remote_critic(&t.model.name, t.span, resumed)?;
+        }
         let reference = match resumed.and_then(|r| r.reference.clone()).filter(|_| step > 0) {
             Some(path) => Sampler::Weights(path),
             None => {
@@ -213,6 +221,31 @@ impl Run<'_> {
         let r = self.remote();
         r.reference_model = Some(copy);
         r.reference_weights = weights;
+        Ok(())
+    }
+
+    /// The critic that stands for `name`'s value head on the server (created once, or loaded
+    /// from the checkpoint); a server without one refuses the run here, before any step.
+    fn remote_critic(
+        &mut self,
+        name: &str,
+        span: crate::diag::Span,
+        resumed: Option<&RemoteCheckpoint>,
+    ) -> Result<(), Diagnostic> {
+        let key = critic_key(name);
+        if self.remote().models.contains_key(&key) {
+            return Ok(());
+        }
+        let (lora, seed) = (self.lora_of(name), self.opts.seed);
+        let id = self.remote().engine.create_critic(lora, seed).map_err(|e| {
+            Diagnostic::error("tinker-critic", e)
+                .primary(span, "needs a critic on the server")
+                .help("use a server with a critic (SkyRL's FSDP backend), a critic-free advantage (group baselines, `vine_values`), or run the recipe locally")
+        })?;
+        if let Some(path) = resumed.and_then(|r| r.models.get(&key)) {
+            self.remote().engine.load(&id, path).map_err(|e| run_error(span, e))?;
+        }
+        self.remote().models.insert(key, id);
         Ok(())
     }
 

@@ -8,10 +8,10 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde_json::{Map, Value as Json, json};
 
-use super::{on_host, padded, seqs_of};
+use super::{critic_key, on_host, padded, seqs_of};
 use crate::check::params;
 use crate::diag::Diagnostic;
-use crate::engine::surrogate::{backward_inputs, datum_backward};
+use crate::engine::surrogate::{backward_inputs, critic_inputs, datum_backward};
 use crate::engine::{Adam, ModelId, SampleParams, Sampler};
 use crate::exec::{Evaluation, mask_name};
 use crate::ir::graph::{ModelRef, ScorerRef, Signal, TextName};
@@ -257,6 +257,21 @@ impl Run<'_> {
         let mut answered: HashMap<(String, String), [Tensor; 2]> = HashMap::new();
         let mut out = HashMap::new();
         for s in sources.iter().filter(|s| want(s) && !on_host(s)) {
+            // A value head's values: its critic's forward (`old.values` before the update).
+            if let SourceKind::Signal { model, signal: Signal::Values, text } = &s.kind {
+                let critic = self.critic_of(model, &trained).map_err(fail)?;
+                let key = (format!("critic {}", critic.0), false, text.clone());
+                if !done.contains_key(&key) {
+                    let t =
+                        rows.texts.get(text).ok_or_else(|| fail(format!("no text `{text}`")))?;
+                    let v = self.remote().engine.values(&critic, &seqs_of(t)).map_err(fail)?;
+                    let v = padded(&v, widths[text], &self.opts.device)
+                        .map_err(|e| fail(e.to_string()))?;
+                    done.insert(key.clone(), v);
+                }
+                out.insert(s.name.clone(), done[&key].clone());
+                continue;
+            }
             let named;
             let (model, keep, text) = match &s.kind {
                 SourceKind::StepRollouts { .. } => continue,
@@ -365,6 +380,19 @@ impl Run<'_> {
         Ok(out)
     }
 
+    /// The critic on the server that stands for `model`'s value head (`old`: the trained one's).
+    fn critic_of(&mut self, model: &ModelRef, trained: &str) -> Result<ModelId, String> {
+        let owner = match model {
+            ModelRef::Named(m) => m.as_str(),
+            _ => trained,
+        };
+        self.remote()
+            .models
+            .get(&critic_key(owner))
+            .cloned()
+            .ok_or_else(|| format!("`{owner}` has no critic on the server"))
+    }
+
     /// The trained model's log-probabilities of a minibatch's texts, from the server.
     pub(in crate::train::run) fn remote_live(
         &mut self,
@@ -398,7 +426,19 @@ impl Run<'_> {
             .iter()
             .filter(|s| s.grad)
             .filter_map(|s| match &s.kind {
+                SourceKind::Signal { signal: Signal::Values, .. } => None,
                 SourceKind::Signal { text, .. } => Some((s, text.as_str())),
+                _ => None,
+            })
+            .collect();
+        // Value heads' values: their critics' backwards.
+        let values: Vec<(&Source, &ModelRef, &str)> = sources
+            .iter()
+            .filter(|s| s.grad)
+            .filter_map(|s| match &s.kind {
+                SourceKind::Signal { model, signal: Signal::Values, text } => {
+                    Some((s, model, text.as_str()))
+                }
                 _ => None,
             })
             .collect();
@@ -445,6 +485,21 @@ impl Run<'_> {
                 self.remote().engine.backward(&policy, &seqs_of(&answer), &data).map_err(fail)?;
             }
         }
+        let trained = stage.trained().unwrap_or("policy").to_string();
+        let critic_datums: usize = values.iter().map(|(_, _, t)| sub.texts[*t].toks.len()).sum();
+        let mut critics = Vec::new();
+        for (s, model, text) in &values {
+            let Some((_, grad)) = eval.grads.iter().find(|(n, _)| *n == s.name) else { continue };
+            let critic = self.critic_of(model, &trained).map_err(fail)?;
+            let data =
+                critic_inputs(grad, &batch[&s.name], &batch[&mask_name(text)], critic_datums)
+                    .map_err(|e| fail(e.to_string()))?;
+            let seqs = seqs_of(&sub.texts[*text]);
+            self.remote().engine.critic_backward(&critic, &seqs, &data).map_err(fail)?;
+            if !critics.contains(&critic) {
+                critics.push(critic);
+            }
+        }
         let adam = Adam {
             lr: opt.current_lr(),
             beta1: settings.adam.beta1,
@@ -454,10 +509,18 @@ impl Run<'_> {
             clip_grad: settings.adam.clip_grad,
         };
         let metrics = self.remote().engine.optim_step(&policy, &adam).map_err(fail)?;
+        let norm_of =
+            |m: &[(String, f64)]| m.iter().find(|(k, _)| k.ends_with("grad_norm")).map(|(_, v)| *v);
+        let mut finite = true;
+        // The critic steps with the stage's optimiser settings, as the local value head does.
+        for critic in &critics {
+            let m = self.remote().engine.optim_step(critic, &adam).map_err(fail)?;
+            finite &= norm_of(&m).is_none_or(f64::is_finite);
+        }
         self.remote().backward_secs += started.elapsed().as_secs_f64();
         opt.steps += 1;
-        let norm = metrics.iter().find(|(k, _)| k.ends_with("grad_norm")).map(|(_, v)| *v);
-        if norm.is_some_and(|g| !g.is_finite()) {
+        let norm = norm_of(&metrics);
+        if !finite || norm.is_some_and(|g| !g.is_finite()) {
             return Err(Diagnostic::error("non-finite-gradient", "the server reports a non-finite gradient norm")
                 .primary(stage.loss_span, "back-propagated from this loss")
                 .help(self.resume_hint("lower the learning rate, clamp log-ratios, or look for log/sqrt/division of values that reach 0")));
