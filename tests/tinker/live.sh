@@ -119,14 +119,22 @@ for recipe in grpo vineppo rlmec rcfd_yes_no; do
     grep "adapter pulled to" "$work/$recipe.log" | sed "s|$work/||"
 done
 
-# The seeds that need a critic or a score-head reward model: refused before any call.
-for pair in rto:tinker-critic sppo:tinker-critic sa2c:tinker-critic rcfd:tinker-rm-head; do
-    recipe="${pair%%:*}"; code="${pair#*:}"
+# The seeds with a score-head reward model: refused before any call.
+for recipe in rcfd rto sppo sa2c; do
     if "$rlx" run "recipes/$recipe.rlx" --engine tinker --server "$url" --quiet --out "$work/refused-$recipe" > "$work/refused.log" 2>&1; then
         echo "recipes/$recipe.rlx should be refused on the JAX backend" >&2; exit 1
     fi
-    grep -q "$code" "$work/refused.log" || { cat "$work/refused.log" >&2; exit 1; }
-    echo "$recipe: refused with $code"
+    grep -q tinker-rm-head "$work/refused.log" || { cat "$work/refused.log" >&2; exit 1; }
+    echo "$recipe: refused with tinker-rm-head"
 done
+# A value head needs a critic, which the JAX backend does not serve: refused at `create_model`,
+# before any step, naming the server.
+if "$rlx" run "$(served ppo)" --engine tinker --server "$url" --steps 1 --out "$work/refused-ppo" > "$work/refused.log" 2>&1; then
+    echo "recipes/ppo.rlx should be refused on the JAX backend (no critic)" >&2; exit 1
+fi
+for part in tinker-critic create_model "$url"; do
+    grep -q -- "$part" "$work/refused.log" || { echo "no '$part' in:" >&2; cat "$work/refused.log" >&2; exit 1; }
+done
+echo "ppo: refused by the server at create_model with tinker-critic"
 
 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$venv/bin/python" tests/tinker/live_check.py "$work/runs" "$base"

@@ -10,7 +10,7 @@ pub static CODES: &[Code] = &[
     Code {
         name: "tinker-critic",
         kind: Kind::Remote,
-        summary: "a value head, which the remote engine has no critic for",
+        summary: "a value head, which becomes a separate critic on the server (refused where the server has none)",
         explanation: "`rlx lint --target tinker` and `rlx run --engine tinker` check, before any GPU time, that every part of every stage can run on a Tinker-protocol server (hosted Tinker, SkyRL, verl_tinker): one trained language model whose loss reaches it only through log-probabilities of texts rlx holds, of the trained model, `old` and `ref`, with rewards from verifiers and VinePPO's step rollouts. A run refuses on an error.",
         fragment: None,
         example: Some(ui!("tinker_critic")),
