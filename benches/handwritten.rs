@@ -88,6 +88,16 @@ pub fn objective(recipe: &str, b: &Batch) -> Result<Tensor> {
         "sppo" => sppo(b),
         "sa2c" => sa2c(b),
         "rto" => rto(b),
+        // The server forms: the reward model a Yes/No head (how `rm(...)` is computed, an input
+        // here) and the value head a critic of its own, read as `critic.values`.
+        "rto_tinker" | "sppo_tinker" | "sa2c_tinker" => {
+            let mut b = b.clone();
+            let values = b.get("critic.values").cloned().ok_or_else(|| {
+                candle_core::Error::Msg(format!("{recipe}: no `critic.values` input"))
+            })?;
+            b.insert("policy.values".into(), values);
+            objective(recipe.trim_end_matches("_tinker"), &b)
+        }
         "dapo" => dapo(b),
         "dr_grpo" => dr_grpo(b),
         "gspo" => gspo(b),

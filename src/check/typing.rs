@@ -254,7 +254,7 @@ fn signal_ty(
     if signal == Signal::Values {
         let owner = match model {
             ModelRef::Named(m) => Some(m.as_str()),
-            _ => stage.trained(),
+            _ => stage.value_owner(),
         };
         if let Some(owner) = owner
             && !stage.has_value_head(owner)

@@ -393,6 +393,23 @@ impl StageIr {
         self.train.iter().any(|t| t.model.name == model && t.value_head)
     }
 
+    /// The model whose value head `old.values` reads: the trained model's own head, or else
+    /// the stage's critic (`train policy, value_head(critic)`: a network of its own).
+    pub fn value_owner(&self) -> Option<&str> {
+        let trained = self.trained()?;
+        if self.has_value_head(trained) {
+            return Some(trained);
+        }
+        self.train.iter().find(|t| t.value_head).map(|t| t.model.name.as_str()).or(Some(trained))
+    }
+
+    /// Whether `model` is trained here only as a critic (`value_head(model)` of a model that is
+    /// not the trained one).
+    pub fn is_critic_only(&self, model: &str) -> bool {
+        let mut entries = self.train.iter().filter(|t| t.model.name == model).peekable();
+        Some(model) != self.trained() && entries.peek().is_some() && entries.all(|t| t.value_head)
+    }
+
     pub fn source_kind(&self) -> Option<SourceKind> {
         self.source.as_ref().map(|(k, _)| *k)
     }

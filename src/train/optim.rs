@@ -14,7 +14,8 @@ const CHUNK: usize = 1 << 15;
 
 /// One step's schedule, shared by both forms of the update.
 struct Schedule {
-    scale: f64,
+    /// The clip scale of each group's gradient.
+    scales: Vec<f64>,
     lr: f64,
     c1: f64,
     c2: f64,
@@ -143,6 +144,9 @@ pub struct AdamW {
     vars: Vec<(String, Var)>,
     m: Vec<Moment>,
     v: Vec<Moment>,
+    /// The clipping group of each variable: `clip_grad` bounds each group's norm on its own
+    /// (a policy and a critic of its own are two models, clipped apart as servers do).
+    groups: Vec<usize>,
     pub steps: usize,
 }
 
@@ -189,7 +193,19 @@ impl AdamW {
         let zeros = |v: &Var| v.as_tensor().zeros_like().map(Moment::Tensor);
         let m = vars.iter().map(|(_, v)| zeros(v)).collect::<Result<_>>()?;
         let v = vars.iter().map(|(_, v)| zeros(v)).collect::<Result<_>>()?;
-        Ok(AdamW { cfg, vars, m, v, steps: 0 })
+        let groups = vec![0; vars.len()];
+        Ok(AdamW { cfg, vars, m, v, groups, steps: 0 })
+    }
+
+    /// Clips each group's gradient norm on its own: `groups[i]` is variable i's group.
+    pub fn clipped_by_group(mut self, groups: Vec<usize>) -> AdamW {
+        assert_eq!(groups.len(), self.vars.len(), "one group per variable");
+        self.groups = groups;
+        self
+    }
+
+    fn group_count(&self) -> usize {
+        self.groups.iter().max().map_or(1, |g| g + 1)
     }
 
     pub fn vars(&self) -> &[(String, Var)] {
@@ -214,27 +230,35 @@ impl AdamW {
 
     /// The global L2 norm of the gradients.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let mut sq = 0f64;
-        for (_, var) in &self.vars {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            }
-        }
-        Ok(sq.sqrt())
+        Ok(self.group_squares(grads)?.iter().sum::<f64>().sqrt())
     }
 
-    /// Counts a step and gives its scalars: the clip scale for a gradient of norm `norm`, the
-    /// learning rate, and the bias corrections of both moments.
-    fn next_step(&mut self, norm: f64) -> Schedule {
-        let scale = match self.cfg.clip_grad {
-            Some(c) if norm > c => c / norm,
-            _ => 1.0,
-        };
+    /// The squared L2 norm of each group's gradient.
+    fn group_squares(&self, grads: &GradStore) -> Result<Vec<f64>> {
+        let mut sq = vec![0f64; self.group_count()];
+        for ((_, var), &group) in self.vars.iter().zip(&self.groups) {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                sq[group] += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+        }
+        Ok(sq)
+    }
+
+    /// Counts a step and gives its scalars: the clip scale of each group whose gradient has the
+    /// squared norm `squares[g]`, the learning rate, and the bias corrections of both moments.
+    fn next_step(&mut self, squares: &[f64]) -> Schedule {
+        let scales = squares
+            .iter()
+            .map(|sq| match self.cfg.clip_grad {
+                Some(c) if sq.sqrt() > c => c / sq.sqrt(),
+                _ => 1.0,
+            })
+            .collect();
         let lr = self.current_lr();
         self.steps += 1;
         let c1 = 1.0 - self.cfg.beta1.powi(self.steps as i32);
         let c2 = 1.0 - self.cfg.beta2.powi(self.steps as i32);
-        Schedule { scale, lr, c1, c2 }
+        Schedule { scales, lr, c1, c2 }
     }
 
     /// One update. A variable without a gradient is left alone (its moments decay).
@@ -257,36 +281,40 @@ impl AdamW {
     /// norm in one pass before it), in place, split across threads: the tensor form below makes
     /// about fifteen full-size temporaries per variable. Same formula, f32 arithmetic.
     fn step_host(&mut self, grads: &GradStore) -> Result<StepInfo> {
-        let mut sq = 0f64;
-        for (_, var) in &self.vars {
+        let mut sq = vec![0f64; self.group_count()];
+        for ((_, var), &group) in self.vars.iter().zip(&self.groups) {
             if let Some(g) = grads.get(var.as_tensor()) {
                 // Chunk sums collected in order and added in order: rayon's `sum` combines
                 // them as work stealing splits, which moved the norm's last bits between runs.
-                sq += read_host(g, |g| {
+                sq[group] += read_host(g, |g| {
                     let parts: Vec<f64> =
                         g.par_chunks(CHUNK).map(|c| dispatch(SquaredNorm(c))).collect();
                     parts.iter().sum::<f64>()
                 })?;
             }
         }
-        let norm = sq.sqrt();
-        let Schedule { scale, lr, c1, c2 } = self.next_step(norm);
+        let norm = sq.iter().sum::<f64>().sqrt();
+        let Schedule { scales, lr, c1, c2 } = self.next_step(&sq);
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let k = Coefficients {
-            scale: scale as f32,
-            b1: b1 as f32,
-            b2: b2 as f32,
-            one_b1: (1.0 - b1) as f32,
-            one_b2: (1.0 - b2) as f32,
-            c1: c1 as f32,
-            c2: c2 as f32,
-            eps: self.cfg.eps as f32,
-            lr: lr as f32,
-            decay: (1.0 - lr * self.cfg.weight_decay) as f32,
-        };
+        let ks: Vec<Coefficients> = scales
+            .iter()
+            .map(|&scale| Coefficients {
+                scale: scale as f32,
+                b1: b1 as f32,
+                b2: b2 as f32,
+                one_b1: (1.0 - b1) as f32,
+                one_b2: (1.0 - b2) as f32,
+                c1: c1 as f32,
+                c2: c2 as f32,
+                eps: self.cfg.eps as f32,
+                lr: lr as f32,
+                decay: (1.0 - lr * self.cfg.weight_decay) as f32,
+            })
+            .collect();
         let mut non_finite = None;
         for (i, (name, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let k = ks[self.groups[i]];
             let m = self.m[i].host()?;
             let v = self.v[i].host()?;
             let w = var.as_tensor();
@@ -310,20 +338,22 @@ impl AdamW {
             }
             var.set(&Tensor::from_vec(new, w.shape(), w.device())?)?;
         }
-        Ok(StepInfo { grad_norm: norm, lr, clipped: scale < 1.0, non_finite })
+        let clipped = scales.iter().any(|&s| s < 1.0);
+        Ok(StepInfo { grad_norm: norm, lr, clipped, non_finite })
     }
 
     /// The update through tensor operations (any device, any dtype).
     fn step_tensors(&mut self, grads: &GradStore) -> Result<StepInfo> {
-        let norm = self.grad_norm(grads)?;
-        let Schedule { scale, lr, c1, c2 } = self.next_step(norm);
+        let sq = self.group_squares(grads)?;
+        let norm = sq.iter().sum::<f64>().sqrt();
+        let Schedule { scales, lr, c1, c2 } = self.next_step(&sq);
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         // Σ of every updated weight, summed on the device: one read tells whether all are finite.
         let mut total: Option<Tensor> = None;
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             // Detached: otherwise each step's moments keep that step's whole autograd graph alive.
-            let g = (g.detach() * scale)?;
+            let g = (g.detach() * scales[self.groups[i]])?;
             let (m, v) = (self.m[i].tensor(var.as_tensor())?, self.v[i].tensor(var.as_tensor())?);
             let m = ((m * b1)? + (&g * (1.0 - b1))?)?.detach();
             let v = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?.detach();
@@ -347,7 +377,8 @@ impl AdamW {
             None => true,
         };
         let non_finite = if finite { None } else { self.first_non_finite()? };
-        Ok(StepInfo { grad_norm: norm, lr, clipped: scale < 1.0, non_finite })
+        let clipped = scales.iter().any(|&s| s < 1.0);
+        Ok(StepInfo { grad_norm: norm, lr, clipped, non_finite })
     }
 
     /// The first variable whose weights are not finite (read only after a failed tensor step).

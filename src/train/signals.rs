@@ -133,6 +133,18 @@ pub fn sources(checked: &Checked, index: usize) -> (Vec<Source>, Option<String>)
             continue;
         }
         let kind = match &g[n].op {
+            // `old.values` of a stage whose critic is a model of its own: that model before the
+            // update, i.e. read without gradient in the rollout pass.
+            Op::Signal { model: ModelRef::Old, signal: Signal::Values }
+                if stage.value_owner() != stage.trained() =>
+            {
+                let owner = stage.value_owner().unwrap_or_default().to_string();
+                SourceKind::Signal {
+                    model: ModelRef::Named(owner),
+                    signal: Signal::Values,
+                    text: text_of(n),
+                }
+            }
             Op::Signal { model, signal } => {
                 SourceKind::Signal { model: model.clone(), signal: *signal, text: text_of(n) }
             }

@@ -62,8 +62,12 @@ fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diag
                 .help("train the value head in the RL stage that reads it, or run the recipe locally"),
         );
     }
-    if stage.train.len() > 1 && stage.train.iter().any(|t| t.model.name != trained) {
-        let t = stage.train.iter().find(|t| t.model.name != trained).expect("found above");
+    // A model trained only as a critic (`value_head(critic)`) is the server's critic.
+    let second = stage
+        .train
+        .iter()
+        .find(|t| t.model.name != trained && !stage.is_critic_only(&t.model.name));
+    if let Some(t) = second {
         out.push(
             Diagnostic::error(
                 "tinker-stage",
@@ -73,8 +77,9 @@ fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diag
             .help("train the models in separate stages"),
         );
     }
-    // One `tinker-critic` warning per RL stage with a value head (reads need one trained).
-    for t in stage.train.iter().filter(|t| t.value_head && sampling).take(1) {
+    // The trained model's own value head becomes a separate critic on the server: warned. A
+    // critic declared as a model of its own is one already.
+    for t in stage.train.iter().filter(|t| t.value_head && t.model.name == trained && sampling) {
         out.push(critic(t.span));
     }
     let temperature = crate::train::run::stage_sampling(checked, index).temperature;
@@ -136,17 +141,25 @@ fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diag
             );
         }
     }
-    let lora = checked
-        .decl_params
-        .get(trained)
-        .is_some_and(|p| crate::check::params::get_num(p, "lora_rank").is_some());
-    if !lora {
-        let span = stage.train.first().map_or(stage.name.span, |t| t.span);
-        out.push(
-            Diagnostic::warning("tinker-lora", format!("`{trained}` trains every weight here; Tinker servers train a LoRA adapter (rank {})", super::DEFAULT_RANK))
-                .primary(span, "trained as a LoRA adapter on the server")
-                .help("give the model `lora_rank = R` to choose the rank, or use a full-weight server (verl_tinker)"),
-        );
+    // The trained model, and a critic of its own: each an adapter on the server.
+    let mut seen: Vec<&str> = Vec::new();
+    for t in &stage.train {
+        let model = t.model.name.as_str();
+        if seen.contains(&model) || (model != trained && !stage.is_critic_only(model)) {
+            continue;
+        }
+        seen.push(model);
+        let lora = checked
+            .decl_params
+            .get(model)
+            .is_some_and(|p| crate::check::params::get_num(p, "lora_rank").is_some());
+        if !lora {
+            out.push(
+                Diagnostic::warning("tinker-lora", format!("`{model}` trains every weight here; Tinker servers train a LoRA adapter (rank {})", super::DEFAULT_RANK))
+                    .primary(t.span, "trained as a LoRA adapter on the server")
+                    .help("give the model `lora_rank = R` to choose the rank, or use a full-weight server (verl_tinker)"),
+            );
+        }
     }
 }
 
@@ -154,7 +167,7 @@ fn check_stage(checked: &Checked, index: usize, own: &[&str], out: &mut Vec<Diag
 fn critic(span: Span) -> Diagnostic {
     Diagnostic::warning("tinker-critic", "the value head becomes a critic on the server: a separate network over the base model (its own LoRA adapter and value head), not a head on the policy's trunk; only servers with a critic run it (SkyRL's FSDP backend)")
         .primary(span, "a separate critic on the server")
-        .help("the policy no longer shares its trunk with the value estimate (as OpenRLHF and TRL's PPO train a critic); on a server without a critic (SkyRL's JAX or Megatron backends, hosted Tinker, verl_tinker) use a critic-free advantage (group baselines, `vine_values`) or run locally")
+        .help("to run the same method locally and on a server, declare the critic as a model of its own: `model critic = copy(policy)`, `train policy, value_head(critic)`, `critic.values` (as recipes/rto_tinker.rlx); on a server without a critic (SkyRL's JAX or Megatron backends, hosted Tinker, verl_tinker) use a critic-free advantage (group baselines, `vine_values`) or run locally")
 }
 
 fn models(span: Span, what: &str) -> Diagnostic {

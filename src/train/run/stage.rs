@@ -134,7 +134,21 @@ impl Run<'_> {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let mut opt = AdamW::new(vars, settings.adam.clone()).map_err(|e| fail(e.to_string()))?;
+        // Each trained model clips its own gradient (a critic of its own apart from the policy).
+        let mut models: Vec<&str> = Vec::new();
+        let groups = vars
+            .iter()
+            .map(|(k, _)| {
+                let model = k.split('.').next().unwrap_or_default();
+                models.iter().position(|m| *m == model).unwrap_or_else(|| {
+                    models.push(model);
+                    models.len() - 1
+                })
+            })
+            .collect();
+        let mut opt = AdamW::new(vars, settings.adam.clone())
+            .map_err(|e| fail(e.to_string()))?
+            .clipped_by_group(groups);
         let mut start = 0;
         if let Some((state, tensors)) = &resume {
             opt.restore(tensors, "optim.", state.optim_steps).map_err(|e| fail(e.to_string()))?;

@@ -193,7 +193,8 @@ impl Run<'_> {
             self.remote().models.insert(trained.clone(), id);
         }
         for t in stage.train.iter().filter(|t| t.value_head) {
-            self.remote_critic(&t.model.name, t.span, resumed)?;
+            let own = t.model.name != trained;
+            self.remote_critic(&t.model.name, t.span, resumed, own)?;
         }
         let reference = match resumed.and_then(|r| r.reference.clone()).filter(|_| step > 0) {
             Some(path) => Sampler::Weights(path),
@@ -225,12 +226,14 @@ impl Run<'_> {
     }
 
     /// The critic that stands for `name`'s value head on the server (created once, or loaded
-    /// from the checkpoint); a server without one refuses the run here, before any step.
+    /// from the checkpoint); a server without one refuses the run here, before any step. `own`:
+    /// `name` is a critic declared as a model of its own, which must be the server's base model.
     fn remote_critic(
         &mut self,
         name: &str,
         span: crate::diag::Span,
         resumed: Option<&RemoteCheckpoint>,
+        own: bool,
     ) -> Result<(), Diagnostic> {
         let key = critic_key(name);
         if self.remote().models.contains_key(&key) {
@@ -242,8 +245,11 @@ impl Run<'_> {
                 .primary(span, "needs a critic on the server")
                 .help("use a server with a critic (SkyRL's FSDP backend), a critic-free advantage (group baselines, `vine_values`), or run the recipe locally")
         })?;
-        if let Some(path) = resumed.and_then(|r| r.models.get(&key)) {
-            self.remote().engine.load(&id, path).map_err(|e| run_error(span, e))?;
+        match resumed.and_then(|r| r.models.get(&key)) {
+            Some(path) => self.remote().engine.load(&id, path).map_err(|e| run_error(span, e))?,
+            // A critic declared as a model of its own starts from the server's base model.
+            None if own => self.check_base(name).map_err(|e| run_error(span, e))?,
+            None => {}
         }
         self.remote().models.insert(key, id);
         Ok(())
@@ -359,6 +365,7 @@ impl Run<'_> {
         let last: Vec<String> = stage
             .train
             .iter()
+            .filter(|t| !stage.is_critic_only(&t.model.name))
             .map(|t| t.model.name.clone())
             .filter(|n| {
                 !stages[index + 1..].iter().any(|s| s.train.iter().any(|t| &t.model.name == n))

@@ -511,16 +511,19 @@ impl Run<'_> {
         let metrics = self.remote().engine.optim_step(&policy, &adam).map_err(fail)?;
         let norm_of =
             |m: &[(String, f64)]| m.iter().find(|(k, _)| k.ends_with("grad_norm")).map(|(_, v)| *v);
-        let mut finite = true;
-        // The critic steps with the stage's optimiser settings, as the local value head does.
+        let mut norm = norm_of(&metrics);
+        // The critic steps with the stage's optimiser settings, as the local value head does;
+        // the norm recorded is over both models' gradients, as the local optimiser's.
         for critic in &critics {
             let m = self.remote().engine.optim_step(critic, &adam).map_err(fail)?;
-            finite &= norm_of(&m).is_none_or(f64::is_finite);
+            norm = match (norm, norm_of(&m)) {
+                (Some(p), Some(c)) => Some(p.hypot(c)),
+                _ => None,
+            };
         }
         self.remote().backward_secs += started.elapsed().as_secs_f64();
         opt.steps += 1;
-        let norm = norm_of(&metrics);
-        if !finite || norm.is_some_and(|g| !g.is_finite()) {
+        if norm.is_some_and(|g| !g.is_finite()) {
             return Err(Diagnostic::error("non-finite-gradient", "the server reports a non-finite gradient norm")
                 .primary(stage.loss_span, "back-propagated from this loss")
                 .help(self.resume_hint("lower the learning rate, clamp log-ratios, or look for log/sqrt/division of values that reach 0")));
