@@ -108,6 +108,19 @@ impl CandleEngine {
         Ok(ModelId(id))
     }
 
+    /// A backward's summed loss, kept with its datums until the model's optimiser step.
+    fn accumulate(
+        &mut self,
+        model: &ModelId,
+        total: Option<Tensor>,
+        datums: usize,
+    ) -> Result<(), String> {
+        let t = self.trained(model)?;
+        t.pending.extend(total);
+        t.datums += datums;
+        Ok(())
+    }
+
     fn critic(&mut self, model: &ModelId) -> Result<&mut Trained, String> {
         let t = self.trained(model)?;
         if !t.critic {
@@ -179,6 +192,25 @@ fn forward(
     model.token_logp(&hidden, &layout, 1.0).map_err(err)
 }
 
+/// Σ_i `loss(i, row_i)` over the sequences, row_i = sequence i's text positions of `per_token`
+/// `[B, W]` (`None` for no sequences).
+fn sum_rows(
+    per_token: &Tensor,
+    seqs: &[Seq],
+    loss: impl Fn(usize, Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Option<Tensor>, String> {
+    let mut total: Option<Tensor> = None;
+    for (i, s) in seqs.iter().enumerate() {
+        let row = per_token.get(i).and_then(|r| r.narrow(0, 0, s.toks.len())).map_err(err)?;
+        let l = loss(i, row).map_err(err)?;
+        total = Some(match total {
+            Some(t) => (t + l).map_err(err)?,
+            None => l,
+        });
+    }
+    Ok(total)
+}
+
 /// A critic's values `[B, W]` at the texts of `seqs`, with the graph for a backward when `grad`.
 fn text_values(
     model: &Transformer,
@@ -239,25 +271,19 @@ impl Engine for CandleEngine {
         let clip = self.value_clip;
         let live = self.critic(critic)?.slot.live().map_err(err)?;
         let values = text_values(&live, seqs, true, &self.device)?;
-        let mut total: Option<Tensor> = None;
-        for (i, (s, d)) in seqs.iter().zip(data).enumerate() {
+        if data.len() != seqs.len() {
+            return Err(format!("{} critic backwards for {} texts", data.len(), seqs.len()));
+        }
+        for (s, d) in seqs.iter().zip(data) {
             let n = s.toks.len();
             if [d.weights.len(), d.values.len(), d.returns.len()] != [n; 3] {
                 return Err(format!(
                     "a critic backward for a text of {n} tokens has inputs of other lengths"
                 ));
             }
-            let row = values.get(i).and_then(|r| r.narrow(0, 0, n)).map_err(err)?;
-            let loss = critic_datum_loss(d, &row, clip).map_err(err)?;
-            total = Some(match total {
-                Some(t) => (t + loss).map_err(err)?,
-                None => loss,
-            });
         }
-        let t = self.trained(critic)?;
-        t.pending.extend(total);
-        t.datums += seqs.len();
-        Ok(())
+        let total = sum_rows(&values, seqs, |i, row| critic_datum_loss(&data[i], &row, clip))?;
+        self.accumulate(critic, total, seqs.len())
     }
 
     fn sampler(&mut self, model: &ModelId, name: &str) -> Result<Sampler, String> {
@@ -328,8 +354,10 @@ impl Engine for CandleEngine {
         let reduction = self.reduction;
         let live = self.trained(model)?.slot.live().map_err(err)?;
         let lp = forward(&live, seqs, true, &self.device)?;
-        let mut total: Option<Tensor> = None;
-        for (i, (s, d)) in seqs.iter().zip(data).enumerate() {
+        if data.len() != seqs.len() {
+            return Err(format!("{} backwards for {} texts", data.len(), seqs.len()));
+        }
+        for (s, d) in seqs.iter().zip(data) {
             if d.weights.len() != s.toks.len() {
                 return Err(format!(
                     "a backward of {} weights for a text of {} tokens",
@@ -337,17 +365,9 @@ impl Engine for CandleEngine {
                     s.toks.len()
                 ));
             }
-            let row = lp.get(i).and_then(|r| r.narrow(0, 0, s.toks.len())).map_err(err)?;
-            let loss = server_datum_loss(d, &row, reduction).map_err(err)?;
-            total = Some(match total {
-                Some(t) => (t + loss).map_err(err)?,
-                None => loss,
-            });
         }
-        let t = self.trained(model)?;
-        t.pending.extend(total);
-        t.datums += seqs.len();
-        Ok(())
+        let total = sum_rows(&lp, seqs, |i, row| server_datum_loss(&data[i], &row, reduction))?;
+        self.accumulate(model, total, seqs.len())
     }
 
     fn optim_step(&mut self, model: &ModelId, adam: &Adam) -> Result<Vec<(String, f64)>, String> {

@@ -254,6 +254,21 @@ impl Drop for RewardServer {
     }
 }
 
+/// `recipe` run locally and through a fake server of `reduction` (the server kept for its
+/// state): the two run directories and the server.
+fn local_and_remote(recipe: &Path, dir: &Path, reduction: Reduction) -> (PathBuf, PathBuf, Fake) {
+    let local = dir.join("local");
+    ok(&run_args(recipe, &local).output().unwrap());
+    let fake = serve(reduction);
+    let remote = dir.join("remote");
+    let out = run_args(recipe, &remote)
+        .args(["--engine", "tinker", "--server", &fake.url])
+        .output()
+        .unwrap();
+    ok(&out);
+    (local, remote, fake)
+}
+
 #[derive(Clone, Copy)]
 enum Check {
     Rl,
@@ -270,15 +285,7 @@ fn remote_ends_where_local_ends(reduction: Reduction, name: &str, check: Check) 
         _ => equal_recipe(&dir),
     };
     let supervised = matches!(check, Check::Supervised);
-    let local = dir.join("local");
-    ok(&run_args(&recipe, &local).output().unwrap());
-    let fake = serve(reduction);
-    let remote = dir.join("remote");
-    let out = run_args(&recipe, &remote)
-        .args(["--engine", "tinker", "--server", &fake.url])
-        .output()
-        .unwrap();
-    ok(&out);
+    let (local, remote, fake) = local_and_remote(&recipe, &dir, reduction);
     let (l, r) = (losses(&local), losses(&remote));
     assert_eq!(l.len(), if supervised { 3 } else { 2 });
     for (a, b) in l.iter().zip(&r) {
@@ -798,15 +805,7 @@ stage rl {{
 fn critic_model_ends_where_local_ends(reduction: Reduction, name: &str) {
     let dir = scratch(name);
     let recipe = critic_recipe(&dir);
-    let local = dir.join("local");
-    ok(&run_args(&recipe, &local).output().unwrap());
-    let fake = serve(reduction);
-    let remote = dir.join("remote");
-    let out = run_args(&recipe, &remote)
-        .args(["--engine", "tinker", "--server", &fake.url])
-        .output()
-        .unwrap();
-    ok(&out);
+    let (local, remote, fake) = local_and_remote(&recipe, &dir, reduction);
     let (l, r) = (losses(&local), losses(&remote));
     assert_eq!(l.len(), 2);
     for (a, b) in l.iter().zip(&r) {

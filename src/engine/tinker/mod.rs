@@ -51,6 +51,7 @@ impl Remote {
         base_model: Option<&str>,
         reduction: Option<Reduction>,
         retry: Retry,
+        lora: Option<Lora>,
     ) -> Result<Remote, String> {
         let client = Arc::new(Client::connect(name, url, retry).map_err(msg)?);
         let caps = client.get("get_server_capabilities").map_err(msg)?;
@@ -98,7 +99,7 @@ impl Remote {
             seq: HashMap::new(),
             _heartbeat: heartbeat,
         };
-        remote.reduction = profile::detect(&mut remote, reduction)?;
+        remote.reduction = profile::detect(&mut remote, reduction, lora)?;
         Ok(remote)
     }
 

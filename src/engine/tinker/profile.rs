@@ -18,9 +18,15 @@ fn grad_norm(metrics: &[(String, f64)]) -> Option<f64> {
 }
 
 /// The server's reduction, from the self-test; `expected`, where given, must agree.
-pub fn detect(remote: &mut Remote, expected: Option<Reduction>) -> Result<Reduction, String> {
+/// The throwaway adapter has the run's LoRA settings (`lora`, `None`: the default rank): SkyRL's
+/// multi-LoRA runtime takes the first adapter's (rank, alpha) as the only one it serves.
+pub fn detect(
+    remote: &mut Remote,
+    expected: Option<Reduction>,
+    lora: Option<Lora>,
+) -> Result<Reduction, String> {
     let label = remote.label();
-    let model = remote.create_model(Some(Lora { rank: 4, alpha: 32.0 }), 0)?;
+    let model = remote.create_model(lora, 0)?;
     let still =
         Adam { lr: 0.0, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0, clip_grad: None };
     let seq = Seq { ctx: vec![1, 2], toks: vec![3, 4, 5, 6] };

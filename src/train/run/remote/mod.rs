@@ -44,8 +44,11 @@ pub(in crate::train::run) fn connect(
     quiet: bool,
 ) -> Result<Servers, String> {
     let retry = crate::engine::tinker::client::Retry::default;
+    // The self-test's adapter has the LoRA settings of the first model the run trains.
+    let first = checked.program.stages.iter().find_map(|s| s.trained()).unwrap_or("policy");
+    let lora = lora_of(checked, first);
     let one = |name: Option<&str>, url: &str, base: Option<&str>| {
-        let engine = Remote::connect(name, url, base, t.reduction, retry())?;
+        let engine = Remote::connect(name, url, base, t.reduction, retry(), lora)?;
         if !quiet {
             eprintln!(
                 "Tinker server {}{url}: base model `{}`, reduction `{}` (self-test passed)",
@@ -105,6 +108,13 @@ impl RemoteRun {
             backward_secs: 0.0,
         }
     }
+}
+
+/// The LoRA settings a model's declaration asks for.
+fn lora_of(checked: &crate::check::Checked, name: &str) -> Option<Lora> {
+    let resolved = checked.decl_params.get(name).cloned().unwrap_or_default();
+    params::get_num(&resolved, "lora_rank")
+        .map(|r| Lora { rank: r as usize, alpha: params::num(&resolved, "lora_alpha") })
 }
 
 /// The name under which the run holds `model`'s critic (not a name a recipe can declare).
@@ -255,11 +265,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The LoRA settings a model's declaration asks for.
     fn lora_of(&self, name: &str) -> Option<Lora> {
-        let resolved = self.checked.decl_params.get(name).cloned().unwrap_or_default();
-        params::get_num(&resolved, "lora_rank")
-            .map(|r| Lora { rank: r as usize, alpha: params::num(&resolved, "lora_alpha") })
+        lora_of(self.checked, name)
     }
 
     /// A training prompt's tokens as a sequence to score (its first token the context).
