@@ -967,12 +967,15 @@ fn a_value_head_trains_as_a_critic_on_a_server_with_one_and_is_refused_by_one_wi
 }
 
 /// Where a step's time goes, locally and through the fake server (the same 2 cores do the
-/// server's work): `cargo test --release --test tinker -- --ignored --nocapture phases`.
+/// server's work): `cargo test --release --test tinker -- --ignored --nocapture phases`
+/// (`RLX_PHASES_RECIPE=NAME` for another arith recipe than grpo).
 #[test]
 #[ignore]
 fn phases() {
     let dir = scratch("phases");
-    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/grpo.rlx");
+    // Another arith recipe with `RLX_PHASES_RECIPE=ppo` (its critic on the server).
+    let name = std::env::var("RLX_PHASES_RECIPE").unwrap_or_else(|_| "grpo".into());
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("recipes/{name}.rlx"));
     let steps = "4";
     let local = dir.join("local");
     ok(&run_args(&recipe, &local).args(["--steps", steps]).output().unwrap());
@@ -987,7 +990,7 @@ fn phases() {
             rlx::train::models::open_full(&base.join("models/policy"), &Device::Cpu).unwrap();
         let tok = Tok::from_file(&base.join("models/policy/tokenizer.json")).unwrap();
         let engine = CandleEngine::new(slot, tok, Reduction::Sum, Device::Cpu).unwrap();
-        Fake::start(engine, "grpo-base")
+        Fake::start(engine, &format!("{name}-base"))
     };
     let remote = dir.join("remote");
     ok(&run_args(&recipe, &remote)
@@ -1004,13 +1007,18 @@ fn phases() {
             .collect();
         let mean =
             |k: &str| rows.iter().filter_map(|r| r[k].as_f64()).sum::<f64>() / rows.len() as f64;
-        let (fwd, bwd) = (mean("server_forward_seconds"), mean("server_backward_seconds"));
-        println!(
-            "{name}: step {:.2}s = sampling {:.2}s + training {:.2}s (server forwards {fwd:.2}s, host graph {:.2}s, server backward+optim {bwd:.2}s)",
-            mean("seconds"),
-            mean("sample_seconds"),
-            mean("train_seconds"),
-            mean("train_seconds") - fwd - bwd,
-        );
+        let (step, sample, train) =
+            (mean("seconds"), mean("sample_seconds"), mean("train_seconds"));
+        let split = match name {
+            "local" => String::new(),
+            _ => {
+                let (fwd, bwd) = (mean("server_forward_seconds"), mean("server_backward_seconds"));
+                let graph = train - fwd - bwd;
+                format!(
+                    " (server forwards {fwd:.2}s, host graph {graph:.2}s, server backward+optim {bwd:.2}s)"
+                )
+            }
+        };
+        println!("{name}: step {step:.2}s = sampling {sample:.2}s + training {train:.2}s{split}");
     }
 }
