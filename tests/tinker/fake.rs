@@ -50,6 +50,8 @@ pub struct State {
     pub critic_backwards: Vec<Vec<CriticBackward>>,
     /// Whether `model_role: "critic"` is served (SkyRL's FSDP backend) or refused (its JAX one).
     pub critic: bool,
+    /// Whether one trained policy at a time is all it holds (SkyRL 0.4's FSDP backend).
+    pub one_policy: bool,
     futures: HashMap<String, Reply>,
     next: u64,
 }
@@ -71,6 +73,7 @@ impl Fake {
             backwards: vec![],
             critic_backwards: vec![],
             critic: true,
+            one_policy: false,
             futures: HashMap::new(),
             next: 1,
         }));
@@ -197,6 +200,11 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
                         Err("JaxBackend only supports model_role='policy'".to_string())
                     }
                     Some("critic") => s.engine.create_critic(None, seed),
+                    _ if s.one_policy
+                        && s.engine.model_ids().iter().any(|m| !s.engine.is_critic(m)) =>
+                    {
+                        Err("SkyRLTrainBackend already has a 'policy' model".to_string())
+                    }
                     _ => s.engine.create_model(None, seed),
                 }
                 .map(|m| Reply::Json(json!({"model_id": m.0})))

@@ -954,6 +954,16 @@ fn a_value_head_trains_as_a_critic_on_a_server_with_one_and_is_refused_by_one_wi
         assert!(loaded >= 2, "the policy and the critic: {loaded} loads");
         assert_eq!(s.critic_backwards.len(), critic_steps + 4, "the second step's four");
     }
+    // SkyRL 0.4's FSDP backend: a critic, but one policy adapter at a time — `ref` is read
+    // from the sampler snapshot's prompt log-probabilities instead of a second adapter.
+    let fsdp = serve(Reduction::Sum);
+    fsdp.state.lock().unwrap().one_policy = true;
+    let run = dir.join("one-policy");
+    let out = ppo(&run, &fsdp.url, "2");
+    ok(&out);
+    assert!(flat(&out).contains("refused a second adapter for `ref`"), "{}", flat(&out));
+    assert!(losses(&run).iter().all(|l| l.is_finite()));
+    assert_eq!(fsdp.state.lock().unwrap().critic_backwards.len(), 8);
     // SkyRL's JAX backend: no critic.
     let jax = serve(Reduction::Sum);
     jax.state.lock().unwrap().critic = false;

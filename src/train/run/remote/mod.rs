@@ -225,12 +225,24 @@ impl Run<'_> {
             }
         };
         let seed = self.opts.seed;
-        let copy = self.remote().engine.create_model(lora, seed).map_err(fail)?;
-        if let Some(path) = &weights {
-            self.remote().engine.load(&copy, path).map_err(fail)?;
+        // A server that holds one trained adapter (SkyRL 0.4's FSDP backend) refuses the copy:
+        // `ref` is then read from its sampler snapshot's prompt log-probabilities (the sampler's
+        // arithmetic, so the KL starts near 0 rather than at exactly 0).
+        let copy = match self.remote().engine.create_model(lora, seed) {
+            Ok(copy) => Some(copy),
+            Err(e) => {
+                let label = self.remote().engine.label();
+                eprintln!(
+                    "{label} refused a second adapter for `ref` ({e}): `ref` is read from the prompt log-probabilities of its sampler snapshot instead"
+                );
+                None
+            }
+        };
+        if let (Some(copy), Some(path)) = (&copy, &weights) {
+            self.remote().engine.load(copy, path).map_err(fail)?;
         }
         let r = self.remote();
-        r.reference_model = Some(copy);
+        r.reference_model = copy;
         r.reference_weights = weights;
         Ok(())
     }
