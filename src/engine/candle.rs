@@ -145,6 +145,17 @@ impl CandleEngine {
         ids
     }
 
+    /// Writes a sampler snapshot's weights into `model`, its optimiser state untouched: what
+    /// SkyRL's JAX backend does when a snapshot is sampled (the tests' fake server models it).
+    pub fn load_snapshot(&mut self, model: &ModelId, path: &str) -> Result<(), String> {
+        let values = self.snapshots.get(path).ok_or_else(|| format!("no sampler `{path}`"))?;
+        let values = values.clone();
+        for (k, v) in self.trained(model)?.slot.params.iter() {
+            v.set(values.get(k).ok_or_else(|| format!("`{path}` holds no `{k}`"))?).map_err(err)?;
+        }
+        Ok(())
+    }
+
     fn sampler_model(&mut self, sampler: &Sampler) -> Result<Transformer, String> {
         let key = match sampler {
             Sampler::Base => String::new(),

@@ -52,6 +52,34 @@ pub enum Sampler {
     Weights(String),
 }
 
+/// What sampling a snapshot of a model does once the model has trained since it was saved —
+/// the Tinker protocol does not say, and servers differ (read in SkyRL's source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snapshots {
+    /// It samples the weights it was saved with and leaves the model alone (rlx's own engine).
+    Kept,
+    /// It samples the model's weights as last synced, whichever snapshot is named (SkyRL's FSDP
+    /// and Megatron backends route by model id).
+    FollowModel,
+    /// It loads the snapshot into the model's own adapter slot and samples that, rewinding the
+    /// model's training weights (SkyRL's JAX backend, `load_sampler_weights`).
+    LoadIntoModel,
+}
+
+/// What an engine's sampling can be trusted with, as its self-test found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sampling {
+    pub snapshots: Snapshots,
+    /// The base model can be sampled, and read by prompt log-probabilities, without an
+    /// adapter (SkyRL's FSDP and Megatron backends sample only models created on them).
+    pub base: bool,
+}
+
+impl Sampling {
+    /// Snapshots kept as saved, and the base model readable.
+    pub const FULL: Sampling = Sampling { snapshots: Snapshots::Kept, base: true };
+}
+
 /// A trained model on an engine.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModelId(pub String);
@@ -123,6 +151,10 @@ pub trait Engine {
     }
     /// Frees a model (its adapter slot on a server).
     fn unload(&mut self, model: &ModelId) -> Result<(), String>;
+    /// What the engine's sampling can be trusted with.
+    fn sampling(&self) -> Sampling {
+        Sampling::FULL
+    }
     /// A critic: a separate value network over the engine's base model (SkyRL's FSDP backend,
     /// `model_role: "critic"`), trained by `critic_backward` and stepped by `optim_step`.
     fn create_critic(&mut self, _lora: Option<Lora>, _seed: u64) -> Result<ModelId, String> {

@@ -52,6 +52,21 @@ pub struct State {
     pub critic: bool,
     /// Whether one trained policy at a time is all it holds (SkyRL 0.4's FSDP backend).
     pub one_policy: bool,
+    /// Whether a sampler path samples its model's weights as last synced by
+    /// `save_weights_for_sampler`, whichever snapshot it names (SkyRL's FSDP and Megatron
+    /// backends: `skyrl_train_backend.py` `sample` routes by model id), not the saved ones.
+    pub live_samplers: bool,
+    /// Whether sampling a snapshot loads it into its model's own weights unless it loaded that
+    /// snapshot last, then samples the model as it is (SkyRL's JAX backend, `jax.py`
+    /// `load_sampler_weights`: the sampled adapter slot is the trained one).
+    pub samplers_load: bool,
+    loaded: HashMap<ModelId, String>,
+    /// Whether the base model can be sampled without an adapter (not on SkyRL's FSDP and
+    /// Megatron backends: `unknown model_id(s): ['']`).
+    pub base_sampling: bool,
+    /// Each sampler path's model, and each model's last synced path.
+    owner: HashMap<String, ModelId>,
+    synced: HashMap<ModelId, String>,
     futures: HashMap<String, Reply>,
     next: u64,
 }
@@ -74,6 +89,12 @@ impl Fake {
             critic_backwards: vec![],
             critic: true,
             one_policy: false,
+            live_samplers: false,
+            samplers_load: false,
+            loaded: HashMap::new(),
+            base_sampling: true,
+            owner: HashMap::new(),
+            synced: HashMap::new(),
             futures: HashMap::new(),
             next: 1,
         }));
@@ -237,8 +258,11 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
         "save_weights_for_sampler" => {
             let body = j();
             let name = body["path"].as_str().unwrap_or("").to_string();
-            let r = s.engine.sampler(&model(&body), &name).map(|p| match p {
+            let m = model(&body);
+            let r = s.engine.sampler(&m, &name).map(|p| match p {
                 Sampler::Weights(p) => {
+                    s.owner.insert(p.clone(), m.clone());
+                    s.synced.insert(m, p.clone());
                     Reply::Json(json!({"path": p, "type": "save_weights_for_sampler"}))
                 }
                 Sampler::Base => Reply::Json(json!({})),
@@ -281,8 +305,27 @@ fn sample(s: &mut State, body: &Json) -> Result<Reply, String> {
         .iter()
         .map(|t| t.as_u64().unwrap_or(0) as u32)
         .collect();
+    let unknown = |m: &str| format!("Sampling requested for unknown model_id(s): ['{m}']");
     let sampler = match body["model_path"].as_str() {
+        Some(p) if s.live_samplers => {
+            let m = s.owner.get(p).cloned().ok_or_else(|| format!("no checkpoint {p}"))?;
+            if !s.engine.model_ids().contains(&m) {
+                return Err(unknown(&m.0));
+            }
+            Sampler::Weights(s.synced[&m].clone())
+        }
+        Some(p) if s.samplers_load => {
+            let m = s.owner.get(p).cloned().ok_or_else(|| format!("no checkpoint {p}"))?;
+            if s.loaded.get(&m).map(String::as_str) != Some(p) {
+                s.engine.load_snapshot(&m, p)?;
+                s.loaded.insert(m.clone(), p.to_string());
+            }
+            let now = format!("as-loaded-{}", s.next);
+            s.next += 1;
+            s.engine.sampler(&m, &now)?
+        }
         Some(p) => Sampler::Weights(p.to_string()),
+        None if !s.base_sampling => return Err(unknown("")),
         None => Sampler::Base,
     };
     let sp = &body["sampling_params"];

@@ -5,6 +5,7 @@
 
 mod fake;
 mod goldens;
+mod snapshots;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -806,6 +807,13 @@ fn critic_model_ends_where_local_ends(reduction: Reduction, name: &str) {
     let dir = scratch(name);
     let recipe = critic_recipe(&dir);
     let (local, remote, fake) = local_and_remote(&recipe, &dir, reduction);
+    critic_run_ends_where_local_ends(&local, &remote, &fake);
+}
+
+/// A run of `critic_recipe` through `fake` against the local run: losses, gradient norms, the
+/// policy's and the critic's weights.
+fn critic_run_ends_where_local_ends(local: &Path, remote: &Path, fake: &Fake) {
+    let (local, remote) = (local.to_path_buf(), remote.to_path_buf());
     let (l, r) = (losses(&local), losses(&remote));
     assert_eq!(l.len(), 2);
     for (a, b) in l.iter().zip(&r) {
@@ -973,7 +981,7 @@ fn a_value_head_trains_as_a_critic_on_a_server_with_one_and_is_refused_by_one_wi
     for part in ["tinker-critic", "create_model", "only supports model_role='policy'", &jax.url] {
         assert!(err.contains(part), "{part}: {err}");
     }
-    assert!(jax.state.lock().unwrap().backwards.len() <= 4, "no step: only the self-test's");
+    assert!(jax.state.lock().unwrap().backwards.len() <= 5, "no step: only the self-tests'");
 }
 
 /// Where a step's time goes, locally and through the fake server (the same 2 cores do the

@@ -271,8 +271,9 @@ pub struct RunArgs {
     /// The Tinker server's URL, e.g. `http://HOST:8000` (`--engine tinker`; its API key is
     /// read from `TINKER_API_KEY` and never written anywhere). `NAME=URL` puts the recipe's
     /// model NAME on a server of its own (whose base model is NAME's checkpoint: a teacher of
-    /// another size, a model per GPU server); repeat it for several. On `--resume`, new URLs
-    /// for the same servers.
+    /// another size, a model per GPU server); repeat it for several. `ref=URL` reads `ref`
+    /// there (for servers that hold one adapter, as SkyRL's FSDP backend). On `--resume`, new
+    /// URLs for the same servers.
     #[arg(long, value_name = "[NAME=]URL")]
     pub server: Vec<String>,
     /// The server's base model, as the server names it (default: the only one it serves).

@@ -11,6 +11,7 @@ mod heartbeat;
 pub mod lint;
 pub mod profile;
 pub mod proto;
+pub(crate) mod snapshots;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use serde_json::{Value as Json, json};
 use self::client::{Body, CallError, Client, Reply, Retry};
 use self::heartbeat::Heartbeat;
 use super::surrogate::{CriticBackward, DatumBackward, LossFn, Reduction};
-use super::{Adam, Engine, Lora, ModelId, SampleParams, Sampled, Sampler, Seq};
+use super::{Adam, Engine, Lora, ModelId, SampleParams, Sampled, Sampler, Sampling, Seq};
 
 /// LoRA rank of a model whose recipe trains every weight (Tinker servers train adapters).
 pub const DEFAULT_RANK: usize = 32;
@@ -32,6 +33,7 @@ pub struct Remote {
     session: String,
     base_model: String,
     reduction: Reduction,
+    sampling: Sampling,
     /// The next `seq_id` of each model: its requests run in this order.
     seq: HashMap<String, i32>,
     _heartbeat: Heartbeat,
@@ -96,10 +98,20 @@ impl Remote {
             session,
             base_model,
             reduction: Reduction::Sum,
+            sampling: Sampling::FULL,
             seq: HashMap::new(),
             _heartbeat: heartbeat,
         };
-        remote.reduction = profile::detect(&mut remote, reduction, lora)?;
+        // The self-tests' throwaway adapter has the run's LoRA settings (`lora`, `None`: the
+        // default rank): SkyRL's multi-LoRA runtime serves only the first adapter's (rank, alpha).
+        let model = remote.create_model(lora, 0)?;
+        let found = profile::detect(&mut remote, &model, reduction).and_then(|r| {
+            remote.reduction = r;
+            snapshots::detect(&mut remote, &model, r)
+        });
+        // The adapter is thrown away whatever the outcome.
+        let _ = remote.unload(&model);
+        remote.sampling = found?;
         Ok(remote)
     }
 
@@ -330,6 +342,10 @@ impl Engine for Remote {
 
     fn create_model(&mut self, lora: Option<Lora>, seed: u64) -> Result<ModelId, String> {
         self.create(lora, seed, "policy")
+    }
+
+    fn sampling(&self) -> Sampling {
+        self.sampling
     }
 
     fn sampler(&mut self, model: &ModelId, name: &str) -> Result<Sampler, String> {

@@ -8,7 +8,7 @@
 
 use super::Remote;
 use crate::engine::surrogate::{Reduction, datum_backward};
-use crate::engine::{Adam, Engine, Lora, Seq};
+use crate::engine::{Adam, Engine, ModelId, Seq};
 
 /// Relative tolerance of the norm ratios (servers compute in bf16/f32).
 const TOLERANCE: f64 = 0.02;
@@ -17,16 +17,14 @@ fn grad_norm(metrics: &[(String, f64)]) -> Option<f64> {
     metrics.iter().find(|(k, _)| k.ends_with("grad_norm")).map(|(_, v)| *v)
 }
 
-/// The server's reduction, from the self-test; `expected`, where given, must agree.
-/// The throwaway adapter has the run's LoRA settings (`lora`, `None`: the default rank): SkyRL's
-/// multi-LoRA runtime takes the first adapter's (rank, alpha) as the only one it serves.
+/// The server's reduction, from the self-test on `model`, a throwaway adapter; `expected`,
+/// where given, must agree.
 pub fn detect(
     remote: &mut Remote,
+    model: &ModelId,
     expected: Option<Reduction>,
-    lora: Option<Lora>,
 ) -> Result<Reduction, String> {
     let label = remote.label();
-    let model = remote.create_model(lora, 0)?;
     let still =
         Adam { lr: 0.0, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0, clip_grad: None };
     let seq = Seq { ctx: vec![1, 2], toks: vec![3, 4, 5, 6] };
@@ -36,13 +34,13 @@ pub fn detect(
                    grad: &[f64]|
      -> Result<Option<f64>, String> {
         let logp =
-            remote.logp(Some(&model), &crate::engine::Sampler::Base, std::slice::from_ref(&seq))?;
+            remote.logp(Some(model), &crate::engine::Sampler::Base, std::slice::from_ref(&seq))?;
         let logp: Vec<f64> = logp[0].iter().map(|&l| l as f64).collect();
         let d = datum_backward(reduction, grad, &logp, 1);
-        remote.backward(&model, std::slice::from_ref(&seq), &[d])?;
-        Ok(grad_norm(&remote.optim_step(&model, &still)?))
+        remote.backward(model, std::slice::from_ref(&seq), &[d])?;
+        Ok(grad_norm(&remote.optim_step(model, &still)?))
     };
-    let result = (|| {
+    (|| {
         // Plain cross-entropy at weights 1 and 2 (`Sum`'s form with ∂L/∂ℓ = −w).
         let once = norm_of(remote, Reduction::Sum, &[-1.0; 4])?;
         let twice = norm_of(remote, Reduction::Sum, &[-2.0; 4])?;
@@ -82,8 +80,5 @@ pub fn detect(
             ));
         }
         Ok(found)
-    })();
-    // The adapter is thrown away whatever the outcome.
-    let _ = remote.unload(&model);
-    result
+    })()
 }

@@ -68,7 +68,8 @@ pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
         && !analysis.has_errors()
     {
         let checked = ui::checked(&analysis)?;
-        for name in t.servers.keys() {
+        // `ref` (the trained model as its stage starts) may have a server of its own too.
+        for name in t.servers.keys().filter(|n| *n != "ref") {
             if !checked.program.models.iter().any(|m| &m.name.name == name) {
                 return Err(format!("`--server {name}=…`: the recipe has no model `{name}`"));
             }

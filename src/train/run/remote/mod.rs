@@ -20,7 +20,8 @@ use super::{Metrics, Run, TinkerOptions, run_error};
 use crate::check::params;
 use crate::diag::Diagnostic;
 use crate::engine::tinker::Remote;
-use crate::engine::{Engine, Lora, ModelId, SampleParams, Sampler, Seq};
+use crate::engine::tinker::snapshots::mean_abs_diff;
+use crate::engine::{Engine, Lora, ModelId, SampleParams, Sampler, Seq, Snapshots};
 use crate::ir::graph::{ModelRef, ScorerRef};
 use crate::tasks::Task;
 use crate::train::checkpoint::RemoteCheckpoint;
@@ -35,6 +36,9 @@ const BASE_TOLERANCE: f64 = 0.05;
 pub(in crate::train::run) struct Servers {
     pub engine: Box<dyn Engine>,
     pub own: BTreeMap<String, Box<dyn Engine>>,
+    /// On a server of its own that samples no base model: a fresh adapter that never trains,
+    /// through which its base model is read.
+    pub readers: BTreeMap<String, ModelId>,
 }
 
 /// Connects to every server of the run; each passes its self-test or the run stops here.
@@ -50,26 +54,51 @@ pub(in crate::train::run) fn connect(
     let one = |name: Option<&str>, url: &str, base: Option<&str>| {
         let engine = Remote::connect(name, url, base, t.reduction, retry(), lora)?;
         if !quiet {
+            let sampling = Engine::sampling(&engine);
             eprintln!(
-                "Tinker server {}{url}: base model `{}`, reduction `{}` (self-test passed)",
+                "Tinker server {}{url}: base model `{}`, reduction `{}`, sampler snapshots {}, base model {} (self-test passed)",
                 name.map_or(String::new(), |n| format!("for `{n}` ")),
                 engine.base_model(),
-                Engine::reduction(&engine).name()
+                Engine::reduction(&engine).name(),
+                match sampling.snapshots {
+                    Snapshots::Kept => "kept as saved",
+                    Snapshots::FollowModel => "follow their model",
+                    Snapshots::LoadIntoModel => "loaded into their model",
+                },
+                if sampling.base { "sampled" } else { "not sampled (read through an adapter)" },
             );
         }
         Ok::<_, String>(Box::new(engine) as Box<dyn Engine>)
     };
-    let mut own = BTreeMap::new();
+    let stages = &checked.program.stages;
+    let (mut own, mut readers) = (BTreeMap::new(), BTreeMap::new());
     for (name, url) in &t.servers {
-        if let Some(stage) = checked.program.stages.iter().find(|s| s.trained() == Some(name)) {
+        if let Some(stage) = stages.iter().find(|s| s.trained() == Some(name)) {
             return Err(format!(
                 "`--server {name}={url}`: stage `{}` trains `{name}`; trained models live on the default server (a model of its own server is read frozen, through that server's base model)",
                 stage.name.name
             ));
         }
-        own.insert(name.clone(), one(Some(name), url, None)?);
+        // `ref` is the trained model as its stage starts: a server's base model only while no
+        // earlier stage has trained it.
+        if name == "ref" {
+            for (i, stage) in stages.iter().enumerate() {
+                let Some(trained) = stage.trained() else { continue };
+                if let Some(earlier) = stages[..i].iter().find(|s| s.trained() == Some(trained)) {
+                    return Err(format!(
+                        "`--server ref={url}`: stage `{}` trains `{trained}` after stage `{}` did, so its `ref` (`{trained}` as the stage starts) is no server's base model; leave `ref` on the default server",
+                        stage.name.name, earlier.name.name
+                    ));
+                }
+            }
+        }
+        let mut engine = one(Some(name), url, None)?;
+        if !engine.sampling().base {
+            readers.insert(name.clone(), engine.create_model(lora, 0)?);
+        }
+        own.insert(name.clone(), engine);
     }
-    Ok(Servers { engine: one(None, &t.url, t.base_model.as_deref())?, own })
+    Ok(Servers { engine: one(None, &t.url, t.base_model.as_deref())?, own, readers })
 }
 
 /// The engine and what the run holds on it.
@@ -77,6 +106,7 @@ pub(super) struct RemoteRun {
     pub engine: Box<dyn Engine>,
     /// Frozen models on servers of their own, and whether their base models were checked.
     pub own: BTreeMap<String, Box<dyn Engine>>,
+    pub own_readers: BTreeMap<String, ModelId>,
     pub own_checked: bool,
     /// The server's model of each trained model, by the recipe's name.
     pub models: BTreeMap<String, ModelId>,
@@ -98,6 +128,7 @@ impl RemoteRun {
         RemoteRun {
             engine: servers.engine,
             own: servers.own,
+            own_readers: servers.readers,
             own_checked: false,
             models: BTreeMap::new(),
             reference: Sampler::Base,
@@ -106,6 +137,16 @@ impl RemoteRun {
             samplers: BTreeMap::new(),
             forward_secs: 0.0,
             backward_secs: 0.0,
+        }
+    }
+}
+
+impl RemoteRun {
+    /// The server that samples `sampler`: `ref`'s own server for `ref` there, else the default.
+    pub fn sampling_engine(&mut self, sampler: &Sampler) -> &mut dyn Engine {
+        match self.own.get_mut("ref") {
+            Some(own) if *sampler == self.reference => own.as_mut(),
+            _ => self.engine.as_mut(),
         }
     }
 }
@@ -120,14 +161,6 @@ fn lora_of(checked: &crate::check::Checked, name: &str) -> Option<Lora> {
 /// The name under which the run holds `model`'s critic (not a name a recipe can declare).
 pub(super) fn critic_key(model: &str) -> String {
     format!("{model}.values")
-}
-
-/// Mean |a − b| over two sequences' log-probabilities (NaN if they differ in length).
-fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() || a.is_empty() {
-        return f64::NAN;
-    }
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / a.len() as f64
 }
 
 /// `[B, width]` rows padded with zeros.
@@ -182,8 +215,9 @@ impl Run<'_> {
         }
         if !self.remote().own_checked {
             let names: Vec<String> = self.remote().own.keys().cloned().collect();
-            for name in names {
-                self.check_own_base(&name).map_err(fail)?;
+            // `ref`'s server is checked against the model it stands for, stage by stage.
+            for name in names.into_iter().filter(|n| n != "ref") {
+                self.compare_base(&name, Some(&name), None).map_err(fail)?;
             }
             self.remote().own_checked = true;
         }
@@ -196,27 +230,29 @@ impl Run<'_> {
             match resumed.and_then(|r| r.models.get(&trained)) {
                 Some(path) => self.remote().engine.load(&id, path).map_err(fail)?,
                 None => {
-                    self.check_base(&trained).map_err(fail)?;
+                    self.compare_base(&trained, None, Some(id.clone())).map_err(fail)?;
                     fresh = true;
                 }
             }
             self.remote().models.insert(trained.clone(), id);
         }
+        // A fresh adapter is the server's base model: base checks read its forward.
+        let base_reader = fresh.then(|| self.remote().models[&trained].clone());
         for t in stage.train.iter().filter(|t| t.value_head) {
-            let own = t.model.name != trained;
+            let own = (t.model.name != trained).then(|| base_reader.clone());
             self.remote_critic(&t.model.name, t.span, resumed, own)?;
+        }
+        let policy = self.remote().models[&trained].clone();
+        if self.remote().own.contains_key("ref") {
+            return self.own_reference(index, &trained).map_err(fail);
         }
         let reference = match resumed.and_then(|r| r.reference.clone()).filter(|_| step > 0) {
             Some(path) => Sampler::Weights(path),
-            None => {
-                let id = self.remote().models[&trained].clone();
-                self.remote().engine.sampler(&id, &format!("ref-{index}")).map_err(fail)?
-            }
+            None => self.remote().engine.sampler(&policy, &format!("ref-{index}")).map_err(fail)?,
         };
         self.remote().reference = reference;
         // `ref`'s frozen copy: over the base while nothing has trained the model, else loaded
         // from its weights as the stage starts (saved now, or named by the checkpoint).
-        let policy = self.remote().models[&trained].clone();
         let weights = match resumed.filter(|_| step > 0) {
             Some(r) => r.reference_weights.clone(),
             None if fresh => None,
@@ -225,21 +261,42 @@ impl Run<'_> {
             }
         };
         let seed = self.opts.seed;
-        // A server that holds one trained adapter (SkyRL 0.4's FSDP backend) refuses the copy:
+        let sampling = self.remote().engine.sampling();
+        let label = self.remote().engine.label();
+        // A server that holds one trained adapter (SkyRL's FSDP backend) refuses the copy:
         // `ref` is then read from its sampler snapshot's prompt log-probabilities (the sampler's
-        // arithmetic, so the KL starts near 0 rather than at exactly 0).
+        // arithmetic, so the KL starts near 0 rather than at exactly 0) — where a snapshot keeps
+        // its weights. Where it follows the policy (SkyRL's FSDP backend) that read would be the
+        // current policy: a stage that reads `ref` stops here instead.
         let copy = match self.remote().engine.create_model(lora, seed) {
             Ok(copy) => Some(copy),
-            Err(e) => {
-                let label = self.remote().engine.label();
+            Err(e) if sampling.snapshots == Snapshots::Kept => {
                 eprintln!(
                     "{label} refused a second adapter for `ref` ({e}): `ref` is read from the prompt log-probabilities of its sampler snapshot instead"
                 );
                 None
             }
+            Err(e) if self.reads_ref(index) => {
+                return Err(fail(format!(
+                    "{label} refused a second adapter for `ref`'s frozen copy ({e}), and its sampler snapshots are not frozen copies (its self-test found they {}), so `ref` cannot be read from the policy's snapshot either; put `ref` on a server of its own, `--server ref=URL`, whose base model is `{trained}` as this stage starts",
+                    match sampling.snapshots {
+                        Snapshots::LoadIntoModel => "load into their model, rewinding it",
+                        _ => "follow the policy's current weights",
+                    }
+                )));
+            }
+            Err(_) => None,
         };
         if let (Some(copy), Some(path)) = (&copy, &weights) {
             self.remote().engine.load(copy, path).map_err(fail)?;
+        }
+        // Sampling from `ref` (`from = ref`, the held-out `before`): the copy's snapshot, a model
+        // that never trains — on servers whose snapshots follow or rewind their model, the
+        // policy's stage-start snapshot would sample (or make) the current policy.
+        if let Some(copy) = &copy {
+            let frozen =
+                self.remote().engine.sampler(copy, &format!("ref-copy-{index}")).map_err(fail)?;
+            self.remote().reference = frozen;
         }
         let r = self.remote();
         r.reference_model = copy;
@@ -247,15 +304,43 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Whether stage `index` reads `ref`: its log-probabilities, or samples from it.
+    fn reads_ref(&self, index: usize) -> bool {
+        let (sources, _) = crate::train::signals::sources(self.checked, index);
+        let from = params::get(&self.checked.stages[index].sample, "from").and_then(|v| v.str());
+        from == Some("ref")
+            || sources
+                .iter()
+                .any(|s| matches!(&s.kind, SourceKind::Signal { model: ModelRef::Ref, .. }))
+    }
+
+    /// `ref` on a server of its own (`--server ref=URL`): that server's base model, which must be
+    /// `trained` as the stage starts (`connect` refused a recipe where an earlier stage trains it).
+    fn own_reference(&mut self, index: usize, trained: &str) -> Result<(), String> {
+        self.compare_base(trained, Some("ref"), None)?;
+        let r = self.remote();
+        let reader = r.own_readers.get("ref").cloned();
+        let engine = r.own.get_mut("ref").expect("`ref`'s server");
+        r.reference = match reader {
+            // The reader never trains: its snapshot is the base model on any server.
+            Some(id) => engine.sampler(&id, &format!("ref-{index}"))?,
+            None => Sampler::Base,
+        };
+        r.reference_model = None;
+        r.reference_weights = None;
+        Ok(())
+    }
+
     /// The critic that stands for `name`'s value head on the server (created once, or loaded
     /// from the checkpoint); a server without one refuses the run here, before any step. `own`:
-    /// `name` is a critic declared as a model of its own, which must be the server's base model.
+    /// `name` is a critic declared as a model of its own, which must be the server's base model
+    /// (read through a fresh adapter where there is one).
     fn remote_critic(
         &mut self,
         name: &str,
         span: crate::diag::Span,
         resumed: Option<&RemoteCheckpoint>,
-        own: bool,
+        own: Option<Option<ModelId>>,
     ) -> Result<(), Diagnostic> {
         let key = critic_key(name);
         if self.remote().models.contains_key(&key) {
@@ -267,11 +352,15 @@ impl Run<'_> {
                 .primary(span, "needs a critic on the server")
                 .help("use a server with a critic (SkyRL's FSDP backend), a critic-free advantage (group baselines, `vine_values`), or run the recipe locally")
         })?;
-        match resumed.and_then(|r| r.models.get(&key)) {
-            Some(path) => self.remote().engine.load(&id, path).map_err(|e| run_error(span, e))?,
+        match (resumed.and_then(|r| r.models.get(&key)), own) {
+            (Some(path), _) => {
+                self.remote().engine.load(&id, path).map_err(|e| run_error(span, e))?
+            }
             // A critic declared as a model of its own starts from the server's base model.
-            None if own => self.check_base(name).map_err(|e| run_error(span, e))?,
-            None => {}
+            (None, Some(via)) => {
+                self.compare_base(name, None, via).map_err(|e| run_error(span, e))?
+            }
+            (None, None) => {}
         }
         self.remote().models.insert(key, id);
         Ok(())
@@ -288,45 +377,53 @@ impl Run<'_> {
         (toks.len() >= 3).then(|| Seq { ctx: toks[..1].to_vec(), toks: toks[1..].to_vec() })
     }
 
-    /// The server's base model must be the recipe's `trained` model as it starts: compared on
-    /// a probe (a training prompt's tokens) by log-probabilities at temperature 1.
-    fn check_base(&mut self, trained: &str) -> Result<(), String> {
-        self.compare_base(trained, false)
-    }
-
-    /// A model on a server of its own is read through that server's base model, which must be
-    /// the recipe's model.
-    fn check_own_base(&mut self, name: &str) -> Result<(), String> {
-        self.compare_base(name, true)
-    }
-
-    /// `name` as the recipe builds it against the base model of its server (`own`: its own
-    /// server, else the default one), on a probe.
-    fn compare_base(&mut self, trained: &str, own: bool) -> Result<(), String> {
+    /// The recipe's model `local` as it starts against the base model of a server (`own`: the
+    /// server of its own by that name, else the default one), on a probe (a training prompt's
+    /// tokens) by log-probabilities at temperature 1. The server's base model is read through
+    /// `via`, a fresh adapter's forward, else its reader adapter or base sampling; a server that
+    /// samples no base model and holds no fresh adapter is not checked (said on stderr).
+    fn compare_base(
+        &mut self,
+        local: &str,
+        own: Option<&str>,
+        via: Option<ModelId>,
+    ) -> Result<(), String> {
         let Some(probe) = self.probe() else { return Ok(()) };
-        let model = self.slots[trained].frozen().map_err(|e| e.to_string())?;
-        let local = crate::engine::candle::text_logp(
+        let model = self.slots[local].frozen().map_err(|e| e.to_string())?;
+        let local_lp = crate::engine::candle::text_logp(
             &model,
             std::slice::from_ref(&probe),
             &self.opts.device,
         )?;
         let r = self.remote();
+        let via = via.or_else(|| own.and_then(|o| r.own_readers.get(o).cloned()));
         let engine = match own {
-            true => r.own.get_mut(trained).expect("a model of its own server"),
-            false => &mut r.engine,
+            Some(o) => r.own.get_mut(o).expect("a server of its own"),
+            None => &mut r.engine,
         };
-        let remote = engine.logp(None, &Sampler::Base, std::slice::from_ref(&probe))?;
+        let probes = std::slice::from_ref(&probe);
+        let remote = match &via {
+            Some(id) => engine.logp(Some(id), &Sampler::Base, probes)?,
+            None if engine.sampling().base => engine.logp(None, &Sampler::Base, probes)?,
+            None => {
+                eprintln!(
+                    "{} samples no base model and holds no fresh adapter here: its base model is not checked against `{local}`",
+                    engine.label()
+                );
+                return Ok(());
+            }
+        };
         let n = probe.toks.len();
-        let diff = mean_abs_diff(&local[0], &remote[0]);
+        let diff = mean_abs_diff(&local_lp[0], &remote[0]);
         if diff.is_nan() || diff > BASE_TOLERANCE {
             return Err(format!(
-                "{}'s base model is not the recipe's `{trained}`: on a probe of {n} tokens their log-probabilities differ by {diff:.3} per token on average (at most {BASE_TOLERANCE} is accepted); start the server with `{trained}`'s weights as its base model (a built-in model: save it with a local `rlx run --steps 1` and serve `models/{trained}`)",
+                "{}'s base model is not the recipe's `{local}`: on a probe of {n} tokens their log-probabilities differ by {diff:.3} per token on average (at most {BASE_TOLERANCE} is accepted); start the server with `{local}`'s weights as its base model (a built-in model: save it with a local `rlx run --steps 1` and serve `models/{local}`)",
                 engine.label()
             ));
         }
         if !self.opts.quiet {
             eprintln!(
-                "the server's base model is the recipe's `{trained}`: rlx's and its log-probabilities agree to {diff:.1e} nats per token on a probe of {n} tokens"
+                "the server's base model is the recipe's `{local}`: rlx's and its log-probabilities agree to {diff:.1e} nats per token on a probe of {n} tokens"
             );
         }
         Ok(())
@@ -352,7 +449,7 @@ impl Run<'_> {
             stop_text: sampling.stop.clone(),
             stop_tokens: self.tok.stops.clone(),
         };
-        let out = self.remote().engine.sample(sampler, &prompts, k, &params)?;
+        let out = self.remote().sampling_engine(sampler).sample(sampler, &prompts, k, &params)?;
         let responses: Vec<String> =
             out.iter().flatten().map(|s| self.tok.decode(&s.tokens)).collect();
         let texts: Vec<&str> = task.eval[..n].iter().map(|p| p.text.as_str()).collect();

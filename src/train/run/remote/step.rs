@@ -65,7 +65,8 @@ impl Run<'_> {
             stop_tokens: self.tok.stops.clone(),
         };
         let unique: Vec<Vec<u32>> = prompt_toks.iter().step_by(n).cloned().collect();
-        let sampled = self.remote().engine.sample(&sampler, &unique, n, &params).map_err(fail)?;
+        let sampled = self.remote().sampling_engine(&sampler).sample(&sampler, &unique, n, &params);
+        let sampled = sampled.map_err(fail)?;
         let (toks, logps): (Vec<Vec<u32>>, Vec<Vec<f32>>) =
             sampled.into_iter().flatten().map(|s| (s.tokens, s.logprobs)).unzip();
         let sample_secs = t_sample.elapsed().as_secs_f64();
@@ -141,7 +142,7 @@ impl Run<'_> {
                     let greedy = SampleParams { temperature: 0.0, ..params.clone() };
                     let out = self
                         .remote()
-                        .engine
+                        .sampling_engine(sampler)
                         .sample(sampler, prompt_toks, 1, &greedy)
                         .map_err(fail)?;
                     out.into_iter().map(|mut v| v.remove(0).tokens).collect()
@@ -214,7 +215,8 @@ impl Run<'_> {
                     ..params.clone()
                 };
                 let batch: Vec<Vec<u32>> = js.iter().map(|&j| prompts[j].clone()).collect();
-                let got = self.remote().engine.sample(sampler, &batch, *k, &p).map_err(fail)?;
+                let got = self.remote().sampling_engine(sampler).sample(sampler, &batch, *k, &p);
+                let got = got.map_err(fail)?;
                 for (j, g) in js.into_iter().zip(got) {
                     outs[j] = g.into_iter().map(|s| s.tokens).collect();
                 }
@@ -291,26 +293,30 @@ impl Run<'_> {
             // Whose forward: a model on the server (the trained one, `ref`'s frozen copy, one an
             // earlier stage trained), else a sampler snapshot's prompt log-probabilities.
             let r = self.remote();
-            // A model on a server of its own: that server's base model.
+            // A model on a server of its own: that server's base model (read through its
+            // reader adapter where it samples no base model).
             let own = match model {
                 ModelRef::Named(m) if r.own.contains_key(m) => Some(m.clone()),
+                ModelRef::Ref if r.own.contains_key("ref") => Some("ref".to_string()),
                 _ => None,
             };
-            let whose: Result<ModelId, Sampler> = match model {
-                _ if own.is_some() => Err(Sampler::Base),
-                ModelRef::Old => Ok(policy.clone()),
-                ModelRef::Named(m) if *m == trained => Ok(policy.clone()),
-                ModelRef::Ref => r.reference_model.clone().ok_or(r.reference.clone()),
-                ModelRef::Named(m) => match (r.models.get(m), r.samplers.get(m)) {
-                    (Some(id), _) => Ok(id.clone()),
-                    (None, Some(s)) => Err(s.clone()),
-                    (None, None) => {
-                        return Err(fail(format!(
-                            "`{m}` is not on the server: no earlier stage trained it"
-                        )));
-                    }
+            let whose: Result<ModelId, Sampler> = match &own {
+                Some(o) => r.own_readers.get(o).cloned().ok_or(Sampler::Base),
+                None => match model {
+                    ModelRef::Old => Ok(policy.clone()),
+                    ModelRef::Named(m) if *m == trained => Ok(policy.clone()),
+                    ModelRef::Ref => r.reference_model.clone().ok_or(r.reference.clone()),
+                    ModelRef::Named(m) => match (r.models.get(m), r.samplers.get(m)) {
+                        (Some(id), _) => Ok(id.clone()),
+                        (None, Some(s)) => Err(s.clone()),
+                        (None, None) => {
+                            return Err(fail(format!(
+                                "`{m}` is not on the server: no earlier stage trained it"
+                            )));
+                        }
+                    },
+                    ModelRef::Rollout => continue,
                 },
-                ModelRef::Rollout => continue,
             };
             let who = format!("{own:?} {whose:?}");
             // A Yes/No reward model's score: its two answers' log-probabilities after each row.
