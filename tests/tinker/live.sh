@@ -114,8 +114,10 @@ for recipe in grpo vineppo rlmec rcfd_yes_no; do
     "$rlx" run "$(served "$recipe")" --engine tinker --server "$url" "${small[@]}" "${args[@]}" \
         --out "$work/runs/$recipe" > "$work/$recipe.log" 2>&1 || { cat "$work/$recipe.log" >&2; exit 1; }
     grep -q "reduction \`mean\`, sampler snapshots .* (self-test passed)" "$work/$recipe.log"
-    # What the self-test found of SkyRL JAX's snapshots (read in its source: they load into their model).
-    if [ "$recipe" = grpo ]; then grep -o "sampler snapshots [^(]*" "$work/$recipe.log" | head -1; fi
+    # SkyRL JAX's snapshots load into their model (`jax.py` `load_sampler_weights`); the
+    # self-test must find so (first seen in CI at e513198).
+    grep -q "sampler snapshots loaded into their model, base model sampled" "$work/$recipe.log" \
+        || { echo "$recipe: the self-test found other snapshots:" >&2; grep "sampler snapshots" "$work/$recipe.log" >&2; exit 1; }
     grep -q "adapter pulled to" "$work/$recipe.log"
     echo "$recipe: trained 2 steps a stage on SkyRL in $((SECONDS - start)) s"
     grep "adapter pulled to" "$work/$recipe.log" | sed "s|$work/||"

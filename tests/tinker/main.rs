@@ -4,6 +4,7 @@
 //! remotely; faults of the server are survived or stop the run cleanly, resumably.
 
 mod fake;
+mod fsdp;
 mod goldens;
 mod snapshots;
 
@@ -433,7 +434,8 @@ fn a_teacher_on_a_server_of_its_own_is_read_there_and_the_run_ends_where_the_loc
     assert!(t.engine.model_ids().is_empty(), "the teacher's server trains nothing");
     assert!(t.calls.iter().any(|c| c == "asample"), "the teacher is read there: {:?}", t.calls);
     drop((state, t));
-    // A trained model stays on the default server.
+    // A trained model on a server of its own starts from that server's base model: the
+    // teacher's server is refused for the policy.
     let trained = run_args(&recipe, &dir.join("trained"))
         .args(["--engine", "tinker", "--server", &policy.url])
         .args(["--server", &format!("teacher={}", teacher.url)])
@@ -441,7 +443,8 @@ fn a_teacher_on_a_server_of_its_own_is_read_there_and_the_run_ends_where_the_loc
         .output()
         .unwrap();
     assert!(!trained.status.success());
-    assert!(flat(&trained).contains("stage `distill` trains `policy`"), "{}", flat(&trained));
+    let err = flat(&trained);
+    assert!(err.contains("base model is not the recipe's `policy`"), "{err}");
 }
 
 /// `recipes/opd.rlx` as shipped — its teacher a larger built-in model, no adapter of the
@@ -487,7 +490,9 @@ fn remote_rcfd_with_a_reward_model_behind_http_ends_where_the_local_run_ends() {
 /// reduction: the reward model (the policy's copy read as ℓ(yes) − ℓ(no), two datums per scored
 /// text) trains in the pairs stage and scores responses and demonstrations in the RL stage.
 /// Losses match the local run step for step and the served models end where the local ones do.
-fn yes_no_rcfd_ends_where_local_ends(reduction: Reduction, name: &str) {
+/// `fsdp`: on two servers as SkyRL's FSDP backend (one adapter each, snapshots that follow
+/// their model, no base model sampling), the reward model on a server of its own.
+fn yes_no_rcfd_ends_where_local_ends(reduction: Reduction, name: &str, fsdp: bool) {
     let dir = scratch(name);
     let base = base_of("dpo", "dpo");
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/rcfd_yes_no.rlx");
@@ -519,13 +524,27 @@ fn yes_no_rcfd_ends_where_local_ends(reduction: Reduction, name: &str) {
     ];
     let local = dir.join("local");
     ok(&run_args(&recipe, &local).args(args).output().unwrap());
-    let fake = serve_base(&base, reduction);
+    let fakes = [serve_base(&base, reduction), serve_base(&base, reduction)];
+    for fake in fakes.iter().filter(|_| fsdp) {
+        let mut s = fake.state.lock().unwrap();
+        (s.one_policy, s.live_samplers, s.base_sampling) = (true, true, false);
+    }
     let remote = dir.join("remote");
-    ok(&run_args(&recipe, &remote)
-        .args(args)
-        .args(["--engine", "tinker", "--server", &fake.url])
-        .output()
-        .unwrap());
+    let mut command = run_args(&recipe, &remote);
+    command.args(args).args(["--engine", "tinker", "--server", &fakes[0].url]);
+    if fsdp {
+        command.args(["--server", &format!("rm={}", fakes[1].url)]);
+    }
+    let out = command.output().unwrap();
+    ok(&out);
+    if fsdp {
+        // Each server trained its model; the default one never held the reward model.
+        for (fake, trained) in fakes.iter().zip([1, 1]) {
+            let s = fake.state.lock().unwrap();
+            assert_eq!(s.engine.model_ids().len(), trained, "one adapter on each server");
+            assert!(s.backwards.len() > 5, "trained past its self-test");
+        }
+    }
     let (l, r) = (losses(&local), losses(&remote));
     assert_eq!(l.len(), 4, "{l:?}");
     for (a, b) in l.iter().zip(&r) {
@@ -538,9 +557,11 @@ fn yes_no_rcfd_ends_where_local_ends(reduction: Reduction, name: &str) {
     for (a, b) in gl.iter().zip(&gr) {
         assert!((a - b).abs() <= 1e-5 * a.abs(), "gradient norms: local {gl:?}, remote {gr:?}");
     }
-    let state = fake.state.lock().unwrap();
-    let served: Vec<_> =
-        state.engine.model_ids().iter().map(|id| state.engine.weights(id).unwrap()).collect();
+    let mut served = Vec::new();
+    for fake in &fakes {
+        let state = fake.state.lock().unwrap();
+        served.extend(state.engine.model_ids().iter().map(|id| state.engine.weights(id).unwrap()));
+    }
     let start = rlx::train::models::open_full(&base, &Device::Cpu).unwrap();
     let start = start.params.snapshot().unwrap();
     for model in ["rm", "policy"] {
@@ -576,12 +597,19 @@ fn yes_no_rcfd_ends_where_local_ends(reduction: Reduction, name: &str) {
 
 #[test]
 fn rcfd_with_a_yes_no_reward_model_trains_both_stages_remotely_on_a_summing_server() {
-    yes_no_rcfd_ends_where_local_ends(Reduction::Sum, "yes-no-sum");
+    yes_no_rcfd_ends_where_local_ends(Reduction::Sum, "yes-no-sum", false);
+}
+
+/// SkyRL's FSDP backend holds one adapter: a recipe that trains two models (RCfD's reward
+/// model, then the policy) trains each on a server of its own, `--server rm=URL`.
+#[test]
+fn rcfd_with_a_yes_no_reward_model_trains_each_model_on_a_one_adapter_server_of_its_own() {
+    yes_no_rcfd_ends_where_local_ends(Reduction::Sum, "yes-no-fsdp", true);
 }
 
 #[test]
 fn rcfd_with_a_yes_no_reward_model_trains_both_stages_remotely_on_a_per_sequence_mean_server() {
-    yes_no_rcfd_ends_where_local_ends(Reduction::PerSequenceMean, "yes-no-mean");
+    yes_no_rcfd_ends_where_local_ends(Reduction::PerSequenceMean, "yes-no-mean", false);
 }
 
 /// The shipped recipes the remote engine runs: every one that lints clean for `--target

@@ -11,13 +11,9 @@ use rlx::engine::{Engine, Sampling, Snapshots};
 use super::fake::Fake;
 use super::*;
 
-/// A fake as SkyRL's FSDP backend: a critic, one policy adapter, live snapshots, no base model.
+/// A fake as SkyRL's FSDP backend over the arith policy.
 fn fsdp() -> Fake {
-    let fake = serve(Reduction::Sum);
-    let mut s = fake.state.lock().unwrap();
-    (s.one_policy, s.live_samplers, s.base_sampling) = (true, true, false);
-    drop(s);
-    fake
+    super::fsdp::fsdp_on(base_model())
 }
 
 #[test]

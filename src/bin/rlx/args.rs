@@ -271,7 +271,8 @@ pub struct RunArgs {
     /// The Tinker server's URL, e.g. `http://HOST:8000` (`--engine tinker`; its API key is
     /// read from `TINKER_API_KEY` and never written anywhere). `NAME=URL` puts the recipe's
     /// model NAME on a server of its own (whose base model is NAME's checkpoint: a teacher of
-    /// another size, a model per GPU server); repeat it for several. `ref=URL` reads `ref`
+    /// another size, a model per GPU server), trained there if a stage trains it; repeat it
+    /// for several. `ref=URL` reads `ref`
     /// there (for servers that hold one adapter, as SkyRL's FSDP backend). On `--resume`, new
     /// URLs for the same servers.
     #[arg(long, value_name = "[NAME=]URL")]

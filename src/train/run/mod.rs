@@ -136,13 +136,13 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
     for index in first_stage..checked.program.stages.len() {
         run.stage(index, resume_state.take()).map_err(|d| run.blame_reward(d))?;
     }
-    if let Some(r) = &run.remote {
+    if let Some(r) = &mut run.remote {
         // The trained weights are the server's: the last checkpoint names them.
         if !opts.quiet {
-            for (name, id) in &r.models {
+            for (name, id) in r.models.clone() {
                 eprintln!(
                     "`{name}` was trained on {} as `{}`; its weights are the server's (state.json names the last save)",
-                    r.engine.label(),
+                    r.engine_for(&name).label(),
                     id.0
                 );
             }

@@ -39,6 +39,9 @@ pub(in crate::train::run) struct Servers {
     /// On a server of its own that samples no base model: a fresh adapter that never trains,
     /// through which its base model is read.
     pub readers: BTreeMap<String, ModelId>,
+    /// Trained models on servers of their own, by model name (a server that holds one adapter,
+    /// as SkyRL's FSDP backend, for each model a recipe trains).
+    pub trained: BTreeMap<String, Box<dyn Engine>>,
 }
 
 /// Connects to every server of the run; each passes its self-test or the run stops here.
@@ -48,10 +51,10 @@ pub(in crate::train::run) fn connect(
     quiet: bool,
 ) -> Result<Servers, String> {
     let retry = crate::engine::tinker::client::Retry::default;
-    // The self-test's adapter has the LoRA settings of the first model the run trains.
+    // The self-test's adapter has the LoRA settings of the first model the server trains.
     let first = checked.program.stages.iter().find_map(|s| s.trained()).unwrap_or("policy");
-    let lora = lora_of(checked, first);
     let one = |name: Option<&str>, url: &str, base: Option<&str>| {
+        let lora = lora_of(checked, name.filter(|n| t.servers.contains_key(*n)).unwrap_or(first));
         let engine = Remote::connect(name, url, base, t.reduction, retry(), lora)?;
         if !quiet {
             let sampling = Engine::sampling(&engine);
@@ -71,13 +74,12 @@ pub(in crate::train::run) fn connect(
         Ok::<_, String>(Box::new(engine) as Box<dyn Engine>)
     };
     let stages = &checked.program.stages;
-    let (mut own, mut readers) = (BTreeMap::new(), BTreeMap::new());
+    let (mut own, mut readers, mut trained) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for (name, url) in &t.servers {
-        if let Some(stage) = stages.iter().find(|s| s.trained() == Some(name)) {
-            return Err(format!(
-                "`--server {name}={url}`: stage `{}` trains `{name}`; trained models live on the default server (a model of its own server is read frozen, through that server's base model)",
-                stage.name.name
-            ));
+        // A model a stage trains is created and trained there, and read there later.
+        if stages.iter().any(|s| s.trained() == Some(name)) {
+            trained.insert(name.clone(), one(Some(name), url, None)?);
+            continue;
         }
         // `ref` is the trained model as its stage starts: a server's base model only while no
         // earlier stage has trained it.
@@ -94,16 +96,23 @@ pub(in crate::train::run) fn connect(
         }
         let mut engine = one(Some(name), url, None)?;
         if !engine.sampling().base {
-            readers.insert(name.clone(), engine.create_model(lora, 0)?);
+            readers.insert(name.clone(), engine.create_model(lora_of(checked, first), 0)?);
         }
         own.insert(name.clone(), engine);
     }
-    Ok(Servers { engine: one(None, &t.url, t.base_model.as_deref())?, own, readers })
+    let engine = one(None, &t.url, t.base_model.as_deref())?;
+    Ok(Servers { engine, own, readers, trained })
 }
 
 /// The engine and what the run holds on it.
 pub(super) struct RemoteRun {
+    /// The server of the current stage's trained model; `home` names it (`""`: the default
+    /// server, else the model's name), `parked` holds the run's other training servers.
     pub engine: Box<dyn Engine>,
+    pub home: String,
+    pub parked: BTreeMap<String, Box<dyn Engine>>,
+    /// The server each model (critic, snapshot) of `models` and `samplers` was created on.
+    pub located: BTreeMap<String, String>,
     /// Frozen models on servers of their own, and whether their base models were checked.
     pub own: BTreeMap<String, Box<dyn Engine>>,
     pub own_readers: BTreeMap<String, ModelId>,
@@ -127,6 +136,9 @@ impl RemoteRun {
     pub fn new(servers: Servers) -> RemoteRun {
         RemoteRun {
             engine: servers.engine,
+            home: String::new(),
+            parked: servers.trained,
+            located: BTreeMap::new(),
             own: servers.own,
             own_readers: servers.readers,
             own_checked: false,
@@ -142,12 +154,51 @@ impl RemoteRun {
 }
 
 impl RemoteRun {
-    /// The server that samples `sampler`: `ref`'s own server for `ref` there, else the default.
-    pub fn sampling_engine(&mut self, sampler: &Sampler) -> &mut dyn Engine {
+    /// The server that samples `sampler`: `ref`'s own server for `ref` there, else the current
+    /// stage's.
+    pub fn sampling_engine(&mut self, sampler: &Sampler) -> &mut Box<dyn Engine> {
         match self.own.get_mut("ref") {
-            Some(own) if *sampler == self.reference => own.as_mut(),
-            _ => self.engine.as_mut(),
+            Some(own) if *sampler == self.reference => own,
+            _ => &mut self.engine,
         }
+    }
+
+    /// The server that holds `name` (a model, a critic's key, a model's snapshot): where it was
+    /// created, else the model's own training server, else the default one (`""`).
+    fn server_of(&self, name: &str) -> String {
+        if let Some(s) = self.located.get(name) {
+            return s.clone();
+        }
+        let model = name.strip_suffix(".values").unwrap_or(name);
+        match self.parked.contains_key(model) || self.home == model {
+            true => model.to_string(),
+            false => String::new(),
+        }
+    }
+
+    /// Makes `model`'s server the current one: a stage's calls go to its trained model's server.
+    pub fn enter(&mut self, model: &str) {
+        let target = self.server_of(model);
+        if target == self.home {
+            return;
+        }
+        let next = self.parked.remove(&target).expect("a connected server");
+        let previous = std::mem::replace(&mut self.engine, next);
+        self.parked.insert(std::mem::replace(&mut self.home, target), previous);
+    }
+
+    /// The server that holds `name` (see `server_of`).
+    pub fn engine_for(&mut self, name: &str) -> &mut Box<dyn Engine> {
+        let server = self.server_of(name);
+        match server == self.home {
+            true => &mut self.engine,
+            false => self.parked.get_mut(&server).expect("a connected server"),
+        }
+    }
+
+    /// Records that `name` was just created on the current server.
+    fn created(&mut self, name: &str) {
+        self.located.insert(name.to_string(), self.home.clone());
     }
 }
 
@@ -208,6 +259,7 @@ impl Run<'_> {
         let stage = &self.checked.program.stages[index];
         let fail = |e: String| run_error(stage.name.span, e);
         let trained = stage.trained().unwrap_or("policy").to_string();
+        self.remote().enter(&trained);
         if let Some(r) = resumed {
             for (name, path) in &r.samplers {
                 self.remote().samplers.insert(name.clone(), Sampler::Weights(path.clone()));
@@ -226,7 +278,16 @@ impl Run<'_> {
         let lora = self.lora_of(&trained);
         if !self.remote().models.contains_key(&trained) {
             let seed = self.opts.seed;
-            let id = self.remote().engine.create_model(lora, seed).map_err(fail)?;
+            let r = self.remote();
+            // Whether the server already holds a model of the run (for a refusal's help).
+            let held = r.located.values().any(|s| *s == r.home);
+            let id = r.engine.create_model(lora, seed).map_err(|e| {
+                // A server that holds one adapter (SkyRL's FSDP backend) and already holds one.
+                fail(match held {
+                    true => format!("{e} (a server that holds one adapter: give `{trained}` a server of its own, `--server {trained}=URL`)"),
+                    false => e,
+                })
+            })?;
             match resumed.and_then(|r| r.models.get(&trained)) {
                 Some(path) => self.remote().engine.load(&id, path).map_err(fail)?,
                 None => {
@@ -235,6 +296,7 @@ impl Run<'_> {
                 }
             }
             self.remote().models.insert(trained.clone(), id);
+            self.remote().created(&trained);
         }
         // A fresh adapter is the server's base model: base checks read its forward.
         let base_reader = fresh.then(|| self.remote().models[&trained].clone());
@@ -362,6 +424,7 @@ impl Run<'_> {
             }
             (None, None) => {}
         }
+        self.remote().created(&key);
         self.remote().models.insert(key, id);
         Ok(())
     }
@@ -476,6 +539,7 @@ impl Run<'_> {
                 .sampler(&id, &format!("frozen-{name}-{index}"))
                 .map_err(fail)?;
             self.remote().samplers.insert(name.clone(), sampler);
+            self.remote().created(name);
         }
         let stages = &self.checked.program.stages;
         let last: Vec<String> = stage
@@ -505,7 +569,8 @@ impl Run<'_> {
         let r = self.remote();
         let mut models = BTreeMap::new();
         for (name, id) in r.models.clone() {
-            models.insert(name, r.engine.save(&id, &format!("ckpt-{stage}-{step}"))?);
+            let path = r.engine_for(&name).save(&id, &format!("ckpt-{stage}-{step}"))?;
+            models.insert(name, path);
         }
         let reference = match &r.reference {
             Sampler::Weights(p) => Some(p.clone()),

@@ -163,8 +163,8 @@ impl Run<'_> {
                     let ctx = base.then_sep(self.tok.sep);
                     let greedy =
                         SampleParams { temperature: 0.0, stop_text: None, ..params.clone() };
-                    let out =
-                        self.remote().engine.sample(&rewriter, &ctx, 1, &greedy).map_err(fail)?;
+                    let engine = self.remote().engine_for(&model);
+                    let out = engine.sample(&rewriter, &ctx, 1, &greedy).map_err(fail)?;
                     out.into_iter().map(|mut v| v.remove(0).tokens).collect()
                 }
                 _ => continue,
@@ -318,7 +318,13 @@ impl Run<'_> {
                     ModelRef::Rollout => continue,
                 },
             };
-            let who = format!("{own:?} {whose:?}");
+            // The server of a model an earlier stage trained (its own, or the default one).
+            let home = match model {
+                ModelRef::Named(m) if *m != trained => m.clone(),
+                _ => trained.clone(),
+            };
+            // Model ids are per server: the key names the server too.
+            let who = format!("{own:?} {} {whose:?}", r.server_of(&home));
             // A Yes/No reward model's score: its two answers' log-probabilities after each row.
             if let SourceKind::Score { scorer: ScorerRef::Model(m), head: Some(head), .. } = &s.kind
             {
@@ -331,7 +337,7 @@ impl Run<'_> {
                     let r = self.remote();
                     let engine = match &own {
                         Some(m) => r.own.get_mut(m).expect("a model of its own server"),
-                        None => &mut r.engine,
+                        None => r.engine_for(&home),
                     };
                     let mut both = Vec::with_capacity(2);
                     for answer in t.answered(&tokens) {
@@ -367,7 +373,7 @@ impl Run<'_> {
                 let r = self.remote();
                 let engine = match &own {
                     Some(m) => r.own.get_mut(m).expect("a model of its own server"),
-                    None => &mut r.engine,
+                    None => r.engine_for(&home),
                 };
                 let mut lp = match &whose {
                     Ok(id) => engine.logp(Some(id), &Sampler::Base, &seqs),
