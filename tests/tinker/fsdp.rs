@@ -14,33 +14,16 @@ pub fn fsdp_on(base: &Path) -> Fake {
     fake
 }
 
-fn run_rto(recipe: &Path, out: &Path, servers: &[String]) -> Output {
-    let mut run = run_args(recipe, out);
-    run.args(["--steps", "2", "--engine", "tinker"]).args(SMALL);
-    for s in servers {
-        run.args(["--server", s]);
-    }
-    for (stage, samples) in stages_of(recipe) {
-        run.args(["--set", &format!("{stage}.optim.batch=8")]);
-        run.args(["--set", &format!("{stage}.optim.minibatch=8")]);
-        if samples {
-            run.args(["--set", &format!("{stage}.sample.n=4")]);
-            run.args(["--set", &format!("{stage}.sample.max_tokens=12")]);
-        }
-    }
-    run.output().unwrap()
-}
-
 #[test]
 fn rto_trains_on_four_one_adapter_servers_exactly_as_on_one_server() {
     let base = base_of("dpo", "dpo");
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/rto_tinker.rlx");
     let dir = scratch("rto-fsdp");
     let one = serve_base(&base, Reduction::Sum);
-    ok(&run_rto(&recipe, &dir.join("one"), std::slice::from_ref(&one.url)));
+    ok(&small_remote_run(&recipe, &dir.join("one"), std::slice::from_ref(&one.url)));
     // On one FSDP server the reward model's adapter leaves no room for the DPO model's.
     let alone = fsdp_on(&base);
-    let out = run_rto(&recipe, &dir.join("alone"), std::slice::from_ref(&alone.url));
+    let out = small_remote_run(&recipe, &dir.join("alone"), std::slice::from_ref(&alone.url));
     assert!(!out.status.success());
     let err = flat(&out);
     for part in ["create_model", "already has a 'policy' model", "--server dpo_model=URL"] {
@@ -53,7 +36,7 @@ fn rto_trains_on_four_one_adapter_servers_exactly_as_on_one_server() {
         format!("dpo_model={}", fakes[2].url),
         format!("ref={}", fakes[3].url),
     ];
-    ok(&run_rto(&recipe, &dir.join("four"), &servers));
+    ok(&small_remote_run(&recipe, &dir.join("four"), &servers));
     let (a, b) = (losses(&dir.join("one")), losses(&dir.join("four")));
     assert_eq!(a.len(), 6, "two steps of three stages: {a:?}");
     for (x, y) in a.iter().zip(&b) {

@@ -673,22 +673,30 @@ fn shipped_recipes_train_remotely(family: &str, base: &Path, must: &[&str]) {
     let fake = serve_base(base, Reduction::Sum);
     let dir = scratch(&format!("shipped-{family}"));
     for (recipe, name) in recipes.iter().zip(&names) {
-        let mut run = run_args(recipe, &dir.join(name));
-        run.args(["--steps", "2", "--engine", "tinker", "--server", &fake.url]).args(SMALL);
-        for (stage, samples) in stages_of(recipe) {
-            run.args(["--set", &format!("{stage}.optim.batch=8")]);
-            run.args(["--set", &format!("{stage}.optim.minibatch=8")]);
-            if samples {
-                run.args(["--set", &format!("{stage}.sample.n=4")]);
-                run.args(["--set", &format!("{stage}.sample.max_tokens=12")]);
-            }
-        }
-        let out = run.output().unwrap();
+        let out = small_remote_run(recipe, &dir.join(name), std::slice::from_ref(&fake.url));
         ok(&out);
         let l = losses(&dir.join(name));
         assert_eq!(l.len(), 2 * stages_of(recipe).len(), "{name}: {l:?}");
         assert!(l.iter().all(|x| x.is_finite()), "{name}: {l:?}");
     }
+}
+
+/// A shipped recipe's 2-step remote run at small batches on `servers` (`--server` values).
+fn small_remote_run(recipe: &Path, out: &Path, servers: &[String]) -> Output {
+    let mut run = run_args(recipe, out);
+    run.args(["--steps", "2", "--engine", "tinker"]).args(SMALL);
+    for s in servers {
+        run.args(["--server", s]);
+    }
+    for (stage, samples) in stages_of(recipe) {
+        run.args(["--set", &format!("{stage}.optim.batch=8")]);
+        run.args(["--set", &format!("{stage}.optim.minibatch=8")]);
+        if samples {
+            run.args(["--set", &format!("{stage}.sample.n=4")]);
+            run.args(["--set", &format!("{stage}.sample.max_tokens=12")]);
+        }
+    }
+    run.output().unwrap()
 }
 
 /// A recipe's stages, and whether each samples (`prompts`).
