@@ -54,7 +54,10 @@ pub(in crate::train::run) fn connect(
     // The self-test's adapter has the LoRA settings of the first model the server trains.
     let first = checked.program.stages.iter().find_map(|s| s.trained()).unwrap_or("policy");
     let one = |name: Option<&str>, url: &str, base: Option<&str>| {
-        let lora = lora_of(checked, name.filter(|n| t.servers.contains_key(*n)).unwrap_or(first));
+        // A server that trains a model tests with its settings; any other with the run's first.
+        let own_training =
+            name.filter(|n| checked.program.stages.iter().any(|s| s.trained() == Some(n)));
+        let lora = lora_of(checked, own_training.unwrap_or(first));
         let engine = Remote::connect(name, url, base, t.reduction, retry(), lora)?;
         if !quiet {
             let sampling = Engine::sampling(&engine);
@@ -169,7 +172,7 @@ impl RemoteRun {
         if let Some(s) = self.located.get(name) {
             return s.clone();
         }
-        let model = name.strip_suffix(".values").unwrap_or(name);
+        let model = model_of_key(name);
         match self.parked.contains_key(model) || self.home == model {
             true => model.to_string(),
             false => String::new(),
@@ -212,6 +215,11 @@ fn lora_of(checked: &crate::check::Checked, name: &str) -> Option<Lora> {
 /// The name under which the run holds `model`'s critic (not a name a recipe can declare).
 pub(super) fn critic_key(model: &str) -> String {
     format!("{model}.values")
+}
+
+/// The model a key of the run's models names: itself, or the model whose critic it is.
+fn model_of_key(key: &str) -> &str {
+    key.strip_suffix(".values").unwrap_or(key)
 }
 
 /// `[B, width]` rows padded with zeros.
@@ -308,11 +316,6 @@ impl Run<'_> {
         if self.remote().own.contains_key("ref") {
             return self.own_reference(index, &trained).map_err(fail);
         }
-        let reference = match resumed.and_then(|r| r.reference.clone()).filter(|_| step > 0) {
-            Some(path) => Sampler::Weights(path),
-            None => self.remote().engine.sampler(&policy, &format!("ref-{index}")).map_err(fail)?,
-        };
-        self.remote().reference = reference;
         // `ref`'s frozen copy: over the base while nothing has trained the model, else loaded
         // from its weights as the stage starts (saved now, or named by the checkpoint).
         let weights = match resumed.filter(|_| step > 0) {
@@ -354,13 +357,17 @@ impl Run<'_> {
         }
         // Sampling from `ref` (`from = ref`, the held-out `before`): the copy's snapshot, a model
         // that never trains — on servers whose snapshots follow or rewind their model, the
-        // policy's stage-start snapshot would sample (or make) the current policy.
-        if let Some(copy) = &copy {
-            let frozen =
-                self.remote().engine.sampler(copy, &format!("ref-copy-{index}")).map_err(fail)?;
-            self.remote().reference = frozen;
-        }
+        // policy's stage-start snapshot would sample (or make) the current policy. Without a
+        // copy, that snapshot (saved now, or named by the checkpoint), read past this stage's
+        // first step only where snapshots are kept (refused above otherwise).
+        let resumed_reference = resumed.and_then(|r| r.reference.clone()).filter(|_| step > 0);
+        let reference = match (&copy, resumed_reference) {
+            (Some(copy), _) => self.remote().engine.sampler(copy, &format!("ref-copy-{index}")),
+            (None, Some(path)) => Ok(Sampler::Weights(path)),
+            (None, None) => self.remote().engine.sampler(&policy, &format!("ref-{index}")),
+        };
         let r = self.remote();
+        r.reference = reference.map_err(fail)?;
         r.reference_model = copy;
         r.reference_weights = weights;
         Ok(())
