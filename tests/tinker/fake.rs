@@ -76,6 +76,18 @@ pub struct Fake {
     pub state: Arc<Mutex<State>>,
 }
 
+impl State {
+    /// As a restarted server, or SkyRL's cleanup of a session without heartbeats: every model
+    /// unloaded; saved weights and sampler snapshots stay where they were written.
+    pub fn restart(&mut self) {
+        for m in self.engine.model_ids() {
+            let _ = self.engine.unload(&m);
+        }
+        self.loaded.clear();
+        self.futures.clear();
+    }
+}
+
 impl Fake {
     pub fn start(engine: CandleEngine, base_model: &str) -> Fake {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -234,6 +246,10 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
         }
         "unload_model" => {
             let m = model(&j());
+            // SkyRL (`api.py` `unload_model`): any session's model; an unknown id is a 404.
+            if !s.engine.model_ids().contains(&m) {
+                return Reply::Status(404, json!({"detail": "Model not found"}));
+            }
             let _ = s.engine.unload(&m);
             future(s, Ok(Reply::Json(json!({"model_id": m.0, "status": "unloaded"}))))
         }

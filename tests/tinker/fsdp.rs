@@ -47,3 +47,83 @@ fn rto_trains_on_four_one_adapter_servers_exactly_as_on_one_server() {
     // The policy and its critic; the reward model; the DPO model; `ref`'s reader.
     assert_eq!(held, [2, 1, 1, 1]);
 }
+
+/// RTO on four one-adapter servers, interrupted in its last stage and resumed: the servers
+/// where the dead process's adapters are still loaded get them unloaded first (the run
+/// directory's `adapters.json`), those that restarted meanwhile have lost them, and the
+/// frozen reward and DPO models are made again from the checkpoint — the run ends exactly
+/// where the uninterrupted one ends.
+#[test]
+fn rto_on_four_one_adapter_servers_resumes_exactly_after_a_crash() {
+    let base = base_of("dpo", "dpo");
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/rto_tinker.rlx");
+    let dir = scratch("rto-fsdp-resume");
+    let four = || {
+        let fakes: Vec<Fake> = (0..4).map(|_| fsdp_on(&base)).collect();
+        let servers = vec![
+            fakes[0].url.clone(),
+            format!("rm={}", fakes[1].url),
+            format!("dpo_model={}", fakes[2].url),
+            format!("ref={}", fakes[3].url),
+        ];
+        (fakes, servers)
+    };
+    let (_fakes, servers) = four();
+    ok(&small_remote_run(&recipe, &dir.join("whole"), &servers));
+    let (fakes, servers) = four();
+    let run = dir.join("resumed");
+    // Stop in the last stage's second step, once its first step's checkpoint saved the policy
+    // and its critic on the default server.
+    let out = {
+        let state = fakes[0].state.clone();
+        let watcher = std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let mut s = state.lock().unwrap();
+                if s.calls.iter().filter(|c| *c == "save_weights").count() >= 2 {
+                    s.faults.push_back(Fault::DropAfterBackward);
+                    return;
+                }
+            }
+        });
+        let out = small_remote_run(&recipe, &run, &servers);
+        watcher.join().unwrap();
+        out
+    };
+    assert!(!out.status.success(), "the run must stop");
+    assert!(flat(&out).contains("not sent again"), "{}", flat(&out));
+    // The reward model's and `ref`'s servers restart; the other two still hold the dead
+    // process's adapters (SkyRL unloads them 300 s after its last heartbeat).
+    for f in [&fakes[1], &fakes[3]] {
+        f.state.lock().unwrap().restart();
+    }
+    let stale: Vec<usize> =
+        fakes.iter().map(|f| f.state.lock().unwrap().engine.model_ids().len()).collect();
+    assert_eq!(stale, [2, 0, 1, 0]);
+    let resumed = rlx().args(["run", "--resume"]).arg(&run).output().unwrap();
+    ok(&resumed);
+    let said = flat(&resumed);
+    for part in
+        ["2 unloaded, 0 gone already", "1 unloaded, 0 gone already", "0 unloaded, 1 gone already"]
+    {
+        assert!(said.contains(part), "{part}: {said}");
+    }
+    let (a, b) = (losses(&dir.join("whole")), losses(&run));
+    assert_eq!(a.len(), 6, "two steps of three stages: {a:?}");
+    assert_eq!(b.len(), 6, "{b:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "uninterrupted {a:?}, resumed {b:?}");
+    }
+    // What the run directory says each server holds is what it holds.
+    let ledger: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("adapters.json")).unwrap()).unwrap();
+    for f in &fakes {
+        let held: Vec<String> =
+            f.state.lock().unwrap().engine.model_ids().into_iter().map(|m| m.0).collect();
+        let recorded: Vec<String> = ledger[&f.url]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        assert_eq!(held, recorded, "{}", f.url);
+    }
+}

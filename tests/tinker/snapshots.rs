@@ -22,7 +22,7 @@ fn the_self_test_finds_whether_snapshots_keep_their_weights_and_the_base_model_s
     let live = fsdp();
     let jax = serve(Reduction::Sum);
     jax.state.lock().unwrap().samplers_load = true;
-    let connect = |url: &str| Remote::connect(None, url, None, None, Retry::default(), None);
+    let connect = |url: &str| Remote::connect(None, url, None, None, Retry::default(), None, None);
     assert_eq!(connect(&kept.url).unwrap().sampling(), Sampling::FULL);
     let found = connect(&live.url).unwrap().sampling();
     assert_eq!(found, Sampling { snapshots: Snapshots::FollowModel, base: false });

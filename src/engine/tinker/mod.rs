@@ -8,6 +8,7 @@
 pub mod archive;
 pub mod client;
 mod heartbeat;
+pub mod ledger;
 pub mod lint;
 pub mod profile;
 pub mod proto;
@@ -21,6 +22,7 @@ use serde_json::{Value as Json, json};
 
 use self::client::{Body, CallError, Client, Reply, Retry};
 use self::heartbeat::Heartbeat;
+use self::ledger::Ledger;
 use super::surrogate::{CriticBackward, DatumBackward, LossFn, Reduction};
 use super::{Adam, Engine, Lora, ModelId, SampleParams, Sampled, Sampler, Sampling, Seq};
 
@@ -36,6 +38,8 @@ pub struct Remote {
     sampling: Sampling,
     /// The next `seq_id` of each model: its requests run in this order.
     seq: HashMap<String, i32>,
+    /// Where the adapters made here are recorded until unloaded (`None`: nowhere).
+    ledger: Option<Ledger>,
     _heartbeat: Heartbeat,
 }
 
@@ -44,9 +48,10 @@ fn msg(e: CallError) -> String {
 }
 
 impl Remote {
-    /// Connects, picks the base model (`base_model`, or the server's only one), opens a session
-    /// and checks the server's reduction with a self-test (`profile`): a server whose gradients
-    /// are not what either profile predicts is refused before any training.
+    /// Connects, picks the base model (`base_model`, or the server's only one), opens a session,
+    /// unloads the adapters an earlier process of the run left there (`ledger`), and checks the
+    /// server's reduction with a self-test (`profile`): a server whose gradients are not what
+    /// either profile predicts is refused before any training.
     pub fn connect(
         name: Option<&str>,
         url: &str,
@@ -54,6 +59,7 @@ impl Remote {
         reduction: Option<Reduction>,
         retry: Retry,
         lora: Option<Lora>,
+        ledger: Option<Ledger>,
     ) -> Result<Remote, String> {
         let client = Arc::new(Client::connect(name, url, retry).map_err(msg)?);
         let caps = client.get("get_server_capabilities").map_err(msg)?;
@@ -100,8 +106,10 @@ impl Remote {
             reduction: Reduction::Sum,
             sampling: Sampling::FULL,
             seq: HashMap::new(),
+            ledger,
             _heartbeat: heartbeat,
         };
+        remote.unload_left()?;
         // The self-tests' throwaway adapter has the run's LoRA settings (`lora`, `None`: the
         // default rank): SkyRL's multi-LoRA runtime serves only the first adapter's (rank, alpha).
         let model = remote.create_model(lora, 0)?;
@@ -117,6 +125,43 @@ impl Remote {
 
     pub fn base_model(&self) -> &str {
         &self.base_model
+    }
+
+    /// Unloads the adapters the ledger holds for this server: an earlier process of the run
+    /// made them and did not live to unload them. One the server no longer knows (404: it
+    /// restarted, or cleaned up the dead session) is gone already; one it will not unload is
+    /// reported and left (a server with room for it still serves the run).
+    fn unload_left(&mut self) -> Result<(), String> {
+        let Some(ledger) = self.ledger.clone() else { return Ok(()) };
+        let left = ledger.held()?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        let (mut unloaded, mut gone) = (0, 0);
+        for id in &left {
+            let body = Body::Json(json!({"model_id": id}));
+            match self.client.call("unload_model", &body, true) {
+                Ok(_) => unloaded += 1,
+                Err(e)
+                    if e.kind == client::ErrorKind::Refused
+                        && e.message.starts_with("HTTP 404") =>
+                {
+                    gone += 1
+                }
+                Err(e) => {
+                    eprintln!("{e} (an adapter an earlier process of this run left; not unloaded)");
+                    continue;
+                }
+            }
+            ledger.remove(id)?;
+        }
+        eprintln!(
+            "Tinker server {}: {} adapters an earlier process of this run left ({}): {unloaded} unloaded, {gone} gone already",
+            self.client.label(),
+            left.len(),
+            left.join(", ")
+        );
+        Ok(())
     }
 
     fn next_seq(&mut self, model: &ModelId) -> i32 {
@@ -204,10 +249,14 @@ impl Remote {
             json!({"session_id": self.session, "base_model": self.base_model, "lora_config": lora_config, "model_role": role}),
             false,
         )?;
-        r["model_id"]
+        let id = r["model_id"]
             .as_str()
             .map(|s| ModelId(s.to_string()))
-            .ok_or_else(|| self.protocol("create_model", "no model_id in the result"))
+            .ok_or_else(|| self.protocol("create_model", "no model_id in the result"))?;
+        if let Some(ledger) = &self.ledger {
+            ledger.add(&id.0)?;
+        }
+        Ok(id)
     }
 
     /// A forward-only pass of `model` over `seqs`; each sequence's text tokens' `field`.
@@ -506,7 +555,11 @@ impl Engine for Remote {
     }
 
     fn unload(&mut self, model: &ModelId) -> Result<(), String> {
-        self.call_json("unload_model", json!({"model_id": model.0}), true).map(|_| ())
+        self.call_json("unload_model", json!({"model_id": model.0}), true)?;
+        match &self.ledger {
+            Some(ledger) => ledger.remove(&model.0),
+            None => Ok(()),
+        }
     }
 
     /// SkyRL's FSDP backend builds a critic network from the base model; servers without one

@@ -105,7 +105,8 @@ impl<'a> Run<'a> {
         let wall_before = resume_state.as_ref().map_or(0.0, |(s, _)| s.wall);
         let remote = match &opts.tinker {
             Some(t) => Some(
-                super::remote::connect(t, checked, opts.quiet).map_err(|e| run_error(whole, e))?,
+                super::remote::connect(t, checked, &opts.out, opts.quiet)
+                    .map_err(|e| run_error(whole, e))?,
             ),
             None => None,
         };

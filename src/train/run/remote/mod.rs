@@ -20,6 +20,7 @@ use super::{Metrics, Run, TinkerOptions, run_error};
 use crate::check::params;
 use crate::diag::Diagnostic;
 use crate::engine::tinker::Remote;
+use crate::engine::tinker::ledger::Ledger;
 use crate::engine::tinker::snapshots::mean_abs_diff;
 use crate::engine::{Engine, Lora, ModelId, SampleParams, Sampler, Seq, Snapshots};
 use crate::ir::graph::{ModelRef, ScorerRef};
@@ -48,6 +49,7 @@ pub(in crate::train::run) struct Servers {
 pub(in crate::train::run) fn connect(
     t: &TinkerOptions,
     checked: &crate::check::Checked,
+    run_dir: &std::path::Path,
     quiet: bool,
 ) -> Result<Servers, String> {
     let retry = crate::engine::tinker::client::Retry::default;
@@ -58,7 +60,10 @@ pub(in crate::train::run) fn connect(
         let own_training =
             name.filter(|n| checked.program.stages.iter().any(|s| s.trained() == Some(n)));
         let lora = lora_of(checked, own_training.unwrap_or(first));
-        let engine = Remote::connect(name, url, base, t.reduction, retry(), lora)?;
+        // What each server holds for the run is recorded in the run directory, for the next
+        // process on it (a `--resume`) to unload first.
+        let ledger = Some(Ledger::new(run_dir, url));
+        let engine = Remote::connect(name, url, base, t.reduction, retry(), lora, ledger)?;
         if !quiet {
             let sampling = Engine::sampling(&engine);
             eprintln!(
@@ -272,6 +277,7 @@ impl Run<'_> {
             for (name, path) in &r.samplers {
                 self.remote().samplers.insert(name.clone(), Sampler::Weights(path.clone()));
             }
+            self.remote_refrozen(index, r).map_err(fail)?;
         }
         if !self.remote().own_checked {
             let names: Vec<String> = self.remote().own.keys().cloned().collect();
@@ -370,6 +376,31 @@ impl Run<'_> {
         r.reference = reference.map_err(fail)?;
         r.reference_model = copy;
         r.reference_weights = weights;
+        Ok(())
+    }
+
+    /// On resuming stage `index`: the models earlier stages trained, frozen since, made again
+    /// on their servers from the checkpoint's weights. The interrupted process's adapters are
+    /// gone (unloaded at connect, or by a restarted server) and, on servers whose snapshots
+    /// follow or load into their model, so are their snapshots; made again, they are read as
+    /// the uninterrupted run reads them (forward passes) and sampled through a fresh snapshot.
+    fn remote_refrozen(&mut self, index: usize, resumed: &RemoteCheckpoint) -> Result<(), String> {
+        let stage = &self.checked.program.stages[index];
+        let frozen = resumed.models.iter().filter(|(name, _)| {
+            model_of_key(name) == name.as_str()
+                && !stage.train.iter().any(|t| &t.model.name == *name)
+        });
+        for (name, path) in frozen {
+            let (lora, seed) = (self.lora_of(name), self.opts.seed);
+            let engine = self.remote().engine_for(name);
+            let id = engine.create_model(lora, seed)?;
+            engine.load(&id, path)?;
+            let sampler = engine.sampler(&id, &format!("frozen-{name}-resumed-{index}"))?;
+            let r = self.remote();
+            r.located.insert(name.clone(), r.server_of(name));
+            r.models.insert(name.clone(), id);
+            r.samplers.insert(name.clone(), sampler);
+        }
         Ok(())
     }
 
