@@ -151,6 +151,11 @@ pub trait Engine {
     }
     /// Frees a model (its adapter slot on a server).
     fn unload(&mut self, model: &ModelId) -> Result<(), String>;
+    /// Frees every model the engine made and still holds, as a run ends: a server that holds
+    /// one adapter is free for the next run at once. Its saves stay loadable.
+    fn release(&mut self) -> Result<(), String> {
+        Ok(())
+    }
     /// What the engine's sampling can be trusted with.
     fn sampling(&self) -> Sampling {
         Sampling::FULL

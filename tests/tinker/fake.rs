@@ -69,6 +69,8 @@ pub struct State {
     synced: HashMap<ModelId, String>,
     futures: HashMap<String, Reply>,
     next: u64,
+    /// The most models it held at once.
+    pub most_held: usize,
 }
 
 pub struct Fake {
@@ -109,6 +111,7 @@ impl Fake {
             synced: HashMap::new(),
             futures: HashMap::new(),
             next: 1,
+            most_held: 0,
         }));
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -242,6 +245,7 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
                 }
                 .map(|m| Reply::Json(json!({"model_id": m.0})))
             };
+            s.most_held = s.most_held.max(s.engine.model_ids().len());
             future(s, r)
         }
         "unload_model" => {

@@ -119,6 +119,9 @@ for recipe in grpo vineppo rlmec rcfd_yes_no; do
     grep -q "sampler snapshots loaded into their model, base model sampled" "$work/$recipe.log" \
         || { echo "$recipe: the self-test found other snapshots:" >&2; grep "sampler snapshots" "$work/$recipe.log" >&2; exit 1; }
     grep -q "adapter pulled to" "$work/$recipe.log"
+    # The run's adapters are unloaded as it ends (`Engine::release`), none left to the server.
+    grep -q "its adapter unloaded" "$work/$recipe.log"
+    if grep -q "left to the server" "$work/$recipe.log"; then grep "left to the server" "$work/$recipe.log" >&2; exit 1; fi
     echo "$recipe: trained 2 steps a stage on SkyRL in $((SECONDS - start)) s"
     grep "adapter pulled to" "$work/$recipe.log" | sed "s|$work/||"
 done

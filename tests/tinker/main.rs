@@ -263,8 +263,9 @@ fn local_and_remote(recipe: &Path, dir: &Path, reduction: Reduction) -> (PathBuf
     ok(&run_args(recipe, &local).output().unwrap());
     let fake = serve(reduction);
     let remote = dir.join("remote");
+    // The served weights are read afterwards: the adapters stay loaded.
     let out = run_args(recipe, &remote)
-        .args(["--engine", "tinker", "--server", &fake.url])
+        .args(["--engine", "tinker", "--server", &fake.url, "--keep-adapters"])
         .output()
         .unwrap();
     ok(&out);
@@ -412,7 +413,7 @@ fn a_teacher_on_a_server_of_its_own_is_read_there_and_the_run_ends_where_the_loc
     assert!(text.contains("tinker-models") && text.contains("--server NAME=URL"), "{text}");
     let remote = dir.join("remote");
     let out = run_args(&recipe, &remote)
-        .args(["--engine", "tinker", "--server", &policy.url])
+        .args(["--engine", "tinker", "--server", &policy.url, "--keep-adapters"])
         .args(["--server", &format!("teacher={}", teacher.url)])
         .output()
         .unwrap();
@@ -531,7 +532,7 @@ fn yes_no_rcfd_ends_where_local_ends(reduction: Reduction, name: &str, fsdp: boo
     }
     let remote = dir.join("remote");
     let mut command = run_args(&recipe, &remote);
-    command.args(args).args(["--engine", "tinker", "--server", &fakes[0].url]);
+    command.args(args).args(["--engine", "tinker", "--server", &fakes[0].url, "--keep-adapters"]);
     if fsdp {
         command.args(["--server", &format!("rm={}", fakes[1].url)]);
     }
@@ -683,6 +684,11 @@ fn shipped_recipes_train_remotely(family: &str, base: &Path, must: &[&str]) {
 
 /// A shipped recipe's 2-step remote run at small batches on `servers` (`--server` values).
 fn small_remote_run(recipe: &Path, out: &Path, servers: &[String]) -> Output {
+    small_remote_command(recipe, out, servers).output().unwrap()
+}
+
+/// The command of `small_remote_run`.
+fn small_remote_command(recipe: &Path, out: &Path, servers: &[String]) -> Command {
     let mut run = run_args(recipe, out);
     run.args(["--steps", "2", "--engine", "tinker"]).args(SMALL);
     for s in servers {
@@ -696,7 +702,7 @@ fn small_remote_run(recipe: &Path, out: &Path, servers: &[String]) -> Output {
             run.args(["--set", &format!("{stage}.sample.max_tokens=12")]);
         }
     }
-    run.output().unwrap()
+    run
 }
 
 /// A recipe's stages, and whether each samples (`prompts`).
@@ -923,7 +929,8 @@ fn a_value_head_trains_as_a_critic_on_a_server_with_one_and_is_refused_by_one_wi
     std::fs::write(&recipe, text).unwrap();
     let ppo = |out: &Path, url: &str, steps: &str| {
         let mut run = run_args(&recipe, out);
-        run.args(["--steps", steps, "--engine", "tinker", "--server", url]).args(SMALL);
+        run.args(["--steps", steps, "--engine", "tinker", "--server", url, "--keep-adapters"]);
+        run.args(SMALL);
         for set in ["rl.optim.batch=8", "rl.optim.minibatch=4", "rl.optim.epochs=2"] {
             run.args(["--set", set]);
         }

@@ -58,7 +58,7 @@ fn where_snapshots_follow_the_policy_ref_is_refused_or_read_on_a_server_of_its_o
     let (fsdp, reference) = (fsdp(), fsdp());
     let remote = dir.join("remote");
     let out = run_args(&recipe, &remote)
-        .args(["--engine", "tinker", "--server", &fsdp.url])
+        .args(["--engine", "tinker", "--server", &fsdp.url, "--keep-adapters"])
         .args(["--server", &format!("ref={}", reference.url)])
         .output()
         .unwrap();
@@ -103,7 +103,7 @@ fn sampling_from_ref_reads_its_frozen_copy_where_snapshots_load_into_their_model
     jax.state.lock().unwrap().samplers_load = true;
     let remote = dir.join("remote");
     ok(&run_args(&recipe, &remote)
-        .args(["--engine", "tinker", "--server", &jax.url])
+        .args(["--engine", "tinker", "--server", &jax.url, "--keep-adapters"])
         .output()
         .unwrap());
     let (l, r) = (losses(&local), losses(&remote));

@@ -284,6 +284,11 @@ pub struct RunArgs {
     /// for servers that report no gradient norm).
     #[arg(long, value_enum)]
     pub reduction: Option<ReductionArg>,
+    /// Leave the run's adapters loaded on its servers when it ends, to sample or train them
+    /// there afterwards (default: unloaded, which frees a server that holds one adapter, as
+    /// SkyRL's FSDP backend, for the next run at once; the saves stay loadable either way).
+    #[arg(long)]
+    pub keep_adapters: bool,
 }
 
 /// `rlx run --engine`.

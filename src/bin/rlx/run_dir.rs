@@ -55,6 +55,8 @@ pub struct TinkerConfig {
     pub servers: std::collections::BTreeMap<String, String>,
     pub base_model: Option<String>,
     pub reduction: Option<crate::args::ReductionArg>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_adapters: bool,
 }
 
 /// A run directory's `run.json` and the recipe bytes it ran; `missing` phrases a failure to

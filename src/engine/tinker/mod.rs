@@ -14,7 +14,7 @@ pub mod profile;
 pub mod proto;
 pub(crate) mod snapshots;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use prost::Message;
@@ -38,7 +38,9 @@ pub struct Remote {
     sampling: Sampling,
     /// The next `seq_id` of each model: its requests run in this order.
     seq: HashMap<String, i32>,
-    /// Where the adapters made here are recorded until unloaded (`None`: nowhere).
+    /// The adapters made here and not unloaded, and where they are recorded for the next
+    /// process of the run (`None`: nowhere).
+    held: BTreeSet<String>,
     ledger: Option<Ledger>,
     _heartbeat: Heartbeat,
 }
@@ -106,6 +108,7 @@ impl Remote {
             reduction: Reduction::Sum,
             sampling: Sampling::FULL,
             seq: HashMap::new(),
+            held: BTreeSet::new(),
             ledger,
             _heartbeat: heartbeat,
         };
@@ -253,6 +256,7 @@ impl Remote {
             .as_str()
             .map(|s| ModelId(s.to_string()))
             .ok_or_else(|| self.protocol("create_model", "no model_id in the result"))?;
+        self.held.insert(id.0.clone());
         if let Some(ledger) = &self.ledger {
             ledger.add(&id.0)?;
         }
@@ -556,9 +560,23 @@ impl Engine for Remote {
 
     fn unload(&mut self, model: &ModelId) -> Result<(), String> {
         self.call_json("unload_model", json!({"model_id": model.0}), true)?;
+        self.held.remove(&model.0);
         match &self.ledger {
             Some(ledger) => ledger.remove(&model.0),
             None => Ok(()),
+        }
+    }
+
+    fn release(&mut self) -> Result<(), String> {
+        let mut failed = Vec::new();
+        for id in self.held.clone() {
+            if let Err(e) = self.unload(&ModelId(id)) {
+                failed.push(e);
+            }
+        }
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(failed.join("; ")),
         }
     }
 

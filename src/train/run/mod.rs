@@ -64,6 +64,8 @@ pub struct TinkerOptions {
     pub base_model: Option<String>,
     /// How the server reduces a backward (default: what its self-test finds).
     pub reduction: Option<crate::engine::surrogate::Reduction>,
+    /// Whether the run's adapters stay loaded on its servers when it ends.
+    pub keep_adapters: bool,
 }
 
 /// Task metrics by name.
@@ -133,19 +135,30 @@ pub fn run(checked: &Checked, resolved: &str, opts: &RunOptions) -> Result<Summa
         }
     }
     let mut resume_state = resume_state;
+    let keep = opts.tinker.as_ref().is_some_and(|t| t.keep_adapters);
     for index in first_stage..checked.program.stages.len() {
-        run.stage(index, resume_state.take()).map_err(|d| run.blame_reward(d))?;
+        if let Err(d) = run.stage(index, resume_state.take()) {
+            // The checkpoint's saves are what a `--resume` loads: the adapters are not needed.
+            if let Some(r) = run.remote.as_mut().filter(|_| !keep) {
+                r.release();
+            }
+            return Err(run.blame_reward(d));
+        }
     }
     if let Some(r) = &mut run.remote {
-        // The trained weights are the server's: the last checkpoint names them.
+        // The trained weights are the server's saves: the last checkpoint names them.
         if !opts.quiet {
             for (name, id) in r.models.clone() {
                 eprintln!(
-                    "`{name}` was trained on {} as `{}`; its weights are the server's (state.json names the last save)",
+                    "`{name}` was trained on {} as `{}`; its weights are the server's saves (state.json names the last), its adapter {}",
                     r.engine_for(&name).label(),
-                    id.0
+                    id.0,
+                    if keep { "still loaded (--keep-adapters)" } else { "unloaded" }
                 );
             }
+        }
+        if !keep {
+            r.release();
         }
         run.summary.seconds = run.wall();
         return Ok(run.summary);

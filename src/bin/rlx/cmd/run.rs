@@ -49,6 +49,7 @@ pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
     let tinker = match config.tinker.clone() {
         Some(mut t) => {
             let (default, own) = split_servers(&args.server)?;
+            t.keep_adapters |= args.keep_adapters;
             if let Some(url) = default {
                 t.server = url;
             }
@@ -119,6 +120,7 @@ pub fn main(args: RunArgs, style: Style) -> Result<ExitCode, String> {
                 ReductionArg::Sum => rlx::engine::surrogate::Reduction::Sum,
                 ReductionArg::Mean => rlx::engine::surrogate::Reduction::PerSequenceMean,
             }),
+            keep_adapters: t.keep_adapters,
         }),
     };
     match rlx::train::run::run(checked, &resolved, &options) {
@@ -174,12 +176,16 @@ fn tinker_config(args: &RunArgs) -> Result<Option<TinkerConfig>, String> {
             servers,
             base_model: args.base_model.clone(),
             reduction: args.reduction,
+            keep_adapters: args.keep_adapters,
         })),
         (EngineKind::Tinker, None) => Err("`--engine tinker` needs `--server URL`".into()),
         (EngineKind::Local, _)
-            if !args.server.is_empty() || args.base_model.is_some() || args.reduction.is_some() =>
+            if !args.server.is_empty()
+                || args.base_model.is_some()
+                || args.reduction.is_some()
+                || args.keep_adapters =>
         {
-            Err("`--server`, `--base-model` and `--reduction` belong with `--engine tinker`".into())
+            Err("`--server`, `--base-model`, `--reduction` and `--keep-adapters` belong with `--engine tinker`".into())
         }
         (EngineKind::Local, _) => Ok(None),
     }

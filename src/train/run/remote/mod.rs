@@ -204,6 +204,20 @@ impl RemoteRun {
         }
     }
 
+    /// Frees the run's adapters on every server as the run ends (`Engine::release`). A server
+    /// that will not is reported, not fatal: the run directory's `adapters.json` still names
+    /// them for its next process, and the server's session cleanup frees them.
+    pub fn release(&mut self) {
+        let engines = std::iter::once(&mut self.engine)
+            .chain(self.parked.values_mut())
+            .chain(self.own.values_mut());
+        for engine in engines {
+            if let Err(e) = engine.release() {
+                eprintln!("{e} (the run's adapters there are left to the server)");
+            }
+        }
+    }
+
     /// Records that `name` was just created on the current server.
     fn created(&mut self, name: &str) {
         self.located.insert(name.to_string(), self.home.clone());
