@@ -135,7 +135,7 @@ impl Remote {
     /// restarted, or cleaned up the dead session) is gone already; one it will not unload is
     /// reported and left (a server with room for it still serves the run).
     fn unload_left(&mut self) -> Result<(), String> {
-        let Some(ledger) = self.ledger.clone() else { return Ok(()) };
+        let Some(ledger) = &self.ledger else { return Ok(()) };
         let left = ledger.held()?;
         if left.is_empty() {
             return Ok(());
@@ -156,7 +156,7 @@ impl Remote {
                     continue;
                 }
             }
-            ledger.remove(id)?;
+            self.forget(id)?;
         }
         eprintln!(
             "Tinker server {}: {} adapters an earlier process of this run left ({}): {unloaded} unloaded, {gone} gone already",
@@ -165,6 +165,15 @@ impl Remote {
             left.join(", ")
         );
         Ok(())
+    }
+
+    /// An adapter the server no longer holds: out of `held` and the ledger.
+    fn forget(&mut self, id: &str) -> Result<(), String> {
+        self.held.remove(id);
+        match &self.ledger {
+            Some(ledger) => ledger.remove(id),
+            None => Ok(()),
+        }
     }
 
     fn next_seq(&mut self, model: &ModelId) -> i32 {
@@ -560,11 +569,7 @@ impl Engine for Remote {
 
     fn unload(&mut self, model: &ModelId) -> Result<(), String> {
         self.call_json("unload_model", json!({"model_id": model.0}), true)?;
-        self.held.remove(&model.0);
-        match &self.ledger {
-            Some(ledger) => ledger.remove(&model.0),
-            None => Ok(()),
-        }
+        self.forget(&model.0)
     }
 
     fn release(&mut self) -> Result<(), String> {

@@ -411,7 +411,6 @@ impl Run<'_> {
             engine.load(&id, path)?;
             let sampler = engine.sampler(&id, &format!("frozen-{name}-resumed-{index}"))?;
             let r = self.remote();
-            r.located.insert(name.clone(), r.server_of(name));
             r.models.insert(name.clone(), id);
             r.samplers.insert(name.clone(), sampler);
         }
