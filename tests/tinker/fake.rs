@@ -2,9 +2,12 @@
 //! (JSON control calls, protobuf `forward_backward` bodies and results, futures collected with
 //! `retrieve_future`), whose model is rlx's own candle engine (`rlx::engine::candle`) in either
 //! reduction profile. Faults can be queued: a 408 or `try_again` while a result is pending, a
-//! 500, a dropped connection.
+//! 500, a dropped connection. It can also be a hosted-Tinker-like server (`Tokens`): its
+//! `client/config` asks for a JWT exchange, `auth/token` trades the API key for short-lived
+//! tokens, and every other call must carry a live one; and it can refuse `forward_backward`
+//! requests over a number of datums it announces.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,59 @@ pub enum Fault {
     /// The connection closes without an answer to a backward (after the server applied it:
     /// the client cannot know whether it did).
     DropAfterBackward,
+    /// Every token issued so far is rejected from this request on (on this path), as a
+    /// server that revoked them before they expired.
+    RevokeTokens(&'static str),
+}
+
+/// A server that exchanges an API key for JWTs (hosted Tinker's `pjwt_auth_enabled`).
+pub struct Tokens {
+    /// The only API key `auth/token` accepts.
+    pub key: String,
+    /// Seconds each token lives (`exp − iat`).
+    pub lifetime: u64,
+    /// Tokens issued and not revoked.
+    live: HashSet<String>,
+    /// How many were issued.
+    pub issued: usize,
+    /// The paths of calls that carried the API key itself rather than a token.
+    pub key_seen_at: Vec<String>,
+    /// How many calls were refused for their token.
+    pub rejected: usize,
+}
+
+impl Tokens {
+    pub fn new(key: &str, lifetime: u64) -> Tokens {
+        Tokens {
+            key: key.into(),
+            lifetime,
+            live: HashSet::new(),
+            issued: 0,
+            key_seen_at: vec![],
+            rejected: 0,
+        }
+    }
+
+    fn issue(&mut self) -> String {
+        use base64::Engine as _;
+        let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        self.issued += 1;
+        let claims = format!(
+            r#"{{"iat":{now},"exp":{},"sub":"fake","n":{}}}"#,
+            now + self.lifetime,
+            self.issued
+        );
+        let jwt = format!("{}.{}.sig", b64(r#"{"alg":"none"}"#.into()), b64(claims));
+        self.live.insert(jwt.clone());
+        jwt
+    }
+
+    /// Whether `token` is live: issued, not revoked, not expired.
+    fn accepts(&self, token: &str) -> bool {
+        self.live.contains(token) && rlx::engine::tinker::auth::seconds_left(token) > 0.0
+    }
 }
 
 pub enum Reply {
@@ -71,6 +127,15 @@ pub struct State {
     next: u64,
     /// The most models it held at once.
     pub most_held: usize,
+    /// Its `client/config` answer (`None`: no such route, as before SDK 0.25's servers).
+    pub config: Option<Json>,
+    /// Whether it exchanges keys for tokens, and its bookkeeping.
+    pub tokens: Option<Tokens>,
+    /// Each `forward_backward` request's datum count.
+    pub request_datums: Vec<usize>,
+    /// `asample` futures not yet collected, and the most there were at once.
+    samples_out: HashSet<String>,
+    pub most_samples_out: usize,
 }
 
 pub struct Fake {
@@ -112,6 +177,11 @@ impl Fake {
             futures: HashMap::new(),
             next: 1,
             most_held: 0,
+            config: None,
+            tokens: None,
+            request_datums: vec![],
+            samples_out: HashSet::new(),
+            most_samples_out: 0,
         }));
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -134,6 +204,7 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
         let mut parts = line.split_whitespace();
         let (_method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").to_string());
         let mut length = 0;
+        let mut key = None;
         loop {
             let mut h = String::new();
             reader.read_line(&mut h).unwrap();
@@ -141,10 +212,12 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
             if h.is_empty() {
                 break;
             }
-            if let Some((k, v)) = h.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap();
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap();
+                } else if k.eq_ignore_ascii_case("x-api-key") {
+                    key = Some(v.trim().to_string());
+                }
             }
         }
         let mut body = vec![0; length];
@@ -153,36 +226,49 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
         let reply = {
             let mut s = state.lock().unwrap();
             s.calls.push(path.clone());
-            match s.faults.front().cloned() {
-                Some(Fault::Drop(p)) if p == path => {
-                    s.faults.pop_front();
-                    drop(s);
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                    return;
+            if let Some(Fault::RevokeTokens(p)) = s.faults.front().cloned()
+                && p == path
+            {
+                s.faults.pop_front();
+                if let Some(t) = s.tokens.as_mut() {
+                    t.live.clear();
                 }
-                Some(Fault::ServerError(p)) if p == path => {
-                    s.faults.pop_front();
-                    Reply::Status(500, json!({"detail": "injected failure"}))
-                }
-                Some(f @ (Fault::Pending | Fault::TryAgain)) if path == "retrieve_future" => {
-                    s.faults.pop_front();
-                    match f {
-                        Fault::Pending => Reply::Status(408, json!({"detail": "pending"})),
-                        _ => Reply::Json(json!({"type": "try_again"})),
+            }
+            let refused = s.tokens.as_mut().and_then(|t| authorise(t, &path, key.as_deref()));
+            if let Some(refusal) = refused {
+                refusal
+            } else {
+                match s.faults.front().cloned() {
+                    Some(Fault::Drop(p)) if p == path => {
+                        s.faults.pop_front();
+                        drop(s);
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        return;
                     }
+                    Some(Fault::ServerError(p)) if p == path => {
+                        s.faults.pop_front();
+                        Reply::Status(500, json!({"detail": "injected failure"}))
+                    }
+                    Some(f @ (Fault::Pending | Fault::TryAgain)) if path == "retrieve_future" => {
+                        s.faults.pop_front();
+                        match f {
+                            Fault::Pending => Reply::Status(408, json!({"detail": "pending"})),
+                            _ => Reply::Json(json!({"type": "try_again"})),
+                        }
+                    }
+                    Some(Fault::DropAfterBackward)
+                        if path == "forward_backward"
+                            && proto::ForwardBackwardRequest::decode(body.as_slice())
+                                .is_ok_and(|r| !r.forward_only) =>
+                    {
+                        s.faults.pop_front();
+                        let _ = route(&mut s, &path, &body);
+                        drop(s);
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    _ => route(&mut s, &path, &body),
                 }
-                Some(Fault::DropAfterBackward)
-                    if path == "forward_backward"
-                        && proto::ForwardBackwardRequest::decode(body.as_slice())
-                            .is_ok_and(|r| !r.forward_only) =>
-                {
-                    s.faults.pop_front();
-                    let _ = route(&mut s, &path, &body);
-                    drop(s);
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                    return;
-                }
-                _ => route(&mut s, &path, &body),
             }
         };
         let (status, kind, bytes) = match reply {
@@ -190,12 +276,35 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
             Reply::Proto(b) => (200, "application/x-protobuf", b),
             Reply::Status(code, j) => (code, "application/json", j.to_string().into_bytes()),
         };
+        let challenge =
+            if status == 401 { "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n" } else { "" };
         let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
+            "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\n{challenge}Content-Length: {}\r\n\r\n",
             bytes.len()
         );
         if stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&bytes)).is_err() {
             return;
+        }
+    }
+}
+
+/// The refusal a call meets on a token-exchanging server, if any: `auth/token` takes the API
+/// key, `healthz` and `client/config` anything, every other call a live token. (Its 401s carry
+/// `error="invalid_token"`, except the API key's own refusal, a 403.)
+fn authorise(t: &mut Tokens, path: &str, key: Option<&str>) -> Option<Reply> {
+    if key == Some(t.key.as_str()) && !matches!(path, "auth/token" | "client/config") {
+        t.key_seen_at.push(path.to_string());
+    }
+    match path {
+        "healthz" | "client/config" => None,
+        "auth/token" if key == Some(t.key.as_str()) => {
+            Some(Reply::Json(json!({ "jwt": t.issue() })))
+        }
+        "auth/token" => Some(Reply::Status(403, json!({"detail": "invalid API key"}))),
+        _ if key.is_some_and(|k| t.accepts(k)) => None,
+        _ => {
+            t.rejected += 1;
+            Some(Reply::Status(401, json!({"detail": "invalid or expired token"})))
         }
     }
 }
@@ -216,6 +325,14 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
     let model = |j: &Json| ModelId(j["model_id"].as_str().unwrap_or("").to_string());
     match path {
         "healthz" => Reply::Json(json!({"status": "ok"})),
+        "client/config" => match (&s.config, &s.tokens) {
+            (None, None) => Reply::Status(404, json!({"detail": "Not Found"})),
+            (config, tokens) => {
+                let mut c = config.clone().unwrap_or(json!({}));
+                c["pjwt_auth_enabled"] = json!(tokens.is_some());
+                Reply::Json(c)
+            }
+        },
         "get_server_capabilities" => {
             Reply::Json(json!({"supported_models": [{"model_name": s.base_model}]}))
         }
@@ -223,6 +340,7 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
         "session_heartbeat" => Reply::Json(json!({})),
         "retrieve_future" => {
             let id = j()["request_id"].as_str().unwrap_or("").to_string();
+            s.samples_out.remove(&id);
             s.futures.remove(&id).unwrap_or_else(|| refused(format!("no future {id}")))
         }
         "create_model" => {
@@ -306,7 +424,12 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
         }
         "asample" => {
             let r = sample(s, &j());
-            future(s, r)
+            let reply = future(s, r);
+            if let Reply::Json(f) = &reply {
+                s.samples_out.insert(f["request_id"].as_str().unwrap_or("").to_string());
+                s.most_samples_out = s.most_samples_out.max(s.samples_out.len());
+            }
+            reply
         }
         "forward_backward" => {
             let r = forward_backward(s, body);
@@ -395,6 +518,11 @@ fn seq_of(d: &proto::Datum) -> Result<(Seq, Vec<f64>), String> {
 
 fn forward_backward(s: &mut State, body: &[u8]) -> Result<Reply, String> {
     let req = proto::ForwardBackwardRequest::decode(body).map_err(|e| e.to_string())?;
+    s.request_datums.push(req.data.len());
+    let most = s.config.as_ref().and_then(|c| c["fwdbwd_max_chunk_len"].as_u64());
+    if let Some(most) = most.filter(|&m| req.data.len() as u64 > m) {
+        return Err(format!("{} datums in one request: at most {most}", req.data.len()));
+    }
     let model = ModelId(req.model_id.clone());
     if s.engine.is_critic(&model) {
         return critic_pass(s, &req, &model);

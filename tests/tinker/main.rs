@@ -6,6 +6,7 @@
 mod fake;
 mod fsdp;
 mod goldens;
+mod hosted;
 mod snapshots;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ fn rlx() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rlx"));
     c.env("RLX_CACHE", std::env::temp_dir().join("rlx-test-cache"));
     c.env_remove("TINKER_API_KEY");
+    c.env_remove("TINKER_CREDENTIAL_CMD");
     c
 }
 
@@ -807,7 +809,7 @@ fn a_server_with_another_base_model_or_none_at_all_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     let err = flat(&out);
-    assert!(err.contains("http://127.0.0.1:9") && err.contains("healthz"), "{err}");
+    assert!(err.contains("http://127.0.0.1:9") && err.contains("client/config"), "{err}");
     // A stated reduction the self-test contradicts.
     let out = run_args(&recipe, &dir.join("mean"))
         .args(["--engine", "tinker", "--server", &fake.url, "--reduction", "mean"])

@@ -269,7 +269,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = EngineKind::Local)]
     pub engine: EngineKind,
     /// The Tinker server's URL, e.g. `http://HOST:8000` (`--engine tinker`; its API key is
-    /// read from `TINKER_API_KEY` and never written anywhere). `NAME=URL` puts the recipe's
+    /// read from `TINKER_API_KEY`, or printed by the command in `TINKER_CREDENTIAL_CMD`, and
+    /// never written anywhere). `NAME=URL` puts the recipe's
     /// model NAME on a server of its own (whose base model is NAME's checkpoint: a teacher of
     /// another size, a model per GPU server), trained there if a stage trains it; repeat it
     /// for several. `ref=URL` reads `ref`

@@ -4,14 +4,23 @@
 //! `{"type": "try_again"}` body likewise, 410 means the future expired (the call is sent
 //! again), 400 carries the server's refusal. Connection losses and 5xx answers are retried a
 //! bounded number of times with exponential backoff; after that the error names the server and
-//! the call. The API key (`TINKER_API_KEY`) travels only in the `X-API-Key` header and is never
-//! printed.
+//! the call. Credentials (`auth`) travel only in the `X-API-Key` header and are never printed.
+//! `client/config` says how the server wants to be spoken to: whether it exchanges the
+//! credential for JWTs, how many datums and bytes one `forward_backward` request may carry,
+//! and how many `asample` requests may be in flight.
 
 use std::fmt;
 use std::io::Read;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
+
+use super::auth::{self, Auth, Source};
+
+/// The `tinker` SDK release whose wire protocol rlx speaks: sent as `client/config`'s
+/// `sdk_version`, from which a server resolves its flags.
+pub const SDK_PROTOCOL: &str = "0.38.0";
 
 /// Largest reply body read (a sample or forward result of a large batch stays far below).
 const MAX_REPLY: u64 = 256 << 20;
@@ -38,6 +47,8 @@ pub enum ErrorKind {
     Server,
     /// The future expired before it was collected.
     Expired,
+    /// The server rejected the call's token itself (401, `error="invalid_token"`).
+    TokenRejected,
     /// The reply was not what the protocol says.
     Protocol,
 }
@@ -93,6 +104,47 @@ impl Default for Retry {
     }
 }
 
+/// What a server's `client/config` says (the SDK's defaults where it says nothing, or has no
+/// such route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// `pjwt_auth_enabled`: calls carry a JWT exchanged for the credential at `auth/token`.
+    pub exchanges_jwt: bool,
+    /// `fwdbwd_max_chunk_len`: most datums in one `forward_backward` request.
+    pub max_chunk_datums: usize,
+    /// `fwdbwd_max_chunk_bytes_count`: most (estimated, uncompressed) bytes in one.
+    pub max_chunk_bytes: usize,
+    /// `sample_max_concurrent_requests`: most `asample` requests in flight at once.
+    pub max_samples_in_flight: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        // `tinker` 0.38 `types/client_config_response.py`.
+        ServerConfig {
+            exchanges_jwt: false,
+            max_chunk_datums: 1024,
+            max_chunk_bytes: 5_000_000,
+            max_samples_in_flight: 2000,
+        }
+    }
+}
+
+impl ServerConfig {
+    fn from_json(j: &Json) -> ServerConfig {
+        let d = ServerConfig::default();
+        let size = |k: &str, default: usize| {
+            j[k].as_u64().filter(|&n| n > 0).map_or(default, |n| n as usize)
+        };
+        ServerConfig {
+            exchanges_jwt: j["pjwt_auth_enabled"].as_bool().unwrap_or(false),
+            max_chunk_datums: size("fwdbwd_max_chunk_len", d.max_chunk_datums),
+            max_chunk_bytes: size("fwdbwd_max_chunk_bytes_count", d.max_chunk_bytes),
+            max_samples_in_flight: size("sample_max_concurrent_requests", d.max_samples_in_flight),
+        }
+    }
+}
+
 /// One Tinker server.
 pub struct Client {
     /// `NAME (URL)` or `URL`, for errors.
@@ -100,13 +152,17 @@ pub struct Client {
     /// `URL/api/v1/`.
     base: String,
     agent: ureq::Agent,
-    api_key: Option<String>,
+    auth: Auth,
+    /// Held while a JWT is exchanged, so that calls waiting on one exchange no other.
+    exchanging: Mutex<()>,
+    config: ServerConfig,
     retry: Retry,
 }
 
 impl Client {
     /// A client for the server at `url` (`http://host:port`, with or without `/api/v1`),
-    /// checked with `healthz`.
+    /// with the credential in the environment (`auth::Source`) and the server's
+    /// `client/config`, checked with `healthz`.
     pub fn connect(name: Option<&str>, url: &str, retry: Retry) -> Result<Client, CallError> {
         let trimmed = url.trim_end_matches('/');
         let base = match trimmed.strip_suffix("/api/v1") {
@@ -123,10 +179,89 @@ impl Client {
             .timeout_read(Duration::from_secs(400))
             .timeout_write(Duration::from_secs(120))
             .build();
-        let api_key = std::env::var("TINKER_API_KEY").ok().filter(|k| !k.is_empty());
-        let client = Client { label, base, agent, api_key, retry };
+        let mut client = Client {
+            label,
+            base,
+            agent,
+            auth: Auth::new(Source::from_env()),
+            exchanging: Mutex::new(()),
+            config: ServerConfig::default(),
+            retry,
+        };
+        // `client/config` first, with the credential itself (as the SDK asks it): it says
+        // whether every later call, `healthz` included, carries an exchanged token instead.
+        client.config = client.fetch_config()?;
+        let exchanges = client.config.exchanges_jwt;
+        if exchanges && client.auth.source().is_none() {
+            return Err(client.error(
+                "auth/token",
+                ErrorKind::Refused,
+                "the server exchanges a credential for its tokens (`pjwt_auth_enabled`), and none is set: set `TINKER_API_KEY` (or `TINKER_CREDENTIAL_CMD`)",
+            ));
+        }
+        client
+            .auth
+            .set_exchanges(exchanges)
+            .map_err(|m| client.error("client/config", ErrorKind::Refused, m))?;
         client.get("healthz")?;
         Ok(client)
+    }
+
+    /// `client/config`, answered with the credential itself. A server without the route
+    /// (SkyRL's older `skyrl-tx`) gets the SDK's defaults.
+    fn fetch_config(&self) -> Result<ServerConfig, CallError> {
+        let body = Body::Json(json!({ "sdk_version": SDK_PROTOCOL }));
+        match self.send("client/config", Some(&body)) {
+            Ok(Reply::Json(j)) => Ok(ServerConfig::from_json(&j)),
+            Ok(Reply::Proto(_)) => {
+                Err(self.error("client/config", ErrorKind::Protocol, "a protobuf reply"))
+            }
+            Err(e)
+                if e.message.starts_with("HTTP 404: Not Found")
+                    || e.message.starts_with("HTTP 405") =>
+            {
+                Ok(ServerConfig::default())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What `client/config` said.
+    pub fn config(&self) -> ServerConfig {
+        self.config
+    }
+
+    /// The `X-API-Key` of a call: the credential, or a JWT with more than a minute left
+    /// (exchanged now where there is none).
+    fn credential_header(&self) -> Result<Option<String>, CallError> {
+        let call = "auth/token";
+        if !self.auth.exchanges() {
+            return self.auth.plain().map_err(|m| self.error(call, ErrorKind::Refused, m));
+        }
+        if let Some(t) = self.auth.fresh() {
+            return Ok(Some(t));
+        }
+        let _one_at_a_time = self.exchanging.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = self.auth.fresh() {
+            return Ok(Some(t));
+        }
+        let credential = self.auth.plain().map_err(|m| self.error(call, ErrorKind::Refused, m))?;
+        let reply = self.send_as(call, Some(&Body::Json(json!({}))), false, credential.as_deref());
+        let jwt = match reply {
+            Ok(Reply::Json(j)) => j["jwt"].as_str().map(str::to_string),
+            Ok(Reply::Proto(_)) => None,
+            Err((Some(401 | 403), mut e)) => {
+                let from = self.auth.source().map_or("", Source::variable);
+                e.message =
+                    format!("{}: the server does not accept the credential in `{from}`", e.message);
+                return Err(e);
+            }
+            Err((_, e)) => return Err(e),
+        };
+        let jwt =
+            jwt.ok_or_else(|| self.error(call, ErrorKind::Protocol, "a reply without `jwt`"))?;
+        self.auth.store(jwt.clone());
+        Ok(Some(jwt))
     }
 
     pub fn label(&self) -> &str {
@@ -157,8 +292,8 @@ impl Client {
         loop {
             let mut req =
                 agent.get(&format!("{}{call}", self.base)).set("Accept", "application/json");
-            if let Some(key) = &self.api_key {
-                req = req.set("X-API-Key", key);
+            if let Some(key) = self.credential_header()? {
+                req = req.set("X-API-Key", &key);
             }
             let (status, resp) = match req.call() {
                 Ok(r) => (r.status(), r),
@@ -220,15 +355,15 @@ impl Client {
         }
     }
 
-    /// The bytes at `url`. The API key goes only to the server's own address, never to
+    /// The bytes at `url`. The credential goes only to the server's own address, never to
     /// another host (a signed storage URL needs none).
     pub fn download(&self, url: &str) -> Result<Vec<u8>, CallError> {
         let call = "download";
         let mut req = self.agent.get(url);
-        if let Some(key) = &self.api_key
-            && url.starts_with(self.origin())
+        if url.starts_with(self.origin())
+            && let Some(key) = self.credential_header()?
         {
-            req = req.set("X-API-Key", key);
+            req = req.set("X-API-Key", &key);
         }
         let resp = req.call().map_err(|e| match e {
             ureq::Error::Status(code, _) => {
@@ -371,12 +506,38 @@ impl Client {
         }
     }
 
-    /// One HTTP exchange. Errors carry the status where there was one.
+    /// One HTTP exchange with the call's credential; a token the server rejects as invalid
+    /// is exchanged again and the call sent once more. Errors carry the status where there
+    /// was one.
     fn send_once(
         &self,
         path: &str,
         body: Option<&Body>,
         accept_proto: bool,
+    ) -> Result<Reply, (Option<u16>, CallError)> {
+        let key = self.credential_header().map_err(|e| (None, e))?;
+        match self.send_as(path, body, accept_proto, key.as_deref()) {
+            Err((_, e)) if self.auth.exchanges() && e.kind == ErrorKind::TokenRejected => {
+                self.auth.reject(key.as_deref().unwrap_or(""));
+                let key = self.credential_header().map_err(|e| (None, e))?;
+                self.send_as(path, body, accept_proto, key.as_deref()).map_err(|(code, mut e)| {
+                    if e.kind == ErrorKind::TokenRejected {
+                        e.message = format!("{} (a freshly exchanged token too)", e.message);
+                    }
+                    (code, e)
+                })
+            }
+            r => r,
+        }
+    }
+
+    /// One HTTP exchange carrying `key`.
+    fn send_as(
+        &self,
+        path: &str,
+        body: Option<&Body>,
+        accept_proto: bool,
+        key: Option<&str>,
     ) -> Result<Reply, (Option<u16>, CallError)> {
         let url = format!("{}{path}", self.base);
         let mut req = match body {
@@ -384,7 +545,7 @@ impl Client {
             None => self.agent.get(&url),
         };
         req = req.set("User-Agent", concat!("rlx/", env!("CARGO_PKG_VERSION")));
-        if let Some(key) = &self.api_key {
+        if let Some(key) = key {
             req = req.set("X-API-Key", key);
         }
         if accept_proto {
@@ -400,13 +561,19 @@ impl Client {
         let resp = match sent {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
+                let token_refused =
+                    code == 401 && auth::invalid_token(r.header("WWW-Authenticate"));
                 let text = r.into_string().unwrap_or_default();
                 let detail = serde_json::from_str::<Json>(&text)
                     .ok()
                     .and_then(|j| j.get("detail").or_else(|| j.get("error")).cloned())
                     .map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_string))
                     .unwrap_or_else(|| text.chars().take(300).collect());
-                let kind = if code >= 500 { ErrorKind::Server } else { ErrorKind::Refused };
+                let kind = match code {
+                    500.. => ErrorKind::Server,
+                    401 if token_refused => ErrorKind::TokenRejected,
+                    _ => ErrorKind::Refused,
+                };
                 return Err((Some(code), self.error(path, kind, format!("HTTP {code}: {detail}"))));
             }
             Err(e) => {

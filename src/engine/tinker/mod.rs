@@ -6,6 +6,8 @@
 //! the `tinker` SDK 0.38 and SkyRL 0.4.0 (`../shared/reference/tinker-2026.md` §4).
 
 pub mod archive;
+pub mod auth;
+mod chunks;
 pub mod client;
 mod heartbeat;
 pub mod ledger;
@@ -192,61 +194,91 @@ impl Remote {
         }
     }
 
-    /// `asample` for every body, all submitted before any result is collected (the server
-    /// batches them), results in order.
+    /// `asample` for every body, submitted before any result is collected (the server
+    /// batches them) up to the server's `sample_max_concurrent_requests` in flight, then one
+    /// more as each result comes; results in order.
     fn asample_all(&self, bodies: Vec<Json>) -> Result<Vec<proto::SampleResponse>, String> {
-        let mut futures = Vec::with_capacity(bodies.len());
-        for body in bodies {
-            futures.push(self.client.submit("asample", &Body::Json(body), true).map_err(msg)?);
+        let most = self.client.config().max_samples_in_flight.max(1);
+        let mut results = Vec::with_capacity(bodies.len());
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut bodies = bodies.into_iter();
+        loop {
+            while in_flight.len() < most {
+                let Some(body) = bodies.next() else { break };
+                in_flight.push_back(
+                    self.client.submit("asample", &Body::Json(body), true).map_err(msg)?,
+                );
+            }
+            let Some(f) = in_flight.pop_front() else { break };
+            let reply = self.client.wait(&f).map_err(msg)?;
+            results.push(decode_sample(reply, "asample", self.client.label())?);
         }
-        futures
-            .iter()
-            .map(|f| {
-                decode_sample(self.client.wait(f).map_err(msg)?, "asample", self.client.label())
-            })
-            .collect()
+        Ok(results)
     }
 
     fn protocol(&self, call: &str, what: impl std::fmt::Display) -> String {
         format!("Tinker server {}: `{call}`: {what}", self.client.label())
     }
 
-    /// One forward-backward request; returns its outputs.
+    /// One forward-backward over `data`, in as many requests as the server's `client/config`
+    /// allows (datums and bytes per request: the SDK's 1024 and 5 MB unless it says), all
+    /// submitted before any result is collected; returns the outputs' records, in order. A
+    /// backward's requests add up on the server until `optim_step` as one request would:
+    /// summing servers sum, per-sequence-mean ones divide by the step's datums (SkyRL
+    /// `backends/jax.py` `AccumulatedGradients`, and the SDK sends chunks the same way).
     fn forward_backward(
         &mut self,
         model: &ModelId,
         data: Vec<proto::Datum>,
         loss_fn: &str,
         forward_only: bool,
-    ) -> Result<proto::ForwardBackwardOutput, String> {
-        let n = data.len();
-        let request = proto::ForwardBackwardRequest {
-            model_id: model.0.clone(),
-            seq_id: self.next_seq(model),
-            data,
-            loss_fn: loss_fn.into(),
-            loss_fn_config: HashMap::new(),
-            forward_only,
-        };
+    ) -> Result<Vec<proto::ArrayRecord>, String> {
         let call = if forward_only { "forward" } else { "forward_backward" };
-        // A backward accumulates gradient: never sent twice.
-        let reply = self
-            .client
-            .call("forward_backward", &Body::Proto(request.encode_to_vec()), forward_only)
-            .map_err(|mut e| {
-                e.call = call.into();
-                msg(e)
-            })?;
-        let Reply::Proto(bytes) = reply else {
-            return Err(self.protocol(call, "a JSON result where protobuf was expected"));
+        let named = |mut e: CallError| {
+            e.call = call.into();
+            msg(e)
         };
-        let out = proto::ForwardBackwardOutput::decode(bytes.as_slice())
-            .map_err(|e| self.protocol(call, format!("an undecodable result: {e}")))?;
-        let datums: i64 = out.loss_fn_outputs.iter().map(|r| r.num_datums).sum();
-        if datums as usize != n {
-            return Err(self.protocol(call, format!("{datums} outputs for {n} datums")));
+        let config = self.client.config();
+        let chunks = chunks::chunked(data, config.max_chunk_datums, config.max_chunk_bytes);
+        let mut sent = Vec::with_capacity(chunks.len());
+        for data in chunks {
+            let n = data.len();
+            let request = proto::ForwardBackwardRequest {
+                model_id: model.0.clone(),
+                seq_id: self.next_seq(model),
+                data,
+                loss_fn: loss_fn.into(),
+                loss_fn_config: HashMap::new(),
+                forward_only,
+            };
+            let body = Body::Proto(request.encode_to_vec());
+            // A backward accumulates gradient: never sent twice.
+            let future =
+                self.client.submit("forward_backward", &body, forward_only).map_err(named)?;
+            sent.push((future, body, n));
         }
-        Ok(out)
+        let mut records = Vec::new();
+        for (future, body, n) in sent {
+            let reply = match self.client.wait(&future) {
+                // An expired forward is asked again (as `Client::call` does).
+                Err(e) if e.kind == client::ErrorKind::Expired && forward_only => {
+                    self.client.call("forward_backward", &body, true)
+                }
+                r => r,
+            }
+            .map_err(named)?;
+            let Reply::Proto(bytes) = reply else {
+                return Err(self.protocol(call, "a JSON result where protobuf was expected"));
+            };
+            let out = proto::ForwardBackwardOutput::decode(bytes.as_slice())
+                .map_err(|e| self.protocol(call, format!("an undecodable result: {e}")))?;
+            let datums: i64 = out.loss_fn_outputs.iter().map(|r| r.num_datums).sum();
+            if datums as usize != n {
+                return Err(self.protocol(call, format!("{datums} outputs for {n} datums")));
+            }
+            records.extend(out.loss_fn_outputs);
+        }
+        Ok(records)
     }
 
     /// `create_model` with a LoRA adapter of `lora`'s rank (or the default) in `role`.
@@ -281,9 +313,9 @@ impl Remote {
     ) -> Result<Vec<Vec<f32>>, String> {
         let data =
             seqs.iter().map(|s| datum(s, &[("weights", &vec![0.0; s.toks.len()])])).collect();
-        let out = self.forward_backward(model, data, "cross_entropy", true)?;
+        let records = self.forward_backward(model, data, "cross_entropy", true)?;
         let mut rows = Vec::new();
-        for rec in &out.loss_fn_outputs {
+        for rec in &records {
             let lp = rec
                 .fields
                 .get(field)
