@@ -136,6 +136,8 @@ pub struct State {
     /// `asample` futures not yet collected, and the most there were at once.
     samples_out: HashSet<String>,
     pub most_samples_out: usize,
+    /// The `model_seq_id`s of its `create_model` calls.
+    pub model_seq_ids: HashSet<u64>,
 }
 
 pub struct Fake {
@@ -182,6 +184,7 @@ impl Fake {
             request_datums: vec![],
             samples_out: HashSet::new(),
             most_samples_out: 0,
+            model_seq_ids: HashSet::new(),
         }));
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -345,7 +348,18 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
         }
         "create_model" => {
             let body = j();
-            let r = if body["base_model"].as_str() != Some(s.base_model.as_str()) {
+            // Hosted Tinker names a session's models by `model_seq_id` (the SDK's required
+            // field): the hosted-like fake refuses a request without one, or a repeated one.
+            let seq = body["model_seq_id"].as_u64();
+            let hosted_refusal = match seq {
+                _ if s.tokens.is_none() => None,
+                None => Some("model_seq_id: field required".to_string()),
+                Some(n) if !s.model_seq_ids.insert(n) => Some(format!("model {n} exists")),
+                Some(_) => None,
+            };
+            let r = if let Some(refusal) = hosted_refusal {
+                Err(refusal)
+            } else if body["base_model"].as_str() != Some(s.base_model.as_str()) {
                 Err(format!("base model {} is not served", body["base_model"]))
             } else {
                 let seed = body["lora_config"]["seed"].as_u64().unwrap_or(0);

@@ -1,7 +1,8 @@
 //! What hosted Tinker asks of a client beyond SkyRL, on the fake server: the credential
 //! exchanged at `auth/token` for short-lived JWTs that every other call carries (renewed as
 //! they near expiry, and once more when the server rejects one), `forward_backward` requests
-//! no larger, and no more `asample` requests in flight, than its `client/config` allows.
+//! no larger, and no more `asample` requests in flight, than its `client/config` allows; each
+//! `create_model` numbered in its session (`model_seq_id`).
 
 use std::path::Path;
 
@@ -83,6 +84,10 @@ fn a_token_exchanging_server_with_small_requests_ends_where_a_plain_server_ends(
     assert!(s.faults.is_empty());
     assert!(s.request_datums.iter().all(|&n| n <= 3), "{:?}", s.request_datums);
     assert_eq!(s.most_samples_out, 2, "samples in flight");
+    // Every adapter the session made (the self-tests' and the policy), numbered from 0.
+    let made = s.calls.iter().filter(|c| *c == "create_model").count() as u64;
+    assert!(made >= 2);
+    assert_eq!(s.model_seq_ids, (0..made).collect(), "model_seq_id of each create_model");
     let p = plain.state.lock().unwrap();
     let plain_most = p.request_datums.iter().copied().max();
     assert!(plain_most > Some(3), "the plain server got larger requests: {plain_most:?}");

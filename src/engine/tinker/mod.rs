@@ -40,6 +40,9 @@ pub struct Remote {
     sampling: Sampling,
     /// The next `seq_id` of each model: its requests run in this order.
     seq: HashMap<String, i32>,
+    /// The next `create_model`'s `model_seq_id`: hosted Tinker names a session's models by
+    /// it (the SDK counts them from 0; SkyRL ignores it).
+    models_made: u64,
     /// The adapters made here and not unloaded, and where they are recorded for the next
     /// process of the run (`None`: nowhere).
     held: BTreeSet<String>,
@@ -96,7 +99,9 @@ impl Remote {
         let session = client
             .post_json(
                 "create_session",
-                json!({"tags": ["rlx"], "user_metadata": {}, "sdk_version": concat!("rlx-", env!("CARGO_PKG_VERSION"))}),
+                // The SDK release whose protocol rlx speaks (a server may check it); who the
+                // client is goes in the metadata.
+                json!({"tags": ["rlx"], "user_metadata": {"client": concat!("rlx ", env!("CARGO_PKG_VERSION"))}, "sdk_version": client::SDK_PROTOCOL}),
             )
             .map_err(msg)?;
         let session = session["session_id"].as_str().map(str::to_string).ok_or_else(|| {
@@ -110,6 +115,7 @@ impl Remote {
             reduction: Reduction::Sum,
             sampling: Sampling::FULL,
             seq: HashMap::new(),
+            models_made: 0,
             held: BTreeSet::new(),
             ledger,
             _heartbeat: heartbeat,
@@ -288,9 +294,11 @@ impl Remote {
         if let Some(l) = lora {
             lora_config["alpha"] = json!(l.alpha);
         }
+        let model_seq_id = self.models_made;
+        self.models_made += 1;
         let r = self.call_json(
             "create_model",
-            json!({"session_id": self.session, "base_model": self.base_model, "lora_config": lora_config, "model_role": role}),
+            json!({"session_id": self.session, "model_seq_id": model_seq_id, "base_model": self.base_model, "lora_config": lora_config, "model_role": role}),
             false,
         )?;
         let id = r["model_id"]
