@@ -138,6 +138,10 @@ pub struct State {
     pub most_samples_out: usize,
     /// The `model_seq_id`s of its `create_model` calls.
     pub model_seq_ids: HashSet<u64>,
+    /// Whether it opens sampling sessions (`create_sampling_session`, SkyRL 0.4 and SDK 0.38),
+    /// and the weights each stands for (`null`: the base model).
+    pub sampling_sessions: bool,
+    sampling_session_of: HashMap<String, Json>,
 }
 
 pub struct Fake {
@@ -185,6 +189,8 @@ impl Fake {
             samples_out: HashSet::new(),
             most_samples_out: 0,
             model_seq_ids: HashSet::new(),
+            sampling_sessions: true,
+            sampling_session_of: HashMap::new(),
         }));
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -436,8 +442,39 @@ fn route(s: &mut State, path: &str, body: &[u8]) -> Reply {
                 .map(|_| Reply::Json(json!({"type": "load_weights"})));
             future(s, r)
         }
+        "create_sampling_session" if !s.sampling_sessions => {
+            Reply::Status(404, json!({"detail": "Not Found"}))
+        }
+        "create_sampling_session" => {
+            let body = j();
+            let id = format!("sampling_{}", s.sampling_session_of.len());
+            let weights = body["model_path"].clone();
+            if body["session_id"].as_str().is_none()
+                || body["sampling_session_seq_id"].as_u64().is_none()
+            {
+                return refused("session_id and sampling_session_seq_id are required".into());
+            }
+            s.sampling_session_of.insert(id.clone(), weights);
+            Reply::Json(json!({"sampling_session_id": id}))
+        }
         "asample" => {
-            let r = sample(s, &j());
+            let mut body = j();
+            // A sampling session stands for the weights it was opened on (SkyRL `api.py`).
+            if let Some(id) = body["sampling_session_id"].as_str().map(str::to_string) {
+                let Some(weights) = s.sampling_session_of.get(&id).cloned() else {
+                    return Reply::Status(404, json!({"detail": "Sampling session not found"}));
+                };
+                if body["seq_id"].as_u64().is_none() {
+                    return refused(
+                        "'seq_id' must be provided when 'sampling_session_id' is used".into(),
+                    );
+                }
+                body["model_path"] = weights;
+            } else if s.tokens.is_some() {
+                // The hosted-like fake takes samples as the SDK 0.38 sends them only.
+                return refused("asample without a sampling_session_id".into());
+            }
+            let r = sample(s, &body);
             let reply = future(s, r);
             if let Reply::Json(f) = &reply {
                 s.samples_out.insert(f["request_id"].as_str().unwrap_or("").to_string());

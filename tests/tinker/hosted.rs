@@ -2,7 +2,7 @@
 //! exchanged at `auth/token` for short-lived JWTs that every other call carries (renewed as
 //! they near expiry, and once more when the server rejects one), `forward_backward` requests
 //! no larger, and no more `asample` requests in flight, than its `client/config` allows; each
-//! `create_model` numbered in its session (`model_seq_id`).
+//! `create_model` numbered in its session (`model_seq_id`); samples through sampling sessions.
 
 use std::path::Path;
 
@@ -39,7 +39,10 @@ fn served(fake: &Fake) -> std::collections::BTreeMap<String, Tensor> {
 fn a_token_exchanging_server_with_small_requests_ends_where_a_plain_server_ends() {
     let dir = scratch("hosted");
     let recipe = equal_recipe(&dir);
+    // The plain server is an older one, too: no sampling sessions (each `asample` then names
+    // the weights it samples).
     let plain = serve(Reduction::Sum);
+    plain.state.lock().unwrap().sampling_sessions = false;
     let plain_run = dir.join("plain");
     ok(&run_args(&recipe, &plain_run)
         .args(["--engine", "tinker", "--server", &plain.url, "--keep-adapters"])
@@ -88,6 +91,8 @@ fn a_token_exchanging_server_with_small_requests_ends_where_a_plain_server_ends(
     let made = s.calls.iter().filter(|c| *c == "create_model").count() as u64;
     assert!(made >= 2);
     assert_eq!(s.model_seq_ids, (0..made).collect(), "model_seq_id of each create_model");
+    // Every sample went through a sampling session (the hosted-like fake refuses others).
+    assert!(s.calls.iter().any(|c| c == "create_sampling_session"));
     let p = plain.state.lock().unwrap();
     let plain_most = p.request_datums.iter().copied().max();
     assert!(plain_most > Some(3), "the plain server got larger requests: {plain_most:?}");

@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod lint;
 pub mod profile;
 pub mod proto;
+mod sessions;
 pub(crate) mod snapshots;
 
 use std::collections::{BTreeSet, HashMap};
@@ -43,6 +44,9 @@ pub struct Remote {
     /// The next `create_model`'s `model_seq_id`: hosted Tinker names a session's models by
     /// it (the SDK counts them from 0; SkyRL ignores it).
     models_made: u64,
+    /// The sampling session opened for each sampler (`sessions`), or `None` where the server
+    /// has none (`asample` then names the weights itself).
+    sampling_sessions: Option<sessions::SamplingSessions>,
     /// The adapters made here and not unloaded, and where they are recorded for the next
     /// process of the run (`None`: nowhere).
     held: BTreeSet<String>,
@@ -116,6 +120,7 @@ impl Remote {
             sampling: Sampling::FULL,
             seq: HashMap::new(),
             models_made: 0,
+            sampling_sessions: Some(sessions::SamplingSessions::default()),
             held: BTreeSet::new(),
             ledger,
             _heartbeat: heartbeat,
@@ -342,13 +347,13 @@ impl Remote {
     }
 
     fn sample_body(
-        &self,
+        &mut self,
         sampler: &Sampler,
         prompt: &[u32],
         n: usize,
         p: &SampleParams,
         prompt_logprobs: bool,
-    ) -> Json {
+    ) -> Result<Json, String> {
         let mut body = json!({
             "num_samples": n,
             "prompt": {"chunks": [{"type": "encoded_text", "tokens": prompt}]},
@@ -365,11 +370,52 @@ impl Remote {
             Some(t) => json!([t]),
             None => json!(p.stop_tokens),
         };
+        match self.sampling_session(sampler)? {
+            Some((id, seq_id)) => {
+                body["sampling_session_id"] = json!(id);
+                body["seq_id"] = json!(seq_id);
+            }
+            None => match sampler {
+                Sampler::Base => body["base_model"] = json!(self.base_model),
+                Sampler::Weights(path) => body["model_path"] = json!(path),
+            },
+        }
+        Ok(body)
+    }
+
+    /// The sampling session of `sampler` and its request's `seq_id`, the session opened on
+    /// first use (`create_sampling_session`, as the SDK 0.38 samples); `None` where the server
+    /// has no such route, found on the first try.
+    fn sampling_session(&mut self, sampler: &Sampler) -> Result<Option<(String, u64)>, String> {
+        let Some(sessions) = self.sampling_sessions.as_mut() else { return Ok(None) };
+        if let Some(next) = sessions.next(sampler) {
+            return Ok(Some(next));
+        }
+        let mut body = json!({
+            "session_id": self.session,
+            "sampling_session_seq_id": sessions.opened(),
+        });
         match sampler {
             Sampler::Base => body["base_model"] = json!(self.base_model),
             Sampler::Weights(path) => body["model_path"] = json!(path),
         }
-        body
+        match self.client.post_json("create_sampling_session", body) {
+            Ok(r) => {
+                let id = r["sampling_session_id"].as_str().ok_or_else(|| {
+                    self.protocol("create_sampling_session", "no sampling_session_id in the reply")
+                })?;
+                let sessions = self.sampling_sessions.as_mut().expect("checked above");
+                Ok(Some(sessions.open(sampler, id.to_string())))
+            }
+            Err(e)
+                if e.kind == client::ErrorKind::Refused
+                    && e.message.starts_with("HTTP 404: Not Found") =>
+            {
+                self.sampling_sessions = None;
+                Ok(None)
+            }
+            Err(e) => Err(msg(e)),
+        }
     }
 }
 
@@ -469,11 +515,11 @@ impl Engine for Remote {
         n: usize,
         params: &SampleParams,
     ) -> Result<Vec<Vec<Sampled>>, String> {
-        let bodies = prompts.iter().enumerate().map(|(i, prompt)| {
+        let mut bodies = Vec::with_capacity(prompts.len());
+        for (i, prompt) in prompts.iter().enumerate() {
             let p = SampleParams { seed: params.seed.wrapping_add(i as u64), ..params.clone() };
-            self.sample_body(sampler, prompt, n, &p, false)
-        });
-        let bodies: Vec<Json> = bodies.collect();
+            bodies.push(self.sample_body(sampler, prompt, n, &p, false)?);
+        }
         let mut out = Vec::with_capacity(prompts.len());
         for r in self.asample_all(bodies)? {
             if r.sequences.len() != n {
@@ -520,13 +566,11 @@ impl Engine for Remote {
             stop_text: None,
             stop_tokens: vec![],
         };
-        let bodies: Vec<Json> = seqs
-            .iter()
-            .map(|s| {
-                let full: Vec<u32> = s.ctx.iter().chain(&s.toks).copied().collect();
-                self.sample_body(sampler, &full, 1, &once, true)
-            })
-            .collect();
+        let mut bodies = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            let full: Vec<u32> = s.ctx.iter().chain(&s.toks).copied().collect();
+            bodies.push(self.sample_body(sampler, &full, 1, &once, true)?);
+        }
         let mut out = Vec::new();
         for (s, r) in seqs.iter().zip(self.asample_all(bodies)?) {
             let lp = r
