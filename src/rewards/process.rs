@@ -96,15 +96,15 @@ impl Process {
         }
         match run.lines.recv_timeout(timeout) {
             Ok(Line::Text(line)) => Ok(line),
-            Ok(Line::TooLong) => Err(run.with_stderr(format!(
+            Ok(Line::TooLong) => Err(run.with_settled_stderr(format!(
                 "wrote a reply line longer than {} (the cap on a reply)",
                 super::reply::size(max_line)
             ))),
             Ok(Line::Closed) | Err(RecvTimeoutError::Disconnected) => {
                 Err(run.exited("closed its stdout before replying"))
             }
-            Ok(Line::Failed(e)) => Err(run.with_stderr(format!("could not be read: {e}"))),
-            Err(RecvTimeoutError::Timeout) => Err(run.with_stderr(format!(
+            Ok(Line::Failed(e)) => Err(run.with_settled_stderr(format!("could not be read: {e}"))),
+            Err(RecvTimeoutError::Timeout) => Err(run.with_settled_stderr(format!(
                 "did not reply within {} s (the reward's `timeout`)",
                 timeout.as_secs_f64()
             ))),
@@ -165,6 +165,13 @@ impl Running {
         std::thread::sleep(Duration::from_millis(50));
         let how = status.map_or(String::new(), |s| format!(": the process exited ({s})"));
         self.with_stderr(format!("{what}{how}"))
+    }
+
+    /// `with_stderr` after a moment for the stderr thread to read what the process printed
+    /// just before failing (under load it can lag the stdout thread that saw the failure).
+    fn with_settled_stderr(&self, message: String) -> String {
+        std::thread::sleep(Duration::from_millis(100));
+        self.with_stderr(message)
     }
 
     fn with_stderr(&self, message: String) -> String {

@@ -6,6 +6,7 @@
 //! the `tinker` SDK 0.38 and SkyRL 0.4.0 (`../shared/reference/tinker-2026.md` §4).
 
 pub mod archive;
+mod asample;
 pub mod auth;
 mod chunks;
 pub mod client;
@@ -14,7 +15,6 @@ pub mod ledger;
 pub mod lint;
 pub mod profile;
 pub mod proto;
-mod sessions;
 pub(crate) mod snapshots;
 
 use std::collections::{BTreeSet, HashMap};
@@ -46,7 +46,7 @@ pub struct Remote {
     models_made: u64,
     /// The sampling session opened for each sampler (`sessions`), or `None` where the server
     /// has none (`asample` then names the weights itself).
-    sampling_sessions: Option<sessions::SamplingSessions>,
+    sampling_sessions: Option<asample::SamplingSessions>,
     /// The adapters made here and not unloaded, and where they are recorded for the next
     /// process of the run (`None`: nowhere).
     held: BTreeSet<String>,
@@ -120,7 +120,7 @@ impl Remote {
             sampling: Sampling::FULL,
             seq: HashMap::new(),
             models_made: 0,
-            sampling_sessions: Some(sessions::SamplingSessions::default()),
+            sampling_sessions: Some(asample::SamplingSessions::default()),
             held: BTreeSet::new(),
             ledger,
             _heartbeat: heartbeat,
@@ -203,28 +203,6 @@ impl Remote {
                 self.client.label()
             )),
         }
-    }
-
-    /// `asample` for every body, submitted before any result is collected (the server
-    /// batches them) up to the server's `sample_max_concurrent_requests` in flight, then one
-    /// more as each result comes; results in order.
-    fn asample_all(&self, bodies: Vec<Json>) -> Result<Vec<proto::SampleResponse>, String> {
-        let most = self.client.config().max_samples_in_flight.max(1);
-        let mut results = Vec::with_capacity(bodies.len());
-        let mut in_flight = std::collections::VecDeque::new();
-        let mut bodies = bodies.into_iter();
-        loop {
-            while in_flight.len() < most {
-                let Some(body) = bodies.next() else { break };
-                in_flight.push_back(
-                    self.client.submit("asample", &Body::Json(body), true).map_err(msg)?,
-                );
-            }
-            let Some(f) = in_flight.pop_front() else { break };
-            let reply = self.client.wait(&f).map_err(msg)?;
-            results.push(decode_sample(reply, "asample", self.client.label())?);
-        }
-        Ok(results)
     }
 
     fn protocol(&self, call: &str, what: impl std::fmt::Display) -> String {
@@ -344,78 +322,6 @@ impl Remote {
                     .ok_or_else(|| self.protocol("forward", format!("fewer {field} than targets")))
             })
             .collect()
-    }
-
-    fn sample_body(
-        &mut self,
-        sampler: &Sampler,
-        prompt: &[u32],
-        n: usize,
-        p: &SampleParams,
-        prompt_logprobs: bool,
-    ) -> Result<Json, String> {
-        let mut body = json!({
-            "num_samples": n,
-            "prompt": {"chunks": [{"type": "encoded_text", "tokens": prompt}]},
-            "sampling_params": {
-                "max_tokens": p.max_tokens,
-                "temperature": p.temperature,
-                "top_p": p.top_p,
-                "seed": p.seed % (1 << 31),
-            },
-            "prompt_logprobs": prompt_logprobs,
-        });
-        // Servers take stop strings or stop token ids, not both.
-        body["sampling_params"]["stop"] = match &p.stop_text {
-            Some(t) => json!([t]),
-            None => json!(p.stop_tokens),
-        };
-        match self.sampling_session(sampler)? {
-            Some((id, seq_id)) => {
-                body["sampling_session_id"] = json!(id);
-                body["seq_id"] = json!(seq_id);
-            }
-            None => match sampler {
-                Sampler::Base => body["base_model"] = json!(self.base_model),
-                Sampler::Weights(path) => body["model_path"] = json!(path),
-            },
-        }
-        Ok(body)
-    }
-
-    /// The sampling session of `sampler` and its request's `seq_id`, the session opened on
-    /// first use (`create_sampling_session`, as the SDK 0.38 samples); `None` where the server
-    /// has no such route, found on the first try.
-    fn sampling_session(&mut self, sampler: &Sampler) -> Result<Option<(String, u64)>, String> {
-        let Some(sessions) = self.sampling_sessions.as_mut() else { return Ok(None) };
-        if let Some(next) = sessions.next(sampler) {
-            return Ok(Some(next));
-        }
-        let mut body = json!({
-            "session_id": self.session,
-            "sampling_session_seq_id": sessions.opened(),
-        });
-        match sampler {
-            Sampler::Base => body["base_model"] = json!(self.base_model),
-            Sampler::Weights(path) => body["model_path"] = json!(path),
-        }
-        match self.client.post_json("create_sampling_session", body) {
-            Ok(r) => {
-                let id = r["sampling_session_id"].as_str().ok_or_else(|| {
-                    self.protocol("create_sampling_session", "no sampling_session_id in the reply")
-                })?;
-                let sessions = self.sampling_sessions.as_mut().expect("checked above");
-                Ok(Some(sessions.open(sampler, id.to_string())))
-            }
-            Err(e)
-                if e.kind == client::ErrorKind::Refused
-                    && e.message.starts_with("HTTP 404: Not Found") =>
-            {
-                self.sampling_sessions = None;
-                Ok(None)
-            }
-            Err(e) => Err(msg(e)),
-        }
     }
 }
 
