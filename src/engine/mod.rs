@@ -46,7 +46,7 @@ pub struct SampleParams {
 }
 
 /// What to sample from: the server's base model, or a saved snapshot of a trained one.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Sampler {
     Base,
     Weights(String),

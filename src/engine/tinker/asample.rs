@@ -9,21 +9,14 @@ use std::collections::HashMap;
 
 use serde_json::{Value as Json, json};
 
-use super::client::{self, Body};
+use super::client::Body;
 use super::{Remote, decode_sample, msg, proto};
 use crate::engine::{SampleParams, Sampler};
 
 #[derive(Debug, Default)]
 pub struct SamplingSessions {
     /// Each sampler's session id and the next `seq_id` in it.
-    open: HashMap<String, (String, u64)>,
-}
-
-fn key(sampler: &Sampler) -> String {
-    match sampler {
-        Sampler::Base => String::new(),
-        Sampler::Weights(path) => format!("weights:{path}"),
-    }
+    open: HashMap<Sampler, (String, u64)>,
 }
 
 impl SamplingSessions {
@@ -34,14 +27,14 @@ impl SamplingSessions {
 
     /// The session of `sampler` and the `seq_id` of its next request, if it has one.
     pub fn next(&mut self, sampler: &Sampler) -> Option<(String, u64)> {
-        let (id, seq) = self.open.get_mut(&key(sampler))?;
+        let (id, seq) = self.open.get_mut(sampler)?;
         *seq += 1;
         Some((id.clone(), *seq - 1))
     }
 
     /// Records `id` as `sampler`'s session; its first request's `seq_id`.
     pub fn open(&mut self, sampler: &Sampler, id: String) -> (String, u64) {
-        self.open.insert(key(sampler), (id.clone(), 1));
+        self.open.insert(sampler.clone(), (id.clone(), 1));
         (id, 0)
     }
 }
@@ -101,12 +94,17 @@ impl Remote {
                 body["sampling_session_id"] = json!(id);
                 body["seq_id"] = json!(seq_id);
             }
-            None => match sampler {
-                Sampler::Base => body["base_model"] = json!(self.base_model),
-                Sampler::Weights(path) => body["model_path"] = json!(path),
-            },
+            None => self.name_weights(&mut body, sampler),
         }
         Ok(body)
+    }
+
+    /// Names what `sampler` samples in a request: the base model or the snapshot's path.
+    fn name_weights(&self, body: &mut Json, sampler: &Sampler) {
+        match sampler {
+            Sampler::Base => body["base_model"] = json!(self.base_model),
+            Sampler::Weights(path) => body["model_path"] = json!(path),
+        }
     }
 
     /// The sampling session of `sampler` and its request's `seq_id`, the session opened on
@@ -121,10 +119,7 @@ impl Remote {
             "session_id": self.session,
             "sampling_session_seq_id": sessions.opened(),
         });
-        match sampler {
-            Sampler::Base => body["base_model"] = json!(self.base_model),
-            Sampler::Weights(path) => body["model_path"] = json!(path),
-        }
+        self.name_weights(&mut body, sampler);
         match self.client.post_json("create_sampling_session", body) {
             Ok(r) => {
                 let id = r["sampling_session_id"].as_str().ok_or_else(|| {
@@ -133,10 +128,7 @@ impl Remote {
                 let sessions = self.sampling_sessions.as_mut().expect("checked above");
                 Ok(Some(sessions.open(sampler, id.to_string())))
             }
-            Err(e)
-                if e.kind == client::ErrorKind::Refused
-                    && e.message.starts_with("HTTP 404: Not Found") =>
-            {
+            Err(e) if e.route_missing() => {
                 self.sampling_sessions = None;
                 Ok(None)
             }

@@ -61,6 +61,16 @@ impl fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
+impl CallError {
+    /// Whether the server has no such route (FastAPI's bare 404 "Not Found", or 405): a call
+    /// the protocol added later, which an older server does not know.
+    pub fn route_missing(&self) -> bool {
+        self.kind == ErrorKind::Refused
+            && (self.message.starts_with("HTTP 404: Not Found")
+                || self.message.starts_with("HTTP 405"))
+    }
+}
+
 /// A request body.
 pub enum Body {
     Json(Json),
@@ -216,12 +226,7 @@ impl Client {
             Ok(Reply::Proto(_)) => {
                 Err(self.error("client/config", ErrorKind::Protocol, "a protobuf reply"))
             }
-            Err(e)
-                if e.message.starts_with("HTTP 404: Not Found")
-                    || e.message.starts_with("HTTP 405") =>
-            {
-                Ok(ServerConfig::default())
-            }
+            Err(e) if e.route_missing() => Ok(ServerConfig::default()),
             Err(e) => Err(e),
         }
     }
