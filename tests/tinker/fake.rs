@@ -4,8 +4,9 @@
 //! reduction profile. Faults can be queued: a 408 or `try_again` while a result is pending, a
 //! 500, a dropped connection. It can also be a hosted-Tinker-like server (`Tokens`): its
 //! `client/config` asks for a JWT exchange, `auth/token` trades the API key for short-lived
-//! tokens, and every other call must carry a live one; and it can refuse `forward_backward`
-//! requests over a number of datums it announces.
+//! tokens, every other call must carry a live one, each `create_model` a fresh `model_seq_id`
+//! and each `asample` a sampling session; and it can refuse `forward_backward` requests over a
+//! number of datums it announces, and count the samples in flight.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -27,14 +27,6 @@ fn texts_under(dir: &Path) -> Vec<(PathBuf, String)> {
     out
 }
 
-/// The served policy's weights (the run keeps its adapter loaded).
-fn served(fake: &Fake) -> std::collections::BTreeMap<String, Tensor> {
-    let state = fake.state.lock().unwrap();
-    let ids = state.engine.model_ids();
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    state.engine.weights(&ids[0]).unwrap()
-}
-
 #[test]
 fn a_token_exchanging_server_with_small_requests_ends_where_a_plain_server_ends() {
     let dir = scratch("hosted");
@@ -73,7 +65,7 @@ fn a_token_exchanging_server_with_small_requests_ends_where_a_plain_server_ends(
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "step losses: {a:?} against {b:?}");
     }
-    let (a, b) = (served(&plain), served(&hosted));
+    let (a, b) = (served_policy(&plain), served_policy(&hosted));
     for (k, w) in &a {
         let d = (w - &b[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d <= 1e-5, "{k}: the served weights differ by {d:e}");

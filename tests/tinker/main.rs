@@ -274,6 +274,15 @@ fn local_and_remote(recipe: &Path, dir: &Path, reduction: Reduction) -> (PathBuf
     (local, remote, fake)
 }
 
+/// The weights of the one model a fake server holds after a run that kept its adapters: the
+/// policy (the self-test's throwaway model is gone).
+fn served_policy(fake: &Fake) -> BTreeMap<String, Tensor> {
+    let state = fake.state.lock().unwrap();
+    let ids = state.engine.model_ids();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    state.engine.weights(&ids[0]).unwrap()
+}
+
 #[derive(Clone, Copy)]
 enum Check {
     Rl,
@@ -299,11 +308,8 @@ fn remote_ends_where_local_ends(reduction: Reduction, name: &str, check: Check) 
             "step losses differ: local {l:?}, remote {r:?}"
         );
     }
+    let served = served_policy(&fake);
     let state = fake.state.lock().unwrap();
-    // The self-test's throwaway model is gone; the one left is the policy.
-    let ids = state.engine.model_ids();
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    let served = state.engine.weights(&ids[0]).unwrap();
     let base = rlx::train::models::open_full(base_model(), &Device::Cpu).unwrap();
     let base = base.params.snapshot().unwrap();
     let mut moved = 0f64;
